@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The hypervisor interface: the V4V operations one domain can ask of its hypervisor.
+//!
+//! [`Hypervisor`] is implemented by every backend: the in-process model (`v4v-sim`), the
+//! simulator process, and real Xen. Each value of it acts as one domain. The operations and their
+//! errors are those of `v4v.h` (see `docs/abi.md`); this module only names them, it implements
+//! none. Errors keep the hypervisor's errno so that callers and tests can compare exactly.
+
+use std::io::IoSlice;
+use std::os::fd::BorrowedFd;
+
+use thiserror::Error;
+
+use crate::abi::{self, Config, Info, RingDataEnt, SendAddr, TablesRule, errno};
+use crate::shmem::RingMemory;
+
+/// An error returned by the hypervisor (or by the channel to it), keeping its errno.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HvError {
+    #[error("operation not permitted (EPERM)")]
+    NotPermitted,
+    #[error("no such ring or rule (ENOENT)")]
+    NotFound,
+    #[error("no such domain (ESRCH)")]
+    NoSuchDomain,
+    #[error("too many entries in one call (E2BIG)")]
+    TooMany,
+    #[error("ring full: try again when notified (EAGAIN)")]
+    WouldBlock,
+    #[error("hypervisor out of memory (ENOMEM)")]
+    OutOfMemory,
+    #[error("refused by the ACL table (EACCES)")]
+    Denied,
+    #[error("bad guest address (EFAULT)")]
+    BadAddress,
+    #[error("ring full and its waiter queue too (EBUSY)")]
+    Busy,
+    #[error("ring registered already with another length (EEXIST)")]
+    Exists,
+    #[error("invalid argument (EINVAL)")]
+    Invalid,
+    #[error("limit reached (ENOSPC)")]
+    NoSpace,
+    #[error("V4V not available: hypervisor without V4V or not enabled with v4v=1 (ENOSYS)")]
+    NotAvailable,
+    #[error("message too big (EMSGSIZE)")]
+    MessageTooBig,
+    #[error("connection refused: no such domain or ring (ECONNREFUSED)")]
+    Refused,
+    #[error("hypervisor error {0}")]
+    Other(i32),
+}
+
+impl HvError {
+    /// The error for a (positive) errno.
+    pub fn from_errno(e: i32) -> Self {
+        match e {
+            errno::EPERM => HvError::NotPermitted,
+            errno::ENOENT => HvError::NotFound,
+            errno::ESRCH => HvError::NoSuchDomain,
+            errno::E2BIG => HvError::TooMany,
+            errno::EAGAIN => HvError::WouldBlock,
+            errno::ENOMEM => HvError::OutOfMemory,
+            errno::EACCES => HvError::Denied,
+            errno::EFAULT => HvError::BadAddress,
+            errno::EBUSY => HvError::Busy,
+            errno::EEXIST => HvError::Exists,
+            errno::EINVAL => HvError::Invalid,
+            errno::ENOSPC => HvError::NoSpace,
+            errno::ENOSYS => HvError::NotAvailable,
+            errno::EMSGSIZE => HvError::MessageTooBig,
+            errno::ECONNREFUSED => HvError::Refused,
+            other => HvError::Other(other),
+        }
+    }
+
+    /// The (positive) errno.
+    pub fn errno(&self) -> i32 {
+        match *self {
+            HvError::NotPermitted => errno::EPERM,
+            HvError::NotFound => errno::ENOENT,
+            HvError::NoSuchDomain => errno::ESRCH,
+            HvError::TooMany => errno::E2BIG,
+            HvError::WouldBlock => errno::EAGAIN,
+            HvError::OutOfMemory => errno::ENOMEM,
+            HvError::Denied => errno::EACCES,
+            HvError::BadAddress => errno::EFAULT,
+            HvError::Busy => errno::EBUSY,
+            HvError::Exists => errno::EEXIST,
+            HvError::Invalid => errno::EINVAL,
+            HvError::NoSpace => errno::ENOSPC,
+            HvError::NotAvailable => errno::ENOSYS,
+            HvError::MessageTooBig => errno::EMSGSIZE,
+            HvError::Refused => errno::ECONNREFUSED,
+            HvError::Other(e) => e,
+        }
+    }
+
+    /// The errno's symbolic name (`"EAGAIN"`), as the C header and the scenarios spell it.
+    pub fn name(&self) -> String {
+        ERRNO_NAMES
+            .iter()
+            .find(|(_, v)| *v == self.errno())
+            .map(|(n, _)| (*n).to_string())
+            .unwrap_or_else(|| format!("E{}", self.errno()))
+    }
+
+    /// Parses a symbolic errno name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        ERRNO_NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| HvError::from_errno(*v))
+    }
+
+    /// Decodes a raw hypercall return value: negative errno, or a non-negative result.
+    pub fn check(ret: i64) -> Result<u64, HvError> {
+        if ret < 0 {
+            Err(HvError::from_errno(i32::try_from(-ret).unwrap_or(i32::MAX)))
+        } else {
+            Ok(ret as u64)
+        }
+    }
+}
+
+const ERRNO_NAMES: &[(&str, i32)] = &[
+    ("EPERM", errno::EPERM),
+    ("ENOENT", errno::ENOENT),
+    ("ESRCH", errno::ESRCH),
+    ("E2BIG", errno::E2BIG),
+    ("EAGAIN", errno::EAGAIN),
+    ("ENOMEM", errno::ENOMEM),
+    ("EACCES", errno::EACCES),
+    ("EFAULT", errno::EFAULT),
+    ("EBUSY", errno::EBUSY),
+    ("EEXIST", errno::EEXIST),
+    ("EINVAL", errno::EINVAL),
+    ("ENOSPC", errno::ENOSPC),
+    ("ENOSYS", errno::ENOSYS),
+    ("EMSGSIZE", errno::EMSGSIZE),
+    ("ECONNREFUSED", errno::ECONNREFUSED),
+];
+
+/// A page of the ACL table as `V4VOP_tables_list` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TablesPage {
+    /// The rules copied, from the requested start.
+    pub rules: Vec<TablesRule>,
+    /// How many rules the whole table holds.
+    pub total: u32,
+}
+
+/// The V4V operations of one domain. See `docs/abi.md` for each operation's exact semantics and
+/// the order of its checks; implementations must agree byte for byte.
+pub trait Hypervisor: Send + Sync {
+    /// Zeroed, page-aligned memory suitable for rings, of at least `bytes` bytes. On Xen it comes
+    /// from `/dev/xen/hypercall` so the kernel never moves it.
+    fn alloc_ring_memory(&self, bytes: usize) -> Result<RingMemory, HvError>;
+
+    /// `V4VOP_register_ring` for the ring whose header is at `offset` in `mem`.
+    fn register_ring(&self, mem: &RingMemory, offset: usize) -> Result<(), HvError>;
+
+    /// `V4VOP_unregister_ring` for the ring whose header is at `offset` in `mem`.
+    fn unregister_ring(&self, mem: &RingMemory, offset: usize) -> Result<(), HvError>;
+
+    /// `V4VOP_sendv`: returns the payload length.
+    fn sendv(&self, addr: &SendAddr, iov: &[IoSlice<'_>], message_type: u32)
+    -> Result<u32, HvError>;
+
+    /// `V4VOP_notify`; `None` passes NULL (only wake waiters on our rings). The hypervisor fills
+    /// in each entry's flags and max_message_size.
+    fn notify(&self, entries: Option<&mut [RingDataEnt]>) -> Result<(), HvError>;
+
+    /// `V4VOP_info`.
+    fn info(&self) -> Result<Info, HvError>;
+
+    /// `V4VOP_config` (dom0 only).
+    fn config(&self, config: &Config) -> Result<(), HvError>;
+
+    /// `V4VOP_tables_add` (dom0 only): insert before 1-based `position` (0 appends).
+    fn tables_add(&self, rule: &TablesRule, position: u32) -> Result<(), HvError>;
+
+    /// `V4VOP_tables_del` (dom0 only): by rule, by 1-based position, or all with
+    /// [`abi::TABLES_DEL_ALL`].
+    fn tables_del(&self, rule: Option<&TablesRule>, position: u32) -> Result<(), HvError>;
+
+    /// `V4VOP_tables_list` (dom0 only): up to `max` rules from 0-based `start`.
+    fn tables_list(&self, start: u32, max: u32) -> Result<TablesPage, HvError>;
+
+    /// A descriptor that polls readable while the domain's V4V event is pending.
+    fn event_fd(&self) -> BorrowedFd<'_>;
+
+    /// Consumes the pending event, if any: returns whether one was pending. Does not block.
+    fn take_event(&self) -> Result<bool, HvError>;
+}
+
+/// Reads the whole ACL table, a page at a time.
+pub fn list_all_rules(hv: &dyn Hypervisor) -> Result<Vec<TablesRule>, HvError> {
+    let mut rules = Vec::new();
+    loop {
+        let page = hv.tables_list(rules.len() as u32, abi::MAX_RULES)?;
+        let got = page.rules.len();
+        rules.extend(page.rules);
+        if got == 0 || rules.len() as u32 >= page.total {
+            return Ok(rules);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_names_round_trip() {
+        for (name, value) in ERRNO_NAMES {
+            let e = HvError::from_errno(*value);
+            assert_eq!(e.errno(), *value);
+            assert_eq!(&e.name(), name);
+            assert_eq!(HvError::from_name(name), Some(e));
+            assert!(!matches!(e, HvError::Other(_)), "{name} has no variant");
+        }
+        assert_eq!(HvError::check(-11), Err(HvError::WouldBlock));
+        assert_eq!(HvError::check(5), Ok(5));
+        assert_eq!(HvError::from_errno(99).name(), "E99");
+    }
+}

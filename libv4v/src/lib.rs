@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! libv4v: V4V inter-domain messaging for Xen.
+//!
+//! - [`abi`]: the hypercall ABI, mirrored from the C public header `v4v.h`.
+//! - [`shmem`]: the audited volatile/atomic layer over shared ring memory.
+//! - [`ring`]: ring arithmetic, the receiver's reader and the hypervisor's insert.
+//! - [`hypervisor`]: the [`Hypervisor`] trait every backend (model, simulator, Xen) implements.
+
+pub mod abi;
+pub mod hypervisor;
+pub mod ring;
+pub mod shmem;
+
+pub use hypervisor::{HvError, Hypervisor};

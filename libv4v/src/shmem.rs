@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Shared ring memory: the one place that touches memory another party writes concurrently.
+//!
+//! A [`RingMemory`] is a page-aligned mapping shared with a writer we do not trust: the
+//! hypervisor (on Xen, through pages it pinned), the simulator process (through a memfd), or the
+//! guest's own buggy code. Every access here is bounds-checked against the mapping and is either
+//! volatile or atomic, so the compiler neither invents nor elides reads of memory that can change
+//! underneath us. Callers above this layer deal only in offsets and values; none of them holds a
+//! reference into the mapping. What the bytes *mean* is the ring module's business, not this one's.
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use thiserror::Error;
+
+/// The granule of ring memory: rings start on a page boundary.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Errors of this layer.
+#[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
+pub enum ShmemError {
+    #[error("access of {len} bytes at offset {offset} is outside the {size}-byte mapping")]
+    OutOfBounds { offset: usize, len: usize, size: usize },
+    #[error("atomic access at offset {offset} is not 4-byte aligned")]
+    Misaligned { offset: usize },
+    #[error("could not create shared memory: {0}")]
+    Os(#[source] OsErrno),
+}
+
+/// An errno from the host OS, displayed with its message.
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Error)]
+#[error("{}", std::io::Error::from_raw_os_error(*.0))]
+pub struct OsErrno(pub i32);
+
+impl OsErrno {
+    fn last() -> Self {
+        OsErrno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// Plain-old-data ABI types that may be read from and written to shared memory as bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, have no implicit padding, and be valid for every bit
+/// pattern (integers and arrays of integers only).
+pub unsafe trait Pod: Copy + Default {}
+
+// SAFETY: each of these is #[repr(C)] with integer fields only and explicit padding fields, so
+// every byte is part of a field and every bit pattern is a valid value (checked for padding by the
+// size assertions in tests/abi_header.rs, which compare against the C compiler's layout).
+unsafe impl Pod for crate::abi::RingHeader {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::MessageHeader {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::RingId {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::Addr {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::StreamHeader {}
+
+struct Mapping {
+    ptr: NonNull<u8>,
+    size: usize,
+    fd: Option<OwnedFd>,
+}
+
+// SAFETY: the mapping is plain memory that lives until drop; every access through it is volatile or
+// atomic and bounds-checked, so sharing it between threads cannot create references to aliased
+// memory.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/size describe a mapping created by mmap that this value owns; no reference
+        // into it outlives the last clone of the RingMemory.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.size);
+        }
+    }
+}
+
+/// A shared, page-aligned memory region holding one or more rings. Cheap to clone: clones share
+/// the mapping, which is unmapped when the last one is dropped (so a hypervisor model that holds a
+/// registered ring keeps its memory alive, as Xen's page references do).
+#[derive(Clone)]
+pub struct RingMemory {
+    map: Arc<Mapping>,
+}
+
+impl std::fmt::Debug for RingMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingMemory")
+            .field("addr", &self.map.ptr)
+            .field("size", &self.map.size)
+            .finish()
+    }
+}
+
+/// Rounds `bytes` up to whole pages (at least one).
+pub fn page_round(bytes: usize) -> usize {
+    bytes.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+impl RingMemory {
+    /// Zeroed memory backed by a memfd, so that it can be shared with another process.
+    pub fn anonymous(bytes: usize) -> Result<Self, ShmemError> {
+        let size = page_round(bytes);
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"v4v-ring".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(ShmemError::Os(OsErrno::last()));
+        }
+        // SAFETY: raw is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = libc::off_t::try_from(size).map_err(|_| ShmemError::Os(OsErrno(libc::EFBIG)))?;
+        // SAFETY: ftruncate on a descriptor we own.
+        if unsafe { libc::ftruncate(raw, len) } != 0 {
+            return Err(ShmemError::Os(OsErrno::last()));
+        }
+        Self::map_fd(fd, size)
+    }
+
+    /// Maps `size` bytes of a shared-memory descriptor (a memfd received from a peer).
+    pub fn map_fd(fd: OwnedFd, size: usize) -> Result<Self, ShmemError> {
+        use std::os::fd::AsRawFd;
+        if size == 0 || size % PAGE_SIZE != 0 {
+            return Err(ShmemError::Os(OsErrno(libc::EINVAL)));
+        }
+        // SAFETY: a fresh shared mapping of a descriptor we own; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ShmemError::Os(OsErrno::last()));
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or(ShmemError::Os(OsErrno(libc::ENOMEM)))?;
+        Ok(RingMemory { map: Arc::new(Mapping { ptr, size, fd: Some(fd) }) })
+    }
+
+    /// Takes ownership of an existing mapping (for example of `/dev/xen/hypercall`).
+    ///
+    /// # Safety
+    /// `ptr` must be the page-aligned start of a readable and writable mapping of `size` bytes made
+    /// with `mmap`, owned by nobody else, and valid until this value and its clones are dropped,
+    /// when it is unmapped with `munmap`.
+    pub unsafe fn from_mmap(ptr: NonNull<u8>, size: usize) -> Self {
+        RingMemory { map: Arc::new(Mapping { ptr, size, fd: None }) }
+    }
+
+    /// The size of the mapping in bytes.
+    pub fn size(&self) -> usize {
+        self.map.size
+    }
+
+    /// The mapping's address in this process (what a guest passes to the hypervisor).
+    pub fn addr(&self) -> usize {
+        self.map.ptr.as_ptr() as usize
+    }
+
+    /// The descriptor behind the mapping, when it has one.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.map.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Whether two handles refer to the same mapping.
+    pub fn same_mapping(&self, other: &RingMemory) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<*mut u8, ShmemError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.map.size => {
+                // SAFETY: offset + len <= size, so the resulting pointer is within (or one past
+                // the end of) the mapping.
+                Ok(unsafe { self.map.ptr.as_ptr().add(offset) })
+            }
+            _ => Err(ShmemError::OutOfBounds { offset, len, size: self.map.size }),
+        }
+    }
+
+    fn atomic(&self, offset: usize) -> Result<&AtomicU32, ShmemError> {
+        if offset % 4 != 0 {
+            return Err(ShmemError::Misaligned { offset });
+        }
+        let p = self.check(offset, 4)?;
+        // SAFETY: p is 4-aligned (the mapping is page aligned and offset is a multiple of 4),
+        // within the mapping, and the mapping outlives the returned reference (tied to &self).
+        // Every access to these words anywhere is atomic or volatile.
+        Ok(unsafe { AtomicU32::from_ptr(p.cast()) })
+    }
+
+    /// Reads a `u32` with acquire ordering: later reads see what the writer wrote before it.
+    pub fn load_acquire_u32(&self, offset: usize) -> Result<u32, ShmemError> {
+        Ok(self.atomic(offset)?.load(Ordering::Acquire))
+    }
+
+    /// Stores a `u32` with release ordering: earlier reads and writes happen before it.
+    pub fn store_release_u32(&self, offset: usize, value: u32) -> Result<(), ShmemError> {
+        self.atomic(offset)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies bytes out of the mapping with volatile reads.
+    pub fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<(), ShmemError> {
+        let src = self.check(offset, out.len())?;
+        // SAFETY: src..src+len is inside the mapping (checked); out is a distinct local buffer.
+        unsafe { volatile_copy(src, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Copies bytes into the mapping with volatile writes.
+    pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), ShmemError> {
+        let dst = self.check(offset, data.len())?;
+        // SAFETY: dst..dst+len is inside the mapping (checked); data is a distinct local buffer.
+        unsafe { volatile_copy(data.as_ptr(), dst, data.len()) };
+        Ok(())
+    }
+
+    /// Fills `len` bytes of the mapping with `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), ShmemError> {
+        let dst = self.check(offset, len)?;
+        for i in 0..len {
+            // SAFETY: dst + i is inside the checked range.
+            unsafe { dst.add(i).write_volatile(byte) };
+        }
+        Ok(())
+    }
+
+    /// Reads an ABI structure.
+    pub fn read_obj<T: Pod>(&self, offset: usize) -> Result<T, ShmemError> {
+        let mut value = T::default();
+        // SAFETY: T is Pod, so viewing it as bytes and filling them with any pattern is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), size_of::<T>())
+        };
+        self.read_bytes(offset, bytes)?;
+        Ok(value)
+    }
+
+    /// Writes an ABI structure.
+    pub fn write_obj<T: Pod>(&self, offset: usize, value: &T) -> Result<(), ShmemError> {
+        // SAFETY: T is Pod: it has no padding, so all of its bytes are initialised.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+        self.write_bytes(offset, bytes)
+    }
+
+    /// Reads a `u32` with a volatile read (no ordering).
+    pub fn read_u32(&self, offset: usize) -> Result<u32, ShmemError> {
+        let mut b = [0u8; 4];
+        self.read_bytes(offset, &mut b)?;
+        Ok(u32::from_ne_bytes(b))
+    }
+
+    /// Writes a `u32` with a volatile write (no ordering).
+    pub fn write_u32(&self, offset: usize, value: u32) -> Result<(), ShmemError> {
+        self.write_bytes(offset, &value.to_ne_bytes())
+    }
+}
+
+/// Copies `len` bytes with volatile accesses, in 8-byte words where both sides allow it.
+///
+/// # Safety
+/// `src` must be valid for `len` byte reads and `dst` for `len` byte writes, and the two ranges
+/// must not overlap.
+unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
+    let mut i = 0;
+    if (src as usize) % 8 == (dst as usize) % 8 {
+        while i < len && (src as usize + i) % 8 != 0 {
+            // SAFETY: i < len, so both pointers are within their ranges.
+            unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+            i += 1;
+        }
+        while i + 8 <= len {
+            // SAFETY: src + i and dst + i are 8-aligned here and 8 bytes remain in both ranges.
+            unsafe {
+                let w = src.add(i).cast::<u64>().read_volatile();
+                dst.add(i).cast::<u64>().write_volatile(w);
+            }
+            i += 8;
+        }
+    }
+    while i < len {
+        // SAFETY: i < len, so both pointers are within their ranges.
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_enforced() {
+        let m = RingMemory::anonymous(100).unwrap();
+        assert_eq!(m.size(), PAGE_SIZE);
+        assert!(m.write_bytes(PAGE_SIZE - 4, &[1, 2, 3, 4]).is_ok());
+        assert_eq!(
+            m.write_bytes(PAGE_SIZE - 3, &[1, 2, 3, 4]),
+            Err(ShmemError::OutOfBounds { offset: PAGE_SIZE - 3, len: 4, size: PAGE_SIZE })
+        );
+        assert!(m.read_u32(usize::MAX - 1).is_err());
+        assert_eq!(m.load_acquire_u32(2), Err(ShmemError::Misaligned { offset: 2 }));
+    }
+
+    #[test]
+    fn memfd_mapping_is_shared_between_mappings() {
+        let a = RingMemory::anonymous(2 * PAGE_SIZE).unwrap();
+        let fd = a.fd().unwrap().try_clone_to_owned().unwrap();
+        let b = RingMemory::map_fd(fd, a.size()).unwrap();
+        assert_ne!(a.addr(), b.addr());
+        a.write_bytes(5000, b"shared").unwrap();
+        let mut out = [0u8; 6];
+        b.read_bytes(5000, &mut out).unwrap();
+        assert_eq!(&out, b"shared");
+        b.store_release_u32(8, 0xdead_beef).unwrap();
+        assert_eq!(a.load_acquire_u32(8).unwrap(), 0xdead_beef);
+    }
+
+    #[test]
+    fn unaligned_copies_round_trip() {
+        let m = RingMemory::anonymous(PAGE_SIZE).unwrap();
+        let data: Vec<u8> = (0..100u8).collect();
+        for off in 0..9 {
+            m.write_bytes(off, &data[off..]).unwrap();
+            let mut out = vec![0u8; data.len() - off];
+            m.read_bytes(off, &mut out).unwrap();
+            assert_eq!(out, &data[off..]);
+        }
+    }
+}
