@@ -45,7 +45,7 @@ pub enum RingError {
 
 /// Whether `len` is a valid data-area length.
 pub fn valid_len(len: u32) -> bool {
-    len % abi::RING_ALIGN == 0 && (abi::MIN_RING_LEN..=abi::MAX_RING_LEN).contains(&len)
+    len.is_multiple_of(abi::RING_ALIGN) && (abi::MIN_RING_LEN..=abi::MAX_RING_LEN).contains(&len)
 }
 
 /// Bytes of memory a ring with a `len`-byte data area occupies (header included).
@@ -102,13 +102,17 @@ impl Place {
         if !valid_len(len) {
             return Err(RingError::BadLength { len });
         }
-        if base % PAGE_SIZE != 0 {
+        if !base.is_multiple_of(PAGE_SIZE) {
             return Err(RingError::Misplaced { base });
         }
         let end = base.checked_add(ring_bytes(len));
         if end.is_none_or(|e| e > mem.size()) {
-            return Err(ShmemError::OutOfBounds { offset: base, len: ring_bytes(len), size: mem.size() }
-                .into());
+            return Err(ShmemError::OutOfBounds {
+                offset: base,
+                len: ring_bytes(len),
+                size: mem.size(),
+            }
+            .into());
         }
         Ok(Place { mem, base, len })
     }
@@ -157,7 +161,9 @@ pub struct RingReader {
 impl RingReader {
     /// A reader for the ring whose header is at `base` in `mem`, with a `len`-byte data area.
     pub fn new(mem: RingMemory, base: usize, len: u32) -> Result<Self, RingError> {
-        Ok(RingReader { place: Place::new(mem, base, len)? })
+        Ok(RingReader {
+            place: Place::new(mem, base, len)?,
+        })
     }
 
     pub fn memory(&self) -> &RingMemory {
@@ -168,40 +174,62 @@ impl RingReader {
         self.place.base
     }
 
+    /// The data area's length (the ABI's `len`), not a count of messages.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u32 {
         self.place.len
     }
 
     /// Writes a fresh header (magic, id, length, both pointers 0) before registration.
     pub fn init_header(&self, id: RingId) -> Result<(), RingError> {
-        let h = RingHeader { magic: RING_MAGIC, id, len: self.place.len, ..Default::default() };
+        let h = RingHeader {
+            magic: RING_MAGIC,
+            id,
+            len: self.place.len,
+            ..Default::default()
+        };
         self.place.mem.write_obj(self.place.base, &h)?;
         Ok(())
     }
 
     /// The ring id as it stands in the header (the hypervisor fills in the domain).
     pub fn id(&self) -> Result<RingId, RingError> {
-        Ok(self.place.mem.read_obj(self.place.base + ring_offsets::ID)?)
+        Ok(self
+            .place
+            .mem
+            .read_obj(self.place.base + ring_offsets::ID)?)
     }
 
     fn check_ptr(&self, p: u32) -> bool {
-        p % abi::RING_ALIGN == 0 && p < self.place.len
+        p.is_multiple_of(abi::RING_ALIGN) && p < self.place.len
     }
 
     /// `tx_ptr`, read with acquire ordering so the message bytes before it are visible.
     pub fn tx(&self) -> Result<u32, RingError> {
-        let tx = self.place.mem.load_acquire_u32(self.place.base + ring_offsets::TX_PTR)?;
+        let tx = self
+            .place
+            .mem
+            .load_acquire_u32(self.place.base + ring_offsets::TX_PTR)?;
         if !self.check_ptr(tx) {
-            return Err(RingError::BadTx { tx, len: self.place.len });
+            return Err(RingError::BadTx {
+                tx,
+                len: self.place.len,
+            });
         }
         Ok(tx)
     }
 
     /// `rx_ptr`, checked: even the owner's own pointer may have been scribbled on.
     pub fn rx(&self) -> Result<u32, RingError> {
-        let rx = self.place.mem.read_u32(self.place.base + ring_offsets::RX_PTR)?;
+        let rx = self
+            .place
+            .mem
+            .read_u32(self.place.base + ring_offsets::RX_PTR)?;
         if !self.check_ptr(rx) {
-            return Err(RingError::BadRx { rx, len: self.place.len });
+            return Err(RingError::BadRx {
+                rx,
+                len: self.place.len,
+            });
         }
         Ok(rx)
     }
@@ -239,13 +267,19 @@ impl RingReader {
         if u64::from(h.len) > u64::from(avail) {
             return Err(RingError::Overrun { len: h.len, avail });
         }
-        let r = Received { source: h.source, message_type: h.message_type, len: h.len - HDR };
+        let r = Received {
+            source: h.source,
+            message_type: h.message_type,
+            len: h.len - HDR,
+        };
         Ok(Some((r, rx)))
     }
 
     /// Takes the next message, replacing the contents of `payload` with its bytes.
     pub fn recv(&self, payload: &mut Vec<u8>) -> Result<Option<Received>, RingError> {
-        let Some((r, rx)) = self.peek_at()? else { return Ok(None) };
+        let Some((r, rx)) = self.peek_at()? else {
+            return Ok(None);
+        };
         payload.clear();
         payload.resize(r.len as usize, 0);
         let start = (rx + HDR) % self.place.len;
@@ -256,7 +290,9 @@ impl RingReader {
 
     /// Drops the next message unread (returns its header).
     pub fn skip(&self) -> Result<Option<Received>, RingError> {
-        let Some((r, rx)) = self.peek_at()? else { return Ok(None) };
+        let Some((r, rx)) = self.peek_at()? else {
+            return Ok(None);
+        };
         self.advance(rx, r.len)?;
         Ok(Some(r))
     }
@@ -264,14 +300,18 @@ impl RingReader {
     fn advance(&self, rx: u32, payload: u32) -> Result<(), RingError> {
         let next = (u64::from(rx) + message_slot(u64::from(payload))) % u64::from(self.place.len);
         // Release: our reads of the message complete before the hypervisor may overwrite it.
-        self.place.mem.store_release_u32(self.place.base + ring_offsets::RX_PTR, next as u32)?;
+        self.place
+            .mem
+            .store_release_u32(self.place.base + ring_offsets::RX_PTR, next as u32)?;
         Ok(())
     }
 
     /// Discards everything in the ring (rx = tx): recovery after corruption was reported.
     pub fn discard_all(&self) -> Result<(), RingError> {
         let tx = self.tx()?;
-        self.place.mem.store_release_u32(self.place.base + ring_offsets::RX_PTR, tx)?;
+        self.place
+            .mem
+            .store_release_u32(self.place.base + ring_offsets::RX_PTR, tx)?;
         Ok(())
     }
 }
@@ -301,9 +341,13 @@ pub struct RingWriter {
 
 impl RingWriter {
     pub fn new(mem: RingMemory, base: usize, len: u32) -> Result<Self, RingError> {
-        Ok(RingWriter { place: Place::new(mem, base, len)? })
+        Ok(RingWriter {
+            place: Place::new(mem, base, len)?,
+        })
     }
 
+    /// The data area's length (the ABI's `len`), not a count of messages.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u32 {
         self.place.len
     }
@@ -318,19 +362,31 @@ impl RingWriter {
 
     /// The guest's `rx_ptr`, read now and sanitised.
     pub fn rx(&self) -> Result<u32, RingError> {
-        let raw = self.place.mem.load_acquire_u32(self.place.base + ring_offsets::RX_PTR)?;
+        let raw = self
+            .place
+            .mem
+            .load_acquire_u32(self.place.base + ring_offsets::RX_PTR)?;
         Ok(sanitize_rx(raw, self.place.len))
     }
 
     /// The guest's `tx_ptr` as found at registration: kept when valid, else the sanitised rx.
     pub fn initial_tx(&self) -> Result<u32, RingError> {
-        let raw = self.place.mem.read_u32(self.place.base + ring_offsets::TX_PTR)?;
-        if raw % abi::RING_ALIGN == 0 && raw < self.place.len { Ok(raw) } else { self.rx() }
+        let raw = self
+            .place
+            .mem
+            .read_u32(self.place.base + ring_offsets::TX_PTR)?;
+        if raw.is_multiple_of(abi::RING_ALIGN) && raw < self.place.len {
+            Ok(raw)
+        } else {
+            self.rx()
+        }
     }
 
     /// Stores `tx` to the guest's header with release ordering (the message bytes first).
     pub fn publish_tx(&self, tx: u32) -> Result<(), RingError> {
-        self.place.mem.store_release_u32(self.place.base + ring_offsets::TX_PTR, tx)?;
+        self.place
+            .mem
+            .store_release_u32(self.place.base + ring_offsets::TX_PTR, tx)?;
         Ok(())
     }
 
@@ -349,16 +405,23 @@ impl RingWriter {
         payload: &[IoSlice<'_>],
     ) -> Result<u32, InsertError> {
         let len = self.place.len;
-        debug_assert!(tx % abi::RING_ALIGN == 0 && tx < len);
+        debug_assert!(tx.is_multiple_of(abi::RING_ALIGN) && tx < len);
         let total: u64 = payload.iter().map(|s| s.len() as u64).sum();
         if total > u64::from(max_message_size(len)) {
-            return Err(InsertError::NeverFits { len: total, max: max_message_size(len) });
+            return Err(InsertError::NeverFits {
+                len: total,
+                max: max_message_size(len),
+            });
         }
         let rx = self.rx()?;
         if message_slot(total) >= u64::from(free_bytes(rx, tx, len)) {
             return Err(InsertError::NoSpace);
         }
-        let h = MessageHeader { len: (total + u64::from(HDR)) as u32, message_type, source };
+        let h = MessageHeader {
+            len: (total + u64::from(HDR)) as u32,
+            message_type,
+            source,
+        };
         self.place.mem.write_obj(self.place.data(tx), &h)?;
         let mut at = (tx + HDR) % len;
         for s in payload {
@@ -398,12 +461,20 @@ mod tests {
             w.insert(0, 1, Addr::new(1, 2), &[IoSlice::new(&[7; 33])]),
             Err(InsertError::NeverFits { len: 33, max: 32 })
         );
-        let tx = w.insert(0, 1, Addr::new(1, 2), &[IoSlice::new(&[7; 32])]).unwrap();
+        let tx = w
+            .insert(0, 1, Addr::new(1, 2), &[IoSlice::new(&[7; 32])])
+            .unwrap();
         assert_eq!(tx, 48);
-        assert_eq!(w.insert(tx, 1, Addr::new(1, 2), &[]), Err(InsertError::NoSpace));
+        assert_eq!(
+            w.insert(tx, 1, Addr::new(1, 2), &[]),
+            Err(InsertError::NoSpace)
+        );
         let mut buf = Vec::new();
         let m = r.recv(&mut buf).unwrap().unwrap();
-        assert_eq!((m.len, m.source, buf.as_slice()), (32, Addr::new(1, 2), &[7u8; 32][..]));
+        assert_eq!(
+            (m.len, m.source, buf.as_slice()),
+            (32, Addr::new(1, 2), &[7u8; 32][..])
+        );
         assert_eq!(r.rx().unwrap(), 48);
         assert_eq!(r.recv(&mut buf).unwrap(), None);
     }
@@ -411,10 +482,17 @@ mod tests {
     #[test]
     fn payload_wraps_at_the_end() {
         let (r, w) = ring(64);
-        let tx = w.insert(0, 1, Addr::new(1, 2), &[IoSlice::new(b"0123456789abcdef")]).unwrap();
+        let tx = w
+            .insert(0, 1, Addr::new(1, 2), &[IoSlice::new(b"0123456789abcdef")])
+            .unwrap();
         assert_eq!(tx, 32);
         r.recv(&mut Vec::new()).unwrap().unwrap();
-        let tx = w.insert(tx, 1, Addr::new(1, 2), &[IoSlice::new(b"wrap"), IoSlice::new(b"ped")]);
+        let tx = w.insert(
+            tx,
+            1,
+            Addr::new(1, 2),
+            &[IoSlice::new(b"wrap"), IoSlice::new(b"ped")],
+        );
         assert_eq!(tx, Ok(0));
         let mut buf = Vec::new();
         r.recv(&mut buf).unwrap().unwrap();
@@ -424,16 +502,32 @@ mod tests {
     #[test]
     fn corrupt_headers_are_errors() {
         let (r, w) = ring(128);
-        w.insert(0, 1, Addr::new(1, 2), &[IoSlice::new(b"hello")]).unwrap();
+        w.insert(0, 1, Addr::new(1, 2), &[IoSlice::new(b"hello")])
+            .unwrap();
         let mem = r.memory().clone();
         mem.write_u32(ring_offsets::DATA, 4).unwrap();
-        assert_eq!(r.recv(&mut Vec::new()), Err(RingError::ShortMessage { len: 4 }));
+        assert_eq!(
+            r.recv(&mut Vec::new()),
+            Err(RingError::ShortMessage { len: 4 })
+        );
         mem.write_u32(ring_offsets::DATA, 1000).unwrap();
-        assert_eq!(r.recv(&mut Vec::new()), Err(RingError::Overrun { len: 1000, avail: 32 }));
+        assert_eq!(
+            r.recv(&mut Vec::new()),
+            Err(RingError::Overrun {
+                len: 1000,
+                avail: 32
+            })
+        );
         mem.write_u32(ring_offsets::TX_PTR, 7).unwrap();
-        assert_eq!(r.recv(&mut Vec::new()), Err(RingError::BadTx { tx: 7, len: 128 }));
+        assert_eq!(
+            r.recv(&mut Vec::new()),
+            Err(RingError::BadTx { tx: 7, len: 128 })
+        );
         mem.write_u32(ring_offsets::TX_PTR, 32).unwrap();
         mem.write_u32(ring_offsets::RX_PTR, 4096).unwrap();
-        assert_eq!(r.recv(&mut Vec::new()), Err(RingError::BadRx { rx: 4096, len: 128 }));
+        assert_eq!(
+            r.recv(&mut Vec::new()),
+            Err(RingError::BadRx { rx: 4096, len: 128 })
+        );
     }
 }

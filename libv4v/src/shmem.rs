@@ -22,7 +22,11 @@ pub const PAGE_SIZE: usize = 4096;
 #[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
 pub enum ShmemError {
     #[error("access of {len} bytes at offset {offset} is outside the {size}-byte mapping")]
-    OutOfBounds { offset: usize, len: usize, size: usize },
+    OutOfBounds {
+        offset: usize,
+        len: usize,
+        size: usize,
+    },
     #[error("atomic access at offset {offset} is not 4-byte aligned")]
     Misaligned { offset: usize },
     #[error("could not create shared memory: {0}")]
@@ -36,7 +40,11 @@ pub struct OsErrno(pub i32);
 
 impl OsErrno {
     fn last() -> Self {
-        OsErrno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        OsErrno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
     }
 }
 
@@ -127,7 +135,7 @@ impl RingMemory {
     /// Maps `size` bytes of a shared-memory descriptor (a memfd received from a peer).
     pub fn map_fd(fd: OwnedFd, size: usize) -> Result<Self, ShmemError> {
         use std::os::fd::AsRawFd;
-        if size == 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(ShmemError::Os(OsErrno(libc::EINVAL)));
         }
         // SAFETY: a fresh shared mapping of a descriptor we own; the result is checked.
@@ -145,7 +153,13 @@ impl RingMemory {
             return Err(ShmemError::Os(OsErrno::last()));
         }
         let ptr = NonNull::new(ptr.cast()).ok_or(ShmemError::Os(OsErrno(libc::ENOMEM)))?;
-        Ok(RingMemory { map: Arc::new(Mapping { ptr, size, fd: Some(fd) }) })
+        Ok(RingMemory {
+            map: Arc::new(Mapping {
+                ptr,
+                size,
+                fd: Some(fd),
+            }),
+        })
     }
 
     /// Takes ownership of an existing mapping (for example of `/dev/xen/hypercall`).
@@ -155,7 +169,13 @@ impl RingMemory {
     /// with `mmap`, owned by nobody else, and valid until this value and its clones are dropped,
     /// when it is unmapped with `munmap`.
     pub unsafe fn from_mmap(ptr: NonNull<u8>, size: usize) -> Self {
-        RingMemory { map: Arc::new(Mapping { ptr, size, fd: None }) }
+        RingMemory {
+            map: Arc::new(Mapping {
+                ptr,
+                size,
+                fd: None,
+            }),
+        }
     }
 
     /// The size of the mapping in bytes.
@@ -185,12 +205,16 @@ impl RingMemory {
                 // the end of) the mapping.
                 Ok(unsafe { self.map.ptr.as_ptr().add(offset) })
             }
-            _ => Err(ShmemError::OutOfBounds { offset, len, size: self.map.size }),
+            _ => Err(ShmemError::OutOfBounds {
+                offset,
+                len,
+                size: self.map.size,
+            }),
         }
     }
 
     fn atomic(&self, offset: usize) -> Result<&AtomicU32, ShmemError> {
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(ShmemError::Misaligned { offset });
         }
         let p = self.check(offset, 4)?;
@@ -277,7 +301,7 @@ impl RingMemory {
 unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
     let mut i = 0;
     if (src as usize) % 8 == (dst as usize) % 8 {
-        while i < len && (src as usize + i) % 8 != 0 {
+        while i < len && !(src as usize + i).is_multiple_of(8) {
             // SAFETY: i < len, so both pointers are within their ranges.
             unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
             i += 1;
@@ -309,10 +333,17 @@ mod tests {
         assert!(m.write_bytes(PAGE_SIZE - 4, &[1, 2, 3, 4]).is_ok());
         assert_eq!(
             m.write_bytes(PAGE_SIZE - 3, &[1, 2, 3, 4]),
-            Err(ShmemError::OutOfBounds { offset: PAGE_SIZE - 3, len: 4, size: PAGE_SIZE })
+            Err(ShmemError::OutOfBounds {
+                offset: PAGE_SIZE - 3,
+                len: 4,
+                size: PAGE_SIZE
+            })
         );
         assert!(m.read_u32(usize::MAX - 1).is_err());
-        assert_eq!(m.load_acquire_u32(2), Err(ShmemError::Misaligned { offset: 2 }));
+        assert_eq!(
+            m.load_acquire_u32(2),
+            Err(ShmemError::Misaligned { offset: 2 })
+        );
     }
 
     #[test]

@@ -134,7 +134,9 @@ impl State {
     /// The ring a send from `sender` to `(domain, port)` lands in: partner-specific, then ANY.
     fn lookup_key(&self, domain: DomId, port: u32, sender: DomId) -> Option<RingKey> {
         let d = self.domains.get(&domain)?;
-        [(port, sender), (port, DOMID_ANY)].into_iter().find(|k| d.rings.contains_key(k))
+        [(port, sender), (port, DOMID_ANY)]
+            .into_iter()
+            .find(|k| d.rings.contains_key(k))
     }
 
     /// The ACL verdict for a send: the first matching rule decides; none means accept.
@@ -232,14 +234,21 @@ impl Model {
                 evtchn: None,
             },
         );
-        Ok(ModelDomain { model: self.clone(), domid, event })
+        Ok(ModelDomain {
+            model: self.clone(),
+            domid,
+            event,
+        })
     }
 
     /// Destroys a domain: its rings, its waits on others' rings, and others' rings whose partner
     /// it was all go; the domains affected are signalled.
     pub fn destroy_domain(&self, domid: DomId) -> Result<(), ModelError> {
         let mut st = self.lock();
-        let dead = st.domains.remove(&domid).ok_or(ModelError::NoSuchDomain(domid))?;
+        let dead = st
+            .domains
+            .remove(&domid)
+            .ok_or(ModelError::NoSuchDomain(domid))?;
         for ring in dead.rings.values() {
             for w in &ring.waiters {
                 st.signal(w.domain);
@@ -247,12 +256,18 @@ impl Model {
         }
         let owners: Vec<DomId> = st.domains.keys().copied().collect();
         for owner in owners {
-            let Some(d) = st.domains.get_mut(&owner) else { continue };
+            let Some(d) = st.domains.get_mut(&owner) else {
+                continue;
+            };
             for ring in d.rings.values_mut() {
                 ring.waiters.retain(|w| w.domain != domid);
             }
-            let partnered: Vec<RingKey> =
-                d.rings.keys().filter(|(_, partner)| *partner == domid).copied().collect();
+            let partnered: Vec<RingKey> = d
+                .rings
+                .keys()
+                .filter(|(_, partner)| *partner == domid)
+                .copied()
+                .collect();
             for key in partnered {
                 st.remove_ring(owner, key);
                 st.signal(owner);
@@ -273,7 +288,12 @@ impl Model {
 
     /// Waiters queued, over all rings.
     pub fn waiter_count(&self) -> usize {
-        self.lock().domains.values().flat_map(|d| d.rings.values()).map(|r| r.waiters.len()).sum()
+        self.lock()
+            .domains
+            .values()
+            .flat_map(|d| d.rings.values())
+            .map(|r| r.waiters.len())
+            .sum()
     }
 }
 
@@ -310,14 +330,19 @@ impl ModelDomain {
     }
 
     fn resolve(&self, domain: DomId) -> DomId {
-        if domain == DOMID_SELF { self.domid } else { domain }
+        if domain == DOMID_SELF {
+            self.domid
+        } else {
+            domain
+        }
     }
 
     fn read_header(mem: &RingMemory, offset: usize) -> Result<RingHeader, HvError> {
-        if offset % PAGE_SIZE != 0 {
+        if !offset.is_multiple_of(PAGE_SIZE) {
             return Err(HvError::Invalid);
         }
-        mem.read_obj::<RingHeader>(offset).map_err(|_| HvError::BadAddress)
+        mem.read_obj::<RingHeader>(offset)
+            .map_err(|_| HvError::BadAddress)
     }
 }
 
@@ -347,21 +372,32 @@ impl Hypervisor for ModelDomain {
             None if dom.rings.len() >= dom.max_rings as usize => return Err(HvError::NoSpace),
             _ => {}
         }
-        let writer = RingWriter::new(mem.clone(), offset, h.len).map_err(|_| HvError::BadAddress)?;
+        let writer =
+            RingWriter::new(mem.clone(), offset, h.len).map_err(|_| HvError::BadAddress)?;
         let tx = match existing {
             Some((_, tx)) => tx,
             None => writer.initial_tx().map_err(|_| HvError::BadAddress)?,
         };
-        mem.write_obj(offset + abi::ring_offsets::ID, &abi::RingId {
-            addr: Addr::new(self.domid, h.id.addr.port),
-            ..h.id
-        })
+        mem.write_obj(
+            offset + abi::ring_offsets::ID,
+            &abi::RingId {
+                addr: Addr::new(self.domid, h.id.addr.port),
+                ..h.id
+            },
+        )
         .and_then(|()| mem.store_release_u32(offset + abi::ring_offsets::TX_PTR, tx))
         .map_err(|_| HvError::BadAddress)?;
         match dom.rings.get_mut(&key) {
             Some(ring) => ring.writer = writer,
             None => {
-                dom.rings.insert(key, Ring { writer, tx, waiters: Vec::new() });
+                dom.rings.insert(
+                    key,
+                    Ring {
+                        writer,
+                        tx,
+                        waiters: Vec::new(),
+                    },
+                );
             }
         }
         Ok(())
@@ -370,7 +406,8 @@ impl Hypervisor for ModelDomain {
     fn unregister_ring(&self, mem: &RingMemory, offset: usize) -> Result<(), HvError> {
         let mut st = self.live()?;
         let h = Self::read_header(mem, offset)?;
-        st.remove_ring(self.domid, (h.id.addr.port, h.id.partner)).ok_or(HvError::NotFound)?;
+        st.remove_ring(self.domid, (h.id.addr.port, h.id.partner))
+            .ok_or(HvError::NotFound)?;
         Ok(())
     }
 
@@ -403,7 +440,9 @@ impl Hypervisor for ModelDomain {
         if !st.acl_accepts(src, dst) {
             return Err(HvError::Denied);
         }
-        let key = st.lookup_key(dst.domain, dst.port, self.domid).ok_or(HvError::Refused)?;
+        let key = st
+            .lookup_key(dst.domain, dst.port, self.domid)
+            .ok_or(HvError::Refused)?;
         let ring = st
             .domains
             .get_mut(&dst.domain)
@@ -442,8 +481,13 @@ impl Hypervisor for ModelDomain {
             let target = self.resolve(ent.ring.domain);
             ent.flags = 0;
             ent.max_message_size = 0;
-            let Some(key) = st.lookup_key(target, ent.ring.port, self.domid) else { continue };
-            let Some(ring) = st.domains.get_mut(&target).and_then(|d| d.rings.get_mut(&key))
+            let Some(key) = st.lookup_key(target, ent.ring.port, self.domid) else {
+                continue;
+            };
+            let Some(ring) = st
+                .domains
+                .get_mut(&target)
+                .and_then(|d| d.rings.get_mut(&key))
             else {
                 continue;
             };
@@ -528,7 +572,11 @@ impl Hypervisor for ModelDomain {
                 if !rule_valid(rule) || position != 0 {
                     return Err(HvError::Invalid);
                 }
-                let at = st.rules.iter().position(|r| r == rule).ok_or(HvError::NotFound)?;
+                let at = st
+                    .rules
+                    .iter()
+                    .position(|r| r == rule)
+                    .ok_or(HvError::NotFound)?;
                 st.rules.remove(at);
             }
             None if position == abi::TABLES_DEL_ALL => st.rules.clear(),
@@ -549,9 +597,17 @@ impl Hypervisor for ModelDomain {
         if max > abi::MAX_RULES {
             return Err(HvError::Invalid);
         }
-        let rules =
-            st.rules.iter().skip(start as usize).take(max as usize).copied().collect::<Vec<_>>();
-        Ok(TablesPage { rules, total: st.rules.len() as u32 })
+        let rules = st
+            .rules
+            .iter()
+            .skip(start as usize)
+            .take(max as usize)
+            .copied()
+            .collect::<Vec<_>>();
+        Ok(TablesPage {
+            rules,
+            total: st.rules.len() as u32,
+        })
     }
 
     fn event_fd(&self) -> BorrowedFd<'_> {
