@@ -89,7 +89,11 @@ pub struct Addr {
 
 impl Addr {
     pub const fn new(domain: DomId, port: u32) -> Self {
-        Addr { port, domain, pad: 0 }
+        Addr {
+            port,
+            domain,
+            pad: 0,
+        }
     }
 }
 

@@ -107,7 +107,10 @@ impl HvError {
 
     /// Parses a symbolic errno name.
     pub fn from_name(name: &str) -> Option<Self> {
-        ERRNO_NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| HvError::from_errno(*v))
+        ERRNO_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| HvError::from_errno(*v))
     }
 
     /// Decodes a raw hypercall return value: negative errno, or a non-negative result.
@@ -161,8 +164,12 @@ pub trait Hypervisor: Send + Sync {
     fn unregister_ring(&self, mem: &RingMemory, offset: usize) -> Result<(), HvError>;
 
     /// `V4VOP_sendv`: returns the payload length.
-    fn sendv(&self, addr: &SendAddr, iov: &[IoSlice<'_>], message_type: u32)
-    -> Result<u32, HvError>;
+    fn sendv(
+        &self,
+        addr: &SendAddr,
+        iov: &[IoSlice<'_>],
+        message_type: u32,
+    ) -> Result<u32, HvError>;
 
     /// `V4VOP_notify`; `None` passes NULL (only wake waiters on our rings). The hypervisor fills
     /// in each entry's flags and max_message_size.

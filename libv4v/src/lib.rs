@@ -5,9 +5,11 @@
 //! - [`shmem`]: the audited volatile/atomic layer over shared ring memory.
 //! - [`ring`]: ring arithmetic, the receiver's reader and the hypervisor's insert.
 //! - [`hypervisor`]: the [`Hypervisor`] trait every backend (model, simulator, Xen) implements.
+//! - [`raw`]: typed operations marshalled into `v4v.h` structures for raw hypercalls.
 
 pub mod abi;
 pub mod hypervisor;
+pub mod raw;
 pub mod ring;
 pub mod shmem;
 

@@ -67,6 +67,22 @@ unsafe impl Pod for crate::abi::RingId {}
 unsafe impl Pod for crate::abi::Addr {}
 // SAFETY: as above.
 unsafe impl Pod for crate::abi::StreamHeader {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::Iov {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::SendAddr {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::RingDataEnt {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::RingDataHeader {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::Info {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::Config {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::TablesRule {}
+// SAFETY: as above.
+unsafe impl Pod for crate::abi::TablesListHeader {}
 
 struct Mapping {
     ptr: NonNull<u8>,
