@@ -102,6 +102,10 @@ impl<R: RawHypercall> AbiHypervisor<R> {
         &self.raw
     }
 
+    pub fn into_raw(self) -> R {
+        self.raw
+    }
+
     /// The bounce buffer, at least `payload` bytes beside the fixed arguments.
     fn bounce(&self, payload: usize) -> Result<Bounce<'_>, HvError> {
         let mut lock = self.bounce.lock().unwrap_or_else(|e| e.into_inner());
