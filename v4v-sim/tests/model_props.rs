@@ -20,8 +20,14 @@ const SENDERS: [u16; 2] = [0, 2];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Send { sender: usize, len: usize, split: usize },
-    Consume { count: usize },
+    Send {
+        sender: usize,
+        len: usize,
+        split: usize,
+    },
+    Consume {
+        count: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,7 +39,13 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn payload(sender: usize, seq: u32, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq * 7 + sender as u32) as u8).collect()
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(31)
+                .wrapping_add(seq * 7 + sender as u32) as u8
+        })
+        .collect()
 }
 
 fn check_canaries(mem: &RingMemory, ring_at: usize, len: u32) {
