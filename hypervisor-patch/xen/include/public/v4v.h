@@ -71,7 +71,7 @@
  * V4V_RING_ALIGN slot free, so rx_ptr == tx_ptr means empty, never full.
  */
 #define V4V_RING_ALIGN                      16U
-#define V4V_ROUNDUP(a)                      (((a) + 15U) & ~15U)
+#define V4V_ROUNDUP(a)                      ((((a) + 15U) | 15U) ^ 15U)
 #define V4V_RING_HEADER_SIZE                64U
 #define V4V_MESSAGE_HEADER_SIZE             16U
 #define V4V_MIN_RING_LEN                    48U
