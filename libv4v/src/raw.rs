@@ -205,11 +205,15 @@ impl<R: RawHypercall> Hypervisor for AbiHypervisor<R> {
             ..Default::default()
         };
         let at = b.put(&head)?;
-        for e in ents.iter() {
-            b.put(e)?;
+        // The entries follow the header contiguously (20 bytes each: not 16-aligned).
+        let first = b.reserve(size_of_val(ents))?;
+        debug_assert_eq!(first, at + size_of::<RingDataHeader>());
+        for (i, e) in ents.iter().enumerate() {
+            b.mem()
+                .write_obj(first + i * size_of::<RingDataEnt>(), e)
+                .map_err(|_| HvError::OutOfMemory)?;
         }
         self.call(abi::OP_NOTIFY, b.addr(at), 0, 0, 0)?;
-        let first = at + size_of::<RingDataHeader>();
         for (i, e) in ents.iter_mut().enumerate() {
             *e = b.get(first + i * size_of::<RingDataEnt>())?;
         }

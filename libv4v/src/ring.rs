@@ -78,6 +78,13 @@ pub fn payload_space(rx: u32, tx: u32, len: u32) -> u32 {
     free_bytes(rx, tx, len).saturating_sub(2 * HDR)
 }
 
+/// Whether a `payload`-byte message would be accepted now: the insert rule, which keeps one
+/// 16-byte slot free. (With exactly one slot free not even an empty message fits, although
+/// [`payload_space`] is 0 then, not negative.)
+pub fn fits_now(rx: u32, tx: u32, len: u32, payload: u64) -> bool {
+    message_slot(payload) < u64::from(free_bytes(rx, tx, len))
+}
+
 /// The largest payload a ring of this length can ever hold.
 pub fn max_message_size(len: u32) -> u32 {
     len.saturating_sub(2 * HDR)
@@ -390,6 +397,11 @@ impl RingWriter {
         Ok(())
     }
 
+    /// Whether a `payload`-byte message would be accepted now, given the hypervisor's `tx`.
+    pub fn fits_now(&self, tx: u32, payload: u64) -> Result<bool, RingError> {
+        Ok(fits_now(self.rx()?, tx, self.place.len, payload))
+    }
+
     /// Payload bytes that fit now, given the hypervisor's `tx`.
     pub fn payload_space(&self, tx: u32) -> Result<u32, RingError> {
         Ok(payload_space(self.rx()?, tx, self.place.len))
@@ -413,8 +425,7 @@ impl RingWriter {
                 max: max_message_size(len),
             });
         }
-        let rx = self.rx()?;
-        if message_slot(total) >= u64::from(free_bytes(rx, tx, len)) {
+        if !fits_now(self.rx()?, tx, len, total) {
             return Err(InsertError::NoSpace);
         }
         let h = MessageHeader {

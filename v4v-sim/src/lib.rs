@@ -3,7 +3,9 @@
 //!
 //! - [`model`]: a deterministic, in-process model of the hypervisor with several domains. Each
 //!   [`ModelDomain`] implements [`v4v::Hypervisor`] for one domain.
+//! - [`server`]: the model served to guest processes over a Unix socket (the `v4v-sim` binary).
 
 pub mod model;
+pub mod server;
 
 pub use model::{Model, ModelDomain, ModelError};

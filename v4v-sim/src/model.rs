@@ -88,9 +88,12 @@ struct Ring {
 }
 
 impl Ring {
-    /// Payload bytes that fit now; a ring whose memory cannot be read has none.
-    fn payload_space(&self) -> u32 {
-        self.writer.payload_space(self.tx).unwrap_or(0)
+    /// Whether a `len`-byte message would be accepted now; a ring whose memory cannot be read
+    /// takes nothing.
+    fn fits_now(&self, len: u32) -> bool {
+        self.writer
+            .fits_now(self.tx, u64::from(len))
+            .unwrap_or(false)
     }
 
     fn is_empty(&self) -> bool {
@@ -156,9 +159,14 @@ impl State {
         let mut woken = Vec::new();
         if let Some(d) = self.domains.get_mut(&owner) {
             for ring in d.rings.values_mut() {
-                let space = ring.payload_space();
-                ring.waiters.retain(|w| {
-                    let fits = w.len <= space;
+                let Ring {
+                    writer,
+                    tx,
+                    waiters,
+                } = ring;
+                let fits_now = |len: u32| writer.fits_now(*tx, u64::from(len)).unwrap_or(false);
+                waiters.retain(|w| {
+                    let fits = fits_now(w.len);
                     if fits {
                         woken.push(w.domain);
                     }
@@ -497,7 +505,7 @@ impl Hypervisor for ModelDomain {
             if ring.is_empty() {
                 ent.flags |= abi::RING_DATA_F_EMPTY;
             }
-            if ent.space_required <= ring.payload_space() {
+            if ring.fits_now(ent.space_required) {
                 ent.flags |= abi::RING_DATA_F_SUFFICIENT;
             } else if ent.space_required <= max
                 && State::enqueue(ring, self.domid, ent.space_required)

@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The C harness backend (`--backend c-harness`): the hypervisor's own `xen/common/v4v.c`,
+//! compiled into this binary with userspace shims for the Xen primitives it uses
+//! (`hypervisor-patch/harness/`), called through the raw hypercall ABI exactly as a guest would.
+//!
+//! The harness is one global machine, not thread-safe: every call into it holds [`HARNESS`], and
+//! only one backend value may exist at a time. Its event channels are flags the C code sets; after
+//! every call this backend moves them into one eventfd per domain, so that the `Hypervisor`
+//! contract (a descriptor that polls readable while an event is pending) holds here too.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use v4v::abi::{DOMID_FIRST_RESERVED, DomId};
+use v4v::raw::{AbiHypervisor, RawHypercall};
+use v4v::shmem::RingMemory;
+use v4v::{HvError, Hypervisor};
+
+use crate::backend::{Backend, BackendError, Capability, InspectKind};
+
+mod ffi {
+    unsafe extern "C" {
+        pub fn v4vh_reset() -> i32;
+        pub fn v4vh_domain_create(domid: u16) -> i32;
+        pub fn v4vh_domain_destroy(domid: u16) -> i32;
+        pub fn v4vh_hypercall(
+            caller: u16,
+            cmd: i32,
+            arg1: *mut u8,
+            arg2: *mut u8,
+            arg3: u32,
+            arg4: u32,
+        ) -> std::ffi::c_long;
+        pub fn v4vh_event_test_and_clear(domid: u16) -> i32;
+        pub fn v4vh_guest_map(domid: u16, base: *mut u8, len: usize) -> i32;
+        pub fn v4vh_pages_held() -> usize;
+        pub fn v4vh_allocations() -> usize;
+        pub fn v4vh_mappings() -> usize;
+        pub fn v4vh_locks_held() -> u32;
+        pub fn v4vh_set_strict_copies(strict: i32);
+    }
+}
+
+/// Serialises every call into the C harness.
+static HARNESS: Mutex<()> = Mutex::new(());
+/// Set while a [`CHarnessBackend`] exists.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    HARNESS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> Result<Self, BackendError> {
+        // SAFETY: eventfd with flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(BackendError::Failed("eventfd failed".into()));
+        }
+        // SAFETY: fd is fresh and owned by nobody else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn signal(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn take(&self) -> bool {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) == 8 }
+    }
+}
+
+/// What the domains of one scenario share: their events, and every memory given to the harness
+/// (kept mapped until the harness is reset, since the C code may hold its pages).
+#[derive(Default)]
+struct World {
+    events: Mutex<BTreeMap<DomId, Arc<EventFd>>>,
+    memories: Mutex<Vec<RingMemory>>,
+}
+
+impl World {
+    /// Moves the harness's event flags into the eventfds. Call with [`HARNESS`] held.
+    fn sync_events(&self) {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        for (domid, ev) in events.iter() {
+            // SAFETY: a plain call into the harness, serialised by the caller's lock.
+            if unsafe { ffi::v4vh_event_test_and_clear(*domid) } == 1 {
+                ev.signal();
+            }
+        }
+    }
+}
+
+/// One domain's raw hypercalls into the harness.
+pub struct CHarnessRaw {
+    domid: DomId,
+    event: Arc<EventFd>,
+    world: Arc<World>,
+}
+
+impl CHarnessRaw {
+    fn memory(&self, bytes: usize) -> Result<RingMemory, HvError> {
+        // One more page than asked, never given to the guest: memories allocated one after the
+        // other may be adjacent, and a ring that runs past the end of its memory must find a
+        // page that is not the guest's (EFAULT), not the next memory's.
+        let guest = v4v::shmem::page_round(bytes);
+        let mem = RingMemory::anonymous(guest + v4v::shmem::PAGE_SIZE)
+            .map_err(|_| HvError::OutOfMemory)?;
+        let _g = lock();
+        // SAFETY: the region is the first `guest` bytes of a live, page-aligned mapping; the world
+        // keeps it mapped until the harness is reset.
+        let r = unsafe { ffi::v4vh_guest_map(self.domid, mem.addr() as *mut u8, guest) };
+        if r < 0 {
+            return Err(HvError::from_errno(-r));
+        }
+        self.world
+            .memories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mem.clone());
+        Ok(mem)
+    }
+}
+
+impl RawHypercall for CHarnessRaw {
+    unsafe fn v4v_op(&self, cmd: u32, arg1: u64, arg2: u64, arg3: u32, arg4: u32) -> i64 {
+        let _g = lock();
+        // SAFETY: the caller vouches for the addresses; the harness treats them as guest handles
+        // of this same process.
+        let r = unsafe {
+            ffi::v4vh_hypercall(
+                self.domid,
+                cmd as i32,
+                arg1 as usize as *mut u8,
+                arg2 as usize as *mut u8,
+                arg3,
+                arg4,
+            )
+        };
+        self.world.sync_events();
+        #[allow(clippy::useless_conversion)] // c_long is i64 only on LP64 targets.
+        i64::from(r)
+    }
+
+    fn alloc_buffer(&self, bytes: usize) -> Result<RingMemory, HvError> {
+        // Arguments, like rings, must be this domain's guest memory: copies are strict.
+        self.memory(bytes)
+    }
+
+    fn alloc_ring_memory(&self, bytes: usize) -> Result<RingMemory, HvError> {
+        self.memory(bytes)
+    }
+
+    fn event_fd(&self) -> BorrowedFd<'_> {
+        self.event.0.as_fd()
+    }
+
+    fn take_event(&self) -> Result<bool, HvError> {
+        Ok(self.event.take())
+    }
+}
+
+/// Runs scenarios against the hypervisor's C code.
+pub struct CHarnessBackend {
+    world: Arc<World>,
+}
+
+impl CHarnessBackend {
+    /// The backend; fails if another one exists in this process (the harness is one machine).
+    pub fn new() -> Result<Self, BackendError> {
+        if IN_USE.swap(true, Ordering::SeqCst) {
+            return Err(BackendError::Failed(
+                "the C harness is in use already".into(),
+            ));
+        }
+        {
+            let _g = lock();
+            // SAFETY: a plain call into the harness. Strict copies make guest accesses outside a
+            // domain's own memory fail with EFAULT, as on Xen, instead of reading this process.
+            unsafe { ffi::v4vh_set_strict_copies(1) };
+        }
+        Ok(CHarnessBackend {
+            world: Arc::new(World::default()),
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), BackendError> {
+        let _g = lock();
+        // SAFETY: a plain call; nothing of the previous world is used afterwards.
+        let r = unsafe { ffi::v4vh_reset() };
+        self.world = Arc::new(World::default());
+        if r < 0 {
+            return Err(BackendError::Failed(format!("v4vh_reset: {r}")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CHarnessBackend {
+    fn drop(&mut self) {
+        // Forget the world before releasing the harness, so no pointer into freed memory stays.
+        let _ = self.reset();
+        {
+            let _g = lock();
+            // SAFETY: a plain call into the harness.
+            unsafe { ffi::v4vh_set_strict_copies(0) };
+        }
+        IN_USE.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Backend for CHarnessBackend {
+    fn name(&self) -> &str {
+        "c-harness"
+    }
+
+    fn supports(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Create | Capability::Destroy => true,
+            Capability::Inspect => false,
+        }
+    }
+
+    fn can_act_as(&self, domid: DomId) -> bool {
+        domid < DOMID_FIRST_RESERVED
+    }
+
+    fn begin(&mut self) -> Result<(), BackendError> {
+        self.reset()
+    }
+
+    fn create_domain(&mut self, domid: DomId) -> Result<Box<dyn Hypervisor>, BackendError> {
+        let event = Arc::new(EventFd::new()?);
+        {
+            let _g = lock();
+            // SAFETY: a plain call into the harness.
+            let r = unsafe { ffi::v4vh_domain_create(domid) };
+            if r < 0 {
+                return Err(BackendError::Failed(format!(
+                    "create domain {domid}: errno {}",
+                    -r
+                )));
+            }
+        }
+        self.world
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domid, event.clone());
+        let raw = CHarnessRaw {
+            domid,
+            event,
+            world: self.world.clone(),
+        };
+        Ok(Box::new(AbiHypervisor::new(raw)))
+    }
+
+    fn destroy_domain(&mut self, domid: DomId) -> Result<(), BackendError> {
+        let _g = lock();
+        // SAFETY: a plain call into the harness.
+        let r = unsafe { ffi::v4vh_domain_destroy(domid) };
+        self.world
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domid);
+        self.world.sync_events();
+        if r < 0 {
+            return Err(BackendError::Failed(format!(
+                "destroy domain {domid}: errno {}",
+                -r
+            )));
+        }
+        Ok(())
+    }
+
+    fn inspect(&self, what: InspectKind) -> Result<u64, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: "c-harness".into(),
+            what: format!("inspect {}", what.keyword()),
+        })
+    }
+}
+
+/// Resources the C code holds right now: page references, allocations, mappings, locks.
+pub fn held_resources() -> (usize, usize, usize, u32) {
+    let _g = lock();
+    // SAFETY: plain calls into the harness.
+    unsafe {
+        (
+            ffi::v4vh_pages_held(),
+            ffi::v4vh_allocations(),
+            ffi::v4vh_mappings(),
+            ffi::v4vh_locks_held(),
+        )
+    }
+}

@@ -1,0 +1,890 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * test_harness.c: direct C tests of xen/common/v4v.c through the harness,
+ * for what the Rust conformance scenarios cannot express: bad pointers,
+ * reserved arguments, allocation failures on every path, lock balance (the
+ * harness aborts on any lock held at hypercall exit), page references.
+ *
+ * Prints one line per failed check and a final "N passed, M failed".
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The ABI; its "xen.h" and "event_channel.h" come from shim/public. */
+#include <public/v4v.h>
+
+#include "v4v_harness.h"
+
+static unsigned int passed, failed;
+
+#define CHECK(cond) do {                                                \
+    if ( cond )                                                         \
+        passed++;                                                       \
+    else                                                                \
+    {                                                                   \
+        failed++;                                                       \
+        fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                   \
+} while ( 0 )
+
+#define EQ(a, b) do {                                                   \
+    long long a_ = (long long)(a), b_ = (long long)(b);                 \
+    if ( a_ == b_ )                                                     \
+        passed++;                                                       \
+    else                                                                \
+    {                                                                   \
+        failed++;                                                       \
+        fprintf(stderr, "FAIL %s:%d: %s == %lld, expected %s == %lld\n",\
+                __FILE__, __LINE__, #a, a_, #b, b_);                    \
+    }                                                                   \
+} while ( 0 )
+
+#define PG 4096UL
+#define BAD_PTR ((void *)0x800)    /* below 4096: every copy faults */
+
+static long hc(uint16_t caller, int cmd, void *a1, void *a2, uint32_t a3,
+               uint32_t a4)
+{
+    return v4vh_hypercall(caller, cmd, a1, a2, a3, a4);
+}
+
+/* Page-aligned memory mapped as guest memory of domid. */
+static void *guest_mem(uint16_t domid, size_t len)
+{
+    void *p = aligned_alloc(PG, len);
+
+    if ( !p )
+        abort();
+    memset(p, 0, len);
+    if ( v4vh_guest_map(domid, p, len) )
+        abort();
+
+    return p;
+}
+
+static void guest_mem_free(uint16_t domid, void *p, size_t len)
+{
+    EQ(v4vh_guest_unmap(domid, p, len), 0);
+    free(p);
+}
+
+static size_t ring_bytes(uint32_t len)
+{
+    return (V4V_RING_HEADER_SIZE + len + PG - 1) & ~(PG - 1);
+}
+
+static v4v_ring_t *ring_new(uint16_t owner, uint32_t port, domid_t partner,
+                            uint32_t len)
+{
+    v4v_ring_t *r = guest_mem(owner, ring_bytes(len));
+
+    r->magic = V4V_RING_MAGIC;
+    r->id.addr.port = port;
+    r->id.addr.domain = DOMID_SELF;
+    r->id.partner = partner;
+    r->len = len;
+
+    return r;
+}
+
+static long send(uint16_t from, uint16_t to, uint32_t port, const void *buf,
+                 uint32_t len)
+{
+    v4v_send_addr_t sa = {
+        .src = { .port = 77, .domain = DOMID_SELF },
+        .dst = { .port = port, .domain = to },
+    };
+    v4v_iov_t iov = { .iov_base = (uintptr_t)buf, .iov_len = len };
+
+    return hc(from, V4VOP_sendv, &sa, &iov, 1, V4V_PROTO_DGRAM);
+}
+
+/* Consume one message as a guest would; returns payload length or -1. */
+static long ring_recv(v4v_ring_t *r, void *buf, size_t max,
+                      v4v_ring_message_header_t *out)
+{
+    uint32_t rx = r->rx_ptr, tx = r->tx_ptr, avail, plen, i;
+    v4v_ring_message_header_t mh;
+
+    if ( rx == tx )
+        return -1;
+    avail = (tx + r->len - rx) % r->len;
+    memcpy(&mh, &r->ring[rx], sizeof(mh));
+    if ( mh.len < 16 || mh.len > avail )
+        return -1;
+    plen = mh.len - 16;
+    for ( i = 0; i < plen && i < max; i++ )
+        ((uint8_t *)buf)[i] = r->ring[(rx + 16 + i) % r->len];
+    r->rx_ptr = (rx + V4V_ROUNDUP(mh.len)) % r->len;
+    if ( out )
+        *out = mh;
+
+    return plen;
+}
+
+static v4v_ring_data_t *ring_data_new(unsigned int nent)
+{
+    v4v_ring_data_t *rd = calloc(1, sizeof(*rd) + nent * sizeof(rd->data[0]));
+
+    rd->magic = V4V_RING_DATA_MAGIC;
+    rd->nent = nent;
+
+    return rd;
+}
+
+static void setup(void)
+{
+    EQ(v4vh_reset(), 0);
+    EQ(v4vh_domain_create(0), 0);
+    EQ(v4vh_domain_create(1), 0);
+    EQ(v4vh_domain_create(2), 0);
+}
+
+static void teardown(void)
+{
+    EQ(v4vh_reset(), 0);
+    EQ(v4vh_pages_held(), 0);
+    EQ(v4vh_allocations(), 0);
+    EQ(v4vh_mappings(), 0);
+}
+
+static void test_disabled_and_unknown(void)
+{
+    v4v_info_t info;
+    int cmd;
+
+    setup();
+    v4vh_set_enabled(0);
+    for ( cmd = -1; cmd <= 12; cmd++ )
+        EQ(hc(1, cmd, &info, NULL, 0, 0), -ENOSYS);
+    v4vh_set_enabled(1);
+
+    EQ(hc(1, 0, &info, NULL, 0, 0), -EINVAL);
+    EQ(hc(1, 3, &info, NULL, 0, 0), -EINVAL);
+    EQ(hc(1, 11, &info, NULL, 0, 0), -EINVAL);
+    EQ(hc(1, -1, &info, NULL, 0, 0), -EINVAL);
+    EQ(hc(1, 0x7fffffff, NULL, NULL, 0, 0), -EINVAL);
+    EQ(hc(999, V4VOP_info, &info, NULL, 0, 0), -ESRCH);
+    teardown();
+}
+
+static void test_reserved_args(void)
+{
+    static const int ops[] = {
+        V4VOP_register_ring, V4VOP_unregister_ring, V4VOP_notify,
+        V4VOP_info, V4VOP_config, V4VOP_tables_list,
+    };
+    v4v_info_t info;
+    unsigned int i;
+    char dummy[16];
+
+    setup();
+    for ( i = 0; i < sizeof(ops) / sizeof(ops[0]); i++ )
+    {
+        /* Reserved args are checked before anything else (even EPERM). */
+        EQ(hc(1, ops[i], &info, dummy, 0, 0), -EINVAL);
+        EQ(hc(1, ops[i], &info, NULL, 1, 0), -EINVAL);
+        EQ(hc(1, ops[i], &info, NULL, 0, 1), -EINVAL);
+        EQ(hc(1, ops[i], BAD_PTR, NULL, 0, 0x80000000U), -EINVAL);
+    }
+    EQ(hc(1, V4VOP_tables_add, &info, dummy, 0, 0), -EINVAL);
+    EQ(hc(1, V4VOP_tables_add, &info, NULL, 0, 1), -EINVAL);
+    EQ(hc(1, V4VOP_tables_del, NULL, dummy, 1, 0), -EINVAL);
+    EQ(hc(1, V4VOP_tables_del, NULL, NULL, 1, 2), -EINVAL);
+    /* position is not reserved: non-dom0 gets EPERM */
+    EQ(hc(1, V4VOP_tables_add, &info, NULL, 5, 0), -EPERM);
+    teardown();
+}
+
+static void test_info(void)
+{
+    v4v_info_t info, info2;
+
+    setup();
+    EQ(hc(1, V4VOP_info, NULL, NULL, 0, 0), -EFAULT);
+    EQ(hc(1, V4VOP_info, BAD_PTR, NULL, 0, 0), -EFAULT);
+
+    v4vh_fail_evtchn(1);
+    EQ(hc(2, V4VOP_info, &info, NULL, 0, 0), -ENOMEM);
+    v4vh_fail_evtchn(0);
+
+    memset(&info, 0xa5, sizeof(info));
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    CHECK(info.ring_magic == V4V_RING_MAGIC);
+    CHECK(info.data_magic == V4V_RING_DATA_MAGIC);
+    CHECK(info.evtchn != 0);
+    EQ(info.domid, 1);
+    EQ(info.pad, 0);
+    EQ(info.max_rings, V4V_DEFAULT_MAX_RINGS);
+    EQ(info.nr_rings, 0);
+    EQ(info.max_ring_len, V4V_MAX_RING_LEN);
+    EQ(info.max_iov, V4V_MAX_IOV);
+    EQ(info.max_notify, V4V_MAX_NOTIFY);
+    EQ(info.max_waiters, V4V_MAX_WAITERS);
+    EQ(info.max_message_size, V4V_MAX_MESSAGE_SIZE);
+    EQ(info.max_rules, V4V_MAX_RULES);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    EQ(info2.evtchn, info.evtchn);
+    teardown();
+}
+
+static void test_register(void)
+{
+    v4v_ring_t *r, saved, *r2, *unmapped;
+    v4v_config_t cfg = { .domain = 1, .max_rings = 1 };
+    v4v_info_t info;
+    unsigned int n;
+    size_t base;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 4096);
+    saved = *r;
+
+    EQ(hc(1, V4VOP_register_ring, (char *)r + 16, NULL, 0, 0), -EINVAL);
+    EQ(hc(1, V4VOP_register_ring, NULL, NULL, 0, 0), -EFAULT);
+
+    r->magic ^= 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    *r = saved;
+    r->id.addr.pad = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    *r = saved;
+    r->id.pad = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    *r = saved;
+    r->id.addr.domain = 2;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EPERM);
+    /* EPERM is checked before port 0 */
+    r->id.addr.port = 0;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EPERM);
+    r->id.addr.domain = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    *r = saved;
+    r->id.partner = DOMID_SELF;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    r->id.partner = 0x7FF5;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    *r = saved;
+    r->len = 4096 + 8;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    r->len = 32;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    r->len = V4V_MAX_RING_LEN + 16;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    /* len larger than the mapped memory: the data area is not mapped */
+    r->len = 3 * 4096;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EFAULT);
+    EQ(v4vh_pages_held(), 0);
+    *r = saved;
+
+    /* not guest memory of the caller */
+    unmapped = aligned_alloc(PG, 2 * PG);
+    memcpy(unmapped, &saved, sizeof(saved));
+    EQ(hc(1, V4VOP_register_ring, unmapped, NULL, 0, 0), -EFAULT);
+    EQ(hc(2, V4VOP_register_ring, r, NULL, 0, 0), -EFAULT);
+    EQ(v4vh_pages_held(), 0);
+
+    /* allocation failure at each point */
+    base = v4vh_allocations();
+    for ( n = 1; n <= 3; n++ )
+    {
+        v4vh_fail_alloc(n);
+        EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -ENOMEM);
+        v4vh_fail_alloc(0);
+        EQ(v4vh_pages_held(), 0);
+        EQ(v4vh_mappings(), 0);
+        EQ(v4vh_allocations(), base);
+    }
+
+    r->tx_ptr = 4096 + 16;       /* out of range: start from rx */
+    r->rx_ptr = 33;              /* rounds to 48 */
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(r->id.addr.domain, 1);
+    EQ(r->tx_ptr, 48);
+    EQ(v4vh_pages_held(), 2);
+    EQ(v4vh_mappings(), 1);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.nr_rings, 1);
+
+    /* same id, other len */
+    r->len = 2048;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EEXIST);
+    r->len = 4096;
+
+    /* limit */
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    r2 = ring_new(1, 11, V4V_DOMID_ANY, 4096);
+    EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), -ENOSPC);
+    /* re-registration of an existing id is not a new ring */
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+
+    /* move to new memory: keeps tx */
+    EQ(send(2, 1, 10, "hello", 5), 5);
+    EQ(r->tx_ptr, 48 + 32);
+    r2->id.addr.port = 10;
+    r2->tx_ptr = 0;
+    EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), 0);
+    EQ(r2->tx_ptr, 48 + 32);
+    EQ(r2->id.addr.domain, 1);
+    EQ(v4vh_pages_held(), 2);
+    EQ(v4vh_mappings(), 1);
+    EQ(v4vh_guest_unmap(1, r, ring_bytes(4096)), 0);
+    EQ(v4vh_guest_unmap(1, r2, ring_bytes(4096)), -EBUSY);
+
+    /* unregister */
+    EQ(hc(1, V4VOP_unregister_ring, (char *)r2 + 8, NULL, 0, 0), -EINVAL);
+    EQ(hc(1, V4VOP_unregister_ring, NULL, NULL, 0, 0), -EFAULT);
+    r2->id.addr.port = 12;
+    EQ(hc(1, V4VOP_unregister_ring, r2, NULL, 0, 0), -ENOENT);
+    r2->id.addr.port = 10;
+    EQ(hc(2, V4VOP_unregister_ring, r2, NULL, 0, 0), -ENOENT);
+    EQ(hc(1, V4VOP_unregister_ring, r2, NULL, 0, 0), 0);
+    EQ(v4vh_pages_held(), 0);
+    EQ(v4vh_mappings(), 0);
+    EQ(hc(1, V4VOP_unregister_ring, r2, NULL, 0, 0), -ENOENT);
+    guest_mem_free(1, r2, ring_bytes(4096));
+    free(r);
+    free(unmapped);
+    teardown();
+}
+
+static void test_big_ring(void)
+{
+    v4v_ring_t *r;
+    static uint8_t buf[1 << 16];
+
+    setup();
+    r = ring_new(1, 1, V4V_DOMID_ANY, V4V_MAX_RING_LEN);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(v4vh_pages_held(), 4097);
+    memset(buf, 0x5a, sizeof(buf));
+    EQ(send(2, 1, 1, buf, sizeof(buf)), sizeof(buf));
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    EQ(v4vh_pages_held(), 0);
+    guest_mem_free(1, r, ring_bytes(V4V_MAX_RING_LEN));
+    teardown();
+}
+
+static void test_sendv_errors(void)
+{
+    v4v_ring_t *r;
+    v4v_send_addr_t sa = {
+        .src = { .port = 5, .domain = DOMID_SELF },
+        .dst = { .port = 10, .domain = 1 },
+    }, s;
+    v4v_iov_t iov[V4V_MAX_IOV + 1];
+    v4vtables_rule_t rule = {
+        .src = { .port = 0, .domain = 2 },
+        .dst = { .port = 10, .domain = 1 },
+        .accept = 0,
+    };
+    char msg[64] = "payload";
+    v4v_ring_t before;
+    uint8_t snapshot[256];
+    unsigned int n;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 256);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    memset(iov, 0, sizeof(iov));
+    iov[0].iov_base = (uintptr_t)msg;
+    iov[0].iov_len = 7;
+
+    EQ(hc(2, V4VOP_sendv, NULL, iov, 1, 0), -EFAULT);
+    EQ(hc(2, V4VOP_sendv, BAD_PTR, iov, 1, 0), -EFAULT);
+    s = sa; s.src.pad = 1;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -EINVAL);
+    s = sa; s.dst.pad = 1;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -EINVAL);
+    s = sa; s.dst.domain = V4V_DOMID_ANY;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -EINVAL);
+    s = sa; s.dst.port = 0;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -EINVAL);
+    s = sa; s.src.domain = 1;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -EPERM);
+    s.src.domain = 2;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), 7);
+    EQ(hc(2, V4VOP_sendv, &sa, iov, V4V_MAX_IOV + 1, 0), -E2BIG);
+    EQ(hc(2, V4VOP_sendv, &sa, NULL, 1, 0), -EFAULT);
+    EQ(hc(2, V4VOP_sendv, &sa, BAD_PTR, 1, 0), -EFAULT);
+    iov[1].pad = 1;
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 2, 0), -EINVAL);
+    iov[1].pad = 0;
+    iov[1].iov_base = (uintptr_t)msg;
+    iov[1].iov_len = V4V_MAX_MESSAGE_SIZE - 6;
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 2, 0), -EMSGSIZE);
+    iov[1].iov_len = 0xffffffffU;
+    iov[2].iov_len = 0xffffffffU;
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 3, 0), -EMSGSIZE);
+    memset(iov + 1, 0, 2 * sizeof(iov[0]));
+
+    /* ACL */
+    EQ(hc(0, V4VOP_tables_add, &rule, NULL, 0, 0), 0);
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 1, 0), -EACCES);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), 0);
+
+    s = sa; s.dst.domain = 9;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -ECONNREFUSED);
+    s = sa; s.dst.domain = DOMID_IO;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -ECONNREFUSED);
+    s = sa; s.dst.port = 11;
+    EQ(hc(2, V4VOP_sendv, &s, iov, 1, 0), -ECONNREFUSED);
+    iov[0].iov_len = 256 - 32 + 1;
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 1, 0), -EMSGSIZE);
+
+    /* payload unreadable: ring bytes unchanged */
+    iov[0].iov_len = 7;
+    iov[1].iov_base = (uintptr_t)BAD_PTR;
+    iov[1].iov_len = 3;
+    before = *r;
+    memcpy(snapshot, r->ring, 256);
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 2, 0), -EFAULT);
+    CHECK(!memcmp(&before, r, sizeof(before)));
+    CHECK(!memcmp(snapshot, r->ring, 256));
+    /* a zero-length iov is never read */
+    iov[1].iov_len = 0;
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 2, 0), 7);
+
+    /* allocation failure */
+    v4vh_fail_alloc(1);
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 1, 0), -ENOMEM);
+    v4vh_fail_alloc(0);
+
+    /* zero iovs: a bare header */
+    EQ(hc(2, V4VOP_sendv, &sa, NULL, 0, 0), 0);
+
+    /* fill up: -EAGAIN and queued; allocation failure when queueing */
+    iov[0].iov_len = 64;
+    for ( n = 0; n < 10 && hc(2, V4VOP_sendv, &sa, iov, 1, 0) == 64; n++ )
+        ;
+    /* dom2 is queued by the loop's last send; dom0 is new */
+    v4vh_fail_alloc(2);
+    EQ(hc(0, V4VOP_sendv, &sa, iov, 1, 0), -ENOMEM);
+    v4vh_fail_alloc(0);
+    EQ(hc(0, V4VOP_sendv, &sa, iov, 1, 0), -EAGAIN);
+    EQ(hc(2, V4VOP_sendv, &sa, iov, 1, 0), -EAGAIN);
+
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    guest_mem_free(1, r, ring_bytes(256));
+    teardown();
+}
+
+static void test_send_receive_wrap(void)
+{
+    v4v_ring_t *r;
+    v4v_ring_message_header_t mh;
+    char buf[200], out[200];
+    v4v_iov_t iov[3];
+    v4v_send_addr_t sa = {
+        .src = { .port = 0x1234, .domain = 2 },
+        .dst = { .port = 10, .domain = 1 },
+    };
+    v4v_info_t info;
+    unsigned int i;
+    long got;
+
+    setup();
+    r = ring_new(1, 10, 2, 128);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    v4vh_event_test_and_clear(1);
+
+    for ( i = 0; i < sizeof(buf); i++ )
+        buf[i] = (char)i;
+
+    /* three iovs; many rounds so that messages wrap */
+    for ( i = 0; i < 40; i++ )
+    {
+        uint32_t len = (i * 7) % 90;
+
+        iov[0] = (v4v_iov_t){ .iov_base = (uintptr_t)buf, .iov_len = len / 3 };
+        iov[1] = (v4v_iov_t){ .iov_base = (uintptr_t)(buf + len / 3),
+                              .iov_len = 0 };
+        iov[2] = (v4v_iov_t){ .iov_base = (uintptr_t)(buf + len / 3),
+                              .iov_len = len - len / 3 };
+        EQ(hc(2, V4VOP_sendv, &sa, iov, 3, 0xabcd), len);
+        EQ(v4vh_event_test_and_clear(1), 1);
+        EQ(r->tx_ptr % 16, 0);
+        memset(out, 0, sizeof(out));
+        got = ring_recv(r, out, sizeof(out), &mh);
+        EQ(got, len);
+        CHECK(!memcmp(out, buf, len));
+        EQ(mh.message_type, 0xabcd);
+        EQ(mh.source.domain, 2);
+        EQ(mh.source.port, 0x1234);
+        EQ(mh.source.pad, 0);
+    }
+
+    /* the ring is for partner 2 only */
+    EQ(send(0, 1, 10, buf, 4), -ECONNREFUSED);
+    /* DOMID_SELF destination: dom1 to itself, no ring for partner 1 */
+    EQ(send(1, DOMID_SELF, 10, buf, 4), -ECONNREFUSED);
+
+    /* garbage rx_ptr is sanitised, never trusted */
+    r->rx_ptr = 0xfffffff9U;
+    got = send(2, 1, 10, buf, 16);
+    CHECK(got == 16 || got == -EAGAIN);
+
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    guest_mem_free(1, r, ring_bytes(128));
+    teardown();
+}
+
+static void test_waiters_notify(void)
+{
+    v4v_ring_t *r;
+    v4v_ring_data_t *rd = ring_data_new(2);
+    v4v_info_t info;
+    char buf[64] = { 0 }, out[64];
+    unsigned int d;
+
+    setup();
+    for ( d = 3; d < 3 + V4V_MAX_WAITERS + 1; d++ )
+        EQ(v4vh_domain_create(d), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(hc(2, V4VOP_info, &info, NULL, 0, 0), 0);
+
+    r = ring_new(1, 10, V4V_DOMID_ANY, 96);   /* payload space 64 */
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+
+    /* notify entry pads and limits */
+    rd->data[0].ring.domain = 1;
+    rd->data[0].ring.port = 10;
+    rd->data[0].space_required = 16;
+    rd->data[1].ring.domain = 1;
+    rd->data[1].ring.port = 99;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_EMPTY |
+                          V4V_RING_DATA_F_SUFFICIENT);
+    EQ(rd->data[0].max_message_size, 64);
+    EQ(rd->data[1].flags, 0);
+    EQ(rd->data[1].max_message_size, 0);
+
+    rd->magic++;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), -EINVAL);
+    rd->magic--;
+    rd->pad = 1;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), -EINVAL);
+    rd->pad = 0;
+    rd->data[1].pad = 1;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), -EINVAL);
+    rd->data[1].pad = 0;
+    rd->data[1].ring.pad = 1;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), -EINVAL);
+    rd->data[1].ring.pad = 0;
+    rd->nent = V4V_MAX_NOTIFY + 1;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), -E2BIG);
+    rd->nent = 2;
+    EQ(hc(2, V4VOP_notify, BAD_PTR, NULL, 0, 0), -EFAULT);
+    v4vh_fail_alloc(1);
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), -ENOMEM);
+    v4vh_fail_alloc(0);
+    EQ(hc(2, V4VOP_notify, NULL, NULL, 0, 0), 0);
+
+    /* fill: 48 bytes of payload leave 96-64 = 32 free: payload space 0 */
+    EQ(send(2, 1, 10, buf, 48), 48);
+    EQ(send(2, 1, 10, buf, 1), -EAGAIN);
+    EQ(send(2, 1, 10, buf, 16), -EAGAIN);   /* raises nothing: max(1,16) */
+    for ( d = 3; d < 3 + V4V_MAX_WAITERS - 1; d++ )
+        EQ(send(d, 1, 10, buf, 1), -EAGAIN);
+    EQ(send(d, 1, 10, buf, 1), -EBUSY);
+    EQ(send(2, 1, 10, buf, 8), -EAGAIN);    /* already queued */
+
+    /* notify from a full queue: PENDING only for the queued */
+    rd->nent = 1;
+    rd->data[0].space_required = 8;
+    EQ(hc(d, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS);
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_PENDING);
+    rd->data[0].space_required = 65;         /* could never fit */
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS);
+
+    /* owner consumes and notifies: waiters of <= 64 woken */
+    v4vh_event_test_and_clear(2);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 48);
+    EQ(hc(1, V4VOP_notify, NULL, NULL, 0, 0), 0);
+    EQ(v4vh_event_test_and_clear(2), 1);
+    /* queue is empty again: d can queue */
+    EQ(send(2, 1, 10, buf, 64), 64);
+    EQ(send(d, 1, 10, buf, 1), -EAGAIN);
+
+    /* unregistering signals waiters */
+    v4vh_event_test_and_clear(d);
+    EQ(hc(d, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(send(d, 1, 10, buf, 1), -EAGAIN);
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    EQ(v4vh_event_test_and_clear(d), 1);
+    rd->data[0].space_required = 1;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, 0);
+
+    guest_mem_free(1, r, ring_bytes(96));
+    free(rd);
+    teardown();
+}
+
+static void test_one_slot_free(void)
+{
+    /* With exactly one 16-byte slot free nothing fits, not even 0 bytes. */
+    v4v_ring_t *r;
+    v4v_ring_data_t *rd = ring_data_new(1);
+    v4v_info_t info;
+    char buf[16] = { 0 }, out[16];
+
+    setup();
+    EQ(hc(2, V4VOP_info, &info, NULL, 0, 0), 0);
+    r = ring_new(1, 10, V4V_DOMID_ANY, 48);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(send(2, 1, 10, buf, 17), -EMSGSIZE);
+    EQ(send(2, 1, 10, buf, 16), 16);
+    EQ(r->tx_ptr, 32);
+    EQ(send(2, 1, 10, buf, 0), -EAGAIN);
+    rd->data[0].ring.domain = 1;
+    rd->data[0].ring.port = 10;
+    rd->data[0].space_required = 0;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_PENDING);
+    EQ(rd->data[0].max_message_size, 16);
+    /* the owner's notify wakes nobody while nothing fits */
+    v4vh_event_test_and_clear(2);
+    EQ(hc(1, V4VOP_notify, NULL, NULL, 0, 0), 0);
+    EQ(v4vh_event_test_and_clear(2), 0);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 16);
+    EQ(hc(1, V4VOP_notify, NULL, NULL, 0, 0), 0);
+    EQ(v4vh_event_test_and_clear(2), 1);
+    rd->data[0].space_required = 16;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_EMPTY |
+                          V4V_RING_DATA_F_SUFFICIENT);
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    guest_mem_free(1, r, ring_bytes(48));
+    free(rd);
+    teardown();
+}
+
+static void test_tables(void)
+{
+    v4vtables_rule_t rule = {
+        .src = { .port = 1, .domain = 1 },
+        .dst = { .port = 2, .domain = 2 },
+        .accept = 1,
+    }, bad;
+    struct {
+        v4vtables_list_t l;
+        v4vtables_rule_t rules[8];
+    } list;
+    unsigned int i;
+
+    setup();
+    EQ(hc(1, V4VOP_tables_add, &rule, NULL, 0, 0), -EPERM);
+    EQ(hc(1, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), -EPERM);
+    EQ(hc(1, V4VOP_tables_list, &list, NULL, 0, 0), -EPERM);
+    EQ(hc(1, V4VOP_config, BAD_PTR, NULL, 0, 0), -EPERM);
+
+    EQ(hc(0, V4VOP_tables_add, NULL, NULL, 0, 0), -EFAULT);
+    bad = rule; bad.accept = 2;
+    EQ(hc(0, V4VOP_tables_add, &bad, NULL, 0, 0), -EINVAL);
+    bad = rule; bad.src.pad = 1;
+    EQ(hc(0, V4VOP_tables_add, &bad, NULL, 0, 0), -EINVAL);
+    bad = rule; bad.dst.pad = 1;
+    EQ(hc(0, V4VOP_tables_del, &bad, NULL, 0, 0), -EINVAL);
+    EQ(hc(0, V4VOP_tables_del, &rule, NULL, 1, 0), -EINVAL);
+    EQ(hc(0, V4VOP_tables_del, BAD_PTR, NULL, 0, 0), -EFAULT);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, 0, 0), -EINVAL);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, 1, 0), -ENOENT);
+    EQ(hc(0, V4VOP_tables_del, &rule, NULL, 0, 0), -ENOENT);
+
+    /* positions: append 1,2; insert 3 at 1; 4 past the end */
+    for ( i = 1; i <= 2; i++ )
+    {
+        rule.src.port = i;
+        EQ(hc(0, V4VOP_tables_add, &rule, NULL, 0, 0), 0);
+    }
+    rule.src.port = 3;
+    EQ(hc(0, V4VOP_tables_add, &rule, NULL, 1, 0), 0);
+    rule.src.port = 4;
+    EQ(hc(0, V4VOP_tables_add, &rule, NULL, 100, 0), 0);
+    memset(&list, 0, sizeof(list));
+    list.l.nb_rules = 8;
+    EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), 4);
+    EQ(list.l.nb_rules, 4);
+    EQ(list.rules[0].src.port, 3);
+    EQ(list.rules[1].src.port, 1);
+    EQ(list.rules[2].src.port, 2);
+    EQ(list.rules[3].src.port, 4);
+    list.l.start_rule = 3;
+    list.l.nb_rules = 8;
+    EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), 4);
+    EQ(list.l.nb_rules, 1);
+    list.l.start_rule = 9;
+    list.l.nb_rules = 8;
+    EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), 4);
+    EQ(list.l.nb_rules, 0);
+    list.l.nb_rules = V4V_MAX_RULES + 1;
+    EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), -EINVAL);
+    EQ(hc(0, V4VOP_tables_list, NULL, NULL, 0, 0), -EFAULT);
+    list.l.start_rule = 0;
+    list.l.nb_rules = 2;
+    v4vh_fail_alloc(1);
+    EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), -ENOMEM);
+    v4vh_fail_alloc(0);
+
+    rule.src.port = 1;
+    EQ(hc(0, V4VOP_tables_del, &rule, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, 4, 0), -ENOENT);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, 1, 0), 0);   /* port 3 */
+    list.l.nb_rules = 8;
+    EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), 2);
+    EQ(list.rules[0].src.port, 2);
+    EQ(list.rules[1].src.port, 4);
+
+    /* full table */
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), 0);
+    for ( i = 0; i < V4V_MAX_RULES; i++ )
+        if ( hc(0, V4VOP_tables_add, &rule, NULL, 0, 0) )
+            break;
+    EQ(i, V4V_MAX_RULES);
+    EQ(hc(0, V4VOP_tables_add, &rule, NULL, 0, 0), -ENOSPC);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), 0);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), 0);
+    teardown();
+}
+
+static void test_config(void)
+{
+    v4v_config_t cfg = { .domain = 1, .max_rings = 0 };
+    v4v_info_t info;
+
+    setup();
+    EQ(hc(1, V4VOP_config, &cfg, NULL, 0, 0), -EPERM);
+    EQ(hc(0, V4VOP_config, NULL, NULL, 0, 0), -EFAULT);
+    cfg.pad = 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), -EINVAL);
+    cfg.pad = 0;
+    cfg.max_rings = V4V_MAX_RINGS_LIMIT + 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), -EINVAL);
+    cfg.max_rings = V4V_MAX_RINGS_LIMIT;
+    cfg.domain = 50;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), -ESRCH);
+    cfg.domain = 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_rings, V4V_MAX_RINGS_LIMIT);
+    teardown();
+}
+
+static void test_destroy(void)
+{
+    v4v_ring_t *r1, *r0p, *r0any;
+    v4v_info_t info;
+    v4v_ring_data_t *rd = ring_data_new(1);
+    char buf[64] = { 0 };
+
+    setup();
+    EQ(hc(0, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(hc(2, V4VOP_info, &info, NULL, 0, 0), 0);
+    r1 = ring_new(1, 10, V4V_DOMID_ANY, 64);      /* payload space 32 */
+    r0p = ring_new(0, 20, 1, 4096);               /* only dom1 may send */
+    r0any = ring_new(0, 21, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, r1, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_register_ring, r0p, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_register_ring, r0any, NULL, 0, 0), 0);
+    EQ(v4vh_pages_held(), 1 + 2 + 1);
+
+    /* dom2 waits on dom1's ring, dom1 waits on dom0's */
+    EQ(send(2, 1, 10, buf, 32), 32);
+    EQ(send(2, 1, 10, buf, 32), -EAGAIN);
+    EQ(send(1, 0, 21, buf, 32), 32);
+    EQ(send(1, 0, 21, buf, 1), -EAGAIN);
+
+    v4vh_event_test_and_clear(0);
+    v4vh_event_test_and_clear(2);
+    EQ(v4vh_domain_destroy(1), 0);
+    EQ(v4vh_event_test_and_clear(2), 1);     /* its ring went away */
+    EQ(v4vh_event_test_and_clear(0), 1);     /* partner ring dropped */
+    EQ(v4vh_pages_held(), 1);                /* r0any only */
+    EQ(v4vh_guest_unmap(0, r0p, ring_bytes(4096)), 0);
+    free(r0p);
+    free(r1);   /* its region went with the domain */
+
+    /* a new dom1 does not inherit: no ring for it at port 20 */
+    EQ(v4vh_domain_create(1), 0);
+    EQ(send(1, 0, 20, buf, 1), -ECONNREFUSED);
+    rd->data[0].ring.domain = 0;
+    rd->data[0].ring.port = 21;
+    rd->data[0].space_required = 1;
+    EQ(hc(1, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_PENDING);
+    EQ(hc(0, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.nr_rings, 1);
+
+    v4vh_debug_dump();
+    EQ(v4vh_domain_destroy(0), 0);
+    EQ(v4vh_pages_held(), 0);
+    EQ(v4vh_domain_destroy(0), -ESRCH);
+    free(r0any);
+    free(rd);
+    teardown();
+}
+
+static void test_alloc_failures_everywhere(void)
+{
+    /*
+     * Fail the n-th allocation of a mixed sequence for every n: nothing may
+     * leak and no lock may stay held (the harness aborts on that).
+     */
+    unsigned int n;
+
+    for ( n = 1; n <= 12; n++ )
+    {
+        v4v_ring_t *r;
+        v4v_ring_data_t *rd = ring_data_new(1);
+        char buf[32] = "x";
+        size_t base;
+
+        setup();
+        r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+        base = v4vh_allocations();
+        v4vh_fail_alloc(n);
+        hc(1, V4VOP_register_ring, r, NULL, 0, 0);
+        send(2, 1, 10, buf, 32);
+        send(2, 1, 10, buf, 32);
+        rd->data[0].ring.domain = 1;
+        rd->data[0].ring.port = 10;
+        rd->data[0].space_required = 32;
+        hc(0, V4VOP_notify, rd, NULL, 0, 0);
+        hc(1, V4VOP_unregister_ring, r, NULL, 0, 0);
+        v4vh_fail_alloc(0);
+        EQ(v4vh_pages_held(), 0);
+        EQ(v4vh_allocations(), base);
+        free(rd);
+        teardown();
+        free(r);
+    }
+}
+
+int main(void)
+{
+    test_disabled_and_unknown();
+    test_reserved_args();
+    test_info();
+    test_register();
+    test_big_ring();
+    test_sendv_errors();
+    test_send_receive_wrap();
+    test_waiters_notify();
+    test_one_slot_free();
+    test_tables();
+    test_config();
+    test_destroy();
+    test_alloc_failures_everywhere();
+
+    printf("%u passed, %u failed\n", passed, failed);
+
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,487 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * v4v_harness.c: the hypervisor's V4V code, run in userspace.
+ *
+ * xen/common/v4v.c is included as it is; shim/v4v_shim.h provides the Xen
+ * primitives it uses. See v4v_harness.h for the API.
+ */
+
+#include <v4v_shim.h>
+
+#include "../xen/common/v4v.c"
+
+#include "v4v_harness.h"
+
+#define GUEST_MIN_ADDR 4096UL
+
+struct vcpu *v4vh_current;
+
+static struct domain *domains[DOMID_FIRST_RESERVED];
+static struct vcpu vcpus[DOMID_FIRST_RESERVED];
+
+struct region {
+    struct region *next;
+    domid_t domid;
+    unsigned long base, len;
+    struct page_info *pages;
+};
+static struct region *regions;
+
+static size_t nr_allocs;
+static unsigned int fail_alloc_in;
+static int fail_evtchn;
+static unsigned int locks_held;
+static size_t page_refs, type_refs, nr_vmaps;
+
+/* --- shim back end --- */
+
+void v4vh_fatal(const char *file, int line, const char *what)
+{
+    fprintf(stderr, "V4V HARNESS FATAL: %s:%d: %s\n", file, line, what);
+    fflush(stderr);
+    abort();
+}
+
+void *v4vh_alloc(size_t size, bool zero)
+{
+    void *p;
+
+    if ( fail_alloc_in && !--fail_alloc_in )
+        return NULL;
+
+    p = zero ? calloc(1, size ?: 1) : malloc(size ?: 1);
+    if ( !p )
+        v4vh_fatal(__FILE__, __LINE__, "out of host memory");
+    nr_allocs++;
+
+    return p;
+}
+
+void *v4vh_alloc_array(size_t size, unsigned long n, bool zero)
+{
+    if ( n > SIZE_MAX / size )
+        return NULL;
+
+    return v4vh_alloc(size * n, zero);
+}
+
+void v4vh_free(void *p)
+{
+    if ( !p )
+        return;
+    if ( !nr_allocs )
+        v4vh_fatal(__FILE__, __LINE__, "xfree without allocation");
+    nr_allocs--;
+    free(p);
+}
+
+void v4vh_lock_acquired(void)
+{
+    locks_held++;
+}
+
+void v4vh_lock_released(void)
+{
+    if ( !locks_held )
+        v4vh_fatal(__FILE__, __LINE__, "lock count underflow");
+    locks_held--;
+}
+
+/*
+ * Strict copies: guest accesses must lie inside the calling domain's guest
+ * memory (v4vh_guest_map), as on real Xen, instead of anywhere above
+ * GUEST_MIN_ADDR. Callers that pass their own stack or heap as arguments
+ * (test_harness.c) leave it off.
+ */
+static int strict_copies;
+static int copy_domid = -1;
+
+static struct region *find_region(domid_t domid, unsigned long va);
+
+void v4vh_set_strict_copies(int strict)
+{
+    strict_copies = strict;
+}
+
+static bool in_guest_memory(domid_t domid, unsigned long a, unsigned long n)
+{
+    while ( n )
+    {
+        struct region *r = find_region(domid, a);
+        unsigned long room;
+
+        if ( !r )
+            return false;
+        room = r->len - (a - r->base);
+        if ( room >= n )
+            break;
+        a += room;
+        n -= room;
+    }
+
+    return true;
+}
+
+bool v4vh_guest_okay(const void *p, unsigned long n)
+{
+    unsigned long a = (unsigned long)p;
+
+    if ( !n )
+        return true;
+
+    if ( a < GUEST_MIN_ADDR || a + n < a )
+        return false;
+
+    return !strict_copies || copy_domid < 0 ||
+           in_guest_memory(copy_domid, a, n);
+}
+
+unsigned long v4vh_copy_from_guest(void *dst, const void *src,
+                                   unsigned long n)
+{
+    if ( !v4vh_guest_okay(src, n) )
+        return n;
+    if ( n )
+        memcpy(dst, src, n);
+
+    return 0;
+}
+
+unsigned long v4vh_copy_to_guest(void *dst, const void *src, unsigned long n)
+{
+    if ( !v4vh_guest_okay(dst, n) )
+        return n;
+    if ( n )
+        memcpy(dst, src, n);
+
+    return 0;
+}
+
+int evtchn_alloc_unbound(evtchn_alloc_unbound_t *alloc, evtchn_port_t port)
+{
+    struct domain *d = alloc->dom < DOMID_FIRST_RESERVED
+                       ? domains[alloc->dom] : NULL;
+
+    if ( !d )
+        return -ESRCH;
+    if ( fail_evtchn )
+        return -ENOSPC;
+
+    /* Ports 1.. like a fresh Xen domain's first free ones. */
+    alloc->port = port ?: ++d->evtchn_next_port;
+
+    return 0;
+}
+
+int evtchn_send(struct domain *d, unsigned int port)
+{
+    if ( !port || port > d->evtchn_next_port )
+        return -EINVAL;
+    d->evtchn_signalled = true;
+    d->evtchn_sends++;
+
+    return 0;
+}
+
+static struct region *find_region(domid_t domid, unsigned long va)
+{
+    struct region *r;
+
+    for ( r = regions; r; r = r->next )
+        if ( r->domid == domid && va >= r->base && va - r->base < r->len )
+            return r;
+
+    return NULL;
+}
+
+struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va);
+struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va)
+{
+    struct region *r;
+    struct page_info *pg;
+
+    ASSERT(d == current->domain);
+    if ( va & ~PAGE_MASK )
+        v4vh_fatal(__FILE__, __LINE__, "ring page not page aligned");
+
+    r = find_region(d->domain_id, va);
+    if ( !r )
+        return NULL;
+
+    pg = &r->pages[(va - r->base) >> PAGE_SHIFT];
+    pg->count++;
+    pg->type_count++;
+    page_refs++;
+    type_refs++;
+
+    return pg;
+}
+
+void put_page_and_type(struct page_info *pg)
+{
+    if ( !pg->count || !pg->type_count || !page_refs || !type_refs )
+        v4vh_fatal(__FILE__, __LINE__, "page reference underflow");
+    pg->count--;
+    pg->type_count--;
+    page_refs--;
+    type_refs--;
+}
+
+void *vmap(const mfn_t *mfn, unsigned int nr)
+{
+    unsigned int i;
+
+    if ( !nr )
+        v4vh_fatal(__FILE__, __LINE__, "vmap of nothing");
+    /* Guest memory is this process's: contiguous frames map as they are. */
+    for ( i = 1; i < nr; i++ )
+        if ( mfn_x(mfn[i]) != mfn_x(mfn[0]) + i )
+            v4vh_fatal(__FILE__, __LINE__, "vmap: frames not contiguous");
+    nr_vmaps++;
+
+    return (void *)(mfn_x(mfn[0]) << PAGE_SHIFT);
+}
+
+void vunmap(const void *va)
+{
+    if ( !va || !nr_vmaps )
+        v4vh_fatal(__FILE__, __LINE__, "vunmap without vmap");
+    nr_vmaps--;
+}
+
+void register_keyhandler(unsigned char key, keyhandler_fn_t *fn,
+                         const char *desc, bool diagnostic)
+{
+}
+
+/* --- API --- */
+
+static void destroy_domain(domid_t domid)
+{
+    struct domain *d = domains[domid];
+    struct region **pr, *r;
+    unsigned long i;
+
+    v4v_destroy(d);
+    if ( locks_held )
+        v4vh_fatal(__FILE__, __LINE__, "lock held after v4v_destroy");
+
+    for ( pr = &regions; (r = *pr); )
+    {
+        if ( r->domid != domid )
+        {
+            pr = &r->next;
+            continue;
+        }
+        for ( i = 0; i < r->len >> PAGE_SHIFT; i++ )
+            if ( r->pages[i].count || r->pages[i].type_count )
+                v4vh_fatal(__FILE__, __LINE__,
+                           "page reference held after domain destruction");
+        *pr = r->next;
+        free(r->pages);
+        free(r);
+    }
+
+    domains[domid] = NULL;
+    free(d);
+}
+
+int v4vh_reset(void)
+{
+    unsigned int i;
+
+    for ( i = 0; i < DOMID_FIRST_RESERVED; i++ )
+        if ( domains[i] )
+            destroy_domain(i);
+
+    v4v_nr_rules = 0;
+    opt_v4v = true;
+    fail_alloc_in = 0;
+    fail_evtchn = 0;
+    v4vh_current = NULL;
+
+    if ( page_refs || type_refs || nr_vmaps || locks_held || nr_allocs ||
+         atomic_read(&v4v_pages_pinned) )
+        v4vh_fatal(__FILE__, __LINE__, "state left after reset");
+
+    return 0;
+}
+
+int v4vh_domain_create(uint16_t domid)
+{
+    struct domain *d;
+    int rc;
+
+    if ( domid >= DOMID_FIRST_RESERVED )
+        return -EINVAL;
+    if ( domains[domid] )
+        return -EEXIST;
+
+    d = calloc(1, sizeof(*d));
+    if ( !d )
+        return -ENOMEM;
+    d->domain_id = domid;
+    domains[domid] = d;
+    vcpus[domid].domain = d;
+
+    rc = v4v_init(d);
+    if ( locks_held )
+        v4vh_fatal(__FILE__, __LINE__, "lock held after v4v_init");
+    if ( rc )
+    {
+        domains[domid] = NULL;
+        free(d);
+    }
+
+    return rc;
+}
+
+int v4vh_domain_destroy(uint16_t domid)
+{
+    if ( domid >= DOMID_FIRST_RESERVED || !domains[domid] )
+        return -ESRCH;
+
+    destroy_domain(domid);
+
+    return 0;
+}
+
+long v4vh_hypercall(uint16_t caller, int cmd, void *arg1, void *arg2,
+                    uint32_t arg3, uint32_t arg4)
+{
+    XEN_GUEST_HANDLE_PARAM(void) h1 = { arg1 }, h2 = { arg2 };
+    long rc;
+
+    if ( caller >= DOMID_FIRST_RESERVED || !domains[caller] )
+        return -ESRCH;
+
+    v4vh_current = &vcpus[caller];
+    copy_domid = caller;
+    rc = do_v4v_op(cmd, h1, h2, arg3, arg4);
+    copy_domid = -1;
+    v4vh_current = NULL;
+
+    if ( locks_held )
+    {
+        fprintf(stderr, "V4V HARNESS FATAL: hypercall cmd %d by d%u returned "
+                "%ld with %u lock(s) held\n", cmd, caller, rc, locks_held);
+        abort();
+    }
+    if ( page_refs != (size_t)atomic_read(&v4v_pages_pinned) ||
+         type_refs != page_refs )
+        v4vh_fatal(__FILE__, __LINE__, "page reference accounting mismatch");
+
+    return rc;
+}
+
+int v4vh_event_test_and_clear(uint16_t domid)
+{
+    struct domain *d = domid < DOMID_FIRST_RESERVED ? domains[domid] : NULL;
+    int ret;
+
+    if ( !d )
+        return -ESRCH;
+    ret = d->evtchn_signalled;
+    d->evtchn_signalled = false;
+
+    return ret;
+}
+
+int v4vh_guest_map(uint16_t domid, void *base, size_t len)
+{
+    unsigned long b = (unsigned long)base, i;
+    struct region *r;
+
+    if ( domid >= DOMID_FIRST_RESERVED || !domains[domid] )
+        return -ESRCH;
+    if ( (b & ~PAGE_MASK) || (len & ~PAGE_MASK) || !len ||
+         b < GUEST_MIN_ADDR || b + len < b )
+        return -EINVAL;
+    for ( r = regions; r; r = r->next )
+        if ( b < r->base + r->len && r->base < b + len )
+            return -EEXIST;
+
+    r = calloc(1, sizeof(*r));
+    if ( !r )
+        return -ENOMEM;
+    r->pages = calloc(len >> PAGE_SHIFT, sizeof(*r->pages));
+    if ( !r->pages )
+    {
+        free(r);
+        return -ENOMEM;
+    }
+    r->domid = domid;
+    r->base = b;
+    r->len = len;
+    for ( i = 0; i < len >> PAGE_SHIFT; i++ )
+        r->pages[i].mfn = (b >> PAGE_SHIFT) + i;
+    r->next = regions;
+    regions = r;
+
+    return 0;
+}
+
+int v4vh_guest_unmap(uint16_t domid, void *base, size_t len)
+{
+    struct region **pr, *r;
+    unsigned long i;
+
+    for ( pr = &regions; (r = *pr); pr = &r->next )
+        if ( r->domid == domid && r->base == (unsigned long)base &&
+             r->len == len )
+            break;
+    if ( !r )
+        return -ENOENT;
+
+    for ( i = 0; i < len >> PAGE_SHIFT; i++ )
+        if ( r->pages[i].count )
+            return -EBUSY;
+
+    *pr = r->next;
+    free(r->pages);
+    free(r);
+
+    return 0;
+}
+
+size_t v4vh_pages_held(void)
+{
+    return page_refs;
+}
+
+void v4vh_debug_dump(void)
+{
+    v4v_dump_state('4');
+    if ( locks_held )
+        v4vh_fatal(__FILE__, __LINE__, "lock held after debug dump");
+}
+
+void v4vh_set_enabled(int enabled)
+{
+    opt_v4v = enabled;
+}
+
+size_t v4vh_allocations(void)
+{
+    return nr_allocs;
+}
+
+void v4vh_fail_alloc(unsigned int n)
+{
+    fail_alloc_in = n;
+}
+
+void v4vh_fail_evtchn(int fail)
+{
+    fail_evtchn = fail;
+}
+
+unsigned int v4vh_locks_held(void)
+{
+    return locks_held;
+}
+
+size_t v4vh_mappings(void)
+{
+    return nr_vmaps;
+}

@@ -1,0 +1,402 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The simulator backend: a guest domain served by a `v4v-sim` process over a Unix socket.
+//!
+//! Each [`SimHypervisor`] is one connection, and so one domain: connecting claims the domid,
+//! closing the connection destroys the domain. Ring memory is a sealed memfd that the simulator
+//! maps too, so it writes messages straight into the memory this process reads with
+//! [`crate::ring::RingReader`], as Xen does into a guest's pages. The event channel is a stream
+//! socket whose other end the simulator holds; it passed ours at claim time, and writes a byte
+//! into it when the model signals the domain. At end of stream the simulator is gone.
+//! `docs/sim.md` is the protocol.
+//!
+//! Calls are serialised by a mutex around the socket: one request, one reply. A failure of the
+//! connection itself (the simulator died, or answered garbage) is reported as
+//! [`HvError::Other`] with `EPIPE` (or `EPROTO` for garbage), and every later call fails the same
+//! way: the domain is gone.
+
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::abi::{Config, DomId, Info, RingDataEnt, SendAddr, TablesRule};
+use crate::backend::BackendError;
+use crate::hypervisor::{HvError, Hypervisor, TablesPage};
+use crate::shmem::{RingMemory, page_round};
+use crate::sim_protocol::{
+    self as proto, FRAME_HEADER_SIZE, FrameHeader, ProtocolError, Reply, ReplyData, Request,
+    fdpass, kind,
+};
+
+const EPIPE: i32 = libc::EPIPE;
+
+/// One guest domain of a `v4v-sim` simulator.
+#[derive(Debug)]
+pub struct SimHypervisor {
+    conn: Mutex<Conn>,
+    event: OwnedFd,
+    domid: DomId,
+    path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: UnixStream,
+    /// Set once the stream is out of step or closed: the domain is gone for good.
+    broken: Option<i32>,
+}
+
+#[derive(Debug)]
+enum CallError {
+    Io(std::io::Error),
+    Protocol(ProtocolError),
+}
+
+impl CallError {
+    fn errno(&self) -> i32 {
+        match self {
+            CallError::Io(e) => e.raw_os_error().unwrap_or(EPIPE),
+            CallError::Protocol(_) => proto::errno::EPROTO,
+        }
+    }
+}
+
+impl Conn {
+    /// Sends one request frame (with `fds`) and reads its reply, with any descriptors.
+    fn call(
+        &mut self,
+        frame: &[u8],
+        fds: &[BorrowedFd<'_>],
+        req_kind: u16,
+    ) -> Result<(Reply, Vec<OwnedFd>), CallError> {
+        let sent = fdpass::send(self.sock.as_fd(), frame, fds, false).map_err(CallError::Io)?;
+        if sent == 0 && !frame.is_empty() {
+            return Err(CallError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        self.sock.write_all(&frame[sent..]).map_err(CallError::Io)?;
+
+        let mut head = [0u8; FRAME_HEADER_SIZE];
+        let mut got = 0;
+        let mut fds = Vec::new();
+        while got < head.len() {
+            let r =
+                fdpass::recv(self.sock.as_fd(), &mut head[got..], false).map_err(CallError::Io)?;
+            if r.len == 0 {
+                return Err(CallError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            got += r.len;
+            fds.extend(r.fds);
+        }
+        let h = FrameHeader::parse(&head).map_err(CallError::Protocol)?;
+        let mut body = vec![0u8; h.body_len as usize];
+        self.sock.read_exact(&mut body).map_err(CallError::Io)?;
+        if fds.len() != usize::from(h.nfds) {
+            return Err(CallError::Protocol(ProtocolError::FdCount {
+                got: fds.len() as u8,
+                want: h.nfds,
+            }));
+        }
+        let reply = Reply::decode(req_kind, h.kind, h.nfds, &body).map_err(CallError::Protocol)?;
+        Ok((reply, fds))
+    }
+}
+
+impl SimHypervisor {
+    /// Connects to the simulator at `path` and claims `domid` (any free guest domid if `None`).
+    pub fn connect(path: &Path, domid: Option<DomId>) -> Result<Self, BackendError> {
+        let sock = UnixStream::connect(path).map_err(|source| BackendError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut conn = Conn { sock, broken: None };
+        let want = domid.unwrap_or(proto::CLAIM_ANY);
+        let frame = Request::Hello {
+            version: proto::VERSION,
+            domid: want,
+        }
+        .encode();
+        let (reply, mut fds) = conn.call(&frame, &[], kind::HELLO).map_err(|e| match e {
+            CallError::Io(e) => BackendError::Io(e),
+            CallError::Protocol(p) => BackendError::Protocol(p),
+        })?;
+        if reply.ret < 0 {
+            let errno = i32::try_from(-reply.ret).unwrap_or(i32::MAX);
+            return Err(BackendError::ClaimRefused { domid: want, errno });
+        }
+        let ReplyData::Hello { version, domid } = reply.data else {
+            return Err(ProtocolError::UnexpectedReply {
+                got: 0,
+                want: kind::HELLO,
+            }
+            .into());
+        };
+        if version != proto::VERSION {
+            return Err(BackendError::Version {
+                ours: proto::VERSION,
+                theirs: version,
+            });
+        }
+        let event = fds
+            .pop()
+            .ok_or(ProtocolError::FdCount { got: 0, want: 1 })?;
+        set_nonblocking(event.as_fd())?;
+        Ok(SimHypervisor {
+            conn: Mutex::new(conn),
+            event,
+            domid,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The domid this connection claimed.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    /// The simulator's socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // A panic while holding the lock leaves the stream possibly out of step; `broken` is set
+        // before any fallible step completes, so recovering the guard is safe.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One request, one reply: the hypervisor's return value or its errno.
+    fn request(&self, req: &Request<'_>, fds: &[BorrowedFd<'_>]) -> Result<Reply, HvError> {
+        self.request_frame(&req.encode(), fds, req.kind())
+    }
+
+    fn request_frame(
+        &self,
+        frame: &[u8],
+        fds: &[BorrowedFd<'_>],
+        req_kind: u16,
+    ) -> Result<Reply, HvError> {
+        let mut conn = self.lock();
+        if let Some(errno) = conn.broken {
+            return Err(HvError::Other(errno));
+        }
+        // Mark the stream broken for the duration: if we fail part way, it stays so.
+        conn.broken = Some(EPIPE);
+        match conn.call(frame, fds, req_kind) {
+            Ok((reply, _)) => {
+                conn.broken = None;
+                if reply.ret < 0 {
+                    Err(HvError::from_errno(
+                        i32::try_from(-reply.ret).unwrap_or(i32::MAX),
+                    ))
+                } else {
+                    Ok(reply)
+                }
+            }
+            Err(e) => {
+                let errno = e.errno();
+                conn.broken = Some(errno);
+                let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                Err(HvError::Other(errno))
+            }
+        }
+    }
+
+    fn ring_op(&self, op: Request<'_>, mem: &RingMemory) -> Result<(), HvError> {
+        // Memory without a descriptor cannot be shared with the simulator: to it, the address is
+        // not mapped.
+        let fd = mem.fd().ok_or(HvError::BadAddress)?;
+        self.request(&op, &[fd]).map(|_| ())
+    }
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Zeroed ring memory the simulator accepts: a memfd sealed against shrinking, so that no one can
+/// truncate it under the simulator's mapping (which would fault the simulator, not the guest).
+pub fn sealed_ring_memory(bytes: usize) -> Result<RingMemory, HvError> {
+    let os = |e: std::io::Error| HvError::from_errno(e.raw_os_error().unwrap_or(libc::ENOMEM));
+    let size = page_round(bytes);
+    let len = libc::off_t::try_from(size).map_err(|_| HvError::OutOfMemory)?;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+    let raw = unsafe {
+        libc::memfd_create(
+            c"v4v-ring".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if raw < 0 {
+        return Err(os(std::io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ftruncate on a descriptor we own, with integer arguments.
+    let truncated = unsafe { libc::ftruncate(raw, len) } == 0;
+    if !truncated {
+        return Err(os(std::io::Error::last_os_error()));
+    }
+    // No one may shrink it from now on (F_SEAL_SHRINK), nor change the seals (F_SEAL_SEAL).
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let sealed = unsafe {
+        libc::fcntl(
+            raw,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+        )
+    };
+    if sealed != 0 {
+        return Err(os(std::io::Error::last_os_error()));
+    }
+    RingMemory::map_fd(fd, size).map_err(|e| match e {
+        crate::shmem::ShmemError::Os(o) => HvError::from_errno(o.0),
+        _ => HvError::OutOfMemory,
+    })
+}
+
+impl Hypervisor for SimHypervisor {
+    fn alloc_ring_memory(&self, bytes: usize) -> Result<RingMemory, HvError> {
+        sealed_ring_memory(bytes)
+    }
+
+    fn register_ring(&self, mem: &RingMemory, offset: usize) -> Result<(), HvError> {
+        self.ring_op(
+            Request::RegisterRing {
+                offset: offset as u64,
+            },
+            mem,
+        )
+    }
+
+    fn unregister_ring(&self, mem: &RingMemory, offset: usize) -> Result<(), HvError> {
+        self.ring_op(
+            Request::UnregisterRing {
+                offset: offset as u64,
+            },
+            mem,
+        )
+    }
+
+    fn sendv(
+        &self,
+        addr: &SendAddr,
+        iov: &[IoSlice<'_>],
+        message_type: u32,
+    ) -> Result<u32, HvError> {
+        let frame = proto::encode_sendv(addr, message_type, iov);
+        let reply = self.request_frame(&frame, &[], kind::SENDV)?;
+        u32::try_from(reply.ret).map_err(|_| HvError::Other(proto::errno::EPROTO))
+    }
+
+    fn notify(&self, entries: Option<&mut [RingDataEnt]>) -> Result<(), HvError> {
+        match entries {
+            None => self
+                .request(&Request::Notify { entries: None }, &[])
+                .map(|_| ()),
+            Some(entries) => {
+                // Past the hypervisor's limit, one more entry than it allows gets the same E2BIG.
+                let sent = entries.len().min(proto::MAX_WIRE_NOTIFY);
+                let req = Request::Notify {
+                    entries: Some(entries[..sent].to_vec()),
+                };
+                let reply = self.request(&req, &[])?;
+                match reply.data {
+                    ReplyData::Notify(filled) if filled.len() == sent => {
+                        entries[..sent].copy_from_slice(&filled);
+                        Ok(())
+                    }
+                    _ => Err(HvError::Other(proto::errno::EPROTO)),
+                }
+            }
+        }
+    }
+
+    fn info(&self) -> Result<Info, HvError> {
+        match self.request(&Request::Info, &[])?.data {
+            ReplyData::Info(info) => Ok(info),
+            _ => Err(HvError::Other(proto::errno::EPROTO)),
+        }
+    }
+
+    fn config(&self, config: &Config) -> Result<(), HvError> {
+        self.request(&Request::Config(*config), &[]).map(|_| ())
+    }
+
+    fn tables_add(&self, rule: &TablesRule, position: u32) -> Result<(), HvError> {
+        self.request(
+            &Request::TablesAdd {
+                rule: *rule,
+                position,
+            },
+            &[],
+        )
+        .map(|_| ())
+    }
+
+    fn tables_del(&self, rule: Option<&TablesRule>, position: u32) -> Result<(), HvError> {
+        self.request(
+            &Request::TablesDel {
+                rule: rule.copied(),
+                position,
+            },
+            &[],
+        )
+        .map(|_| ())
+    }
+
+    fn tables_list(&self, start: u32, max: u32) -> Result<TablesPage, HvError> {
+        match self.request(&Request::TablesList { start, max }, &[])?.data {
+            ReplyData::TablesList { total, rules } => Ok(TablesPage { rules, total }),
+            _ => Err(HvError::Other(proto::errno::EPROTO)),
+        }
+    }
+
+    fn event_fd(&self) -> BorrowedFd<'_> {
+        self.event.as_fd()
+    }
+
+    fn take_event(&self) -> Result<bool, HvError> {
+        let mut buf = [0u8; 64];
+        let mut pending = false;
+        loop {
+            // SAFETY: receiving into a local buffer of the stated length from a descriptor we own.
+            // MSG_DONTWAIT: never blocks, whatever the descriptor's own flags.
+            let n = unsafe {
+                libc::recv(
+                    self.event.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                pending = true;
+                continue;
+            }
+            if n == 0 {
+                // The simulator closed its end: the domain is gone.
+                return if pending {
+                    Ok(true)
+                } else {
+                    Err(HvError::Other(EPIPE))
+                };
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => return Ok(pending),
+                std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(HvError::Other(e.raw_os_error().unwrap_or(EPIPE))),
+            }
+        }
+    }
+}

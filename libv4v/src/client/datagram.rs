@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! [`Datagram`]: a bound V4V datagram port.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use super::proto::{
+    FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Request,
+    SEND_F_NOWAIT, SockAddr,
+};
+use super::{Error, handshake, socket_path};
+use crate::abi::DomId;
+
+/// A bound V4V datagram port, like `std::net::UdpSocket`.
+#[derive(Debug)]
+pub struct Datagram {
+    sock: UnixStream,
+    local_port: u32,
+    nonblocking: bool,
+    /// Bytes of a frame not complete yet.
+    inbuf: Vec<u8>,
+    /// Datagrams that arrived while `send_to` waited for its status.
+    queued: VecDeque<(SockAddr, Vec<u8>)>,
+}
+
+/// Waits until `fd` is readable (`POLLIN`) or writable (`POLLOUT`).
+pub(crate) fn wait_fd(fd: RawFd, events: libc::c_short) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, -1) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl Datagram {
+    /// Binds `port` (0 = an ephemeral port) on the local domain, accepting from anyone.
+    pub fn bind(port: u32) -> Result<Self, Error> {
+        Self::bind_with(&socket_path(), port, None)
+    }
+
+    /// Binds `port` through the daemon at `daemon`, optionally accepting only from `partner`.
+    pub fn bind_with(daemon: &Path, port: u32, partner: Option<DomId>) -> Result<Self, Error> {
+        let (sock, args) = handshake(daemon, &Request::Dgram(port, partner))?;
+        let local_port = args
+            .trim()
+            .parse()
+            .map_err(|_| Error::Protocol(format!("bad DGRAM reply {args:?}")))?;
+        Ok(Datagram {
+            sock,
+            local_port,
+            nonblocking: false,
+            inbuf: Vec::new(),
+            queued: VecDeque::new(),
+        })
+    }
+
+    /// The bound port.
+    pub fn local_port(&self) -> u32 {
+        self.local_port
+    }
+
+    /// Non-blocking mode: `recv_from` returns `WouldBlock` when nothing is there, and `send_to`
+    /// returns `WouldBlock` when the destination ring is full instead of waiting for space.
+    pub fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
+        self.sock.set_nonblocking(on)?;
+        self.nonblocking = on;
+        Ok(())
+    }
+
+    /// Sends one datagram; returns its length once the hypervisor took it.
+    pub fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
+        let len = u32::try_from(buf.len()).map_err(|_| Error::MessageTooBig)?;
+        if len > MAX_DGRAM {
+            return Err(Error::MessageTooBig);
+        }
+        let h = FrameHeader {
+            len,
+            kind: FRAME_SEND,
+            domain: dst.domid,
+            port: dst.port,
+            aux: if self.nonblocking { SEND_F_NOWAIT } else { 0 },
+        };
+        self.write_all(&h.encode())?;
+        self.write_all(buf)?;
+        loop {
+            let (h, payload) = self
+                .next_frame(true)?
+                .ok_or_else(|| Error::Protocol("no status for a send".into()))?;
+            match h.kind {
+                FRAME_STATUS if h.aux == 0 => return Ok(buf.len()),
+                FRAME_STATUS => {
+                    return Err(Error::from_errno(h.aux as i32, &dst.to_string()));
+                }
+                FRAME_DATA => self.queued.push_back((h.addr(), payload)),
+                k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
+            }
+        }
+    }
+
+    /// Receives one datagram into `buf` (the excess of a longer one is dropped); returns the
+    /// bytes copied and the sender.
+    pub fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SockAddr), Error> {
+        let (from, payload) = match self.queued.pop_front() {
+            Some(x) => x,
+            None => loop {
+                match self.next_frame(!self.nonblocking)? {
+                    Some((h, p)) if h.kind == FRAME_DATA => break (h.addr(), p),
+                    Some(_) => continue,
+                    None => return Err(Error::Io(io::ErrorKind::WouldBlock.into())),
+                }
+            },
+        };
+        let n = payload.len().min(buf.len());
+        buf[..n].copy_from_slice(&payload[..n]);
+        Ok((n, from))
+    }
+
+    fn write_all(&mut self, mut b: &[u8]) -> Result<(), Error> {
+        while !b.is_empty() {
+            match self.sock.write(b) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => b = &b[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_fd(self.sock.as_raw_fd(), libc::POLLOUT)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next whole frame; `None` when the socket would block and `wait` is false.
+    fn next_frame(&mut self, wait: bool) -> Result<Option<(FrameHeader, Vec<u8>)>, Error> {
+        loop {
+            if self.inbuf.len() >= FRAME_HEADER_SIZE {
+                let mut hb = [0u8; FRAME_HEADER_SIZE];
+                hb.copy_from_slice(&self.inbuf[..FRAME_HEADER_SIZE]);
+                let h = FrameHeader::decode(&hb);
+                if h.len > MAX_DGRAM {
+                    return Err(Error::Protocol(format!("frame of {} bytes", h.len)));
+                }
+                let total = FRAME_HEADER_SIZE + h.len as usize;
+                if self.inbuf.len() >= total {
+                    let payload = self.inbuf[FRAME_HEADER_SIZE..total].to_vec();
+                    self.inbuf.drain(..total);
+                    return Ok(Some((h, payload)));
+                }
+            }
+            let mut tmp = [0u8; 64 * 1024];
+            match self.sock.read(&mut tmp) {
+                Ok(0) => {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the v4v daemon closed the connection",
+                    )));
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait {
+                        return Ok(None);
+                    }
+                    wait_fd(self.sock.as_raw_fd(), libc::POLLIN)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl AsRawFd for Datagram {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl AsFd for Datagram {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

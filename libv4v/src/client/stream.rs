@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! [`Stream`] and [`Listener`]: V4V streams through the daemon.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use super::proto::{Request, SockAddr};
+use super::{Error, handshake, socket_path};
+
+/// A V4V stream, like `std::net::TcpStream`. After the handshake the Unix connection is the
+/// byte stream itself, so reads and writes go straight to it.
+#[derive(Debug)]
+pub struct Stream {
+    sock: UnixStream,
+    local_port: u32,
+    peer: SockAddr,
+}
+
+impl Stream {
+    /// Connects to `addr`; a port nobody listens on fails at once with [`Error::Refused`].
+    pub fn connect(addr: SockAddr) -> Result<Self, Error> {
+        Self::connect_with(&socket_path(), addr)
+    }
+
+    /// Connects through the daemon at `daemon`.
+    pub fn connect_with(daemon: &Path, addr: SockAddr) -> Result<Self, Error> {
+        let (sock, args) = handshake(daemon, &Request::Connect(addr))?;
+        let local_port = args
+            .trim()
+            .parse()
+            .map_err(|_| Error::Protocol(format!("bad CONNECT reply {args:?}")))?;
+        Ok(Stream {
+            sock,
+            local_port,
+            peer: addr,
+        })
+    }
+
+    /// The local ring port the stream's replies arrive on (shared with other streams).
+    pub fn local_port(&self) -> u32 {
+        self.local_port
+    }
+
+    pub fn peer_addr(&self) -> SockAddr {
+        self.peer
+    }
+
+    /// `Shutdown::Write` sends the peer an orderly end of stream.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock.shutdown(how)
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        self.sock.set_nonblocking(on)
+    }
+
+    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(t)
+    }
+
+    pub fn set_write_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        self.sock.set_write_timeout(t)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+/// A listening V4V stream port, like `std::net::TcpListener`. Its descriptor polls readable
+/// when a connection waits to be accepted.
+#[derive(Debug)]
+pub struct Listener {
+    ctl: UnixStream,
+    port: u32,
+    daemon: PathBuf,
+    nonblocking: bool,
+    line: Vec<u8>,
+}
+
+impl Listener {
+    /// Listens on `port` (0 = ephemeral).
+    pub fn bind(port: u32) -> Result<Self, Error> {
+        Self::bind_with(&socket_path(), port)
+    }
+
+    pub fn bind_with(daemon: &Path, port: u32) -> Result<Self, Error> {
+        let (ctl, args) = handshake(daemon, &Request::Listen(port))?;
+        let port = args
+            .trim()
+            .parse()
+            .map_err(|_| Error::Protocol(format!("bad LISTEN reply {args:?}")))?;
+        Ok(Listener {
+            ctl,
+            port,
+            daemon: daemon.to_path_buf(),
+            nonblocking: false,
+            line: Vec::new(),
+        })
+    }
+
+    pub fn local_port(&self) -> u32 {
+        self.port
+    }
+
+    pub fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
+        self.ctl.set_nonblocking(on)?;
+        self.nonblocking = on;
+        Ok(())
+    }
+
+    /// The next `INCOMING ID DOM:PORT` announcement, or `None` if it would block.
+    fn next_incoming(&mut self) -> Result<Option<u64>, Error> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.ctl.read(&mut b) {
+                Ok(0) => return Err(Error::Protocol("the daemon closed the listener".into())),
+                Ok(_) if b[0] == b'\n' => {
+                    let l = String::from_utf8_lossy(&self.line).to_string();
+                    self.line.clear();
+                    let mut w = l.split_ascii_whitespace();
+                    if w.next() == Some("INCOMING")
+                        && let Some(Ok(id)) = w.next().map(str::parse)
+                    {
+                        return Ok(Some(id));
+                    }
+                    return Err(Error::Protocol(format!("bad listener line {l:?}")));
+                }
+                Ok(_) => {
+                    self.line.push(b[0]);
+                    if self.line.len() > super::proto::MAX_LINE {
+                        return Err(Error::Protocol("listener line too long".into()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Accepts one connection: the stream and the peer's address. In non-blocking mode returns
+    /// `WouldBlock` when none waits.
+    pub fn accept(&mut self) -> Result<(Stream, SockAddr), Error> {
+        loop {
+            let Some(id) = self.next_incoming()? else {
+                return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
+            };
+            match handshake(&self.daemon, &Request::Accept(self.port, Some(id))) {
+                Ok((sock, args)) => {
+                    let peer: SockAddr = args
+                        .trim()
+                        .parse()
+                        .map_err(|_| Error::Protocol(format!("bad ACCEPT reply {args:?}")))?;
+                    return Ok((
+                        Stream {
+                            sock,
+                            local_port: self.port,
+                            peer,
+                        },
+                        peer,
+                    ));
+                }
+                // Taken by another acceptor, or reset before we came: try the next one.
+                Err(Error::Daemon { code, .. }) if code == "ENOENT" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Accepted connections, forever.
+    pub fn incoming(&mut self) -> Incoming<'_> {
+        Incoming { l: self }
+    }
+}
+
+/// Iterator of [`Listener::accept`] results.
+pub struct Incoming<'a> {
+    l: &'a mut Listener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = Result<Stream, Error>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.l.accept().map(|(s, _)| s))
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ctl.as_raw_fd()
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ctl.as_fd()
+    }
+}

@@ -1,0 +1,1099 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The wire protocol between a guest ([`crate::backend::sim`]) and the `v4v-sim` simulator.
+//!
+//! `docs/sim.md` is the specification; this module is its only implementation, shared by both
+//! ends. In brief: a `SOCK_STREAM` Unix socket carries length-prefixed frames, all integers
+//! little-endian. Each frame is an 8-byte [`FrameHeader`] (`u32` body length, `u16` kind, `u8`
+//! number of descriptors passed with it by `SCM_RIGHTS`, `u8` reserved zero) and a body. The guest
+//! sends one request and reads one reply, whose kind is the request's with [`REPLY_BIT`] set and
+//! whose body starts with the hypervisor's return value (`i64`, negative errno on failure).
+//!
+//! Decoding never trusts its input: every length is checked before it is used, every reserved
+//! field must be zero, and a body must be exactly as long as its contents say. ABI structures
+//! travel with their padding fields as the guest wrote them, so that the hypervisor (not the
+//! codec) reports non-zero padding with `EINVAL`, as it does under Xen.
+
+use std::io::IoSlice;
+
+use thiserror::Error;
+
+use crate::abi::{self, Addr, Config, DomId, Info, RingDataEnt, SendAddr, TablesRule};
+
+/// `"V4VS"`: the first field of a hello.
+pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"V4VS");
+/// The protocol version this build speaks. A simulator refuses any other with `EPROTO`.
+pub const VERSION: u16 = 1;
+
+/// Bytes of a frame header.
+pub const FRAME_HEADER_SIZE: usize = 8;
+/// The largest body either side accepts: a sendv of the largest message with the most iovs the
+/// wire carries, with room to spare. A longer length prefix is a protocol error that ends the
+/// connection (the stream cannot be resynchronised).
+pub const MAX_BODY: usize = abi::MAX_MESSAGE_SIZE as usize + 64 * 1024;
+/// The most descriptors any frame carries.
+pub const MAX_FDS: usize = 1;
+/// The most iovs a sendv request carries: one more than the hypervisor accepts, which is enough
+/// for it to answer `E2BIG` exactly as it would for the caller's longer list.
+pub const MAX_WIRE_IOV: usize = abi::MAX_IOV as usize + 1;
+/// The most notify entries a request carries, for the same reason.
+pub const MAX_WIRE_NOTIFY: usize = abi::MAX_NOTIFY as usize + 1;
+/// The most rules a tables_list reply carries.
+pub const MAX_WIRE_RULES: usize = abi::MAX_RULES as usize;
+
+/// Set in the kind of every reply.
+pub const REPLY_BIT: u16 = 0x8000;
+/// The kind of the last frame the simulator sends before it closes a connection whose stream it
+/// cannot parse any more (a length past [`MAX_BODY`], too many descriptors). Its body is the
+/// `i64` negative errno.
+pub const KIND_FATAL: u16 = 0xffff;
+
+/// Request kinds. The hypercall ops keep their `V4VOP_*` numbers.
+pub mod kind {
+    pub const REGISTER_RING: u16 = 1;
+    pub const UNREGISTER_RING: u16 = 2;
+    pub const NOTIFY: u16 = 4;
+    pub const SENDV: u16 = 5;
+    pub const INFO: u16 = 6;
+    pub const CONFIG: u16 = 7;
+    pub const TABLES_ADD: u16 = 8;
+    pub const TABLES_DEL: u16 = 9;
+    pub const TABLES_LIST: u16 = 10;
+    /// Claims a domain id; must be the first request.
+    pub const HELLO: u16 = 0x40;
+}
+
+/// Sendv flag: the payload bytes are not on the wire. Allowed only when the hypervisor is bound
+/// to refuse the send before reading any payload (more than [`abi::MAX_IOV`] iovs, or more than
+/// [`abi::MAX_MESSAGE_SIZE`] bytes in all), so that a client never ships gigabytes to be told
+/// `EMSGSIZE`.
+pub const SENDV_PAYLOAD_ELIDED: u32 = 1;
+
+/// Domid in a hello meaning "any free guest id" (the simulator picks the lowest free id from 1).
+pub const CLAIM_ANY: DomId = abi::DOMID_ANY;
+
+/// Errno values of protocol failures that are not the hypervisor's (Linux numbers).
+pub mod errno {
+    /// Bad frame, unknown kind, or hello version mismatch.
+    pub const EPROTO: i32 = 71;
+    /// Request before hello, or a second hello.
+    pub const ENOTCONN: i32 = 107;
+    /// A domid that is already claimed.
+    pub const EADDRINUSE: i32 = 98;
+    /// A second hello on a connection that has claimed a domid.
+    pub const EISCONN: i32 = 106;
+    /// The simulator failed internally while serving the request.
+    pub const EIO: i32 = 5;
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("frame body of {0} bytes exceeds the limit")]
+    Oversized(u64),
+    #[error("frame truncated: needed {needed} more bytes")]
+    Truncated { needed: usize },
+    #[error("{0} unexpected bytes after the frame's contents")]
+    Trailing(usize),
+    #[error("unknown frame kind {0:#x}")]
+    UnknownKind(u16),
+    #[error("reserved field is not zero")]
+    Reserved,
+    #[error("bad hello magic {0:#x}")]
+    BadMagic(u32),
+    #[error("{got} descriptors for a frame that takes {want}")]
+    FdCount { got: u8, want: u8 },
+    #[error("count {count} exceeds the wire limit {max}")]
+    TooMany { count: u64, max: usize },
+    #[error("payload of {got} bytes for iovs totalling {want}")]
+    PayloadMismatch { got: u64, want: u64 },
+    #[error("payload elided although the hypervisor would read it")]
+    BadElision,
+    #[error("reply kind {got:#x} does not answer request kind {want:#x}")]
+    UnexpectedReply { got: u16, want: u16 },
+}
+
+impl ProtocolError {
+    /// The errno a simulator replies with for a request that fails to decode.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ProtocolError::BadMagic(_) | ProtocolError::UnexpectedReply { .. } => errno::EPROTO,
+            ProtocolError::Oversized(_) => abi::errno::EMSGSIZE,
+            _ => abi::errno::EINVAL,
+        }
+    }
+}
+
+/// The fixed part of every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub body_len: u32,
+    pub kind: u16,
+    pub nfds: u8,
+}
+
+impl FrameHeader {
+    /// Parses and checks a header: the length within [`MAX_BODY`], at most [`MAX_FDS`]
+    /// descriptors, the reserved byte zero. Any failure here is fatal to the connection.
+    pub fn parse(b: &[u8; FRAME_HEADER_SIZE]) -> Result<Self, ProtocolError> {
+        let body_len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let kind = u16::from_le_bytes([b[4], b[5]]);
+        let nfds = b[6];
+        if body_len as usize > MAX_BODY {
+            return Err(ProtocolError::Oversized(u64::from(body_len)));
+        }
+        if usize::from(nfds) > MAX_FDS {
+            return Err(ProtocolError::TooMany {
+                count: u64::from(nfds),
+                max: MAX_FDS,
+            });
+        }
+        if b[7] != 0 {
+            return Err(ProtocolError::Reserved);
+        }
+        Ok(FrameHeader {
+            body_len,
+            kind,
+            nfds,
+        })
+    }
+
+    pub fn encode(&self) -> [u8; FRAME_HEADER_SIZE] {
+        let mut b = [0u8; FRAME_HEADER_SIZE];
+        b[0..4].copy_from_slice(&self.body_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.kind.to_le_bytes());
+        b[6] = self.nfds;
+        b
+    }
+}
+
+/// A request, decoded. Borrowed from the frame so that a sendv payload is not copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Claim `domid` ([`CLAIM_ANY`] for any free guest id), speaking `version`.
+    Hello {
+        version: u16,
+        domid: DomId,
+    },
+    /// With one descriptor: the ring memory. `offset` is the ring header's offset in it.
+    RegisterRing {
+        offset: u64,
+    },
+    /// With one descriptor: the ring memory. `offset` is the ring header's offset in it.
+    UnregisterRing {
+        offset: u64,
+    },
+    /// The iovs' lengths, in order, and their concatenated bytes (`None` when elided).
+    Sendv {
+        addr: SendAddr,
+        message_type: u32,
+        lens: Vec<u32>,
+        payload: Option<&'a [u8]>,
+    },
+    /// `None` is the NULL ring_data.
+    Notify {
+        entries: Option<Vec<RingDataEnt>>,
+    },
+    Info,
+    Config(Config),
+    TablesAdd {
+        rule: TablesRule,
+        position: u32,
+    },
+    TablesDel {
+        rule: Option<TablesRule>,
+        position: u32,
+    },
+    TablesList {
+        start: u32,
+        max: u32,
+    },
+}
+
+impl Request<'_> {
+    pub fn kind(&self) -> u16 {
+        match self {
+            Request::Hello { .. } => kind::HELLO,
+            Request::RegisterRing { .. } => kind::REGISTER_RING,
+            Request::UnregisterRing { .. } => kind::UNREGISTER_RING,
+            Request::Sendv { .. } => kind::SENDV,
+            Request::Notify { .. } => kind::NOTIFY,
+            Request::Info => kind::INFO,
+            Request::Config(_) => kind::CONFIG,
+            Request::TablesAdd { .. } => kind::TABLES_ADD,
+            Request::TablesDel { .. } => kind::TABLES_DEL,
+            Request::TablesList { .. } => kind::TABLES_LIST,
+        }
+    }
+
+    /// Descriptors that travel with this request.
+    pub fn nfds(&self) -> u8 {
+        match self {
+            Request::RegisterRing { .. } | Request::UnregisterRing { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    /// Encodes the whole frame (header and body).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::frame(self.kind(), self.nfds());
+        match self {
+            Request::Hello { version, domid } => {
+                w.u32(HELLO_MAGIC);
+                w.u16(*version);
+                w.u16(*domid);
+            }
+            Request::RegisterRing { offset } | Request::UnregisterRing { offset } => w.u64(*offset),
+            Request::Sendv {
+                addr,
+                message_type,
+                lens,
+                payload,
+            } => {
+                w.send_addr(addr);
+                w.u32(*message_type);
+                w.u32(lens.len() as u32);
+                w.u32(if payload.is_some() {
+                    0
+                } else {
+                    SENDV_PAYLOAD_ELIDED
+                });
+                for l in lens {
+                    w.u32(*l);
+                }
+                if let Some(p) = payload {
+                    w.bytes(p);
+                }
+            }
+            Request::Notify { entries } => match entries {
+                None => {
+                    w.u32(0);
+                    w.u32(0);
+                }
+                Some(e) => {
+                    w.u32(1);
+                    w.u32(e.len() as u32);
+                    for ent in e {
+                        w.ring_data_ent(ent);
+                    }
+                }
+            },
+            Request::Info => {}
+            Request::Config(c) => w.config(c),
+            Request::TablesAdd { rule, position } => {
+                w.rule(rule);
+                w.u32(*position);
+            }
+            Request::TablesDel { rule, position } => {
+                w.u32(u32::from(rule.is_some()));
+                w.rule(&rule.unwrap_or_default());
+                w.u32(*position);
+            }
+            Request::TablesList { start, max } => {
+                w.u32(*start);
+                w.u32(*max);
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes a request body of kind `kind` that arrived with `nfds` descriptors.
+    pub fn decode(kind: u16, nfds: u8, body: &'_ [u8]) -> Result<Request<'_>, ProtocolError> {
+        let mut r = Reader::new(body);
+        let req = match kind {
+            kind::HELLO => {
+                let magic = r.u32()?;
+                if magic != HELLO_MAGIC {
+                    return Err(ProtocolError::BadMagic(magic));
+                }
+                Request::Hello {
+                    version: r.u16()?,
+                    domid: r.u16()?,
+                }
+            }
+            kind::REGISTER_RING => Request::RegisterRing { offset: r.u64()? },
+            kind::UNREGISTER_RING => Request::UnregisterRing { offset: r.u64()? },
+            kind::SENDV => {
+                let addr = r.send_addr()?;
+                let message_type = r.u32()?;
+                let niov = r.u32()?;
+                let flags = r.u32()?;
+                if flags & !SENDV_PAYLOAD_ELIDED != 0 {
+                    return Err(ProtocolError::Reserved);
+                }
+                if niov as usize > MAX_WIRE_IOV {
+                    return Err(ProtocolError::TooMany {
+                        count: u64::from(niov),
+                        max: MAX_WIRE_IOV,
+                    });
+                }
+                let mut lens = Vec::with_capacity(niov as usize);
+                for _ in 0..niov {
+                    lens.push(r.u32()?);
+                }
+                let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+                let payload = if flags & SENDV_PAYLOAD_ELIDED != 0 {
+                    if !must_elide(lens.len(), total) {
+                        return Err(ProtocolError::BadElision);
+                    }
+                    None
+                } else {
+                    let rest = r.rest();
+                    if rest.len() as u64 != total {
+                        return Err(ProtocolError::PayloadMismatch {
+                            got: rest.len() as u64,
+                            want: total,
+                        });
+                    }
+                    Some(rest)
+                };
+                Request::Sendv {
+                    addr,
+                    message_type,
+                    lens,
+                    payload,
+                }
+            }
+            kind::NOTIFY => {
+                let present = r.u32()?;
+                let nent = r.u32()?;
+                match present {
+                    0 if nent == 0 => Request::Notify { entries: None },
+                    0 => return Err(ProtocolError::Reserved),
+                    1 => {
+                        if nent as usize > MAX_WIRE_NOTIFY {
+                            return Err(ProtocolError::TooMany {
+                                count: u64::from(nent),
+                                max: MAX_WIRE_NOTIFY,
+                            });
+                        }
+                        let mut e = Vec::with_capacity(nent as usize);
+                        for _ in 0..nent {
+                            e.push(r.ring_data_ent()?);
+                        }
+                        Request::Notify { entries: Some(e) }
+                    }
+                    _ => return Err(ProtocolError::Reserved),
+                }
+            }
+            kind::INFO => Request::Info,
+            kind::CONFIG => Request::Config(r.config()?),
+            kind::TABLES_ADD => Request::TablesAdd {
+                rule: r.rule()?,
+                position: r.u32()?,
+            },
+            kind::TABLES_DEL => {
+                let has = r.u32()?;
+                let rule = r.rule()?;
+                let position = r.u32()?;
+                let rule = match has {
+                    0 if rule == TablesRule::default() => None,
+                    1 => Some(rule),
+                    _ => return Err(ProtocolError::Reserved),
+                };
+                Request::TablesDel { rule, position }
+            }
+            kind::TABLES_LIST => Request::TablesList {
+                start: r.u32()?,
+                max: r.u32()?,
+            },
+            other => return Err(ProtocolError::UnknownKind(other)),
+        };
+        r.end()?;
+        if nfds != req.nfds() {
+            return Err(ProtocolError::FdCount {
+                got: nfds,
+                want: req.nfds(),
+            });
+        }
+        Ok(req)
+    }
+}
+
+/// Whether a sendv with these iovs is refused before any payload is read, so its payload may be
+/// (and, past the frame limit, must be) left off the wire.
+pub fn must_elide(niov: usize, total: u64) -> bool {
+    niov > abi::MAX_IOV as usize || total > u64::from(abi::MAX_MESSAGE_SIZE)
+}
+
+/// Encodes a sendv request frame straight from the caller's iovs, eliding the payload when the
+/// hypervisor must refuse it anyway (see [`must_elide`]); at most [`MAX_WIRE_IOV`] lengths are
+/// sent, which keeps the hypervisor's `E2BIG` answer for longer lists.
+pub fn encode_sendv(addr: &SendAddr, message_type: u32, iov: &[IoSlice<'_>]) -> Vec<u8> {
+    let total: u64 = iov.iter().map(|s| s.len() as u64).sum();
+    let elide = must_elide(iov.len(), total);
+    let sent = &iov[..iov.len().min(MAX_WIRE_IOV)];
+    let mut w = Writer::frame(kind::SENDV, 0);
+    w.send_addr(addr);
+    w.u32(message_type);
+    w.u32(sent.len() as u32);
+    w.u32(if elide { SENDV_PAYLOAD_ELIDED } else { 0 });
+    for s in sent {
+        // Lengths past u32 can only occur when eliding (the total is then past the limit).
+        w.u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    }
+    if !elide {
+        w.buf.reserve(total as usize);
+        for s in sent {
+            w.bytes(s);
+        }
+    }
+    w.finish()
+}
+
+/// The data of a successful reply, by request kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyData {
+    None,
+    /// The protocol version the simulator speaks and the domid claimed. One descriptor (the
+    /// domain's event descriptor) travels with a successful hello reply.
+    Hello {
+        version: u16,
+        domid: DomId,
+    },
+    Info(Info),
+    /// The notify entries as the hypervisor filled them in.
+    Notify(Vec<RingDataEnt>),
+    TablesList {
+        total: u32,
+        rules: Vec<TablesRule>,
+    },
+}
+
+/// A reply: the hypervisor's return value (negative errno on failure) and, on success, its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub ret: i64,
+    pub data: ReplyData,
+}
+
+impl Reply {
+    /// A failure with a positive `errno`.
+    pub fn error(errno: i32) -> Self {
+        Reply {
+            ret: -i64::from(errno),
+            data: ReplyData::None,
+        }
+    }
+
+    pub fn ok(ret: i64, data: ReplyData) -> Self {
+        Reply { ret, data }
+    }
+
+    /// Encodes the reply to a request of kind `req_kind`. The hello reply is the only one with a
+    /// descriptor: `nfds` is 1 when it succeeds.
+    pub fn encode(&self, req_kind: u16) -> Vec<u8> {
+        let nfds = u8::from(req_kind == kind::HELLO && self.ret >= 0);
+        let mut w = Writer::frame(req_kind | REPLY_BIT, nfds);
+        w.i64(self.ret);
+        match &self.data {
+            ReplyData::None => {}
+            ReplyData::Hello { version, domid } => {
+                w.u16(*version);
+                w.u16(*domid);
+                w.u32(0);
+            }
+            ReplyData::Info(i) => w.info(i),
+            ReplyData::Notify(e) => {
+                w.u32(e.len() as u32);
+                for ent in e {
+                    w.ring_data_ent(ent);
+                }
+            }
+            ReplyData::TablesList { total, rules } => {
+                w.u32(*total);
+                w.u32(rules.len() as u32);
+                for r in rules {
+                    w.rule(r);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes the reply frame `(kind, nfds, body)` to a request of kind `req_kind`.
+    pub fn decode(req_kind: u16, kind: u16, nfds: u8, body: &[u8]) -> Result<Reply, ProtocolError> {
+        let mut r = Reader::new(body);
+        if kind == KIND_FATAL {
+            let ret = r.i64()?;
+            r.end()?;
+            return Ok(Reply::error(i32::try_from(-ret).unwrap_or(errno::EPROTO)));
+        }
+        if kind != req_kind | REPLY_BIT {
+            return Err(ProtocolError::UnexpectedReply {
+                got: kind,
+                want: req_kind | REPLY_BIT,
+            });
+        }
+        let ret = r.i64()?;
+        let want_fds = u8::from(req_kind == kind::HELLO && ret >= 0);
+        if nfds != want_fds {
+            return Err(ProtocolError::FdCount {
+                got: nfds,
+                want: want_fds,
+            });
+        }
+        if ret < 0 {
+            r.end()?;
+            return Ok(Reply {
+                ret,
+                data: ReplyData::None,
+            });
+        }
+        let data = match req_kind {
+            kind::HELLO => {
+                let version = r.u16()?;
+                let domid = r.u16()?;
+                if r.u32()? != 0 {
+                    return Err(ProtocolError::Reserved);
+                }
+                ReplyData::Hello { version, domid }
+            }
+            kind::INFO => ReplyData::Info(r.info()?),
+            kind::NOTIFY if !r.rest_is_empty() => {
+                let n = r.u32()?;
+                if n as usize > MAX_WIRE_NOTIFY {
+                    return Err(ProtocolError::TooMany {
+                        count: u64::from(n),
+                        max: MAX_WIRE_NOTIFY,
+                    });
+                }
+                let mut e = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    e.push(r.ring_data_ent()?);
+                }
+                ReplyData::Notify(e)
+            }
+            kind::TABLES_LIST => {
+                let total = r.u32()?;
+                let n = r.u32()?;
+                if n as usize > MAX_WIRE_RULES {
+                    return Err(ProtocolError::TooMany {
+                        count: u64::from(n),
+                        max: MAX_WIRE_RULES,
+                    });
+                }
+                let mut rules = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    rules.push(r.rule()?);
+                }
+                ReplyData::TablesList { total, rules }
+            }
+            _ => ReplyData::None,
+        };
+        r.end()?;
+        Ok(Reply { ret, data })
+    }
+}
+
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn frame(kind: u16, nfds: u8) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(
+            &FrameHeader {
+                body_len: 0,
+                kind,
+                nfds,
+            }
+            .encode(),
+        );
+        Writer { buf }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        // Oversized bodies are encoded faithfully (the length saturates) and refused by the peer.
+        let len = u32::try_from(self.buf.len() - FRAME_HEADER_SIZE).unwrap_or(u32::MAX);
+        self.buf[0..4].copy_from_slice(&len.to_le_bytes());
+        self.buf
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn addr(&mut self, a: &Addr) {
+        self.u32(a.port);
+        self.u16(a.domain);
+        self.u16(a.pad);
+    }
+    fn send_addr(&mut self, a: &SendAddr) {
+        self.addr(&a.src);
+        self.addr(&a.dst);
+    }
+    fn ring_data_ent(&mut self, e: &RingDataEnt) {
+        self.addr(&e.ring);
+        self.u16(e.flags);
+        self.u16(e.pad);
+        self.u32(e.space_required);
+        self.u32(e.max_message_size);
+    }
+    fn config(&mut self, c: &Config) {
+        self.u16(c.domain);
+        self.u16(c.pad);
+        self.u32(c.max_rings);
+    }
+    fn rule(&mut self, r: &TablesRule) {
+        self.addr(&r.src);
+        self.addr(&r.dst);
+        self.u32(r.accept);
+    }
+    fn info(&mut self, i: &Info) {
+        self.u64(i.ring_magic);
+        self.u64(i.data_magic);
+        self.u32(i.evtchn);
+        self.u16(i.domid);
+        self.u16(i.pad);
+        for v in [
+            i.max_rings,
+            i.nr_rings,
+            i.max_ring_len,
+            i.max_iov,
+            i.max_notify,
+            i.max_waiters,
+            i.max_message_size,
+            i.max_rules,
+        ] {
+            self.u32(v);
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+        match self.buf.split_first_chunk::<N>() {
+            Some((head, rest)) => {
+                self.buf = rest;
+                Ok(*head)
+            }
+            None => Err(ProtocolError::Truncated {
+                needed: N - self.buf.len(),
+            }),
+        }
+    }
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn i64(&mut self) -> Result<i64, ProtocolError> {
+        Ok(i64::from_le_bytes(self.take()?))
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+    fn rest_is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    fn end(&self) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtocolError::Trailing(self.buf.len()))
+        }
+    }
+    fn addr(&mut self) -> Result<Addr, ProtocolError> {
+        Ok(Addr {
+            port: self.u32()?,
+            domain: self.u16()?,
+            pad: self.u16()?,
+        })
+    }
+    fn send_addr(&mut self) -> Result<SendAddr, ProtocolError> {
+        Ok(SendAddr {
+            src: self.addr()?,
+            dst: self.addr()?,
+        })
+    }
+    fn ring_data_ent(&mut self) -> Result<RingDataEnt, ProtocolError> {
+        Ok(RingDataEnt {
+            ring: self.addr()?,
+            flags: self.u16()?,
+            pad: self.u16()?,
+            space_required: self.u32()?,
+            max_message_size: self.u32()?,
+        })
+    }
+    fn config(&mut self) -> Result<Config, ProtocolError> {
+        Ok(Config {
+            domain: self.u16()?,
+            pad: self.u16()?,
+            max_rings: self.u32()?,
+        })
+    }
+    fn rule(&mut self) -> Result<TablesRule, ProtocolError> {
+        Ok(TablesRule {
+            src: self.addr()?,
+            dst: self.addr()?,
+            accept: self.u32()?,
+        })
+    }
+    fn info(&mut self) -> Result<Info, ProtocolError> {
+        Ok(Info {
+            ring_magic: self.u64()?,
+            data_magic: self.u64()?,
+            evtchn: self.u32()?,
+            domid: self.u16()?,
+            pad: self.u16()?,
+            max_rings: self.u32()?,
+            nr_rings: self.u32()?,
+            max_ring_len: self.u32()?,
+            max_iov: self.u32()?,
+            max_notify: self.u32()?,
+            max_waiters: self.u32()?,
+            max_message_size: self.u32()?,
+            max_rules: self.u32()?,
+        })
+    }
+}
+
+/// Descriptor passing over a Unix socket (`SCM_RIGHTS`), for both ends of the protocol.
+pub mod fdpass {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+    /// The most descriptors one `recvmsg` accepts; more sets `truncated` (the kernel closes the
+    /// excess).
+    pub const RECV_MAX_FDS: usize = 4;
+    const CMSG_BUF_WORDS: usize = 16;
+
+    /// What one `recvmsg` returned.
+    #[derive(Debug)]
+    pub struct Received {
+        /// Bytes read into the buffer; 0 means end of stream.
+        pub len: usize,
+        /// Descriptors received with them, close-on-exec.
+        pub fds: Vec<OwnedFd>,
+        /// The peer sent more descriptors than [`RECV_MAX_FDS`] (`MSG_CTRUNC`).
+        pub truncated: bool,
+    }
+
+    /// One `sendmsg` of `data` with `fds` attached (none when empty). Returns the bytes sent,
+    /// which may be fewer than `data.len()` on a stream socket; the descriptors go with the
+    /// first byte. Never raises `SIGPIPE`.
+    pub fn send(
+        sock: BorrowedFd<'_>,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        nonblocking: bool,
+    ) -> io::Result<usize> {
+        if fds.len() > RECV_MAX_FDS {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut cbuf = [0u64; CMSG_BUF_WORDS];
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            let bytes = size_of::<RawFd>() * fds.len();
+            // SAFETY: CMSG_SPACE only computes a size.
+            let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+            debug_assert!(space <= size_of_val(&cbuf));
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            // SAFETY: msg_control points at `space` bytes of 8-aligned, zeroed buffer, enough for
+            // one header and `bytes` of data, so CMSG_FIRSTHDR is non-null and CMSG_DATA is in
+            // bounds for `fds.len()` ints.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+                let p = libc::CMSG_DATA(c).cast::<RawFd>();
+                for (i, fd) in fds.iter().enumerate() {
+                    p.add(i).write_unaligned(fd.as_raw_fd());
+                }
+            }
+        }
+        let flags = libc::MSG_NOSIGNAL | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+        loop {
+            // SAFETY: msg points at a live iovec and control buffer for the duration of the call.
+            let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// One `recvmsg` into `buf`, collecting any descriptors (close-on-exec).
+    pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+        let mut cbuf = [0u64; CMSG_BUF_WORDS];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space =
+            unsafe { libc::CMSG_SPACE((RECV_MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
+        msg.msg_controllen = space.min(size_of_val(&cbuf));
+        let flags = libc::MSG_CMSG_CLOEXEC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+        let n = loop {
+            // SAFETY: msg points at live buffers of the lengths it states.
+            let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled msg_control with msg_controllen bytes of well-formed control
+        // messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay within them and return null at the end.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !c.is_null() {
+            // SAFETY: c is a non-null header within the control buffer (see above).
+            let (level, ty, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+            if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
+                // SAFETY: CMSG_LEN only computes a size.
+                let hdr = unsafe { libc::CMSG_LEN(0) } as usize;
+                let count = len.saturating_sub(hdr) / size_of::<RawFd>();
+                // SAFETY: CMSG_DATA of a header in the buffer points at its `len - hdr` data bytes.
+                let p = unsafe { libc::CMSG_DATA(c) }.cast::<RawFd>();
+                for i in 0..count {
+                    // SAFETY: i < count, so the int lies within this message's data; the kernel
+                    // installed each descriptor for us and nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(p.add(i).read_unaligned()) });
+                }
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+        }
+        Ok(Received {
+            len: n,
+            fds,
+            truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
+        let (h, body) = frame.split_first_chunk::<FRAME_HEADER_SIZE>().unwrap();
+        let h = FrameHeader::parse(h).unwrap();
+        assert_eq!(h.body_len as usize, body.len());
+        (h, body)
+    }
+
+    fn round_trip(req: Request<'_>) {
+        let frame = req.encode();
+        let (h, body) = split(&frame);
+        assert_eq!(h.kind, req.kind());
+        assert_eq!(Request::decode(h.kind, h.nfds, body).unwrap(), req);
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let a = Addr {
+            port: 7,
+            domain: 3,
+            pad: 9,
+        };
+        let rule = TablesRule {
+            src: a,
+            dst: Addr::new(1, 2),
+            accept: 1,
+        };
+        round_trip(Request::Hello {
+            version: VERSION,
+            domid: 5,
+        });
+        round_trip(Request::RegisterRing { offset: 4096 });
+        round_trip(Request::UnregisterRing { offset: u64::MAX });
+        round_trip(Request::Sendv {
+            addr: SendAddr {
+                src: a,
+                dst: Addr::new(2, 1),
+            },
+            message_type: abi::PROTO_DGRAM,
+            lens: vec![1, 0, 3],
+            payload: Some(b"abcd"),
+        });
+        round_trip(Request::Sendv {
+            addr: SendAddr::default(),
+            message_type: 0,
+            lens: vec![u32::MAX],
+            payload: None,
+        });
+        round_trip(Request::Notify { entries: None });
+        round_trip(Request::Notify {
+            entries: Some(vec![RingDataEnt {
+                ring: a,
+                space_required: 5,
+                ..Default::default()
+            }]),
+        });
+        round_trip(Request::Info);
+        round_trip(Request::Config(Config {
+            domain: 4,
+            pad: 1,
+            max_rings: 9,
+        }));
+        round_trip(Request::TablesAdd { rule, position: 3 });
+        round_trip(Request::TablesDel {
+            rule: Some(rule),
+            position: 0,
+        });
+        round_trip(Request::TablesDel {
+            rule: None,
+            position: abi::TABLES_DEL_ALL,
+        });
+        round_trip(Request::TablesList {
+            start: 1,
+            max: 1024,
+        });
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let cases = [
+            (
+                kind::HELLO,
+                Reply::ok(
+                    0,
+                    ReplyData::Hello {
+                        version: 1,
+                        domid: 3,
+                    },
+                ),
+            ),
+            (kind::HELLO, Reply::error(errno::EADDRINUSE)),
+            (kind::SENDV, Reply::ok(77, ReplyData::None)),
+            (
+                kind::INFO,
+                Reply::ok(
+                    0,
+                    ReplyData::Info(Info {
+                        domid: 4,
+                        ..Default::default()
+                    }),
+                ),
+            ),
+            (
+                kind::NOTIFY,
+                Reply::ok(0, ReplyData::Notify(vec![RingDataEnt::default(); 3])),
+            ),
+            (kind::NOTIFY, Reply::ok(0, ReplyData::None)),
+            (
+                kind::TABLES_LIST,
+                Reply::ok(
+                    2,
+                    ReplyData::TablesList {
+                        total: 2,
+                        rules: vec![TablesRule::default()],
+                    },
+                ),
+            ),
+            (kind::REGISTER_RING, Reply::error(abi::errno::EFAULT)),
+        ];
+        for (k, reply) in cases {
+            let frame = reply.encode(k);
+            let (h, body) = split(&frame);
+            assert_eq!(Reply::decode(k, h.kind, h.nfds, body).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn sendv_elides_only_what_the_hypervisor_refuses() {
+        let a = SendAddr::default();
+        let data = [0u8; 8];
+        let many: Vec<IoSlice<'_>> = (0..300).map(|_| IoSlice::new(&data)).collect();
+        let frame = encode_sendv(&a, 1, &many);
+        let (h, body) = split(&frame);
+        match Request::decode(h.kind, h.nfds, body).unwrap() {
+            Request::Sendv { lens, payload, .. } => {
+                assert_eq!(lens.len(), MAX_WIRE_IOV);
+                assert_eq!(payload, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let frame = encode_sendv(&a, 1, &many[..2]);
+        let (h, body) = split(&frame);
+        assert!(matches!(
+            Request::decode(h.kind, h.nfds, body).unwrap(),
+            Request::Sendv { payload: Some(p), .. } if p.len() == 16
+        ));
+        // An elided payload the hypervisor would read is refused.
+        let bad = Request::Sendv {
+            addr: a,
+            message_type: 0,
+            lens: vec![4],
+            payload: None,
+        };
+        let frame = bad.encode();
+        let (h, body) = split(&frame);
+        assert_eq!(
+            Request::decode(h.kind, h.nfds, body),
+            Err(ProtocolError::BadElision)
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_refused() {
+        assert!(FrameHeader::parse(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0]).is_err());
+        assert!(FrameHeader::parse(&[0, 0, 0, 0, 1, 0, 2, 0]).is_err());
+        assert!(FrameHeader::parse(&[0, 0, 0, 0, 1, 0, 0, 1]).is_err());
+        assert_eq!(
+            Request::decode(0x1234, 0, &[]),
+            Err(ProtocolError::UnknownKind(0x1234))
+        );
+        assert!(Request::decode(kind::INFO, 0, &[0]).is_err());
+        assert!(Request::decode(kind::INFO, 1, &[]).is_err());
+        assert!(Request::decode(kind::REGISTER_RING, 0, &[0; 8]).is_err());
+        assert!(Request::decode(kind::REGISTER_RING, 1, &[0; 7]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(kind in 0u16..16, nfds in 0u8..3,
+                                         body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Request::decode(kind, nfds, &body);
+            let _ = Request::decode(kind::HELLO, nfds, &body);
+            let _ = Reply::decode(kind, kind | REPLY_BIT, nfds, &body);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! v4vd: the V4V daemon, one per domain.
+//!
+//! # Roles
+//!
+//! - **The daemon** ([`Daemon`]) is the only user of its domain's hypervisor interface (a
+//!   [`v4v::Hypervisor`]): it registers every ring, calls `sendv` and `notify`, and waits on the
+//!   V4V event. It runs one mio event loop in one thread; nothing in it is shared.
+//! - **Clients** are local processes connected over a Unix socket. Each connection starts with
+//!   one request line (`CONNECT`, `LISTEN`, `ACCEPT`, `DGRAM`, `STATUS`, `VERSION`), gets one reply
+//!   line, and then is a raw byte stream (streams) or a framed datagram channel (datagrams). The
+//!   protocol is in `docs/protocol.md` and in [`v4v::client::proto`].
+//! - **Peer daemons** in other domains are reached only through V4V: datagrams are
+//!   `V4V_PROTO_DGRAM` messages as they are, streams are `V4V_PROTO_STREAM` messages carrying the
+//!   v9 stream header ([`wire`]).
+//!
+//! # Event sources
+//!
+//! The loop has four kinds of mio tokens (`daemon::Source`): the Unix listener, the hypervisor's
+//! event descriptor, a waker for [`DaemonHandle::stop`], and one token per client. A periodic
+//! tick probes peers of open streams and retries sends that met `EBUSY`.
+//!
+//! # Rings
+//!
+//! - one ring per bound datagram port (partner ANY, or the domain the client named);
+//! - one ring per listening stream port (partner ANY), shared by all streams accepted on it;
+//! - one ring per peer domain on the connecting side (partner = that domain), shared by all
+//!   streams this domain opens to it. A partner ring takes messages from that domain only, so
+//!   no other domain can fill it, and a stalled peer cannot delay replies from another.
+//!
+//! So thousands of streams need only a handful of rings.
+//!
+//! # Flow control
+//!
+//! Nothing is buffered without bound. A full destination ring (`EAGAIN`) parks the message
+//! in the client's state and the client is not read again until the hypervisor signals space
+//! (the daemon is queued as a waiter, and checks with `notify(space_required)`; `EBUSY` retries on
+//! a timer). Streams sharing a ring are isolated by per-connection credit: a daemon never sends
+//! more stream bytes than the receiving daemon granted, and the receiver grants only what its
+//! client has consumed, so the per-connection buffer never exceeds the window (256 KiB by
+//! default) and the shared ring is always drained.
+
+pub mod daemon;
+pub mod wire;
+
+use thiserror::Error;
+
+pub use daemon::{Cred, Daemon, DaemonHandle};
+
+/// Ring data area default: 256 KiB.
+pub const DEFAULT_RING_LEN: u32 = 256 * 1024;
+
+/// Tunables of one daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data area of every ring the daemon registers (multiple of 16, 4 KiB ..= 16 MiB).
+    pub ring_len: u32,
+    /// Receive window per stream: the most bytes buffered for one stream's client.
+    pub conn_window: u32,
+    /// Largest stream payload per V4V message.
+    pub chunk: usize,
+    /// Bytes buffered for a datagram client before its ring stops being drained.
+    pub dgram_buffer: usize,
+    /// Unaccepted connections per listening port.
+    pub backlog: usize,
+    /// Most simultaneous clients.
+    pub max_clients: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ring_len: DEFAULT_RING_LEN,
+            conn_window: 256 * 1024,
+            chunk: 32 * 1024,
+            dgram_buffer: 1024 * 1024,
+            backlog: 128,
+            max_clients: 65536,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values against the ABI's limits.
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        if !v4v::ring::valid_len(self.ring_len) || self.ring_len < 4096 {
+            return Err(DaemonError::Config(format!(
+                "ring size {} must be a multiple of 16 in 4096..=16 MiB",
+                self.ring_len
+            )));
+        }
+        if self.conn_window < 4096 || self.chunk == 0 || self.dgram_buffer == 0 {
+            return Err(DaemonError::Config(
+                "window must be at least 4096 and chunk/buffer non-zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("hypervisor: {0}")]
+    Hypervisor(#[from] v4v::HvError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+}

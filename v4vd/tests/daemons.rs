@@ -1,0 +1,475 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Two or three daemons over one shared model, driven through the client API and raw sockets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{FNV0, Node, fnv, pattern};
+use v4v::Hypervisor;
+use v4v::abi::{Addr, PROTO_DGRAM, PROTO_STREAM, SendAddr};
+use v4v::client::{Datagram, Error, Listener, SockAddr, Stream};
+use v4v_sim::Model;
+
+fn raw_request(sock: &std::path::Path, line: &str) -> (BufReader<UnixStream>, String) {
+    let mut s = UnixStream::connect(sock).expect("connect daemon");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = String::new();
+    r.read_line(&mut reply).unwrap();
+    (r, reply)
+}
+
+#[test]
+fn datagrams_both_ways_keep_sources_and_boundaries() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut a = Datagram::bind_with(&n1.sock, 100, None).unwrap();
+    let mut b = Datagram::bind_with(&n2.sock, 200, None).unwrap();
+    assert_eq!(a.local_port(), 100);
+
+    let sizes = [0usize, 1, 17, 1000, 65_000, 200_000];
+    for (i, &n) in sizes.iter().enumerate() {
+        let msg = pattern(n, i as u64);
+        assert_eq!(a.send_to(&msg, SockAddr::new(2, 200)).unwrap(), n);
+    }
+    let mut buf = vec![0u8; 300_000];
+    for (i, &n) in sizes.iter().enumerate() {
+        let (got, from) = b.recv_from(&mut buf).unwrap();
+        assert_eq!(from, SockAddr::new(1, 100));
+        assert_eq!(got, n, "message {i} keeps its length");
+        assert_eq!(&buf[..got], &pattern(n, i as u64)[..]);
+    }
+    b.send_to(b"pong", SockAddr::new(1, 100)).unwrap();
+    let (got, from) = a.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..got], from), (&b"pong"[..], SockAddr::new(2, 200)));
+
+    // Ephemeral port, and the refused/too-big errors.
+    let mut e = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    assert!(e.local_port() >= 0x8000_0000);
+    assert!(matches!(
+        e.send_to(b"x", SockAddr::new(2, 999)),
+        Err(Error::Refused(_))
+    ));
+    assert!(matches!(
+        e.send_to(&vec![0u8; 300_000], SockAddr::new(2, 200)),
+        Err(Error::MessageTooBig)
+    ));
+    // Non-blocking receive.
+    e.set_nonblocking(true).unwrap();
+    match e.recv_from(&mut buf) {
+        Err(Error::Io(io)) if io.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("expected WouldBlock, got {other:?}"),
+    }
+    // Port already bound.
+    assert!(matches!(
+        Datagram::bind_with(&n1.sock, 100, None),
+        Err(Error::AddrInUse)
+    ));
+}
+
+#[test]
+fn partner_bound_datagram_port_takes_only_its_partner() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let n3 = Node::start(&model, 3);
+    let mut b = Datagram::bind_with(&n2.sock, 300, Some(1)).unwrap();
+    let mut a = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    let mut c = Datagram::bind_with(&n3.sock, 0, None).unwrap();
+    a.send_to(b"from 1", SockAddr::new(2, 300)).unwrap();
+    assert!(matches!(
+        c.send_to(b"from 3", SockAddr::new(2, 300)),
+        Err(Error::Refused(_))
+    ));
+    let mut buf = [0u8; 64];
+    let (n, from) = b.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from.domid), (&b"from 1"[..], 1));
+}
+
+#[test]
+fn stream_carries_mebibytes_with_checksum() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5000).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = l.accept().unwrap();
+        assert_eq!(peer.domid, 1);
+        let mut h = FNV0;
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 100_000];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            h = fnv(h, &buf[..n]);
+        }
+        s.write_all(&h.to_le_bytes()).unwrap();
+        s.write_all(&(total as u64).to_le_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    let data = pattern(6 << 20, 7);
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5000)).unwrap();
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply.len(), 16);
+    assert_eq!(&reply[8..], &(data.len() as u64).to_le_bytes());
+    assert_eq!(&reply[..8], &fnv(FNV0, &data).to_le_bytes());
+    server.join().unwrap();
+}
+
+#[test]
+fn connect_to_nobody_is_refused_at_once() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let _dg = Datagram::bind_with(&n2.sock, 77, None).unwrap();
+    for addr in [
+        SockAddr::new(2, 6000), // no ring at all
+        SockAddr::new(2, 77),   // a ring, but a datagram port: RST
+        SockAddr::new(9, 1),    // no such domain
+    ] {
+        let t = Instant::now();
+        let r = Stream::connect_with(&n1.sock, addr);
+        assert!(matches!(r, Err(Error::Refused(_))), "{addr}: {r:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{addr} took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn socat_style_raw_handshake_and_eof() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let sock2 = n2.sock.clone();
+    let server = std::thread::spawn(move || {
+        let (mut r, reply) = raw_request(&sock2, "ACCEPT 7000\n");
+        assert!(reply.starts_with("OK 1:"), "{reply:?}");
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "hello over v4v\n");
+        r.get_mut().write_all(b"hi back\n").unwrap();
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap(); // EOF after the client's shutdown
+        assert_eq!(rest, "bye\n");
+    });
+    // The acceptor registers the port; wait until it is there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut r, reply) = loop {
+        let (r, reply) = raw_request(&n1.sock, "CONNECT 2:7000\n");
+        if reply.starts_with("OK ") || Instant::now() > deadline {
+            break (r, reply);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(reply.starts_with("OK "), "{reply:?}");
+    let port: u32 = reply[3..].trim().parse().unwrap();
+    assert!(port > 0);
+    r.get_mut().write_all(b"hello over v4v\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "hi back\n");
+    r.get_mut().write_all(b"bye\n").unwrap();
+    r.get_mut().shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+    server.join().unwrap();
+}
+
+#[test]
+fn malformed_requests_get_err_and_the_daemon_survives() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    for bad in [
+        "HELLO\n",
+        "CONNECT 2\n",
+        "CONNECT 2:0\n",
+        "CONNECT x:y\n",
+        "DGRAM 1 2 3\n",
+        "\n",
+        "ACCEPT 0\n",
+    ] {
+        let (mut r, reply) = raw_request(&n1.sock, bad);
+        assert!(reply.starts_with("ERR E"), "{bad:?} -> {reply:?}");
+        let mut rest = Vec::new();
+        assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "closed after ERR");
+    }
+    // Too long a line, without a newline.
+    let (_r, reply) = raw_request(&n1.sock, &"A".repeat(1000));
+    assert!(reply.starts_with("ERR EINVAL"), "{reply:?}");
+    // A client that goes away mid-handshake.
+    {
+        let mut s = UnixStream::connect(&n1.sock).unwrap();
+        s.write_all(b"CONN").unwrap();
+    }
+    // A datagram client sending a garbage frame is closed; the daemon goes on.
+    {
+        let (mut r, reply) = raw_request(&n1.sock, "DGRAM 0\n");
+        assert!(reply.starts_with("OK "));
+        r.get_mut().write_all(&[0xff; 16]).unwrap();
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    }
+    let (_r, reply) = raw_request(&n1.sock, "STATUS\n");
+    assert!(reply.starts_with("OK version=1 domid=1 "), "{reply:?}");
+    let (_r, reply) = raw_request(&n1.sock, "VERSION\n");
+    assert_eq!(reply, "OK 1\n");
+}
+
+#[test]
+fn slow_reader_stalls_only_its_own_stream_and_memory_stays_bounded() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 8000).unwrap();
+    let mut slow = Stream::connect_with(&n1.sock, SockAddr::new(2, 8000)).unwrap();
+    let (mut slow_srv, _) = l.accept().unwrap();
+    let mut fast = Stream::connect_with(&n1.sock, SockAddr::new(2, 8000)).unwrap();
+    let (mut fast_srv, _) = l.accept().unwrap();
+    assert_eq!(slow.local_port(), fast.local_port(), "one ring per peer");
+
+    // Fill the slow stream until writes would block for a while.
+    slow.set_nonblocking(true).unwrap();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut written = 0usize;
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_millis(500) {
+        match slow.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                idle_since = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(written < 16 << 20, "the sender never blocked");
+    }
+    // Window (256 KiB) + a chunk in flight + the Unix socket buffers on both ends.
+    assert!(
+        written < 4 << 20,
+        "{written} bytes accepted for a reader that reads nothing"
+    );
+
+    // The other stream on the same rings still flows.
+    let data = pattern(1 << 20, 3);
+    let d2 = data.clone();
+    let t = std::thread::spawn(move || {
+        fast.write_all(&d2).unwrap();
+        fast.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    fast_srv.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+    t.join().unwrap();
+
+    // Now the slow reader drains everything.
+    slow.set_nonblocking(false).unwrap();
+    slow.shutdown(Shutdown::Write).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = slow_srv.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0x5a));
+        total += n;
+    }
+    assert_eq!(total, written);
+}
+
+#[test]
+fn slow_datagram_client_makes_the_sender_wait_then_everything_arrives() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut rx = Datagram::bind_with(&n2.sock, 400, None).unwrap();
+    let mut tx = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    tx.set_nonblocking(true).unwrap();
+    let msg = vec![7u8; 60_000];
+    let mut sent = 0usize;
+    let mut blocked = false;
+    for _ in 0..1000 {
+        match tx.send_to(&msg, SockAddr::new(2, 400)) {
+            Ok(_) => sent += 1,
+            Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                blocked = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        blocked,
+        "{sent} messages accepted for a receiver that reads nothing"
+    );
+    let mut buf = vec![0u8; 70_000];
+    for _ in 0..sent {
+        let (n, _) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(n, msg.len());
+    }
+    // And there is room again.
+    tx.send_to(&msg, SockAddr::new(2, 400)).unwrap();
+}
+
+#[test]
+fn peer_daemon_gone_gives_clear_errors() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let mut n2 = Node::start(&model, 2);
+    let mut b = Datagram::bind_with(&n2.sock, 500, None).unwrap();
+    let mut a = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    a.send_to(b"one", SockAddr::new(2, 500)).unwrap();
+    let mut buf = [0u8; 16];
+    b.recv_from(&mut buf).unwrap();
+
+    let mut l = Listener::bind_with(&n2.sock, 5100).unwrap();
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5100)).unwrap();
+    let (_srv, _) = l.accept().unwrap();
+
+    // Domain 2's daemon is killed: its domain goes away with its rings.
+    model.destroy_domain(2).unwrap();
+    n2.stop();
+    assert!(matches!(
+        a.send_to(b"two", SockAddr::new(2, 500)),
+        Err(Error::Refused(_))
+    ));
+    // The stream ends within the keepalive period, with no data.
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    match c.read_to_end(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(4));
+    assert!(matches!(
+        Stream::connect_with(&n1.sock, SockAddr::new(2, 5100)),
+        Err(Error::Refused(_))
+    ));
+}
+
+#[test]
+fn client_disconnecting_mid_stream_resets_the_peer() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5200).unwrap();
+    for _ in 0..3 {
+        let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5200)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(b"partial").unwrap();
+        let mut b = [0u8; 7];
+        s.read_exact(&mut b).unwrap();
+        drop(c);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+    }
+    // Both daemons forget the streams once the ends are closed.
+    drop(l);
+    for sock in [&n1.sock, &n2.sock] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_r, reply) = raw_request(sock, "STATUS\n");
+            if reply.contains("streams=0") && reply.contains(" rings=0 ") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{reply}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn hostile_peer_messages_are_dropped_and_answered_with_rst() {
+    let model = Model::new();
+    let n2 = Node::start(&model, 2);
+    let evil = model.create_domain(6).unwrap();
+    let mut l = Listener::bind_with(&n2.sock, 9000).unwrap();
+    let mut d = Datagram::bind_with(&n2.sock, 9001, None).unwrap();
+    let src = Addr::new(6, 1);
+    let send = |dst: u32, ty: u32, body: &[u8]| {
+        let _ = evil.sendv(
+            &SendAddr {
+                src,
+                dst: Addr::new(2, dst),
+            },
+            &[std::io::IoSlice::new(body)],
+            ty,
+        );
+    };
+    send(9000, PROTO_STREAM, b"abc"); // short
+    send(9000, PROTO_STREAM, &[0xff; 12]); // unknown flags
+    send(9000, PROTO_STREAM, &[0, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3]); // data, unknown conid
+    send(9000, 0x1234_5678, b"unknown type");
+    send(9001, PROTO_STREAM, &[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]); // SYN to a dgram port
+    send(9000, PROTO_DGRAM, b"dgram to a listener");
+    // The daemon still works for real clients.
+    let n1 = Node::start(&model, 1);
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 9000)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.write_all(b"fine").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"fine");
+    let mut a = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    a.send_to(b"ok", SockAddr::new(2, 9001)).unwrap();
+    let mut buf = [0u8; 8];
+    let (n, _) = d.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ok");
+    let (_r, reply) = raw_request(&n2.sock, "STATUS\n");
+    assert!(!reply.contains("dropped=0"), "{reply}");
+}
+
+#[test]
+fn many_streams_share_a_handful_of_rings() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 9100).unwrap();
+    let mut pairs = Vec::new();
+    for i in 0..200u32 {
+        let c = Stream::connect_with(&n1.sock, SockAddr::new(2, 9100)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        pairs.push((i, c, s));
+    }
+    for (i, c, _) in &mut pairs {
+        c.write_all(&i.to_le_bytes()).unwrap();
+    }
+    for (i, _, s) in &mut pairs {
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), *i);
+    }
+    let (_r, s1) = raw_request(&n1.sock, "STATUS\n");
+    let (_r, s2) = raw_request(&n2.sock, "STATUS\n");
+    assert!(
+        s1.contains(" rings=1 ") && s1.contains("streams=200"),
+        "{s1}"
+    );
+    assert!(
+        s2.contains(" rings=1 ") && s2.contains("streams=200"),
+        "{s2}"
+    );
+}
