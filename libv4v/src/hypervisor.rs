@@ -47,7 +47,7 @@ pub enum HvError {
     MessageTooBig,
     #[error("connection refused: no such domain or ring (ECONNREFUSED)")]
     Refused,
-    #[error("hypervisor error {0}")]
+    #[error("hypervisor interface: {}", std::io::Error::from_raw_os_error(*.0))]
     Other(i32),
 }
 
@@ -94,6 +94,12 @@ impl HvError {
             HvError::Refused => errno::ECONNREFUSED,
             HvError::Other(e) => e,
         }
+    }
+
+    /// Whether the channel to the hypervisor itself failed (the simulator went away, its
+    /// connection broke): nothing will work through this handle again.
+    pub fn is_interface_lost(&self) -> bool {
+        matches!(self, HvError::Other(e) if [libc::EPIPE, libc::EPROTO, libc::ECONNRESET].contains(e))
     }
 
     /// The errno's symbolic name (`"EAGAIN"`), as the C header and the scenarios spell it.

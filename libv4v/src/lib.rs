@@ -2,6 +2,7 @@
 //! libv4v: V4V inter-domain messaging for Xen.
 //!
 //! - [`abi`]: the hypercall ABI, mirrored from the C public header `v4v.h`.
+//! - [`acl`]: the ACL rule language, decisions, and fail-closed reading and replacing of the table.
 //! - [`shmem`]: the audited volatile/atomic layer over shared ring memory.
 //! - [`ring`]: ring arithmetic, the receiver's reader and the hypervisor's insert.
 //! - [`client`]: the client API applications link (through the v4vd daemon).
@@ -12,6 +13,7 @@
 //! - [`xen`]: the Xen backend (privcmd, hypercall buffers, event channel).
 
 pub mod abi;
+pub mod acl;
 pub mod backend;
 pub mod client;
 pub mod hypervisor;

@@ -36,6 +36,8 @@ use v4v::ring::{self, RingReader};
 use v4v::{HvError, Hypervisor};
 
 use crate::wire::{self, Segment};
+
+mod acl;
 use crate::{Config, DaemonError};
 
 /// The event sources of the loop, decoded from mio tokens.
@@ -81,6 +83,7 @@ const MAX_RST_QUEUE: usize = 1024;
 #[derive(Clone)]
 pub struct DaemonHandle {
     stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
     waker: Arc<Waker>,
 }
 
@@ -88,6 +91,14 @@ impl DaemonHandle {
     /// Asks the loop to stop; it resets its streams and unregisters its rings on the way out.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!("waking the daemon: {e}");
+        }
+    }
+
+    /// Asks the loop to reload its ACL file (dom0; SIGHUP), all or nothing.
+    pub fn reload_acl(&self) {
+        self.reload.store(true, Ordering::SeqCst);
         if let Err(e) = self.waker.wake() {
             warn!("waking the daemon: {e}");
         }
@@ -100,6 +111,49 @@ pub struct Cred {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// Whether the client closed its connection in both directions (`POLLHUP`). A client that
+/// only shut down writing is still there.
+fn hung_up(s: &UnixStream) -> bool {
+    let mut p = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call; timeout 0 never blocks.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// The client's supplementary groups (`SO_PEERGROUPS`, Linux 4.13).
+fn peer_groups(s: &UnixStream) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes; the fd is a live socket.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / size_of::<u32>();
+        if r == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // ERANGE: `len` now says how much is needed.
+        if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() && n <= 65536 {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(e);
+    }
 }
 
 fn peer_cred(s: &UnixStream) -> io::Result<Cred> {
@@ -139,7 +193,53 @@ struct Stats {
     bytes_out: u64,
     corrupt: u64,
     dropped: u64,
+    /// Sends refused by the hypervisor's ACL (`EACCES`).
+    acl_refused: u64,
 }
+
+/// Source/destination pairs whose ACL refusals are counted separately.
+const MAX_REFUSAL_PAIRS: usize = 256;
+
+/// How a stream ended, as `CLOSED` reports it: `eof` for an orderly close by the peer, else an
+/// errno name for a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed orderly (FIN); everything it sent was delivered.
+    Eof,
+    /// The peer's side reset the stream (its client vanished or aborted).
+    PeerReset,
+    /// The peer daemon or its domain is gone.
+    PeerGone,
+    /// The peer broke the stream protocol.
+    Protocol,
+    /// The hypervisor's ACL refused a message of the stream.
+    Denied,
+    /// The peer never answered the connect.
+    TimedOut,
+    /// This daemon is stopping.
+    Stopping,
+    /// This side's client went away or failed.
+    LocalAbort,
+}
+
+impl CloseReason {
+    /// The word `CLOSED` answers: `eof`, or `reset ERRNO-NAME`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::PeerReset => "reset ECONNRESET the peer reset the stream",
+            CloseReason::PeerGone => "reset EHOSTUNREACH the peer daemon or domain is gone",
+            CloseReason::Protocol => "reset EPROTO the peer broke the stream protocol",
+            CloseReason::Denied => "reset EACCES refused by the V4V ACL",
+            CloseReason::TimedOut => "reset ETIMEDOUT the peer did not answer",
+            CloseReason::Stopping => "reset ECONNABORTED the local v4vd stopped",
+            CloseReason::LocalAbort => "reset ECONNABORTED the local client aborted",
+        }
+    }
+}
+
+/// Closed streams remembered for `CLOSED` queries.
+const CLOSED_MEMORY: usize = 4096;
 
 /// Key of a stream connection: our ring's port, the peer's address, the connection id.
 type ConnKey = (u32, Addr, u32);
@@ -198,6 +298,8 @@ enum Phase {
 /// The V4V side of one stream.
 struct Conn {
     key: ConnKey,
+    /// Daemon-unique id given to the client (`CLOSED ID` asks how the stream ended).
+    id: u64,
     phase: Phase,
     started: Instant,
     /// Bytes we may still send to the peer.
@@ -225,6 +327,8 @@ enum ClientState {
     Listen(u32),
     Accept(u32, Option<u64>),
     Stream(Box<Conn>),
+    /// Sending the rule lines of `ACL LOAD`.
+    AclLoad(Box<acl::AclLoad>),
 }
 
 struct DgramClient {
@@ -237,8 +341,9 @@ struct DgramClient {
 
 struct Client {
     stream: UnixStream,
-    #[allow(dead_code)]
     cred: Cred,
+    /// Root, or in the configured ACL group: may change the ACL table.
+    acl_admin: bool,
     state: ClientState,
     /// Bytes for the client; bounded by the state's rules.
     out: VecDeque<u8>,
@@ -359,8 +464,15 @@ pub struct Daemon {
     busy_retry: Option<Instant>,
     next_keepalive: Instant,
     stats: Stats,
+    refusals: HashMap<(Addr, Addr), u64>,
+    next_stream_id: u64,
+    closed: HashMap<u64, (u32, CloseReason)>,
+    closed_order: VecDeque<u64>,
     stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// Set when the hypervisor interface itself failed: the loop ends with this error.
+    lost: Option<HvError>,
 }
 
 impl Daemon {
@@ -382,7 +494,7 @@ impl Daemon {
             .register(&mut SourceFd(&hv_fd), TOKEN_HV, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), TOKEN_WAKER)?);
         info!(domid = info.domid, "v4vd ready");
-        Ok(Daemon {
+        let mut d = Daemon {
             poll,
             hv,
             domid: info.domid,
@@ -400,9 +512,18 @@ impl Daemon {
             busy_retry: None,
             next_keepalive: Instant::now() + KEEPALIVE,
             stats: Stats::default(),
+            refusals: HashMap::new(),
+            next_stream_id: 0,
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
             waker,
-        })
+            lost: None,
+        };
+        // dom0's rules apply before any client is served.
+        d.load_acl_file(true)?;
+        Ok(d)
     }
 
     /// The domain this daemon serves.
@@ -414,6 +535,7 @@ impl Daemon {
     pub fn handle(&self) -> DaemonHandle {
         DaemonHandle {
             stop: self.stop.clone(),
+            reload: self.reload.clone(),
             waker: self.waker.clone(),
         }
     }
@@ -449,6 +571,9 @@ impl Daemon {
                 self.busy_retry = None;
                 self.retry_blocked();
             }
+            if self.reload.swap(false, Ordering::SeqCst) {
+                self.reload_acl_file();
+            }
             if self.next_keepalive <= now {
                 self.next_keepalive = now + KEEPALIVE;
                 self.keepalive(now);
@@ -456,14 +581,17 @@ impl Daemon {
             self.reap();
         }
         self.shutdown();
-        Ok(())
+        match self.lost {
+            Some(e) => Err(DaemonError::HypervisorLost(e)),
+            None => Ok(()),
+        }
     }
 
     fn shutdown(&mut self) {
         info!("v4vd stopping");
         let tokens: Vec<usize> = self.clients.keys().copied().collect();
         for t in tokens {
-            self.abort_client(t, true);
+            self.abort_client(t, true, CloseReason::Stopping);
         }
         self.reap();
         let ports: Vec<u32> = self.ports.keys().copied().collect();
@@ -549,7 +677,9 @@ impl Daemon {
             }
             PortKind::Dgram(_) => {}
         }
-        if let Err(e) = self.hv.unregister_ring(p.reader.memory(), 0) {
+        if let Err(e) = self.hv.unregister_ring(p.reader.memory(), 0)
+            && self.lost.is_none()
+        {
             warn!(port, "unregister_ring: {e}");
         }
         debug!(port, "ring released");
@@ -562,6 +692,12 @@ impl Daemon {
             match self.hv.take_event() {
                 Ok(true) => continue,
                 Ok(false) => break,
+                Err(e) if e.is_interface_lost() => {
+                    // The simulator exited (or our domain was destroyed): nothing can work.
+                    self.lost = Some(e);
+                    self.stop.store(true, Ordering::SeqCst);
+                    return;
+                }
                 Err(e) => {
                     warn!("take_event: {e}");
                     break;
@@ -651,11 +787,29 @@ impl Daemon {
             dst,
         };
         let r = self.hv.sendv(&addr, &[IoSlice::new(msg)], ty);
-        if r.is_ok() {
-            self.stats.msgs_out += 1;
-            self.stats.bytes_out += msg.len() as u64;
+        match r {
+            Ok(_) => {
+                self.stats.msgs_out += 1;
+                self.stats.bytes_out += msg.len() as u64;
+            }
+            Err(HvError::Denied) => self.count_refusal(addr.src, dst),
+            Err(_) => {}
         }
         r
+    }
+
+    /// Counts a send the hypervisor's ACL refused, per source and destination (bounded: pairs
+    /// beyond [`MAX_REFUSAL_PAIRS`] are only in the total).
+    fn count_refusal(&mut self, src: Addr, dst: Addr) {
+        self.stats.acl_refused += 1;
+        let n = self.refusals.len();
+        match self.refusals.get_mut(&(src, dst)) {
+            Some(c) => *c += 1,
+            None if n < MAX_REFUSAL_PAIRS => {
+                self.refusals.insert((src, dst), 1);
+            }
+            None => {}
+        }
     }
 
     /// After EAGAIN: ask the hypervisor whether the space is there now (we are queued as a
@@ -910,8 +1064,10 @@ impl Daemon {
         match (owner, outcome) {
             (_, Outcome::Continue) => {}
             (Owner::Client(t), Outcome::Established) => {
-                if let Some(c) = self.clients.get_mut(&t) {
-                    let line = format!("OK {port}");
+                if let Some(c) = self.clients.get_mut(&t)
+                    && let ClientState::Stream(conn) = &c.state
+                {
+                    let line = format!("OK {port} {}", conn.id);
                     c.queue_line(&line);
                     c.out_prefix = c.out.len();
                 }
@@ -922,7 +1078,7 @@ impl Daemon {
                     ?key,
                     "peer broke the stream protocol (data out of window); resetting"
                 );
-                self.abort_client(t, true);
+                self.abort_client(t, true, CloseReason::Protocol);
                 return;
             }
             (Owner::Client(t), Outcome::Reset { refused }) => {
@@ -932,7 +1088,7 @@ impl Daemon {
                     c.out_prefix = 0;
                     c.queue_line("ERR ECONNREFUSED connection refused by the peer");
                 }
-                self.abort_client(t, false);
+                self.abort_client(t, false, CloseReason::PeerReset);
                 return;
             }
             (Owner::Backlog(p), Outcome::Violation | Outcome::Reset { .. }) => {
@@ -1044,8 +1200,13 @@ impl Daemon {
             }
             self.conns.insert(key, Owner::Client(t));
             if let Some(c) = self.clients.get_mut(&t) {
+                let line = format!(
+                    "OK {} {}",
+                    SockAddr::new(key.1.domain, key.1.port),
+                    ps.conn.id
+                );
                 c.state = ClientState::Stream(ps.conn);
-                c.queue_line(&format!("OK {}", SockAddr::new(key.1.domain, key.1.port)));
+                c.queue_line(&line);
                 c.out_prefix = c.out.len();
                 c.out.extend(ps.buf);
             }
@@ -1054,10 +1215,12 @@ impl Daemon {
         }
     }
 
-    fn new_conn(&self, key: ConnKey, phase: Phase) -> Conn {
+    fn new_conn(&mut self, key: ConnKey, phase: Phase) -> Conn {
+        self.next_stream_id += 1;
         let ring_cap = ring::max_message_size(self.cfg.ring_len) as usize;
         Conn {
             key,
+            id: self.next_stream_id,
             phase,
             started: Instant::now(),
             credit: 0,
@@ -1099,7 +1262,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     debug!(key = ?conn.key, "client gone mid-stream: {e}");
-                    self.abort_client(t, true);
+                    self.abort_client(t, true, CloseReason::LocalAbort);
                     return;
                 }
             }
@@ -1138,7 +1301,12 @@ impl Daemon {
                     }
                     Err(e) => {
                         debug!("peer {dst:?} unreachable: {e}");
-                        self.abort_client(t, false);
+                        let reason = if e == HvError::Denied {
+                            CloseReason::Denied
+                        } else {
+                            CloseReason::PeerGone
+                        };
+                        self.abort_client(t, false, reason);
                         return;
                     }
                 }
@@ -1185,7 +1353,7 @@ impl Daemon {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("client read: {e}");
-                    self.abort_client(t, true);
+                    self.abort_client(t, true, CloseReason::LocalAbort);
                     return;
                 }
             }
@@ -1196,22 +1364,59 @@ impl Daemon {
     fn close_stream(&mut self, t: usize) {
         if let Some(c) = self.clients.get_mut(&t) {
             c.dead = true;
+            if let ClientState::Stream(conn) = &c.state {
+                let (id, uid) = (conn.id, c.cred.uid);
+                self.remember_close(id, uid, CloseReason::Eof);
+            }
         }
     }
 
-    /// Ends a client at once. Streams send RST to the peer when `rst` (our side aborted);
-    /// waiting connects answer `ERR` if nothing was queued yet.
-    fn abort_client(&mut self, t: usize, rst: bool) {
+    /// Ends a client at once. Streams send RST to the peer when `rst` (our side aborted) and
+    /// remember `reason` for `CLOSED`; waiting connects answer `ERR` if nothing was queued yet.
+    fn abort_client(&mut self, t: usize, rst: bool, reason: CloseReason) {
         let Some(c) = self.clients.get_mut(&t) else {
             return;
         };
         c.dead = true;
+        let uid = c.cred.uid;
         if let ClientState::Stream(conn) = &mut c.state {
-            let key = conn.key;
+            let (key, id) = (conn.key, conn.id);
             conn.outq.clear();
             if rst {
                 self.send_rst(key.0, key.1, key.2);
             }
+            self.remember_close(id, uid, reason);
+        }
+    }
+
+    fn remember_close(&mut self, id: u64, uid: u32, reason: CloseReason) {
+        if self.closed.insert(id, (uid, reason)).is_none() {
+            self.closed_order.push_back(id);
+        }
+        while self.closed_order.len() > CLOSED_MEMORY {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+    }
+
+    /// `CLOSED ID`: how a stream of this client's user ended (or that it is still open).
+    fn closed_query(&self, cred: Cred, id: u64) -> Result<String, (&'static str, String)> {
+        for c in self.clients.values() {
+            if let ClientState::Stream(conn) = &c.state
+                && conn.id == id
+            {
+                if cred.uid != 0 && cred.uid != c.cred.uid {
+                    break;
+                }
+                return Ok(if conn.peer_fin { "OK eof" } else { "OK open" }.to_string());
+            }
+        }
+        match self.closed.get(&id) {
+            Some(&(uid, reason)) if cred.uid == 0 || cred.uid == uid => {
+                Ok(format!("OK {}", reason.describe()))
+            }
+            _ => Err(("ENOENT", format!("no stream {id} of yours is known"))),
         }
     }
 
@@ -1233,6 +1438,10 @@ impl Daemon {
                             continue;
                         }
                     };
+                    let acl_admin = cred.uid == 0
+                        || self.cfg.acl_group.is_some_and(|g| {
+                            cred.gid == g || peer_groups(&s).is_ok_and(|gs| gs.contains(&g))
+                        });
                     let t = self.next_token;
                     self.next_token += 1;
                     if let Err(e) = self.poll.registry().register(
@@ -1254,6 +1463,7 @@ impl Daemon {
                         Client {
                             stream: s,
                             cred,
+                            acl_admin,
                             state: ClientState::Handshake(Vec::new()),
                             out: VecDeque::new(),
                             out_prefix: 0,
@@ -1301,25 +1511,15 @@ impl Daemon {
                     c.dead = true;
                     return;
                 }
-                // Nothing is read after the request; EOF or junk ends the client.
-                let mut b = [0u8; 64];
-                loop {
-                    match c.stream.read(&mut b) {
-                        Ok(0) => {
-                            c.dead = true;
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            c.dead = true;
-                            break;
-                        }
-                    }
+                // Nothing is read here: what an acceptor writes before its connection comes
+                // (socat sends data, or shuts down its write side) is stream data. Only a
+                // client gone in both directions ends the wait.
+                if hung_up(&c.stream) {
+                    c.dead = true;
                 }
             }
             ClientState::Stream(_) => self.pump_stream(t),
+            ClientState::AclLoad(_) => self.pump_acl_load(t),
         }
     }
 
@@ -1395,6 +1595,7 @@ impl Daemon {
                 self.set_state(t, ClientState::Closing, &s);
             }
             Request::Dgram(port, partner) => {
+                self.reclaim_port(port);
                 if port != 0 && self.ports.contains_key(&port) {
                     return self.reply_err(t, "EADDRINUSE", "port already bound");
                 }
@@ -1462,10 +1663,53 @@ impl Daemon {
                 }
             }
             Request::Connect(addr) => self.connect(t, addr),
+            Request::Closed(id) => {
+                let cred = self.clients.get(&t).map(|c| c.cred).unwrap_or_default();
+                match self.closed_query(cred, id) {
+                    Ok(line) => self.set_state(t, ClientState::Closing, &line),
+                    Err((code, reason)) => self.reply_err(t, code, &reason),
+                }
+            }
+            Request::Reset(id) => {
+                let cred = self.clients.get(&t).map(|c| c.cred).unwrap_or_default();
+                let target = self.clients.iter().find_map(|(&k, c)| match &c.state {
+                    ClientState::Stream(conn)
+                        if conn.id == id && (cred.uid == 0 || cred.uid == c.cred.uid) =>
+                    {
+                        Some(k)
+                    }
+                    _ => None,
+                });
+                match target {
+                    Some(k) => {
+                        debug!(stream = id, "reset on request");
+                        self.abort_client(k, true, CloseReason::LocalAbort);
+                        self.set_state(t, ClientState::Closing, "OK");
+                    }
+                    None => self.reply_err(t, "ENOENT", &format!("no open stream {id} of yours")),
+                }
+            }
+            Request::Acl(req) => self.acl_request(t, req),
+        }
+    }
+
+    /// A port whose owner closed its connection is free, even if the close is still queued
+    /// among the loop's events: reap that owner now, so that close-then-bind always works.
+    fn reclaim_port(&mut self, port: u32) {
+        let owner = match self.ports.get(&port).map(|p| &p.kind) {
+            Some(PortKind::Dgram(o)) => *o,
+            _ => return,
+        };
+        if let Some(c) = self.clients.get_mut(&owner)
+            && hung_up(&c.stream)
+        {
+            c.dead = true;
+            self.reap();
         }
     }
 
     fn listen_port(&mut self, port: u32) -> Result<u32, (String, String)> {
+        self.reclaim_port(port);
         if port != 0
             && let Some(p) = self.ports.get(&port)
         {
@@ -1519,7 +1763,7 @@ impl Daemon {
             }
             Err(e) => {
                 debug!("connect to {addr}: {e}");
-                self.reply_err(t, &errno_name(&e), &format!("connect to {addr}: {e}"));
+                self.reply_err(t, &errno_name(&e), &e.to_string());
                 self.release_port(ring_port, false);
             }
         }
@@ -1562,7 +1806,7 @@ impl Daemon {
                     }
                     self.release_port(conn.key.0, false);
                 }
-                ClientState::Handshake(_) | ClientState::Closing => {}
+                ClientState::Handshake(_) | ClientState::Closing | ClientState::AclLoad(_) => {}
             }
             debug!(token = t, "client removed");
         }
@@ -1589,7 +1833,7 @@ impl Daemon {
                 c.out_prefix = 0;
                 c.queue_line("ERR ETIMEDOUT the peer did not answer");
             }
-            self.abort_client(t, true);
+            self.abort_client(t, true, CloseReason::TimedOut);
         }
         let ping = wire::encode(0, &Segment::Ping);
         for (src, dst) in peers {
@@ -1607,7 +1851,7 @@ impl Daemon {
                         })
                         .collect();
                     for t in gone {
-                        self.abort_client(t, false);
+                        self.abort_client(t, false, CloseReason::PeerGone);
                     }
                 }
             }
@@ -1629,9 +1873,22 @@ impl Daemon {
             .collect();
         ports.sort();
         let s = &self.stats;
+        let mut refused: Vec<String> = self
+            .refusals
+            .iter()
+            .map(|((src, dst), n)| {
+                format!(
+                    "{}->{}/{n}",
+                    SockAddr::new(src.domain, src.port),
+                    SockAddr::new(dst.domain, dst.port)
+                )
+            })
+            .collect();
+        refused.sort();
         format!(
             "OK version={PROTOCOL_VERSION} domid={} rings={} ports={} clients={} streams={} \
-             msgs_in={} bytes_in={} msgs_out={} bytes_out={} corrupt={} dropped={}",
+             msgs_in={} bytes_in={} msgs_out={} bytes_out={} corrupt={} dropped={} \
+             acl_refused={} acl_refused_by={}",
             self.domid,
             self.ports.len(),
             if ports.is_empty() {
@@ -1646,7 +1903,13 @@ impl Daemon {
             s.msgs_out,
             s.bytes_out,
             s.corrupt,
-            s.dropped
+            s.dropped,
+            s.acl_refused,
+            if refused.is_empty() {
+                "-".to_string()
+            } else {
+                refused.join(",")
+            }
         )
     }
 }

@@ -65,6 +65,13 @@ pub struct Config {
     pub backlog: usize,
     /// Most simultaneous clients.
     pub max_clients: usize,
+    /// dom0: the rules file loaded at start and on SIGHUP (`None`: the table is left alone).
+    pub acl_file: Option<std::path::PathBuf>,
+    /// Whether a missing `acl_file` is an error (it was named explicitly) or means "no rules
+    /// file" (the default path).
+    pub acl_file_required: bool,
+    /// Besides root, members of this group may edit the ACL table.
+    pub acl_group: Option<u32>,
 }
 
 impl Default for Config {
@@ -76,6 +83,9 @@ impl Default for Config {
             dgram_buffer: 1024 * 1024,
             backlog: 128,
             max_clients: 65536,
+            acl_file: None,
+            acl_file_required: false,
+            acl_group: None,
         }
     }
 }
@@ -103,8 +113,12 @@ impl Config {
 pub enum DaemonError {
     #[error("hypervisor: {0}")]
     Hypervisor(#[from] v4v::HvError),
+    #[error("lost the hypervisor ({0}): the simulator exited or this domain was destroyed")]
+    HypervisorLost(v4v::HvError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("ACL file: {0}")]
+    Acl(String),
 }

@@ -1,14 +1,20 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! `v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] [--config FILE]
-//!       [--ring-size BYTES]`
+//!       [--ring-size BYTES] [--acl-file PATH] [--acl-group GROUP]`
 //!
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
-//! `ring_size`, `window`. Command-line options win over the file.
+//! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`.
+//! Command-line options win over the file.
+//!
+//! Signals: SIGTERM and SIGINT stop the daemon (streams are reset, rings unregistered, the
+//! socket removed); SIGHUP reloads the ACL file in dom0.
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use v4vd::{Config, Daemon};
@@ -20,10 +26,17 @@ struct Opts {
     socket: Option<PathBuf>,
     ring_size: Option<u32>,
     window: Option<u32>,
+    acl_file: Option<PathBuf>,
+    acl_group: Option<String>,
+    socket_mode: Option<u32>,
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
-                     [--config FILE] [--ring-size BYTES]";
+                     [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
+                     [--acl-group GROUP]";
+
+/// Where dom0's daemon reads its ACL rules unless told otherwise.
+const DEFAULT_ACL_FILE: &str = "/etc/v4v/acl.rules";
 
 fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
     let num = |v: &str| -> Result<u32, String> {
@@ -41,6 +54,16 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
         "socket" => o.socket = Some(PathBuf::from(val)),
         "ring_size" | "ring-size" => o.ring_size = Some(num(val)?),
         "window" => o.window = Some(num(val)?),
+        "acl_file" | "acl-file" => o.acl_file = Some(PathBuf::from(val)),
+        "acl_group" | "acl-group" => o.acl_group = Some(val.to_string()),
+        "socket_mode" | "socket-mode" => {
+            o.socket_mode = Some(
+                u32::from_str_radix(val, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("socket_mode: {val:?} is not an octal mode"))?,
+            )
+        }
         _ => return Err(format!("unknown option {key:?}\n{USAGE}")),
     }
     Ok(())
@@ -96,11 +119,64 @@ fn parse_args() -> Result<Opts, String> {
     o.socket = cli.socket.or(o.socket);
     o.ring_size = cli.ring_size.or(o.ring_size);
     o.window = cli.window.or(o.window);
+    o.acl_file = cli.acl_file.or(o.acl_file);
+    o.acl_group = cli.acl_group.or(o.acl_group);
+    o.socket_mode = cli.socket_mode.or(o.socket_mode);
     Ok(o)
+}
+
+/// The group id of `name` (or a number), through the system's group database.
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(g) = name.parse::<u32>() {
+        return Ok(g);
+    }
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("bad group name {name:?}"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: all-zero is a valid `struct group` (integers and null pointers).
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `cname` is NUL-terminated, `grp` and
+    // `result` are writable, `buf` is writable for its length; the strings getgrnam_r stores in
+    // `buf` are not used after it.
+    let r = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if r != 0 || result.is_null() {
+        return Err(format!("acl_group: no group named {name:?}"));
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Lets the daemon hold as many clients as the hard limit allows (the default soft limit,
+/// 1024 descriptors, is a few hundred streams).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(
+                "cannot raise the descriptor limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 fn run() -> Result<(), String> {
     let o = parse_args()?;
+    raise_fd_limit();
     let mut spec = o.hypervisor.unwrap_or_else(|| "xen".to_string());
     if let Some(d) = o.domid
         && spec.starts_with("sim:")
@@ -130,6 +206,11 @@ fn run() -> Result<(), String> {
     }
     let listener =
         UnixListener::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    // Every local user may use V4V by default: the daemon checks each request itself (ports are
+    // owned by the connection that bound them; ACL changes need privilege).
+    let mode = o.socket_mode.unwrap_or(0o666);
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
     let mut cfg = Config::default();
     if let Some(r) = o.ring_size {
         cfg.ring_len = r;
@@ -137,7 +218,29 @@ fn run() -> Result<(), String> {
     if let Some(w) = o.window {
         cfg.conn_window = w;
     }
+    cfg.acl_file_required = o.acl_file.is_some();
+    cfg.acl_file = Some(
+        o.acl_file
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ACL_FILE)),
+    );
+    if let Some(g) = &o.acl_group {
+        cfg.acl_group = Some(group_id(g)?);
+    }
     let daemon = Daemon::new(hv, listener, cfg).map_err(|e| e.to_string())?;
+    let handle = daemon.handle();
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                info!("SIGHUP: reloading the ACL file");
+                handle.reload_acl();
+            } else {
+                info!(signal = sig, "stopping");
+                handle.stop();
+            }
+        }
+    });
     info!(domid = daemon.domid(), socket = %socket.display(), "listening");
     let r = daemon.run().map_err(|e| e.to_string());
     let _ = std::fs::remove_file(&socket);
@@ -147,6 +250,7 @@ fn run() -> Result<(), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_env("V4VD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )

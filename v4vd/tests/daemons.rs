@@ -177,7 +177,9 @@ fn socat_style_raw_handshake_and_eof() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(reply.starts_with("OK "), "{reply:?}");
-    let port: u32 = reply[3..].trim().parse().unwrap();
+    let mut fields = reply[3..].split_ascii_whitespace();
+    let port: u32 = fields.next().unwrap().parse().unwrap();
+    let _stream_id: u64 = fields.next().unwrap().parse().unwrap();
     assert!(port > 0);
     r.get_mut().write_all(b"hello over v4v\n").unwrap();
     let mut line = String::new();
@@ -356,9 +358,11 @@ fn peer_daemon_gone_gives_clear_errors() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let t = Instant::now();
     let mut rest = Vec::new();
+    // A vanished peer is not an orderly close: the read fails and says why.
     match c.read_to_end(&mut rest) {
-        Ok(0) => {}
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) if e.kind() == ErrorKind::HostUnreachable => {
+            assert!(e.to_string().contains("gone"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(4));
@@ -374,16 +378,28 @@ fn client_disconnecting_mid_stream_resets_the_peer() {
     let n1 = Node::start(&model, 1);
     let n2 = Node::start(&model, 2);
     let mut l = Listener::bind_with(&n2.sock, 5200).unwrap();
-    for _ in 0..3 {
+    for round in 0..4 {
         let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5200)).unwrap();
         let (mut s, _) = l.accept().unwrap();
         c.write_all(b"partial").unwrap();
         let mut b = [0u8; 7];
         s.read_exact(&mut b).unwrap();
-        drop(c);
+        if round == 3 {
+            // Dropping is an orderly close (as with TCP): the peer reads end of file.
+            drop(c);
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut rest = Vec::new();
+            assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+            continue;
+        }
+        c.abort().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
+        // The connector vanished without closing orderly: a reset, not end of file.
+        match s.read_to_end(&mut rest) {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("expected a reset, got {other:?}"),
+        }
         assert!(rest.is_empty());
     }
     // Both daemons forget the streams once the ends are closed.

@@ -109,7 +109,12 @@ fn daemons_as_processes_over_the_simulator() {
     let mut rest = Vec::new();
     let t = Instant::now();
     let r = c.read_to_end(&mut rest);
-    assert!(r.is_ok() && rest.is_empty(), "{r:?}");
+    // Not an orderly end: the read fails, saying the peer is gone.
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::HostUnreachable => {}
+        other => panic!("expected the peer to be reported gone, got {other:?}"),
+    }
+    assert!(rest.is_empty());
     assert!(t.elapsed() < Duration::from_secs(6));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::proto::{
     FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Request,
@@ -28,20 +29,42 @@ pub struct Datagram {
 
 /// Waits until `fd` is readable (`POLLIN`) or writable (`POLLOUT`).
 pub(crate) fn wait_fd(fd: RawFd, events: libc::c_short) -> io::Result<()> {
+    wait_fd_until(fd, events, None).map(|_| ())
+}
+
+/// Like [`wait_fd`], giving up at `deadline`: `Ok(false)` when it passed.
+pub(crate) fn wait_fd_until(
+    fd: RawFd,
+    events: libc::c_short,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd,
         events,
         revents: 0,
     };
     loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                // Round up so that a wake-up before the deadline is never a busy loop.
+                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+            }
+        };
         // SAFETY: `p` is one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut p, 1, -1) };
-        if r >= 0 {
-            return Ok(());
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r > 0 {
+            return Ok(true);
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
     }
 }
@@ -129,6 +152,72 @@ impl Datagram {
         Ok((n, from))
     }
 
+    /// Receives one whole datagram and its sender, waiting at most `timeout` (`None`: no
+    /// limit) — [`Error::TimedOut`] when nothing came. Ignores non-blocking mode.
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<u8>, SockAddr), Error> {
+        if let Some((from, payload)) = self.queued.pop_front() {
+            return Ok((payload, from));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.buffered_frame()? {
+                Some((h, p)) if h.kind == FRAME_DATA => return Ok((p, h.addr())),
+                Some(_) => continue,
+                None => {
+                    if !wait_fd_until(self.sock.as_raw_fd(), libc::POLLIN, deadline)? {
+                        return Err(Error::TimedOut("no datagram arrived".into()));
+                    }
+                    // Readable: one read does not block, whatever the socket's mode.
+                    self.fill()?;
+                }
+            }
+        }
+    }
+
+    /// A whole frame from what was read already.
+    fn buffered_frame(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, Error> {
+        if self.inbuf.len() < FRAME_HEADER_SIZE {
+            return Ok(None);
+        }
+        let mut hb = [0u8; FRAME_HEADER_SIZE];
+        hb.copy_from_slice(&self.inbuf[..FRAME_HEADER_SIZE]);
+        let h = FrameHeader::decode(&hb);
+        if h.len > MAX_DGRAM {
+            return Err(Error::Protocol(format!("frame of {} bytes", h.len)));
+        }
+        let total = FRAME_HEADER_SIZE + h.len as usize;
+        if self.inbuf.len() < total {
+            return Ok(None);
+        }
+        let payload = self.inbuf[FRAME_HEADER_SIZE..total].to_vec();
+        self.inbuf.drain(..total);
+        Ok(Some((h, payload)))
+    }
+
+    /// One read from the daemon into the frame buffer (`WouldBlock` passes through).
+    fn fill(&mut self) -> Result<(), Error> {
+        let mut tmp = [0u8; 64 * 1024];
+        loop {
+            match self.sock.read(&mut tmp) {
+                Ok(0) => {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the v4v daemon closed the connection",
+                    )));
+                }
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&tmp[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn write_all(&mut self, mut b: &[u8]) -> Result<(), Error> {
         while !b.is_empty() {
             match self.sock.write(b) {
@@ -147,37 +236,18 @@ impl Datagram {
     /// The next whole frame; `None` when the socket would block and `wait` is false.
     fn next_frame(&mut self, wait: bool) -> Result<Option<(FrameHeader, Vec<u8>)>, Error> {
         loop {
-            if self.inbuf.len() >= FRAME_HEADER_SIZE {
-                let mut hb = [0u8; FRAME_HEADER_SIZE];
-                hb.copy_from_slice(&self.inbuf[..FRAME_HEADER_SIZE]);
-                let h = FrameHeader::decode(&hb);
-                if h.len > MAX_DGRAM {
-                    return Err(Error::Protocol(format!("frame of {} bytes", h.len)));
-                }
-                let total = FRAME_HEADER_SIZE + h.len as usize;
-                if self.inbuf.len() >= total {
-                    let payload = self.inbuf[FRAME_HEADER_SIZE..total].to_vec();
-                    self.inbuf.drain(..total);
-                    return Ok(Some((h, payload)));
-                }
+            if let Some(f) = self.buffered_frame()? {
+                return Ok(Some(f));
             }
-            let mut tmp = [0u8; 64 * 1024];
-            match self.sock.read(&mut tmp) {
-                Ok(0) => {
-                    return Err(Error::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the v4v daemon closed the connection",
-                    )));
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match self.fill() {
+                Ok(()) => {}
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !wait {
                         return Ok(None);
                     }
                     wait_fd(self.sock.as_raw_fd(), libc::POLLIN)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod proto;
 
+mod admin;
 mod datagram;
 mod stream;
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use admin::{acl_change, acl_list, acl_load};
 pub use datagram::Datagram;
 pub use proto::SockAddr;
 pub use stream::{Incoming, Listener, Stream};
@@ -27,7 +29,8 @@ pub use stream::{Incoming, Listener, Stream};
 /// What went wrong talking V4V through the daemon.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("connection refused by {0}")]
+    /// No such domain or port, or nobody listens; the text says which.
+    #[error("{0}")]
     Refused(String),
     #[error("timed out: {0}")]
     TimedOut(String),
@@ -43,7 +46,7 @@ pub enum Error {
     AddrInUse,
     #[error("denied by the V4V ACL")]
     Denied,
-    #[error("the daemon answered {code}: {reason}")]
+    #[error("{reason} ({code})")]
     Daemon { code: String, reason: String },
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -54,6 +57,7 @@ pub enum Error {
 impl Error {
     fn from_reply(code: &str, reason: &str) -> Self {
         match code {
+            "ECONNREFUSED" if reason.is_empty() => Error::Refused("connection refused".into()),
             "ECONNREFUSED" => Error::Refused(reason.to_string()),
             "ETIMEDOUT" => Error::TimedOut(reason.to_string()),
             "EMSGSIZE" => Error::MessageTooBig,
@@ -68,7 +72,9 @@ impl Error {
 
     fn from_errno(e: i32, what: &str) -> Self {
         match e {
-            crate::abi::errno::ECONNREFUSED => Error::Refused(what.to_string()),
+            crate::abi::errno::ECONNREFUSED => {
+                Error::Refused(format!("connection refused: no ring bound at {what}"))
+            }
             crate::abi::errno::EMSGSIZE => Error::MessageTooBig,
             crate::abi::errno::EACCES => Error::Denied,
             crate::abi::errno::EAGAIN => Error::Io(io::ErrorKind::WouldBlock.into()),

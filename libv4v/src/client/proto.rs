@@ -99,6 +99,72 @@ pub enum Request {
     Status,
     /// `VERSION`: the protocol version, then close.
     Version,
+    /// `CLOSED ID`: how the stream with this id (from the `CONNECT`/`ACCEPT` reply) ended:
+    /// `OK open`, `OK eof`, or `OK reset ERRNO-NAME REASON`.
+    Closed(u64),
+    /// `RESET ID`: abort the stream with this id (the peer reads a reset, not end of file).
+    Reset(u64),
+    /// `ACL ...`: read or edit the hypervisor's ACL table (dom0; edits need privilege).
+    Acl(AclRequest),
+}
+
+/// The `ACL` requests. Rules are in the text form of [`crate::acl`] (`reject 3:* -> 0:22`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclRequest {
+    /// `ACL LIST`: `OK N`, then N rule lines in table order.
+    List,
+    /// `ACL ADD RULE`: append.
+    Add(String),
+    /// `ACL INSERT N RULE`: insert before 1-based position N.
+    Insert(u32, String),
+    /// `ACL DELETE N`: delete the rule at 1-based position N.
+    DeleteAt(u32),
+    /// `ACL DELETE RULE`: delete the first rule equal to RULE.
+    DeleteRule(String),
+    /// `ACL FLUSH`: delete every rule.
+    Flush,
+    /// `ACL LOAD N`: N rule lines follow; they replace the table, all or nothing.
+    Load(u32),
+}
+
+impl fmt::Display for AclRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AclRequest::List => write!(f, "ACL LIST"),
+            AclRequest::Add(r) => write!(f, "ACL ADD {r}"),
+            AclRequest::Insert(n, r) => write!(f, "ACL INSERT {n} {r}"),
+            AclRequest::DeleteAt(n) => write!(f, "ACL DELETE {n}"),
+            AclRequest::DeleteRule(r) => write!(f, "ACL DELETE {r}"),
+            AclRequest::Flush => write!(f, "ACL FLUSH"),
+            AclRequest::Load(n) => write!(f, "ACL LOAD {n}"),
+        }
+    }
+}
+
+fn parse_acl(rest: &str) -> Result<AclRequest, ParseError> {
+    let rest = rest.trim();
+    let (verb, arg) = rest
+        .split_once(char::is_whitespace)
+        .map(|(v, a)| (v, a.trim()))
+        .unwrap_or((rest, ""));
+    let num = |s: &str| s.parse::<u32>().map_err(|_| ParseError::BadArgs("ACL"));
+    match (verb, arg) {
+        ("LIST", "") => Ok(AclRequest::List),
+        ("FLUSH", "") => Ok(AclRequest::Flush),
+        ("ADD", r) if !r.is_empty() => Ok(AclRequest::Add(r.to_string())),
+        ("INSERT", a) => {
+            let (n, r) = a
+                .split_once(char::is_whitespace)
+                .ok_or(ParseError::BadArgs("ACL INSERT"))?;
+            Ok(AclRequest::Insert(num(n)?, r.trim().to_string()))
+        }
+        ("DELETE", a) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(AclRequest::DeleteAt(num(a)?))
+        }
+        ("DELETE", r) if !r.is_empty() => Ok(AclRequest::DeleteRule(r.to_string())),
+        ("LOAD", n) => Ok(AclRequest::Load(num(n)?)),
+        _ => Err(ParseError::BadArgs("ACL")),
+    }
 }
 
 impl Request {
@@ -125,6 +191,17 @@ impl Request {
                 Some(parse_domid(d).ok_or(ParseError::BadArgs("DGRAM"))?),
             )),
             ("DGRAM", _) => Err(ParseError::BadArgs("DGRAM")),
+            ("CLOSED", [id]) => Ok(Request::Closed(
+                id.parse().map_err(|_| ParseError::BadArgs("CLOSED"))?,
+            )),
+            ("CLOSED", _) => Err(ParseError::BadArgs("CLOSED")),
+            ("RESET", [id]) => Ok(Request::Reset(
+                id.parse().map_err(|_| ParseError::BadArgs("RESET"))?,
+            )),
+            ("RESET", _) => Err(ParseError::BadArgs("RESET")),
+            ("ACL", _) => Ok(Request::Acl(parse_acl(
+                line.trim_start().strip_prefix("ACL").unwrap_or(""),
+            )?)),
             ("STATUS", []) => Ok(Request::Status),
             ("VERSION", []) => Ok(Request::Version),
             ("STATUS" | "VERSION", _) => Err(ParseError::BadArgs("STATUS/VERSION")),
@@ -144,6 +221,9 @@ impl fmt::Display for Request {
             Request::Dgram(p, Some(d)) => write!(f, "DGRAM {p} {d}"),
             Request::Status => write!(f, "STATUS"),
             Request::Version => write!(f, "VERSION"),
+            Request::Closed(id) => write!(f, "CLOSED {id}"),
+            Request::Reset(id) => write!(f, "RESET {id}"),
+            Request::Acl(a) => a.fmt(f),
         }
     }
 }
@@ -229,6 +309,15 @@ mod tests {
             Request::Dgram(0, None),
             Request::Status,
             Request::Version,
+            Request::Closed(12),
+            Request::Reset(13),
+            Request::Acl(AclRequest::List),
+            Request::Acl(AclRequest::Flush),
+            Request::Acl(AclRequest::Add("reject 3:* -> 0:22".into())),
+            Request::Acl(AclRequest::Insert(2, "accept *:* -> 0:5555".into())),
+            Request::Acl(AclRequest::DeleteAt(4)),
+            Request::Acl(AclRequest::DeleteRule("reject 3:* -> 0:22".into())),
+            Request::Acl(AclRequest::Load(10)),
         ] {
             assert_eq!(Request::parse(&r.to_string()), Ok(r));
         }
@@ -237,6 +326,11 @@ mod tests {
         assert!(Request::parse("").is_err());
         assert!(Request::parse("FOO").is_err());
         assert!(Request::parse("DGRAM 1 2 3").is_err());
+        assert!(Request::parse("ACL").is_err());
+        assert!(Request::parse("ACL LIST x").is_err());
+        assert!(Request::parse("ACL INSERT x accept *:* -> *:*").is_err());
+        assert!(Request::parse("ACL LOAD").is_err());
+        assert!(Request::parse("CLOSED x").is_err());
     }
 
     #[test]

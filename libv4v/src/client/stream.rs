@@ -12,14 +12,95 @@ use super::{Error, handshake, socket_path};
 
 /// A V4V stream, like `std::net::TcpStream`. After the handshake the Unix connection is the
 /// byte stream itself, so reads and writes go straight to it.
+///
+/// The Unix connection ends the same way whether the peer closed orderly or the stream was
+/// reset, so at end of stream (and on a broken pipe) the stream asks the daemon how it ended
+/// (`CLOSED ID`): an orderly close reads as end of file, a reset as an error of kind
+/// `ConnectionReset` (or `PermissionDenied` for the ACL, `HostUnreachable` for a vanished
+/// peer, `TimedOut`, `ConnectionAborted`; `NotConnected` when the local daemon itself went
+/// away) whose message says what happened.
 #[derive(Debug)]
 pub struct Stream {
     sock: UnixStream,
     local_port: u32,
     peer: SockAddr,
+    id: u64,
+    daemon: PathBuf,
+    /// How the stream ended, once known.
+    ended: Option<End>,
+}
+
+#[derive(Debug, Clone)]
+enum End {
+    Eof,
+    Reset(io::ErrorKind, String),
+}
+
+/// Splits an `OK` reply's arguments into the first field and the stream id.
+fn reply_with_id<T: std::str::FromStr>(args: &str, what: &str) -> Result<(T, u64), Error> {
+    let bad = || Error::Protocol(format!("bad {what} reply {args:?}"));
+    let mut w = args.split_ascii_whitespace();
+    let first = w.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+    let id = w.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+    Ok((first, id))
 }
 
 impl Stream {
+    fn new(sock: UnixStream, local_port: u32, peer: SockAddr, id: u64, daemon: &Path) -> Self {
+        Stream {
+            sock,
+            local_port,
+            peer,
+            id,
+            daemon: daemon.to_path_buf(),
+            ended: None,
+        }
+    }
+
+    /// How the stream ended, asked of the daemon after the connection reached its end.
+    /// Once a reset is known it is final; "end of file" may still turn into a reset for the
+    /// sending direction (the peer closed its side, then vanished while we were writing).
+    fn end(&mut self) -> End {
+        if let Some(e @ End::Reset(..)) = &self.ended {
+            return e.clone();
+        }
+        let e = match handshake(&self.daemon, &Request::Closed(self.id)) {
+            Ok((_, args)) => {
+                let mut w = args.splitn(3, ' ');
+                match (w.next(), w.next(), w.next()) {
+                    (Some("eof"), ..) => End::Eof,
+                    // The peer has not finished; the connection ended on our side.
+                    (Some("open"), ..) => End::Reset(
+                        io::ErrorKind::ConnectionAborted,
+                        "the daemon ended the stream".into(),
+                    ),
+                    (Some("reset"), Some(code), reason) => {
+                        let kind = match code {
+                            "EACCES" => io::ErrorKind::PermissionDenied,
+                            "EHOSTUNREACH" => io::ErrorKind::HostUnreachable,
+                            "ETIMEDOUT" => io::ErrorKind::TimedOut,
+                            "ECONNABORTED" => io::ErrorKind::ConnectionAborted,
+                            _ => io::ErrorKind::ConnectionReset,
+                        };
+                        End::Reset(kind, format!("reset: {}", reason.unwrap_or(code)))
+                    }
+                    _ => End::Reset(
+                        io::ErrorKind::InvalidData,
+                        format!("bad CLOSED reply {args:?}"),
+                    ),
+                }
+            }
+            // No answer to the question: the daemon is gone (refused), or dying (the connection
+            // was reset or closed before a reply).
+            Err(_) => End::Reset(
+                io::ErrorKind::NotConnected,
+                format!("the v4v daemon at {} went away", self.daemon.display()),
+            ),
+        };
+        self.ended = Some(e.clone());
+        e
+    }
+
     /// Connects to `addr`; a port nobody listens on fails at once with [`Error::Refused`].
     pub fn connect(addr: SockAddr) -> Result<Self, Error> {
         Self::connect_with(&socket_path(), addr)
@@ -28,15 +109,19 @@ impl Stream {
     /// Connects through the daemon at `daemon`.
     pub fn connect_with(daemon: &Path, addr: SockAddr) -> Result<Self, Error> {
         let (sock, args) = handshake(daemon, &Request::Connect(addr))?;
-        let local_port = args
-            .trim()
-            .parse()
-            .map_err(|_| Error::Protocol(format!("bad CONNECT reply {args:?}")))?;
-        Ok(Stream {
-            sock,
-            local_port,
-            peer: addr,
-        })
+        let (local_port, id) = reply_with_id(&args, "CONNECT")?;
+        Ok(Stream::new(sock, local_port, addr, id, daemon))
+    }
+
+    /// Aborts the stream: the peer reads a reset (`ConnectionReset`), not end of file. Dropping
+    /// a stream, like closing a TCP socket, is an orderly close.
+    pub fn abort(self) -> Result<(), Error> {
+        handshake(&self.daemon, &Request::Reset(self.id)).map(|_| ())
+    }
+
+    /// The daemon's id for this stream (as `CLOSED ID` takes it).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The local ring port the stream's replies arrive on (shared with other streams).
@@ -68,13 +153,36 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.read(buf)
+        match self.sock.read(buf) {
+            Ok(0) if !buf.is_empty() => match self.end() {
+                End::Eof => Ok(0),
+                End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => match self.end() {
+                End::Eof => Ok(0),
+                End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
+            },
+            r => r,
+        }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sock.write(buf)
+        match self.sock.write(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                match self.end() {
+                    End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
+                    End::Eof => Err(e),
+                }
+            }
+            r => r,
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -174,18 +282,9 @@ impl Listener {
             };
             match handshake(&self.daemon, &Request::Accept(self.port, Some(id))) {
                 Ok((sock, args)) => {
-                    let peer: SockAddr = args
-                        .trim()
-                        .parse()
-                        .map_err(|_| Error::Protocol(format!("bad ACCEPT reply {args:?}")))?;
-                    return Ok((
-                        Stream {
-                            sock,
-                            local_port: self.port,
-                            peer,
-                        },
-                        peer,
-                    ));
+                    let (peer, sid) = reply_with_id::<SockAddr>(&args, "ACCEPT")?;
+                    let s = Stream::new(sock, self.port, peer, sid, &self.daemon);
+                    return Ok((s, peer));
                 }
                 // Taken by another acceptor, or reset before we came: try the next one.
                 Err(Error::Daemon { code, .. }) if code == "ENOENT" => continue,

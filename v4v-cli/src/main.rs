@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! `v4v-cli`: V4V from the shell, through the local daemon (v4vd).
+//!
+//! Every command is one short-lived client of the daemon's Unix socket (`--socket`, else
+//! `V4V_SOCKET`, else `/run/v4v/v4vd.sock`), using the `libv4v` client API. Errors are one line
+//! on stderr, and the exit status says what kind of failure it was ([`exit::Exit`]), so scripts
+//! can tell a refused connection from a dead daemon or an ACL refusal.
+
+mod acl;
+mod dgram;
+mod exit;
+mod status;
+mod stream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use v4v::client::SockAddr;
+
+use exit::{Exit, Failure};
+
+/// V4V from the shell: datagrams, streams, the ACL table and daemon status, through v4vd.
+#[derive(Debug, Parser)]
+#[command(
+    name = "v4v-cli",
+    version,
+    after_help = exit::EXIT_CODES_HELP,
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// The daemon's socket [default: $V4V_SOCKET, else /run/v4v/v4vd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send one datagram (MESSAGE, or stdin when it is absent)
+    Send {
+        /// Destination
+        #[arg(value_name = "DOM:PORT")]
+        dest: SockAddr,
+        /// The payload; stdin is read to its end when absent
+        message: Option<String>,
+        /// Send from this port (default: an ephemeral one)
+        #[arg(long, value_name = "P", default_value_t = 0)]
+        from_port: u32,
+        /// Fail with "timed out" instead of waiting while the destination ring is full
+        #[arg(long)]
+        nowait: bool,
+    },
+    /// Receive datagrams on PORT and print each payload on its own line
+    Recv {
+        port: u32,
+        /// Exit 0 after N datagrams
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Give up after SECS seconds (exit 5 if --count was not reached; without --count, stop
+        /// and exit 0)
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// Accept datagrams from this domain only (the hypervisor enforces it)
+        #[arg(long, value_name = "DOM")]
+        from: Option<u16>,
+        /// Write payloads as they are, with no separator
+        #[arg(long, conflicts_with = "verbose")]
+        raw: bool,
+        /// Prefix each payload with its source DOM:PORT and a tab
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Accept stream connections on PORT: stdin to the peer, the peer to stdout
+    Listen {
+        port: u32,
+        /// Serve one connection, then exit
+        #[arg(long)]
+        once: bool,
+    },
+    /// Open a stream to DOM:PORT: stdin to the peer, the peer to stdout
+    Connect {
+        #[arg(value_name = "DOM:PORT")]
+        dest: SockAddr,
+    },
+    /// Show the daemon's state: domain, rings, ports, clients, counters
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or edit the hypervisor's ACL table (dom0; edits need root or the ACL group)
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket.unwrap_or_else(v4v::client::socket_path);
+    match cli.command {
+        Command::Send {
+            dest,
+            message,
+            from_port,
+            nowait,
+        } => dgram::send(&socket, dest, message, from_port, nowait),
+        Command::Recv {
+            port,
+            count,
+            timeout,
+            from,
+            raw,
+            verbose,
+        } => dgram::recv(
+            &socket,
+            dgram::RecvOpts {
+                port,
+                count,
+                timeout,
+                from,
+                raw,
+                verbose,
+            },
+        ),
+        Command::Listen { port, once } => stream::listen(&socket, port, once),
+        Command::Connect { dest } => stream::connect(&socket, dest),
+        Command::Status { json } => status::status(&socket, json),
+        Command::Acl(cmd) => acl::run(&socket, cmd),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            let _ = e.print();
+            return code.into();
+        }
+    };
+    match run(cli) {
+        Ok(()) => Exit::Ok.into(),
+        Err(f) => {
+            if f.verbatim {
+                eprintln!("{}", f.message);
+            } else {
+                eprintln!("v4v-cli: {}", f.message);
+            }
+            f.code.into()
+        }
+    }
+}

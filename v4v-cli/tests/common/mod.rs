@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! A whole V4V stack as real processes: one `v4v-sim`, one `v4vd` per domain, all in a
+//! temporary directory that is removed (and every process killed) when the [`Stack`] drops.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A binary of the workspace, built next to `v4v-cli` (`cargo build --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_v4v-cli")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+pub fn cli_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_v4v-cli"))
+}
+
+pub struct Stack {
+    pub dir: PathBuf,
+    sim: Child,
+    daemons: HashMap<u16, Child>,
+}
+
+impl Stack {
+    /// A simulator and one daemon for each of `domids`.
+    pub fn start(domids: &[u16]) -> Stack {
+        let dir = std::env::temp_dir().join(format!(
+            "v4v-stack-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let sim_sock = dir.join("sim.sock");
+        let sim = Command::new(bin("v4v-sim"))
+            .arg("--socket")
+            .arg(&sim_sock)
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn v4v-sim");
+        wait_for_path(&sim_sock);
+        let mut s = Stack {
+            dir,
+            sim,
+            daemons: HashMap::new(),
+        };
+        for &d in domids {
+            s.start_daemon(d, &[]);
+        }
+        s
+    }
+
+    pub fn sim_pid(&self) -> u32 {
+        self.sim.id()
+    }
+
+    pub fn sock(&self, domid: u16) -> PathBuf {
+        self.dir.join(format!("d{domid}.sock"))
+    }
+
+    /// Starts domain `domid`'s daemon with extra arguments; waits until it answers.
+    pub fn start_daemon(&mut self, domid: u16, extra: &[&str]) {
+        let sock = self.sock(domid);
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new(bin("v4vd"))
+            .arg("--hypervisor")
+            .arg(format!("sim:{}", self.dir.join("sim.sock").display()))
+            .args(["--domid", &domid.to_string(), "--socket"])
+            .arg(&sock)
+            .args(extra)
+            .env(
+                "V4VD_LOG",
+                std::env::var("V4VD_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn v4vd");
+        self.daemons.insert(domid, child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while v4v::client::status(&sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "v4vd for domain {domid} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn daemon_pid(&self, domid: u16) -> u32 {
+        self.daemons[&domid].id()
+    }
+
+    /// SIGKILL: the daemon vanishes, and with its simulator connection its domain.
+    pub fn kill_daemon(&mut self, domid: u16) {
+        if let Some(mut c) = self.daemons.remove(&domid) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `sig` to the daemon and waits (at most 10 s) for it to exit; its exit status.
+    pub fn signal_daemon(&mut self, domid: u16, sig: i32) -> Option<std::process::ExitStatus> {
+        let mut c = self.daemons.remove(&domid)?;
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `v4v-cli --socket <domain's socket> ARGS...`, not started yet.
+    pub fn cli(&self, domid: u16, args: &[&str]) -> Command {
+        let mut c = Command::new(cli_bin());
+        c.arg("--socket").arg(self.sock(domid)).args(args);
+        c
+    }
+
+    /// Runs `v4v-cli` to completion with no stdin, at most `limit`.
+    pub fn run(&self, domid: u16, args: &[&str]) -> Output {
+        run_limited(
+            self.cli(domid, args).stdin(Stdio::null()),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// The daemon's STATUS fields.
+    pub fn status(&self, domid: u16) -> HashMap<String, String> {
+        let line = v4v::client::status(&self.sock(domid)).expect("status");
+        line.split_ascii_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Waits until the daemon of `domid` has `port` bound (as kind `kind`).
+    pub fn wait_port(&self, domid: u16, port: u32, kind: &str) {
+        let want = format!("{port}/{kind}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.status(domid);
+            if st["ports"].split(',').any(|p| p == want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "port {want} never bound: {st:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, mut c) in self.daemons.drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.sim.kill();
+        let _ = self.sim.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn wait_for_path(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a child at most `limit` (then kills it and panics: nothing may hang).
+pub fn wait_limited(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a process did not finish within {limit:?}");
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_end(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_end(&mut err);
+    }
+    Output {
+        status: child.wait().expect("wait"),
+        stdout: out,
+        stderr: err,
+    }
+}
+
+/// Spawns with piped stdout/stderr and waits at most `limit`.
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_limited(child, limit)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Raises this process's descriptor limit to its hard limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: raising the soft limit to the hard one is always allowed.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    lim.rlim_cur
+}
+
+/// FNV-1a, for checksums of streamed data.
+pub fn fnv(h: u64, data: &[u8]) -> u64 {
+    data.iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+pub const FNV0: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Deterministic pseudo-random bytes, continuing from `state`.
+pub fn fill_pattern(buf: &mut [u8], state: &mut u64) {
+    for b in buf {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *b = *state as u8;
+    }
+}

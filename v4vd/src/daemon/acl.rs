@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The daemon's ACL administration: `ACL` requests from local clients, and dom0's rules file
+//! (loaded before any client is served, reloaded on SIGHUP).
+//!
+//! The hypervisor owns the table and enforces it; this module only edits it, through
+//! [`v4v::acl`], and decides who may: anyone may read it, changes need root or membership of
+//! the configured group (checked from the client's `SO_PEERCRED`/`SO_PEERGROUPS` at connect),
+//! and outside dom0 the hypervisor refuses everything (`EPERM`). Every change is logged with
+//! the client's uid and pid and its result. A rules file is replaced all or nothing, failing
+//! closed ([`v4v::acl::replace_table`]).
+
+use std::io::{self, Read};
+
+use tracing::{debug, info, warn};
+use v4v::HvError;
+use v4v::acl::{self, AclError, Rule};
+use v4v::client::proto::{AclRequest, MAX_LINE};
+
+use super::{ClientState, Daemon, DaemonError};
+
+/// A client sending the rule lines of `ACL LOAD N`.
+pub(super) struct AclLoad {
+    want: usize,
+    line: Vec<u8>,
+    lines: Vec<String>,
+}
+
+impl Daemon {
+    /// The reply for an ACL error: `(CODE, REASON)`.
+    fn acl_err(&self, e: &AclError) -> (String, String) {
+        match e.hv_error() {
+            Some(HvError::NotPermitted) if self.domid != 0 => (
+                "EPERM".into(),
+                format!(
+                    "ACLs are edited from dom0 (this is domain {}): the hypervisor refuses",
+                    self.domid
+                ),
+            ),
+            Some(h) => (h.name(), e.to_string()),
+            None => ("EINVAL".into(), e.to_string()),
+        }
+    }
+
+    pub(super) fn acl_request(&mut self, t: usize, req: AclRequest) {
+        let Some((cred, admin)) = self.clients.get(&t).map(|c| (c.cred, c.acl_admin)) else {
+            return;
+        };
+        if req == AclRequest::List {
+            match acl::read_table(&*self.hv) {
+                Ok(rules) => {
+                    self.set_state(t, ClientState::Closing, &format!("OK {}", rules.len()));
+                    if let Some(c) = self.clients.get_mut(&t) {
+                        for r in &rules {
+                            c.queue_line(&r.to_string());
+                        }
+                    }
+                }
+                Err(e) => {
+                    let (code, reason) = self.acl_err(&e);
+                    self.reply_err(t, &code, &reason);
+                }
+            }
+            return;
+        }
+        if !admin {
+            warn!(uid = cred.uid, pid = cred.pid, request = %req, "ACL change refused: not privileged");
+            let who = match self.cfg.acl_group {
+                Some(g) => format!("root or members of group {g}"),
+                None => "root".to_string(),
+            };
+            return self.reply_err(
+                t,
+                "EPERM",
+                &format!(
+                    "changing the ACL table needs {who} (uid {} is not)",
+                    cred.uid
+                ),
+            );
+        }
+        if let AclRequest::Load(n) = req {
+            if n > v4v::abi::MAX_RULES {
+                return self.reply_err(
+                    t,
+                    "EINVAL",
+                    &format!("{n} rules: the table holds at most {}", v4v::abi::MAX_RULES),
+                );
+            }
+            if let Some(c) = self.clients.get_mut(&t) {
+                c.state = ClientState::AclLoad(Box::new(AclLoad {
+                    want: n as usize,
+                    line: Vec::new(),
+                    lines: Vec::new(),
+                }));
+            }
+            return self.pump_acl_load(t);
+        }
+        let parse =
+            |text: &str| -> Result<Rule, String> { text.parse().map_err(|e| format!("{e}")) };
+        let r: Result<(), (String, String)> = match &req {
+            AclRequest::Add(text) => parse(text)
+                .map_err(|e| ("EINVAL".to_string(), e))
+                .and_then(|r| acl::add(&*self.hv, &r).map_err(|e| self.acl_err(&e))),
+            AclRequest::Insert(n, text) => parse(text)
+                .map_err(|e| ("EINVAL".to_string(), e))
+                .and_then(|r| acl::insert(&*self.hv, *n, &r).map_err(|e| self.acl_err(&e))),
+            AclRequest::DeleteAt(n) => {
+                acl::delete_at(&*self.hv, *n).map_err(|e| match e.hv_error() {
+                    Some(HvError::NotFound) => ("ENOENT".into(), format!("there is no rule {n}")),
+                    _ => self.acl_err(&e),
+                })
+            }
+            AclRequest::DeleteRule(text) => parse(text)
+                .map_err(|e| ("EINVAL".to_string(), e))
+                .and_then(|r| {
+                    acl::delete_rule(&*self.hv, &r).map_err(|e| match e.hv_error() {
+                        Some(HvError::NotFound) => {
+                            ("ENOENT".into(), format!("no rule \"{r}\" in the table"))
+                        }
+                        _ => self.acl_err(&e),
+                    })
+                }),
+            AclRequest::Flush => acl::flush(&*self.hv).map_err(|e| self.acl_err(&e)),
+            AclRequest::List | AclRequest::Load(_) => Ok(()),
+        };
+        match r {
+            Ok(()) => {
+                info!(uid = cred.uid, pid = cred.pid, change = %req, "ACL changed");
+                self.set_state(t, ClientState::Closing, "OK");
+            }
+            Err((code, reason)) => {
+                warn!(uid = cred.uid, pid = cred.pid, change = %req, "ACL change failed: {reason}");
+                self.reply_err(t, &code, &reason);
+            }
+        }
+    }
+
+    /// Reads the rule lines of `ACL LOAD`, then replaces the table with them.
+    pub(super) fn pump_acl_load(&mut self, t: usize) {
+        let Some(c) = self.clients.get_mut(&t) else {
+            return;
+        };
+        let ClientState::AclLoad(load) = &mut c.state else {
+            return;
+        };
+        let mut b = [0u8; 4096];
+        while load.lines.len() < load.want {
+            // At most what the remaining lines can hold, so nothing after them is consumed.
+            match c.stream.read(&mut b[..1]) {
+                Ok(0) => {
+                    c.dead = true;
+                    return;
+                }
+                Ok(_) if b[0] == b'\n' => {
+                    let l = String::from_utf8_lossy(&load.line)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    load.line.clear();
+                    load.lines.push(l);
+                }
+                Ok(_) => {
+                    load.line.push(b[0]);
+                    if load.line.len() > MAX_LINE {
+                        let n = load.lines.len() + 1;
+                        return self.reply_err(
+                            t,
+                            "EINVAL",
+                            &format!("line {n}: longer than {MAX_LINE} bytes"),
+                        );
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        }
+        let cred = c.cred;
+        let text = load.lines.join("\n");
+        let rules = match acl::parse_rules("request", &text) {
+            Ok(r) => r,
+            Err(e) => {
+                let first = e
+                    .problems
+                    .first()
+                    .map(|p| format!("line {}: {}", p.line, p.problem));
+                return self.reply_err(t, "EINVAL", &first.unwrap_or_else(|| e.to_string()));
+            }
+        };
+        match acl::replace_table(&*self.hv, &rules) {
+            Ok(()) => {
+                info!(
+                    uid = cred.uid,
+                    pid = cred.pid,
+                    rules = rules.len(),
+                    "ACL table replaced"
+                );
+                self.set_state(t, ClientState::Closing, &format!("OK {}", rules.len()));
+            }
+            Err(e) => {
+                warn!(
+                    uid = cred.uid,
+                    pid = cred.pid,
+                    "ACL table replacement failed: {e}"
+                );
+                let (code, reason) = self.acl_err(&e);
+                self.reply_err(t, &code, &reason);
+            }
+        }
+    }
+
+    /// Loads the configured rules file (dom0 only). At start a bad or unreadable file is an
+    /// error (the daemon does not start); on reload it is logged and the table kept.
+    pub(super) fn load_acl_file(&mut self, at_start: bool) -> Result<(), DaemonError> {
+        let Some(path) = self.cfg.acl_file.clone() else {
+            return Ok(());
+        };
+        if self.domid != 0 {
+            debug!("not dom0: the ACL file is dom0's business");
+            return Ok(());
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.cfg.acl_file_required => {
+                info!(file = %path.display(), "no ACL file; the hypervisor's table is left as it is");
+                return Ok(());
+            }
+            Err(e) => return Err(DaemonError::Acl(format!("{}: {e}", path.display()))),
+        };
+        let rules = acl::parse_rules(&path.display().to_string(), &text)
+            .map_err(|e| DaemonError::Acl(e.to_string()))?;
+        acl::replace_table(&*self.hv, &rules)
+            .map_err(|e| DaemonError::Acl(format!("{}: {e}", path.display())))?;
+        info!(
+            file = %path.display(),
+            rules = rules.len(),
+            "ACL file {}",
+            if at_start { "loaded" } else { "reloaded" }
+        );
+        Ok(())
+    }
+
+    pub(super) fn reload_acl_file(&mut self) {
+        if let Err(e) = self.load_acl_file(false) {
+            // parse errors are one line per problem: log each.
+            for line in e.to_string().lines() {
+                warn!("ACL reload refused, table unchanged: {line}");
+            }
+        }
+    }
+}
