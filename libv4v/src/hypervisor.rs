@@ -11,7 +11,7 @@ use std::os::fd::BorrowedFd;
 
 use thiserror::Error;
 
-use crate::abi::{self, Config, Info, RingDataEnt, SendAddr, TablesRule, errno};
+use crate::abi::{Config, Info, RingDataEnt, SendAddr, TablesRule, errno};
 use crate::shmem::RingMemory;
 
 /// An error returned by the hypervisor (or by the channel to it), keeping its errno.
@@ -202,19 +202,6 @@ pub trait Hypervisor: Send + Sync {
 
     /// Consumes the pending event, if any: returns whether one was pending. Does not block.
     fn take_event(&self) -> Result<bool, HvError>;
-}
-
-/// Reads the whole ACL table, a page at a time.
-pub fn list_all_rules(hv: &dyn Hypervisor) -> Result<Vec<TablesRule>, HvError> {
-    let mut rules = Vec::new();
-    loop {
-        let page = hv.tables_list(rules.len() as u32, abi::MAX_RULES)?;
-        let got = page.rules.len();
-        rules.extend(page.rules);
-        if got == 0 || rules.len() as u32 >= page.total {
-            return Ok(rules);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -94,12 +94,12 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v));
             } else if rules.is_empty() {
-                println!("(no rules: every send is accepted)");
+                outln!("(no rules: every send is accepted)");
             } else {
                 for (i, r) in rules.iter().enumerate() {
-                    println!("{:>4}  {r}", i + 1);
+                    outln!("{:>4}  {r}", i + 1);
                 }
             }
             Ok(())
@@ -153,7 +153,7 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
             acl_load(socket, &rules).map_err(|e| Failure::client(&format!("acl load {name}"), e))
         }
         AclCommand::Save => {
-            print!("{}", acl::format_rules(&list()?));
+            out!("{}", acl::format_rules(&list()?));
             Ok(())
         }
         AclCommand::Check { src, dst } => {
@@ -165,8 +165,8 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
             let dec = acl::decide(&rules, s, d);
             let verdict = if dec.accepted { "accepted" } else { "rejected" };
             match dec.rule {
-                Some(i) => println!("{src} -> {dst}: {verdict} by rule {} ({})", i + 1, rules[i]),
-                None => println!("{src} -> {dst}: {verdict}: no rule matches (the default)"),
+                Some(i) => outln!("{src} -> {dst}: {verdict} by rule {} ({})", i + 1, rules[i]),
+                None => outln!("{src} -> {dst}: {verdict}: no rule matches (the default)"),
             }
             if dec.accepted {
                 Ok(())

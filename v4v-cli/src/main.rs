@@ -6,6 +6,17 @@
 //! on stderr, and the exit status says what kind of failure it was ([`exit::Exit`]), so scripts
 //! can tell a refused connection from a dead daemon or an ACL refusal.
 
+/// `println!` for command output: a reader that went away (`| head`, `| grep -q`) ends the
+/// process quietly instead of panicking; other write errors fail it with one line.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::write_stdout(format_args!($($t)*), true) };
+}
+
+/// `print!` with the same rules as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::write_stdout(format_args!($($t)*), false) };
+}
+
 mod acl;
 mod dgram;
 mod exit;
@@ -93,6 +104,23 @@ enum Command {
     /// Read or edit the hypervisor's ACL table (dom0; edits need root or the ACL group)
     #[command(subcommand)]
     Acl(acl::AclCommand),
+}
+
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| o.flush());
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("v4v-cli: writing stdout: {e}");
+            std::process::exit(Exit::Failure as i32)
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

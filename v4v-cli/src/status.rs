@@ -79,7 +79,7 @@ pub fn status(socket: &Path, as_json: bool) -> Result<(), Failure> {
             };
             o.insert((*k).to_string(), val);
         }
-        println!("{}", Value::Object(o));
+        outln!("{}", Value::Object(o));
         return Ok(());
     }
     let get = |k: &str| {
@@ -88,10 +88,10 @@ pub fn status(socket: &Path, as_json: bool) -> Result<(), Failure> {
             .map(|(_, v)| *v)
             .unwrap_or("?")
     };
-    println!("domain        {}", get("domid"));
-    println!("rings         {}", get("rings"));
+    outln!("domain        {}", get("domid"));
+    outln!("rings         {}", get("rings"));
     let ports = list(get("ports"));
-    println!(
+    outln!(
         "ports         {}",
         if ports.is_empty() {
             "none".to_string()
@@ -99,28 +99,28 @@ pub fn status(socket: &Path, as_json: bool) -> Result<(), Failure> {
             ports.join(" ")
         }
     );
-    println!("clients       {}", get("clients"));
-    println!("streams       {}", get("streams"));
-    println!(
+    outln!("clients       {}", get("clients"));
+    outln!("streams       {}", get("streams"));
+    outln!(
         "received      {} messages, {} bytes",
         get("msgs_in"),
         get("bytes_in")
     );
-    println!(
+    outln!(
         "sent          {} messages, {} bytes",
         get("msgs_out"),
         get("bytes_out")
     );
-    println!(
+    outln!(
         "dropped       {} malformed or unroutable, {} ring corruptions",
         get("dropped"),
         get("corrupt")
     );
     let by = list(get("acl_refused_by"));
-    println!("acl refused   {}", get("acl_refused"));
+    outln!("acl refused   {}", get("acl_refused"));
     for e in by {
         if let Some((pair, n)) = e.rsplit_once('/') {
-            println!("  {n:>8}  {}", pair.replace("->", " -> "));
+            outln!("  {n:>8}  {}", pair.replace("->", " -> "));
         }
     }
     // Fields added by newer daemons.
@@ -141,7 +141,7 @@ pub fn status(socket: &Path, as_json: bool) -> Result<(), Failure> {
         "acl_refused_by",
     ];
     for (k, v) in f.iter().filter(|(k, _)| !KNOWN.contains(k)) {
-        println!("{k:<13} {v}");
+        outln!("{k:<13} {v}");
     }
     Ok(())
 }

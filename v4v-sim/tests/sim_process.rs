@@ -16,7 +16,6 @@ use v4v::abi::{
     RING_DATA_F_EXISTS, RING_DATA_F_SUFFICIENT, RingDataEnt, SendAddr, TablesRule,
 };
 use v4v::backend::{self, BackendError};
-use v4v::hypervisor::list_all_rules;
 use v4v::ring::RingReader;
 use v4v::shmem::{PAGE_SIZE, RingMemory};
 use v4v::sim_protocol::{self as proto, CLAIM_ANY};
@@ -236,7 +235,12 @@ fn acl_is_for_dom0_only() {
     );
 
     dom0.tables_add(&rule, 0).unwrap();
-    assert_eq!(list_all_rules(dom0.as_ref()).unwrap(), vec![rule]);
+    let table: Vec<TablesRule> = v4v::acl::read_table(dom0.as_ref())
+        .unwrap()
+        .iter()
+        .map(TablesRule::from)
+        .collect();
+    assert_eq!(table, vec![rule]);
     assert_eq!(send(a.as_ref(), 1, 2, 20, b"no"), Err(HvError::Denied));
     let page = dom0.tables_list(0, 5).unwrap();
     assert_eq!((page.total, page.rules.len()), (1, 1));

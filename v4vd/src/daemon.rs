@@ -440,6 +440,12 @@ fn apply_segment(
     }
 }
 
+/// Whether a stream client's connection has FIN in both directions (our client's end was sent
+/// or queued, the peer's received): the peer owes nothing and may already be gone.
+fn finished_both_ways(c: Option<&Client>) -> bool {
+    matches!(c.map(|c| &c.state), Some(ClientState::Stream(conn)) if conn.peer_fin && conn.client_eof)
+}
+
 fn errno_name(e: &HvError) -> String {
     e.name()
 }
@@ -1270,8 +1276,10 @@ impl Daemon {
                 conn.write_shut = true;
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
             }
-            // 2. Credit back to the peer.
+            // 2. Credit back to the peer (none once it finished sending: it needs none, and it
+            // may have closed its ring already).
             if conn.phase == Phase::Established
+                && !conn.peer_fin
                 && conn.outq.is_empty()
                 && conn.grant > 0
                 && (conn.grant >= window / 4 || conn.held == 0)
@@ -1299,6 +1307,14 @@ impl Daemon {
                         self.blocked.insert(t);
                         return;
                     }
+                    // A credit update is advice: the peer may have finished and closed while its
+                    // FIN still waits in our ring. If it is really gone, the keepalive says so.
+                    Err(e)
+                        if finished_both_ways(self.clients.get(&t))
+                            || matches!(wire::decode(&m), Ok((_, Segment::Ack { .. }))) =>
+                    {
+                        debug!("peer {dst:?}: dropping a message it no longer needs: {e}");
+                    }
                     Err(e) => {
                         debug!("peer {dst:?} unreachable: {e}");
                         let reason = if e == HvError::Denied {
@@ -1319,6 +1335,9 @@ impl Daemon {
             };
             // 4. Done?
             if conn.client_eof && conn.peer_fin && c.out.is_empty() && conn.outq.is_empty() {
+                if c.dead {
+                    return;
+                }
                 debug!(key = ?conn.key, "stream closed");
                 self.close_stream(t);
                 return;
@@ -1840,7 +1859,9 @@ impl Daemon {
             match self.sendv(src, dst, PROTO_STREAM, &ping) {
                 Ok(_) | Err(HvError::WouldBlock) | Err(HvError::Busy) => {}
                 Err(e) => {
-                    info!("peer {dst:?} gone ({e}); resetting its streams");
+                    // What the peer sent before it went (its FINs) is in our ring: take it in
+                    // first, so that streams it closed orderly are not reset.
+                    self.drain_port(src);
                     let gone: Vec<usize> = self
                         .conns
                         .iter()
@@ -1849,7 +1870,12 @@ impl Daemon {
                             Owner::Client(t) => Some(*t),
                             Owner::Backlog(_) => None,
                         })
+                        // Finished both ways: only our client's reading is left.
+                        .filter(|t| !finished_both_ways(self.clients.get(t)))
                         .collect();
+                    if !gone.is_empty() {
+                        info!("peer {dst:?} gone ({e}); resetting its streams");
+                    }
                     for t in gone {
                         self.abort_client(t, false, CloseReason::PeerGone);
                     }

@@ -489,3 +489,41 @@ fn many_streams_share_a_handful_of_rings() {
         "{s2}"
     );
 }
+
+#[test]
+fn data_still_buffered_for_a_slow_reader_survives_the_connector_finishing_first() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5300).unwrap();
+    let data = pattern(250 * 1024, 7);
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5300)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    // The acceptor has nothing to say: its side is finished at once.
+    s.shutdown(Shutdown::Write).unwrap();
+    // The connector sends everything within the window, finishes, reads the acceptor's end and
+    // goes away: its daemon closes the stream and releases its ring for domain 2.
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut nothing = Vec::new();
+    c.read_to_end(&mut nothing).unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_r, reply) = raw_request(&n1.sock, "STATUS\n");
+        if reply.contains(" rings=0 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Past a keepalive period: domain 2's daemon finds the peer's ring gone. The acceptor still
+    // gets every byte, then an orderly end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_to_end(&mut got)
+        .expect("all the data, then an orderly end");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+}
