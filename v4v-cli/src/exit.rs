@@ -70,7 +70,7 @@ impl Failure {
             Error::DaemonUnreachable { .. } => Exit::Unreachable,
             Error::MessageTooBig => Exit::TooBig,
             Error::Denied => Exit::Denied,
-            Error::AddrInUse | Error::Protocol(_) => Exit::Failure,
+            Error::AddrInUse(_) | Error::Protocol(_) => Exit::Failure,
             Error::Daemon { code, .. } if code == "EPERM" => Exit::NotPermitted,
             Error::Daemon { code, .. } if code == "EINVAL" => Exit::Usage,
             Error::Daemon { .. } => Exit::Failure,

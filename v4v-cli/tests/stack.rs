@@ -660,3 +660,63 @@ fn the_examples_serve_what_they_promise() {
     assert_eq!(reply, b"SHOUT");
     assert_eq!(from, SockAddr::new(2, 7801));
 }
+
+#[test]
+fn a_user_cannot_take_or_inspect_another_users_ports_and_streams() {
+    let s = Stack::start(&[1, 2]);
+    let as_nobody = |args: &[&str]| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::cli_bin())
+            .arg("--socket")
+            .arg(s.sock(2))
+            .args(args);
+        run_limited(c.stdin(Stdio::null()), Duration::from_secs(20))
+    };
+    // root's listening port and datagram port.
+    let mut l = Listener::bind_with(&s.sock(2), 7950).expect("listen");
+    let _d = Datagram::bind_with(&s.sock(2), 7951, None).expect("bind");
+    for (args, what) in [
+        (&["listen", "7950", "--once"][..], "another user"),
+        (&["recv", "7951", "--count", "1"], "in use"),
+        (&["recv", "7950", "--count", "1"], "in use"),
+    ] {
+        let o = as_nobody(args);
+        assert_eq!(code(&o), 1, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(what), "{args:?}: {}", stderr(&o));
+    }
+    // The connection still reaches root's listener, not anyone else.
+    let mut c = Stream::connect_with(&s.sock(1), SockAddr::new(2, 7950)).expect("connect");
+    let (srv, _) = l.accept().expect("accept");
+    c.write_all(b"for root").expect("write");
+    // Another user can neither ask how root's stream is doing nor reset it.
+    let id = srv.id();
+    let raw = |line: &str| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "socat",
+            "-",
+        ])
+        .arg(format!("UNIX-CONNECT:{}", s.sock(2).display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("socat");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(line.as_bytes())
+            .expect("write");
+        String::from_utf8_lossy(&wait_limited(child, Duration::from_secs(20)).stdout).to_string()
+    };
+    assert!(raw(&format!("CLOSED {id}\n")).starts_with("ERR ENOENT"));
+    assert!(raw(&format!("RESET {id}\n")).starts_with("ERR ENOENT"));
+    let mut srv = srv;
+    let mut b = [0u8; 8];
+    srv.read_exact(&mut b).expect("the stream is intact");
+    assert_eq!(&b, b"for root");
+}

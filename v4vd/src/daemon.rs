@@ -263,6 +263,9 @@ struct ListenState {
     /// Connection requests not accepted yet.
     backlog: VecDeque<PendingSyn>,
     next_id: u64,
+    /// The user who listens: only clients of the same uid may listen or accept on the port too
+    /// (nobody takes another user's connections).
+    uid: u32,
 }
 
 /// A connection the daemon accepted on the V4V side (SYN|ACK sent) that no client has taken
@@ -1605,6 +1608,7 @@ impl Daemon {
     }
 
     fn start(&mut self, t: usize, req: Request) {
+        let uid = self.clients.get(&t).map_or(u32::MAX, |c| c.cred.uid);
         match req {
             Request::Version => {
                 self.set_state(t, ClientState::Closing, &format!("OK {PROTOCOL_VERSION}"));
@@ -1630,7 +1634,7 @@ impl Daemon {
                     Err(e) => self.reply_err(t, &errno_name(&e), &e.to_string()),
                 }
             }
-            Request::Listen(port) => match self.listen_port(port) {
+            Request::Listen(port) => match self.listen_port(port, uid) {
                 Ok(p) => {
                     if let Some(PortKind::Listen(l)) = self.ports.get_mut(&p).map(|x| &mut x.kind) {
                         l.controls.push(t);
@@ -1659,7 +1663,7 @@ impl Daemon {
                 if port == 0 {
                     return self.reply_err(t, "EINVAL", "ACCEPT needs a port");
                 }
-                match self.listen_port(port) {
+                match self.listen_port(port, uid) {
                     Ok(p) => {
                         if let Some(PortKind::Listen(l)) =
                             self.ports.get_mut(&p).map(|x| &mut x.kind)
@@ -1727,17 +1731,25 @@ impl Daemon {
         }
     }
 
-    fn listen_port(&mut self, port: u32) -> Result<u32, (String, String)> {
+    fn listen_port(&mut self, port: u32, uid: u32) -> Result<u32, (String, String)> {
         self.reclaim_port(port);
         if port != 0
             && let Some(p) = self.ports.get(&port)
         {
-            return match p.kind {
-                PortKind::Listen(_) => Ok(port),
+            return match &p.kind {
+                PortKind::Listen(l) if l.uid == uid => Ok(port),
+                PortKind::Listen(_) => Err((
+                    "EADDRINUSE".into(),
+                    format!("port {port} is listened on by another user"),
+                )),
                 _ => Err(("EADDRINUSE".into(), "port already bound".into())),
             };
         }
-        self.register_port(port, DOMID_ANY, PortKind::Listen(ListenState::default()))
+        let state = ListenState {
+            uid,
+            ..ListenState::default()
+        };
+        self.register_port(port, DOMID_ANY, PortKind::Listen(state))
             .map_err(|e| (errno_name(&e), e.to_string()))
     }
 

@@ -69,7 +69,7 @@ fn datagrams_both_ways_keep_sources_and_boundaries() {
     // Port already bound.
     assert!(matches!(
         Datagram::bind_with(&n1.sock, 100, None),
-        Err(Error::AddrInUse)
+        Err(Error::AddrInUse(_))
     ));
 }
 

@@ -42,8 +42,9 @@ pub enum Error {
     },
     #[error("message too big")]
     MessageTooBig,
-    #[error("address in use")]
-    AddrInUse,
+    /// The port is bound already (the text says by whom, when the daemon said).
+    #[error("address in use: {0}")]
+    AddrInUse(String),
     #[error("denied by the V4V ACL")]
     Denied,
     #[error("{reason} ({code})")]
@@ -61,7 +62,7 @@ impl Error {
             "ECONNREFUSED" => Error::Refused(reason.to_string()),
             "ETIMEDOUT" => Error::TimedOut(reason.to_string()),
             "EMSGSIZE" => Error::MessageTooBig,
-            "EADDRINUSE" => Error::AddrInUse,
+            "EADDRINUSE" => Error::AddrInUse(reason.to_string()),
             "EACCES" => Error::Denied,
             _ => Error::Daemon {
                 code: code.to_string(),
@@ -90,7 +91,7 @@ impl From<Error> for io::Error {
             Error::Refused(_) => io::Error::new(io::ErrorKind::ConnectionRefused, e),
             Error::TimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::DaemonUnreachable { .. } => io::Error::new(io::ErrorKind::NotConnected, e),
-            Error::AddrInUse => io::Error::new(io::ErrorKind::AddrInUse, e),
+            Error::AddrInUse(_) => io::Error::new(io::ErrorKind::AddrInUse, e),
             Error::Denied => io::Error::new(io::ErrorKind::PermissionDenied, e),
             other => io::Error::other(other),
         }
