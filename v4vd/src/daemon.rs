@@ -918,18 +918,8 @@ impl Daemon {
             };
             let port = d.port;
             if let Some((dst, payload)) = d.pending.take() {
-                match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
-                    Ok(true) => self.dgram_status(t, dst, 0),
-                    Ok(false) => {
-                        if let Some(ClientState::Dgram(d)) =
-                            self.clients.get_mut(&t).map(|c| &mut c.state)
-                        {
-                            d.pending = Some((dst, payload));
-                        }
-                        self.blocked.insert(t);
-                        return;
-                    }
-                    Err(e) => self.dgram_status(t, dst, e.errno() as u32),
+                if !self.dgram_send(t, port, dst, payload, false) {
+                    return;
                 }
                 continue;
             }
@@ -952,21 +942,8 @@ impl Daemon {
                         self.dgram_status(t, dst, abi::errno::EINVAL as u32);
                         continue;
                     }
-                    match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
-                        Ok(true) => self.dgram_status(t, dst, 0),
-                        Ok(false) if h.aux & SEND_F_NOWAIT != 0 => {
-                            self.dgram_status(t, dst, abi::errno::EAGAIN as u32)
-                        }
-                        Ok(false) => {
-                            if let Some(ClientState::Dgram(d)) =
-                                self.clients.get_mut(&t).map(|c| &mut c.state)
-                            {
-                                d.pending = Some((dst, payload));
-                            }
-                            self.blocked.insert(t);
-                            return;
-                        }
-                        Err(e) => self.dgram_status(t, dst, e.errno() as u32),
+                    if !self.dgram_send(t, port, dst, payload, h.aux & SEND_F_NOWAIT != 0) {
+                        return;
                     }
                     continue;
                 }
@@ -1006,6 +983,33 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Sends a client's datagram and queues its STATUS frame. A full destination parks the
+    /// datagram (the client is not read until space comes) unless `nowait`, which answers
+    /// `EAGAIN`. Returns false when parked.
+    fn dgram_send(
+        &mut self,
+        t: usize,
+        port: u32,
+        dst: Addr,
+        payload: Vec<u8>,
+        nowait: bool,
+    ) -> bool {
+        match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
+            Ok(true) => self.dgram_status(t, dst, 0),
+            Ok(false) if nowait => self.dgram_status(t, dst, abi::errno::EAGAIN as u32),
+            Ok(false) => {
+                if let Some(ClientState::Dgram(d)) = self.clients.get_mut(&t).map(|c| &mut c.state)
+                {
+                    d.pending = Some((dst, payload));
+                }
+                self.blocked.insert(t);
+                return false;
+            }
+            Err(e) => self.dgram_status(t, dst, e.errno() as u32),
+        }
+        true
     }
 
     fn dgram_status(&mut self, t: usize, dst: Addr, errno: u32) {
