@@ -156,13 +156,7 @@ fn a_default_deny_table_with_one_accept() {
         let (mut st, _) = l.accept().expect("accept");
         std::io::Write::write_all(&mut st, b"through the door").expect("write");
     });
-    let mut c = s
-        .cli(1, &["connect", "2:7000"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("connect");
+    let mut c = s.spawn(1, &["connect", "2:7000"], Stdio::null());
     let _ = c.stdin.take();
     let o = wait_limited(c, Duration::from_secs(20));
     srv.join().expect("server");
@@ -191,13 +185,7 @@ fn save_then_load_round_trips_and_a_bad_file_changes_nothing() {
     assert_eq!(table(&s), before, "save -> load changed the table");
     assert_eq!(cli(&s, 0, &["acl", "save"], 0), saved);
     // stdin works as the file.
-    let mut c = s
-        .cli(0, &["acl", "load", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("load -");
+    let mut c = s.spawn(0, &["acl", "load", "-"], Stdio::piped());
     c.stdin
         .take()
         .expect("stdin")

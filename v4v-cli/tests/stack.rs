@@ -98,13 +98,7 @@ fn datagrams_both_ways_between_three_domains() {
         .expect("recv");
     s.wait_port(2, 4001, "dgram");
     for payload in [&b"line one\nline two\n"[..], &[0u8, 255, 10, 13][..]] {
-        let mut snd = s
-            .cli(1, &["send", "2:4001"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("send");
+        let mut snd = s.spawn(1, &["send", "2:4001"], Stdio::piped());
         snd.stdin
             .take()
             .expect("stdin")
@@ -127,21 +121,9 @@ fn datagrams_both_ways_between_three_domains() {
 fn stream_of_64_mib_keeps_every_byte() {
     const TOTAL: usize = 64 << 20;
     let s = Stack::start(&[1, 2]);
-    let mut server = s
-        .cli(2, &["listen", "7000", "--once"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("listen");
+    let mut server = s.spawn(2, &["listen", "7000", "--once"], Stdio::null());
     s.wait_port(2, 7000, "listen");
-    let mut client = s
-        .cli(1, &["connect", "2:7000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("connect");
+    let mut client = s.spawn(1, &["connect", "2:7000"], Stdio::piped());
     let mut input = client.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || {
         let mut state = 0x1234_5678_9abc_def1u64;
@@ -250,13 +232,7 @@ fn socat_is_a_stream_client_and_acceptor() {
     );
     let s = Stack::start(&[1, 2]);
     // socat connects; v4v-cli listens.
-    let mut server = s
-        .cli(2, &["listen", "7100", "--once"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("listen");
+    let mut server = s.spawn(2, &["listen", "7100", "--once"], Stdio::piped());
     server
         .stdin
         .take()
@@ -313,13 +289,7 @@ fn socat_is_a_stream_client_and_acceptor() {
     let mut a_in = acceptor.stdin.take().expect("stdin");
     a_in.write_all(b"ACCEPT 7200\n").expect("socat stdin");
     s.wait_port(2, 7200, "listen");
-    let mut client = s
-        .cli(1, &["connect", "2:7200"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("connect");
+    let mut client = s.spawn(1, &["connect", "2:7200"], Stdio::piped());
     client
         .stdin
         .take()
@@ -378,13 +348,7 @@ fn refused_and_unreachable_fail_at_once_with_their_exit_codes() {
     }
     // Too big for the destination ring (256 KiB by default).
     let _big = Datagram::bind_with(&s.sock(2), 9001, None).expect("bind");
-    let mut snd = s
-        .cli(1, &["send", "2:9001"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("send");
+    let mut snd = s.spawn(1, &["send", "2:9001"], Stdio::piped());
     snd.stdin
         .take()
         .expect("stdin")
@@ -452,13 +416,7 @@ fn an_aborted_stream_is_a_reset_and_an_orderly_close_is_end_of_file() {
     let s = Stack::start(&[1, 2]);
     let mut l = Listener::bind_with(&s.sock(2), 7400).expect("listen");
     // Orderly: the connector's stdin ends.
-    let client = s
-        .cli(1, &["connect", "2:7400"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("connect");
+    let client = s.spawn(1, &["connect", "2:7400"], Stdio::null());
     let (mut srv, _) = l.accept().expect("accept");
     let mut rest = Vec::new();
     srv.read_to_end(&mut rest).expect("orderly end of file");
@@ -466,13 +424,7 @@ fn an_aborted_stream_is_a_reset_and_an_orderly_close_is_end_of_file() {
     let o = wait_limited(client, Duration::from_secs(10));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     // Abort: the listener side resets; v4v-cli connect reports it.
-    let mut client = s
-        .cli(1, &["connect", "2:7400"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("connect");
+    let mut client = s.spawn(1, &["connect", "2:7400"], Stdio::piped());
     // stdin stays open: only the reset can end the session.
     let _stdin = client.stdin.take();
     let (srv, _) = l.accept().expect("accept");
@@ -637,13 +589,7 @@ fn the_examples_serve_what_they_promise() {
     );
     s.wait_port(2, 7800, "listen");
     s.wait_port(2, 7801, "dgram");
-    let mut c = s
-        .cli(1, &["connect", "2:7800"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("connect");
+    let mut c = s.spawn(1, &["connect", "2:7800"], Stdio::piped());
     c.stdin
         .take()
         .expect("stdin")

@@ -138,7 +138,17 @@ impl Stack {
         c
     }
 
-    /// Runs `v4v-cli` to completion with no stdin, at most `limit`.
+    /// Starts `v4v-cli` in `domid` with `stdin`, stdout and stderr piped.
+    pub fn spawn(&self, domid: u16, args: &[&str], stdin: Stdio) -> Child {
+        self.cli(domid, args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn v4v-cli")
+    }
+
+    /// Runs `v4v-cli` to completion with no stdin, at most 30 s.
     pub fn run(&self, domid: u16, args: &[&str]) -> Output {
         run_limited(
             self.cli(domid, args).stdin(Stdio::null()),
