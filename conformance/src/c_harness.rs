@@ -40,6 +40,8 @@ mod ffi {
         pub fn v4vh_mappings() -> usize;
         pub fn v4vh_locks_held() -> u32;
         pub fn v4vh_set_strict_copies(strict: i32);
+        pub fn v4vh_ring_count() -> std::ffi::c_ulong;
+        pub fn v4vh_waiter_count() -> std::ffi::c_ulong;
     }
 }
 
@@ -225,8 +227,7 @@ impl Backend for CHarnessBackend {
 
     fn supports(&self, cap: Capability) -> bool {
         match cap {
-            Capability::Create | Capability::Destroy => true,
-            Capability::Inspect => false,
+            Capability::Create | Capability::Destroy | Capability::Inspect => true,
         }
     }
 
@@ -283,11 +284,19 @@ impl Backend for CHarnessBackend {
         Ok(())
     }
 
+    /// Counted by the harness through `v4v.c`'s own domain, ring and waiter lists (which it also
+    /// checks against the counters `v4v.c` keeps): rings of all domains, waiters of all rings.
     fn inspect(&self, what: InspectKind) -> Result<u64, BackendError> {
-        Err(BackendError::Unsupported {
-            backend: "c-harness".into(),
-            what: format!("inspect {}", what.keyword()),
-        })
+        let _g = lock();
+        // SAFETY: plain calls into the harness, serialised by the lock.
+        let n = unsafe {
+            match what {
+                InspectKind::Rings => ffi::v4vh_ring_count(),
+                InspectKind::Waiters => ffi::v4vh_waiter_count(),
+            }
+        };
+        #[allow(clippy::useless_conversion)] // c_ulong is u64 only on LP64 targets.
+        Ok(u64::from(n))
     }
 }
 
@@ -302,5 +311,127 @@ pub fn held_resources() -> (usize, usize, usize, u32) {
             ffi::v4vh_mappings(),
             ffi::v4vh_locks_held(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use v4v::Hypervisor;
+    use v4v::abi::DomId;
+
+    use super::CHarnessBackend;
+    use crate::ast::{Op, Step};
+    use crate::backend::{Backend, BackendError, Capability, InspectKind};
+    use crate::model::ModelBackend;
+    use crate::{Outcome, Scenario, load, run_scenario};
+
+    /// A backend that records what the inspect probes added by [`probed`] find, and answers them
+    /// with the value the probe step expects (0), so that the scenario runs on.
+    struct Probing<B> {
+        inner: B,
+        /// For each inspect call still to come: whether it is a probe.
+        plan: RefCell<VecDeque<bool>>,
+        seen: RefCell<Vec<u64>>,
+    }
+
+    impl<B: Backend> Probing<B> {
+        fn new(inner: B) -> Self {
+            Probing {
+                inner,
+                plan: RefCell::new(VecDeque::new()),
+                seen: RefCell::new(Vec::new()),
+            }
+        }
+    }
+
+    impl<B: Backend> Backend for Probing<B> {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn supports(&self, cap: Capability) -> bool {
+            self.inner.supports(cap)
+        }
+        fn can_act_as(&self, domid: DomId) -> bool {
+            self.inner.can_act_as(domid)
+        }
+        fn begin(&mut self) -> Result<(), BackendError> {
+            self.inner.begin()
+        }
+        fn create_domain(&mut self, domid: DomId) -> Result<Box<dyn Hypervisor>, BackendError> {
+            self.inner.create_domain(domid)
+        }
+        fn destroy_domain(&mut self, domid: DomId) -> Result<(), BackendError> {
+            self.inner.destroy_domain(domid)
+        }
+        fn inspect(&self, what: InspectKind) -> Result<u64, BackendError> {
+            let n = self.inner.inspect(what)?;
+            if self.plan.borrow_mut().pop_front() == Some(true) {
+                self.seen.borrow_mut().push(n);
+                return Ok(0);
+            }
+            Ok(n)
+        }
+        fn end(&mut self) {
+            self.inner.end()
+        }
+    }
+
+    /// `sc` with `inspect rings => 0` and `inspect waiters => 0` probes before its first step and
+    /// after every step, and the plan of inspect calls (true: a probe) it makes when it passes.
+    fn probed(sc: &Scenario) -> (Scenario, Vec<bool>) {
+        let probe = |what| Step {
+            line: 0,
+            actor: None,
+            repeat: 1,
+            op: Op::Inspect { what, value: 0 },
+        };
+        let mut out = sc.clone();
+        out.requires.insert(Capability::Inspect);
+        out.steps.clear();
+        let mut plan = Vec::new();
+        for step in std::iter::once(None).chain(sc.steps.iter().map(Some)) {
+            if let Some(step) = step {
+                if matches!(step.op, Op::Inspect { .. }) {
+                    plan.extend(std::iter::repeat_n(false, step.repeat as usize));
+                }
+                out.steps.push(step.clone());
+            }
+            out.steps.push(probe(InspectKind::Rings));
+            out.steps.push(probe(InspectKind::Waiters));
+            plan.extend([true, true]);
+        }
+        (out, plan)
+    }
+
+    fn counts<B: Backend>(b: &mut Probing<B>, sc: &Scenario, plan: &[bool]) -> (Outcome, Vec<u64>) {
+        *b.plan.borrow_mut() = plan.iter().copied().collect();
+        b.seen.borrow_mut().clear();
+        let outcome = run_scenario(sc, b);
+        (outcome, b.seen.take())
+    }
+
+    /// Before and after every step of every scenario, the C code and the model count the same
+    /// rings and waiters (the scenarios themselves assert them at a few points only).
+    #[test]
+    fn inspect_counts_match_the_model_after_every_step() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+        let scenarios = load(dir.as_ref()).expect("scenarios load");
+        let mut model = Probing::new(ModelBackend::new());
+        let mut c = Probing::new(CHarnessBackend::new().expect("the C harness is free"));
+        let mut compared = 0;
+        for ls in &scenarios {
+            let (sc, plan) = probed(&ls.scenario);
+            let (mo, m) = counts(&mut model, &sc, &plan);
+            let (co, h) = counts(&mut c, &sc, &plan);
+            let name = ls.path.display();
+            assert_eq!(mo, Outcome::Pass, "{name} on the model");
+            assert_eq!(co, Outcome::Pass, "{name} on the C harness");
+            assert_eq!(m, h, "{name}: rings, waiters before and after each step");
+            compared += m.len();
+        }
+        assert!(compared > 1000, "only {compared} counts compared");
     }
 }

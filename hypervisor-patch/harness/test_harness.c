@@ -868,6 +868,326 @@ static void test_alloc_failures_everywhere(void)
     }
 }
 
+/* The hook last called: its V4VH_XSM_* bit, subject and target. */
+static void check_last_hook(unsigned int hook, int subject, int target,
+                            int line)
+{
+    int sub, tgt;
+    unsigned int h = v4vh_xsm_last(&sub, &tgt);
+
+    if ( h == hook && sub == subject && tgt == target )
+        passed++;
+    else
+    {
+        failed++;
+        fprintf(stderr, "FAIL %s:%d: last XSM hook %#x d%d -> %d, expected "
+                "%#x d%d -> %d\n", __FILE__, line, h, sub, tgt, hook,
+                subject, target);
+    }
+}
+#define LAST_HOOK(h, s, t) check_last_hook(h, s, t, __LINE__)
+
+static void test_inspect_counts(void)
+{
+    v4v_ring_t *r1, *r2;
+    char buf[64] = { 0 };
+
+    setup();
+    EQ(v4vh_ring_count(), 0);
+    EQ(v4vh_waiter_count(), 0);
+    r1 = ring_new(1, 10, V4V_DOMID_ANY, 64);      /* payload space 32 */
+    r2 = ring_new(2, 10, 1, 64);
+    EQ(hc(1, V4VOP_register_ring, r1, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_register_ring, r1, NULL, 0, 0), 0);   /* moved: still 1 */
+    EQ(v4vh_ring_count(), 1);
+    EQ(hc(2, V4VOP_register_ring, r2, NULL, 0, 0), 0);
+    EQ(v4vh_ring_count(), 2);
+    EQ(send(2, 1, 10, buf, 32), 32);
+    EQ(send(2, 1, 10, buf, 1), -EAGAIN);
+    EQ(send(2, 1, 10, buf, 8), -EAGAIN);           /* same waiter, raised */
+    EQ(send(0, 1, 10, buf, 1), -EAGAIN);
+    EQ(v4vh_waiter_count(), 2);
+    EQ(v4vh_locks_held(), 0);
+    /* destroying 2 drops its wait on 1's ring and its own ring */
+    EQ(v4vh_domain_destroy(2), 0);
+    free(r2);
+    EQ(v4vh_ring_count(), 1);
+    EQ(v4vh_waiter_count(), 1);
+    /* destroying 1 drops its ring and the remaining waiter with it */
+    EQ(v4vh_domain_destroy(1), 0);
+    free(r1);
+    EQ(v4vh_ring_count(), 0);
+    EQ(v4vh_waiter_count(), 0);
+    teardown();
+}
+
+/*
+ * Which XSM hook each op calls, with which domains, and where in the order
+ * of the checks (docs/abi.md) the dummy module's answers are given.
+ */
+static void test_xsm_hooks_called(void)
+{
+    v4v_ring_t *r;
+    v4v_ring_data_t *rd = ring_data_new(1);
+    v4vtables_rule_t rule = { .accept = 1 };
+    v4v_config_t cfg = { .domain = 1, .max_rings = 8 };
+    v4v_info_t info;
+    char buf[16] = { 0 };
+    unsigned long n;
+
+    setup();
+    /* Domain creation asks once per domain. */
+    EQ(v4vh_xsm_calls(V4VH_XSM_ENABLE), 3);
+    LAST_HOOK(V4VH_XSM_ENABLE, 2, -1);
+
+    /* Reserved arguments and disabled V4V come before the hook. */
+    n = v4vh_xsm_calls(V4VH_XSM_ALL);
+    EQ(hc(1, V4VOP_info, &info, buf, 0, 0), -EINVAL);
+    EQ(hc(1, 3, &info, NULL, 0, 0), -EINVAL);
+    v4vh_set_enabled(0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), -ENOSYS);
+    v4vh_set_enabled(1);
+    EQ(v4vh_xsm_calls(V4VH_XSM_ALL), n);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(v4vh_xsm_calls(V4VH_XSM_ALL), n + 1);
+    LAST_HOOK(V4VH_XSM_ENABLE, 1, -1);
+
+    /* register: any, a live partner, a partner id that is no domain */
+    r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    r->len = 40;                                   /* -EINVAL first */
+    n = v4vh_xsm_calls(V4VH_XSM_REGISTER_ANY | V4VH_XSM_REGISTER_SINGLE);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -EINVAL);
+    EQ(v4vh_xsm_calls(V4VH_XSM_REGISTER_ANY | V4VH_XSM_REGISTER_SINGLE), n);
+    r->len = 64;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_REGISTER_ANY, 1, -1);
+    r->id.partner = 2;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_REGISTER_SINGLE, 1, 2);
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_ENABLE, 1, -1);
+    r->id.partner = 1;                             /* itself */
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_REGISTER_SINGLE, 1, 1);
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    r->id.partner = 50;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_REGISTER_ANY, 1, -1);
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    r->id.partner = V4V_DOMID_ANY;
+
+    /* send: after the ACL and the destination's existence */
+    EQ(send(2, 1, 10, buf, 4), 4);
+    LAST_HOOK(V4VH_XSM_SEND, 2, 1);
+    EQ(send(2, DOMID_SELF, 10, buf, 4), -ECONNREFUSED);
+    LAST_HOOK(V4VH_XSM_SEND, 2, 2);
+    n = v4vh_xsm_calls(V4VH_XSM_SEND);
+    EQ(send(2, 60, 10, buf, 4), -ECONNREFUSED);
+    rule.src.domain = 2;
+    rule.dst.domain = 1;
+    rule.accept = 0;
+    EQ(hc(0, V4VOP_tables_add, &rule, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_ADMIN, 0, -1);
+    EQ(send(2, 1, 10, buf, 4), -EACCES);
+    EQ(v4vh_xsm_calls(V4VH_XSM_SEND), n);
+    EQ(hc(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), 0);
+
+    /* notify asks send(caller, owner) per entry whose domain exists */
+    rd->data[0].ring.domain = 1;
+    rd->data[0].ring.port = 10;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_SEND, 2, 1);
+    rd->data[0].ring.domain = 60;
+    n = v4vh_xsm_calls(V4VH_XSM_SEND);
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(v4vh_xsm_calls(V4VH_XSM_SEND), n);
+
+    /* admin: config and the tables, non-dom0 refused by the dummy */
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    LAST_HOOK(V4VH_XSM_ADMIN, 0, -1);
+    EQ(hc(1, V4VOP_config, BAD_PTR, NULL, 0, 0), -EPERM);
+    LAST_HOOK(V4VH_XSM_ADMIN, 1, -1);
+    EQ(hc(2, V4VOP_tables_list, BAD_PTR, NULL, 0, 0), -EPERM);
+    LAST_HOOK(V4VH_XSM_ADMIN, 2, -1);
+
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    guest_mem_free(1, r, ring_bytes(64));
+    free(rd);
+    teardown();
+}
+
+/* Every op honours a denial, with nothing changed and nothing leaked. */
+static void test_xsm_denials(void)
+{
+    static const int errs[] = { -EPERM, -EACCES };
+    unsigned int e;
+
+    for ( e = 0; e < sizeof(errs) / sizeof(errs[0]); e++ )
+    {
+        const int err = errs[e];
+        v4v_ring_t *r, *r2, saved;
+        v4v_ring_data_t *rd = ring_data_new(1);
+        v4vtables_rule_t rule = {
+            .src = { .domain = 2 }, .dst = { .domain = 1 }, .accept = 1,
+        };
+        struct {
+            v4vtables_list_t l;
+            v4vtables_rule_t rules[4];
+        } list = { .l = { .nb_rules = 4 } };
+        v4v_config_t cfg = { .domain = 1, .max_rings = 8 };
+        v4v_info_t info;
+        char buf[64] = { 0 };
+        size_t allocs, pages;
+        uint32_t tx;
+        int cmd;
+
+        setup();
+        EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+        EQ(hc(2, V4VOP_info, &info, NULL, 0, 0), 0);
+        r = ring_new(1, 10, V4V_DOMID_ANY, 64);    /* payload space 32 */
+        r2 = ring_new(1, 11, 2, 64);
+        EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+        EQ(hc(0, V4VOP_tables_add, &rule, NULL, 0, 0), 0);
+        saved = *r;
+        allocs = v4vh_allocations();
+        pages = v4vh_pages_held();
+
+        /* enable, for every op of the subject domain only */
+        v4vh_xsm_deny(V4VH_XSM_ENABLE, 1, err);
+        for ( cmd = 1; cmd <= 10; cmd++ )
+            if ( cmd != 3 )
+                EQ(hc(1, cmd, &info, NULL, 0, 0), err);
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), err);
+        EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), err);
+        EQ(send(1, 1, 10, buf, 1), err);
+        EQ(hc(1, V4VOP_notify, NULL, NULL, 0, 0), err);
+        /* reserved arguments still first */
+        EQ(hc(1, V4VOP_info, &info, buf, 0, 0), -EINVAL);
+        /* others are not affected, and 1's ring still takes messages */
+        EQ(send(2, 1, 10, buf, 8), 8);
+        EQ(v4vh_ring_count(), 1);
+        EQ(v4vh_allocations(), allocs);
+        v4vh_xsm_deny(0, -1, 0);
+        EQ(ring_recv(r, buf, sizeof(buf), NULL), 8);
+
+        /* enable denied at creation: no V4V state, as if V4V were off */
+        v4vh_xsm_deny(V4VH_XSM_ENABLE, 3, err);
+        EQ(v4vh_domain_create(3), 0);
+        EQ(hc(3, V4VOP_info, &info, NULL, 0, 0), err);
+        v4vh_xsm_deny(0, -1, 0);
+        EQ(v4vh_allocations(), allocs);
+        EQ(hc(3, V4VOP_info, &info, NULL, 0, 0), -ENOSYS);
+        EQ(send(3, 1, 10, buf, 1), -ENOSYS);
+        EQ(send(2, 3, 10, buf, 1), -ECONNREFUSED);
+        cfg.domain = 3;
+        EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), -ESRCH);
+        cfg.domain = 1;
+        EQ(v4vh_domain_destroy(3), 0);
+        EQ(v4vh_allocations(), allocs);
+
+        /* register_any: new ring, moved ring, partner that is no domain */
+        v4vh_xsm_deny(V4VH_XSM_REGISTER_ANY, -1, err);
+        r2->id.partner = V4V_DOMID_ANY;
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), err);
+        EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), err);
+        r2->id.partner = 50;
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), err);
+        r2->id.partner = 2;
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), 0);   /* single: ok */
+        EQ(hc(1, V4VOP_unregister_ring, r2, NULL, 0, 0), 0);
+        /* -EEXIST (same id, other len) comes after the hook */
+        r->len = 128;
+        EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), err);
+        r->len = 64;
+        EQ(v4vh_pages_held(), pages);
+        EQ(v4vh_mappings(), 1);
+        EQ(v4vh_allocations(), allocs);
+        EQ(v4vh_ring_count(), 1);
+        EQ(r->tx_ptr, saved.tx_ptr + 32);
+        v4vh_xsm_deny(0, -1, 0);
+
+        /* register_single: partner 2 refused, any allowed */
+        v4vh_xsm_deny(V4VH_XSM_REGISTER_SINGLE, 1, err);
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), err);
+        r2->id.partner = 1;
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), err);
+        r2->id.partner = V4V_DOMID_ANY;
+        EQ(hc(1, V4VOP_register_ring, r2, NULL, 0, 0), 0);
+        EQ(hc(1, V4VOP_unregister_ring, r2, NULL, 0, 0), 0);
+        EQ(v4vh_pages_held(), pages);
+        EQ(v4vh_allocations(), allocs);
+        v4vh_xsm_deny(0, -1, 0);
+
+        /* send: from 2 refused, nothing written, nobody queued */
+        EQ(send(2, 1, 10, buf, 32), 32);            /* fills the ring */
+        tx = r->tx_ptr;
+        v4vh_event_test_and_clear(1);
+        v4vh_xsm_deny(V4VH_XSM_SEND, 2, err);
+        EQ(send(2, 1, 10, buf, 1), err);            /* would wait */
+        EQ(v4vh_waiter_count(), 0);
+        EQ(ring_recv(r, buf, sizeof(buf), NULL), 32);
+        EQ(send(2, 1, 10, buf, 1), err);            /* would fit */
+        EQ(r->tx_ptr, tx);
+        EQ(v4vh_event_test_and_clear(1), 0);
+        /* notify: 2 learns nothing about 1's rings and is not queued */
+        rd->data[0].ring.domain = 1;
+        rd->data[0].ring.port = 10;
+        rd->data[0].space_required = 8;
+        rd->data[0].flags = 0xff;
+        EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+        EQ(rd->data[0].flags, 0);
+        EQ(rd->data[0].max_message_size, 0);
+        /* the ACL is still checked first */
+        rule.accept = 0;
+        EQ(hc(0, V4VOP_tables_add, &rule, NULL, 1, 0), 0);
+        EQ(send(2, 1, 10, buf, 1), -EACCES);
+        EQ(hc(0, V4VOP_tables_del, NULL, NULL, 1, 0), 0);
+        /* 0 may still send to 1 */
+        EQ(send(0, 1, 10, buf, 1), 1);
+        EQ(v4vh_event_test_and_clear(1), 1);
+        EQ(ring_recv(r, buf, sizeof(buf), NULL), 1);
+        EQ(hc(0, V4VOP_notify, rd, NULL, 0, 0), 0);
+        EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_EMPTY |
+                              V4V_RING_DATA_F_SUFFICIENT);
+        EQ(v4vh_waiter_count(), 0);
+        EQ(v4vh_allocations(), allocs);
+        v4vh_xsm_deny(0, -1, 0);
+
+        /* admin: dom0 refused everything, before reading anything */
+        v4vh_xsm_deny(V4VH_XSM_ADMIN, 0, err);
+        EQ(hc(0, V4VOP_config, BAD_PTR, NULL, 0, 0), err);
+        EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), err);
+        EQ(hc(0, V4VOP_tables_add, &rule, NULL, 0, 0), err);
+        EQ(hc(0, V4VOP_tables_del, &rule, NULL, 0, 0), err);
+        EQ(hc(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL, 0), err);
+        EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), err);
+        /* with the module denying, non-dom0 gets the module's error */
+        v4vh_xsm_deny(V4VH_XSM_ADMIN, -1, err);
+        EQ(hc(1, V4VOP_tables_list, &list, NULL, 0, 0), err);
+        v4vh_xsm_deny(0, -1, 0);
+        EQ(hc(1, V4VOP_tables_list, &list, NULL, 0, 0), -EPERM);
+        EQ(hc(0, V4VOP_tables_list, &list, NULL, 0, 0), 1);
+        CHECK(list.rules[0].accept == 1);
+        EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+        EQ(info.max_rings, V4V_DEFAULT_MAX_RINGS);
+        EQ(v4vh_allocations(), allocs);
+
+        /* everything denied: nothing leaks, destruction still works */
+        v4vh_xsm_deny(V4VH_XSM_ALL, -1, err);
+        EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), err);
+        EQ(v4vh_domain_destroy(1), 0);
+        EQ(v4vh_pages_held(), 0);
+        EQ(v4vh_ring_count(), 0);
+        v4vh_xsm_deny(0, -1, 0);
+
+        EQ(v4vh_locks_held(), 0);
+        free(r);
+        free(r2);
+        free(rd);
+        teardown();
+    }
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -883,6 +1203,9 @@ int main(void)
     test_config();
     test_destroy();
     test_alloc_failures_everywhere();
+    test_inspect_counts();
+    test_xsm_hooks_called();
+    test_xsm_denials();
 
     printf("%u passed, %u failed\n", passed, failed);
 

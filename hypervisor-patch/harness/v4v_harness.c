@@ -254,6 +254,81 @@ void register_keyhandler(unsigned char key, keyhandler_fn_t *fn,
 {
 }
 
+/* --- XSM hooks: Xen's dummy module, unless a test denies --- */
+
+static unsigned int xsm_deny_hooks;
+static int xsm_deny_domid = -1;
+static int xsm_deny_err;
+static unsigned long xsm_calls[5];
+static unsigned int xsm_last_hook;
+static int xsm_last_subject = -1, xsm_last_target = -1;
+
+/* Bookkeeping common to every hook; returns the injected error or 0. */
+static int xsm_hook(unsigned int hook, xsm_default_t def,
+                    xsm_default_t expected, const struct domain *d,
+                    const struct domain *t)
+{
+    unsigned int i;
+
+    /* What LINKER_BUG_ON in Xen's dummy.h catches at build time. */
+    if ( def != expected )
+        v4vh_fatal(__FILE__, __LINE__, "XSM hook with the wrong default");
+    /* Hooks may take their own locks: at most v4v_lock (L1) may be held. */
+    if ( locks_held > 1 )
+        v4vh_fatal(__FILE__, __LINE__, "XSM hook called under a V4V lock");
+    if ( !d || (t && t->domain_id >= DOMID_FIRST_RESERVED) )
+        v4vh_fatal(__FILE__, __LINE__, "XSM hook with a bad domain");
+
+    for ( i = 0; !(hook & (1U << i)); i++ )
+        continue;
+    xsm_calls[i]++;
+    xsm_last_hook = hook;
+    xsm_last_subject = d->domain_id;
+    xsm_last_target = t ? t->domain_id : -1;
+
+    if ( (xsm_deny_hooks & hook) &&
+         (xsm_deny_domid < 0 || xsm_deny_domid == d->domain_id) )
+        return xsm_deny_err;
+
+    return 0;
+}
+
+int xsm_v4v_enable(xsm_default_t def, const struct domain *d)
+{
+    return xsm_hook(V4VH_XSM_ENABLE, def, XSM_HOOK, d, NULL);
+}
+
+int xsm_v4v_register_single(xsm_default_t def, const struct domain *d,
+                            const struct domain *t)
+{
+    if ( !t )
+        v4vh_fatal(__FILE__, __LINE__, "register_single without partner");
+
+    return xsm_hook(V4VH_XSM_REGISTER_SINGLE, def, XSM_HOOK, d, t);
+}
+
+int xsm_v4v_register_any(xsm_default_t def, const struct domain *d)
+{
+    return xsm_hook(V4VH_XSM_REGISTER_ANY, def, XSM_HOOK, d, NULL);
+}
+
+int xsm_v4v_send(xsm_default_t def, const struct domain *d,
+                 const struct domain *t)
+{
+    if ( !t )
+        v4vh_fatal(__FILE__, __LINE__, "send without destination");
+
+    return xsm_hook(V4VH_XSM_SEND, def, XSM_HOOK, d, t);
+}
+
+int xsm_v4v_admin(xsm_default_t def, const struct domain *d)
+{
+    int rc = xsm_hook(V4VH_XSM_ADMIN, def, XSM_OTHER, d, NULL);
+
+    /* The dummy module's rule. */
+    return rc ?: is_hardware_domain(d) ? 0 : -EPERM;
+}
+
 /* --- API --- */
 
 static void destroy_domain(domid_t domid)
@@ -299,6 +374,10 @@ int v4vh_reset(void)
     fail_alloc_in = 0;
     fail_evtchn = 0;
     v4vh_current = NULL;
+    v4vh_xsm_deny(0, -1, 0);
+    memset(xsm_calls, 0, sizeof(xsm_calls));
+    xsm_last_hook = 0;
+    xsm_last_subject = xsm_last_target = -1;
 
     if ( page_refs || type_refs || nr_vmaps || locks_held || nr_allocs ||
          atomic_read(&v4v_pages_pinned) )
@@ -484,4 +563,102 @@ unsigned int v4vh_locks_held(void)
 size_t v4vh_mappings(void)
 {
     return nr_vmaps;
+}
+
+void v4vh_xsm_deny(unsigned int hooks, int domid, int err)
+{
+    if ( hooks & ~V4VH_XSM_ALL || (hooks && err >= 0) )
+        v4vh_fatal(__FILE__, __LINE__, "v4vh_xsm_deny: bad arguments");
+    xsm_deny_hooks = hooks;
+    xsm_deny_domid = domid;
+    xsm_deny_err = err;
+}
+
+unsigned long v4vh_xsm_calls(unsigned int hooks)
+{
+    unsigned long n = 0;
+    unsigned int i;
+
+    for ( i = 0; i < sizeof(xsm_calls) / sizeof(xsm_calls[0]); i++ )
+        if ( hooks & (1U << i) )
+            n += xsm_calls[i];
+
+    return n;
+}
+
+unsigned int v4vh_xsm_last(int *subject, int *target)
+{
+    if ( subject )
+        *subject = xsm_last_subject;
+    if ( target )
+        *target = xsm_last_target;
+
+    return xsm_last_hook;
+}
+
+/* --- inspection: counted through v4v.c's own structures --- */
+
+unsigned long v4vh_ring_count(void)
+{
+    struct v4v_domain *vd;
+    struct v4v_ring_info *ri;
+    unsigned long total = 0;
+    unsigned int h, i, n;
+
+    if ( !v4v_hash_ready )
+        return 0;
+
+    read_lock(&v4v_lock);
+    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
+        list_for_each_entry ( vd, &v4v_domain_hash[h], node )
+        {
+            n = 0;
+            spin_lock(&vd->lock);
+            for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
+                list_for_each_entry ( ri, &vd->rings[i], node )
+                    n++;
+            if ( n != vd->nr_rings )
+                v4vh_fatal(__FILE__, __LINE__, "nr_rings != rings listed");
+            spin_unlock(&vd->lock);
+            total += n;
+        }
+    read_unlock(&v4v_lock);
+
+    return total;
+}
+
+unsigned long v4vh_waiter_count(void)
+{
+    struct v4v_domain *vd;
+    struct v4v_ring_info *ri;
+    const struct v4v_waiter *w;
+    unsigned long total = 0;
+    unsigned int h, i, n;
+
+    if ( !v4v_hash_ready )
+        return 0;
+
+    read_lock(&v4v_lock);
+    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
+        list_for_each_entry ( vd, &v4v_domain_hash[h], node )
+        {
+            spin_lock(&vd->lock);
+            for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
+                list_for_each_entry ( ri, &vd->rings[i], node )
+                {
+                    n = 0;
+                    spin_lock(&ri->lock);
+                    list_for_each_entry ( w, &ri->waiters, node )
+                        n++;
+                    if ( n != ri->nr_waiters )
+                        v4vh_fatal(__FILE__, __LINE__,
+                                   "nr_waiters != waiters listed");
+                    spin_unlock(&ri->lock);
+                    total += n;
+                }
+            spin_unlock(&vd->lock);
+        }
+    read_unlock(&v4v_lock);
+
+    return total;
 }

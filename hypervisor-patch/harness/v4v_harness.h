@@ -75,6 +75,43 @@ unsigned int v4vh_locks_held(void);
 /* Mappings (vmap) currently held. */
 size_t v4vh_mappings(void);
 
+/*
+ * Counts read from v4v.c's own structures (and cross-checked there: a
+ * ring or waiter list that disagrees with its counter aborts the process).
+ */
+/* Rings registered, over all domains. */
+unsigned long v4vh_ring_count(void);
+/* Senders queued waiting for space, over all rings. */
+unsigned long v4vh_waiter_count(void);
+
+/*
+ * XSM. v4v.c calls the V4V hooks of <xsm/xsm.h>; the harness answers as
+ * Xen's dummy module does (everything allowed, except that admin requires
+ * the hardware domain, 0) unless told to deny. Each hook aborts the process
+ * if called with a default action other than the one Xen's dummy.h asserts
+ * or with more than one V4V lock (the global one) held.
+ */
+#define V4VH_XSM_ENABLE             (1U << 0)   /* (d) */
+#define V4VH_XSM_REGISTER_SINGLE    (1U << 1)   /* (d, partner) */
+#define V4VH_XSM_REGISTER_ANY       (1U << 2)   /* (d) */
+#define V4VH_XSM_SEND               (1U << 3)   /* (d, destination) */
+#define V4VH_XSM_ADMIN              (1U << 4)   /* (d) */
+#define V4VH_XSM_ALL                0x1fU
+
+/*
+ * The hooks in 'hooks' return 'err' (negative) when their subject domain is
+ * 'domid', or any domain for domid < 0. hooks 0 allows everything again (so
+ * does v4vh_reset).
+ */
+void v4vh_xsm_deny(unsigned int hooks, int domid, int err);
+/* Calls of the hooks in 'hooks' since the last v4vh_reset. */
+unsigned long v4vh_xsm_calls(unsigned int hooks);
+/*
+ * The most recent hook call: its V4VH_XSM_* bit (0 if none since the last
+ * reset), subject domid and target domid (-1 for hooks without a target).
+ */
+unsigned int v4vh_xsm_last(int *subject, int *target);
+
 #ifdef __cplusplus
 }
 #endif

@@ -250,6 +250,28 @@ static inline bool is_hardware_domain(const struct domain *d)
     return d->domain_id == 0;
 }
 
+/*
+ * --- XSM: the V4V hooks, implemented by the harness like Xen's dummy
+ * module (xsm/dummy.h) unless a test makes them deny ---
+ */
+
+typedef enum {
+    XSM_HOOK,
+    XSM_DM_PRIV,
+    XSM_TARGET,
+    XSM_PRIV,
+    XSM_XS_PRIV,
+    XSM_OTHER,
+} xsm_default_t;
+
+int xsm_v4v_enable(xsm_default_t def, const struct domain *d);
+int xsm_v4v_register_single(xsm_default_t def, const struct domain *d,
+                            const struct domain *t);
+int xsm_v4v_register_any(xsm_default_t def, const struct domain *d);
+int xsm_v4v_send(xsm_default_t def, const struct domain *d,
+                 const struct domain *t);
+int xsm_v4v_admin(xsm_default_t def, const struct domain *d);
+
 /* --- event channels --- */
 
 int evtchn_alloc_unbound(evtchn_alloc_unbound_t *alloc, evtchn_port_t port);

@@ -17,10 +17,31 @@
  * mapped by the hypervisor and may be written concurrently by its owner: the
  * hypervisor reads rx_ptr once per decision, sanitises it, and never reads
  * back tx_ptr, its own copy being authoritative. The source of a message is
- * always the calling domain. Only the hardware domain may change the ACL
- * table or another domain's ring limit. Each domain's resources are capped
- * (rings, waiters per ring, iovs and notify entries per call, ring size), so
- * a guest cannot make the hypervisor allocate without bound.
+ * always the calling domain. Only the hardware domain may read or change
+ * the ACL table or set a domain's ring limit (unless an XSM policy says
+ * otherwise). Each domain's resources are capped (rings, waiters per ring,
+ * iovs and notify entries per call, ring size), so a guest cannot make the
+ * hypervisor allocate without bound.
+ *
+ * XSM hooks (xsm/xsm.h; without XSM, or with the dummy module, all but the
+ * last allow everything, so the ACL table is the whole policy):
+ *   xsm_v4v_enable(d)             at domain creation (refused: the domain
+ *                                 gets no V4V state, and -ENOSYS from any op
+ *                                 the hook lets through) and at every op,
+ *                                 after the reserved argument checks;
+ *   xsm_v4v_register_single(d, t) a ring only t may send into, t a live
+ *                                 V4V domain;
+ *   xsm_v4v_register_any(d)       a ring for any sender, or for a partner id
+ *                                 that is no live V4V domain (whoever gets
+ *                                 that id may send); after the argument
+ *                                 checks, before -EEXIST and -ENOSPC;
+ *   xsm_v4v_send(d, t)            sendv after the ACL check and t's
+ *                                 existence, before the ring lookup; notify
+ *                                 entries about t's rings (refused: as if t
+ *                                 had no such ring, and no waiter queued);
+ *   xsm_v4v_admin(d)              config and tables_*, before anything is
+ *                                 read (dummy: the hardware domain, -EPERM).
+ * A refusal returns the hook's error and changes nothing.
  *
  * Locking
  * -------
@@ -43,6 +64,9 @@
  * Order: L1 -> L2 -> L3; L1 -> LA. Event channels are signalled with only
  * L1 held (L1 for writing in the destruction paths); the event channel is
  * allocated with L2 held (it takes d->event_lock, which never nests V4V).
+ * XSM hooks are called with no V4V lock or with L1 only (FLASK's AVC takes
+ * its own locks, which never nest V4V's); the struct domain they are given
+ * for a partner or destination is kept alive by L1, as its V4V state is.
  *
  * Event channel: allocated the first time a domain calls V4VOP_info, as an
  * unbound port of the domain with the domain itself as remote end; the
@@ -68,14 +92,14 @@
 #include <xen/vmap.h>
 #include <xen/xmalloc.h>
 
+#include <xsm/xsm.h>
+
 #include <public/v4v.h>
 
 #ifdef CONFIG_X86
 #include <asm/p2m.h>
 #include <asm/paging.h>
-#ifdef CONFIG_PV
-#include "../arch/x86/pv/mm.h"
-#endif
+#include <asm/pv/mm.h>
 #endif
 
 static bool __read_mostly opt_v4v;
@@ -276,7 +300,7 @@ static struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va)
         if ( is_pv_32bit_domain(d) )
             return NULL;
 
-        l1e = guest_get_eff_kern_l1e(va);
+        l1e = pv_guest_get_eff_kern_l1e(va);
         if ( (l1e_get_flags(l1e) & (_PAGE_PRESENT | _PAGE_RW)) !=
              (_PAGE_PRESENT | _PAGE_RW) )
             return NULL;
@@ -497,6 +521,7 @@ static long v4v_register_ring(struct v4v_domain *vd,
 {
     XEN_GUEST_HANDLE_PARAM(v4v_ring_t) hnd = guest_handle_cast(arg, v4v_ring_t);
     unsigned long va = (unsigned long)arg.p;
+    const struct v4v_domain *pvd;
     struct v4v_ring_info *ri, *new_ri = NULL;
     struct v4v_ring_map map, old = { NULL, NULL, 0 };
     v4v_ring_t hdr;
@@ -522,6 +547,18 @@ static long v4v_register_ring(struct v4v_domain *vd,
     if ( hdr.len % V4V_RING_ALIGN || hdr.len < V4V_MIN_RING_LEN ||
          hdr.len > V4V_MAX_RING_LEN )
         return -EINVAL;
+
+    /*
+     * XSM: a ring for one partner that is a live V4V domain, or one any
+     * domain may send into. A partner id that is no such domain is checked
+     * as 'any': whichever domain gets that id will be able to send.
+     */
+    pvd = hdr.id.partner == V4V_DOMID_ANY ? NULL
+                                          : find_domain(hdr.id.partner);
+    rc = pvd ? xsm_v4v_register_single(XSM_HOOK, vd->d, pvd->d)
+             : xsm_v4v_register_any(XSM_HOOK, vd->d);
+    if ( rc )
+        return rc;
 
     /* Checks before the (possibly long) mapping; repeated after it. */
     spin_lock(&vd->lock);
@@ -789,6 +826,10 @@ static long v4v_sendv(struct v4v_domain *vd,
         goto out;
     }
 
+    rc = xsm_v4v_send(XSM_HOOK, vd->d, dvd->d);
+    if ( rc )
+        goto out;
+
     spin_lock(&dvd->lock);
     ri = find_ring_for_sender(dvd, sa.dst.port, vd->domid);
     if ( !ri )
@@ -826,7 +867,8 @@ static void notify_entry(struct v4v_domain *vd, v4v_ring_data_ent_t *ent)
     ent->flags = 0;
     ent->max_message_size = 0;
 
-    if ( !dvd )
+    /* Nothing about the rings of a domain the caller may not send to. */
+    if ( !dvd || xsm_v4v_send(XSM_HOOK, vd->d, dvd->d) )
         return;
 
     spin_lock(&dvd->lock);
@@ -972,9 +1014,11 @@ static long v4v_config(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
         guest_handle_cast(arg, v4v_config_t);
     struct v4v_domain *tvd;
     v4v_config_t cfg;
+    long rc;
 
-    if ( !is_hardware_domain(vd->d) )
-        return -EPERM;
+    rc = xsm_v4v_admin(XSM_OTHER, vd->d);
+    if ( rc )
+        return rc;
     if ( copy_from_guest(&cfg, hnd, 1) )
         return -EFAULT;
     if ( cfg.pad || cfg.max_rings > V4V_MAX_RINGS_LIMIT )
@@ -1002,8 +1046,9 @@ static long v4v_tables_add(struct v4v_domain *vd,
     v4vtables_rule_t rule;
     long rc = 0;
 
-    if ( !is_hardware_domain(vd->d) )
-        return -EPERM;
+    rc = xsm_v4v_admin(XSM_OTHER, vd->d);
+    if ( rc )
+        return rc;
     if ( copy_from_guest(&rule, hnd, 1) )
         return -EFAULT;
     if ( !rule_valid(&rule) )
@@ -1037,8 +1082,9 @@ static long v4v_tables_del(struct v4v_domain *vd,
     unsigned int at;
     long rc = 0;
 
-    if ( !is_hardware_domain(vd->d) )
-        return -EPERM;
+    rc = xsm_v4v_admin(XSM_OTHER, vd->d);
+    if ( rc )
+        return rc;
 
     if ( !guest_handle_is_null(arg) )
     {
@@ -1092,8 +1138,9 @@ static long v4v_tables_list(struct v4v_domain *vd,
     unsigned int n = 0, total;
     long rc;
 
-    if ( !is_hardware_domain(vd->d) )
-        return -EPERM;
+    rc = xsm_v4v_admin(XSM_OTHER, vd->d);
+    if ( rc )
+        return rc;
     if ( copy_from_guest(&list, hnd, 1) )
         return -EFAULT;
     if ( list.nb_rules > V4V_MAX_RULES )
@@ -1165,6 +1212,11 @@ long do_v4v_op(int cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
     default:
         return -EINVAL;
     }
+
+    /* May this domain use V4V? (Before any V4V lock is taken.) */
+    rc = xsm_v4v_enable(XSM_HOOK, current->domain);
+    if ( rc )
+        return rc;
 
     read_lock(&v4v_lock);
 
@@ -1242,7 +1294,9 @@ int v4v_init(struct domain *d)
     struct v4v_domain *vd;
     unsigned int i;
 
-    if ( !opt_v4v || d->domain_id >= DOMID_FIRST_RESERVED )
+    /* Refused by XSM: no V4V state, so the domain's ops get -ENOSYS. */
+    if ( !opt_v4v || d->domain_id >= DOMID_FIRST_RESERVED ||
+         xsm_v4v_enable(XSM_HOOK, d) )
         return 0;
 
     vd = xzalloc(struct v4v_domain);
