@@ -9,7 +9,7 @@ use thiserror::Error;
 use v4v::Hypervisor;
 use v4v::abi::DomId;
 
-pub use crate::ast::{Capability, InspectKind};
+pub use crate::ast::{Capability, InspectKind, Step};
 
 /// A backend that could not do what the harness asked (not a V4V result: those are `HvError`s).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -18,6 +18,21 @@ pub enum BackendError {
     Unsupported { backend: String, what: String },
     #[error("{0}")]
     Failed(String),
+}
+
+/// Where a step is performed: by this process, or by another one that acts as the step's domain
+/// (real Xen: each domain's steps run in that domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPlace {
+    Here,
+    Elsewhere,
+}
+
+/// A step performed by another process failed: `step` is its 0-based index in the scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFailure {
+    pub step: usize,
+    pub message: String,
 }
 
 /// A V4V implementation the scenarios can run against.
@@ -54,6 +69,15 @@ pub trait Backend {
             backend: self.name().into(),
             what: format!("inspect {}", what.keyword()),
         })
+    }
+
+    /// Called before each step (`index` is 0-based): whether this process performs it. A backend
+    /// whose domains live in several processes hands the turn to the process acting as the step's
+    /// domain here, and returns `Elsewhere` for the steps done there, or the failure of one of
+    /// them. Every step is performed here by default.
+    fn before_step(&mut self, index: usize, step: &Step) -> Result<StepPlace, RemoteFailure> {
+        let _ = (index, step);
+        Ok(StepPlace::Here)
     }
 
     /// Ends a scenario (the runner has dropped every hypervisor handle of it already).

@@ -11,8 +11,10 @@ pub mod c_harness;
 pub mod model;
 pub mod parse;
 pub mod run;
+pub mod xen_backend;
+pub mod xenstore;
 
 pub use ast::Scenario;
-pub use backend::{Backend, BackendError, Capability, InspectKind};
+pub use backend::{Backend, BackendError, Capability, InspectKind, RemoteFailure, StepPlace};
 pub use parse::{ParseError, parse};
 pub use run::{LoadedScenario, Outcome, Summary, load, run_all, run_scenario};

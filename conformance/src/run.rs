@@ -12,7 +12,7 @@ use v4v::shmem::RingMemory;
 use v4v::{HvError, Hypervisor};
 
 use crate::ast::*;
-use crate::backend::Backend;
+use crate::backend::{Backend, StepPlace};
 
 /// Largest expected payload `recv` will materialise to compare (64 MiB).
 const MAX_COMPARE: u64 = 64 << 20;
@@ -128,6 +128,18 @@ pub fn run_scenario(sc: &Scenario, backend: &mut dyn Backend) -> Outcome {
         }
         if outcome == Outcome::Pass {
             for (i, step) in sc.steps.iter().enumerate() {
+                match w.backend.before_step(i, step) {
+                    Ok(StepPlace::Here) => {}
+                    Ok(StepPlace::Elsewhere) => continue,
+                    Err(f) => {
+                        outcome = Outcome::Fail {
+                            step: f.step + 1,
+                            line: sc.steps.get(f.step).map_or(step.line, |s| s.line),
+                            message: f.message,
+                        };
+                        break;
+                    }
+                }
                 let mut failed = None;
                 for k in 0..step.repeat {
                     if let Err(e) = w.step(step) {

@@ -1,0 +1,165 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT OR Apache-2.0
+# /test/run.sh of dom0 (runs once the guest is created): dom0's half of tests/xen-e2e/run. It
+# drives the guest's half (guest.sh) through xenstore keys under $KD and prints one
+# "E2E-RESULT ok|fail NAME: detail" line per check for the host to collect from the serial log.
+. /test/lib.sh
+G=$(xl domid guest1)
+KD=/local/domain/$G/data/e2e
+echo "E2E-DOM0-BEGIN guest=$G"
+result() { # ok|fail NAME DETAIL
+  echo "E2E-RESULT $1 $2: $3"
+}
+expect() { # NAME CONDITION-COMMAND... (DETAIL in $detail)
+  _name=$1; shift
+  if "$@"; then result ok "$_name" "$detail"; else result fail "$_name" "$detail"; fi
+}
+# The boot without v4v=1 only checks what v4vd says.
+if ! xl info | grep -q '^xen_commandline.* v4v=1'; then
+  v=$(v4vd --socket /tmp/probe.sock 2>&1 | tail -n 1 | sed 's/.*ERROR v4vd: //'); detail=$v
+  ok() { echo "$v" | grep -q "booted without v4v=1"; }
+  expect "v4vd says what is missing: v4v=1 on Xen's command line" ok
+  echo "E2E-DOM0-END"
+  exit 0
+fi
+rc_of() { echo "$1" | sed -n 's/^rc=\([0-9]*\).*/\1/p'; }
+dump() { # TAG: the V4V debug key's output, one line per "V4V" line, into /tmp/TAG
+  xl dmesg -c >/dev/null
+  xl debug-keys 4
+  xl dmesg -c | grep -a 'V4V' | sed 's/^.*V4V/V4V/' >"/tmp/$1"
+  sed "s/^/$1 /" "/tmp/$1"
+}
+
+await guest-up 180 >/dev/null || echo "E2E-DOM0 the guest did not come up"
+# What libv4v says when something is missing (the guest tried before loading the driver right).
+v=$(get err-nodriver); detail=$v
+ok() { echo "$v" | grep -q "xen-privcmd module is not loaded"; }
+expect "v4vd says what is missing: the xen-privcmd driver" ok
+v=$(get err-restricted); detail=$v
+ok() { echo "$v" | grep -q "unrestricted=1"; }
+expect "v4vd says what is missing: privcmd restricted in a domU (XSA-482)" ok
+
+# 1. conformance across dom0 and the guest.
+echo "E2E-CONF-BEGIN"
+t0=$(date +%s)
+v4v-conformance --backend xen --xen-peer "$G" /scenarios
+rc=$?
+echo "E2E-CONF-END rc=$rc secs=$(( $(date +%s) - t0 ))"
+a=$(await agent 120); echo "E2E-DOM0 guest agent: $a"
+dump AFTER-CONF
+held=$(sed -n 's/^V4V page references held: \([0-9]*\).*/\1/p' /tmp/AFTER-CONF)
+rings=$(grep -c '^V4V  ring port' /tmp/AFTER-CONF)
+detail="rings left $rings, page references held ${held:-?}"
+ok() { [ "$rings" = 0 ] && [ "$held" = 0 ]; }
+expect "conformance leaves no ring or page reference behind (debug key 4)" ok
+put conformance-checked yes
+
+# 2. v4vd in both domains, datagrams both ways.
+if start_v4vd; then detail="$(v4v-cli status | tr -s ' \n' ' ')"; result ok "v4vd serves in dom0" "$detail"
+else result fail "v4vd serves in dom0" "$(tail -n 5 /tmp/v4vd.log | tr '\n' ' ')"; fi
+v=$(await v4vd 120); detail=$v
+ok() { [ "${v%% *}" = ok ] && echo "$v" | grep -q "domain $G "; }
+expect "v4vd serves in the guest" ok
+await recv1-ready 60 >/dev/null
+v4v-cli send "$G:5000" "hello-from-dom0"; src=$?
+v=$(await recv1 90); detail="send exit $src; guest recv: $v"
+ok() { [ "$src" = 0 ] && [ "$(rc_of "$v")" = 0 ] && echo "$v" | grep -q "0:[0-9]* hello-from-dom0"; }
+expect "datagram dom0 -> guest (v4v-cli send/recv)" ok
+v4v-cli recv 5001 --count 1 --timeout 60 --verbose >/tmp/r2 2>&1 &
+rp=$!
+until_true 20 has_port 5001; put recv2-ready yes
+wait $rp; rrc=$?
+v=$(await send2 60); detail="guest send: $v; dom0 recv exit $rrc: $(cat /tmp/r2)"
+ok() { [ "$rrc" = 0 ] && grep -q "^$G:[0-9]*	hello-from-guest-$G\$" /tmp/r2; }
+expect "datagram guest -> dom0 (v4v-cli send/recv)" ok
+
+# 3. 16 MiB stream guest -> dom0.
+v4v-cli listen 6000 --once </dev/null >/tmp/in 2>/tmp/listen.err &
+lp=$!
+until_true 20 has_port 6000; put listen-ready yes
+v=$(await stream 300); wait $lp; lrc=$?
+want=$(await sha 10); got=$(sha256sum </tmp/in | cut -d' ' -f1); size=$(wc -c </tmp/in)
+detail="guest connect: $v; dom0 listen exit $lrc; $size bytes; sha256 sent $want, received $got"
+ok() { [ "$lrc" = 0 ] && [ "$size" = 16777216 ] && [ "$want" = "$got" ] && [ "$(rc_of "$v")" = 0 ]; }
+if ! ok; then  # where the received bytes differ from what the guest sent (the same seq output)
+  seq -w 0 2097151 >/tmp/sent
+  n=$(cmp -l /tmp/sent /tmp/in 2>/dev/null | wc -l)
+  detail="$detail; $n bytes differ, first: $(cmp -l /tmp/sent /tmp/in 2>/dev/null | head -n 3 | tr '\n' ' ')last: $(cmp -l /tmp/sent /tmp/in 2>/dev/null | tail -n 1)"
+  rm -f /tmp/sent
+fi
+expect "16 MiB stream guest -> dom0, checksums match" ok
+rm -f /tmp/in
+
+# 4. the ACL.
+v4v-cli recv 5002 --count 1 --timeout 120 --verbose >/tmp/r3 2>&1 &
+rp=$!
+until_true 20 has_port 5002
+v4v-cli acl add "reject $G:* -> 0:*"; arc=$?
+put acl-set yes
+v=$(await acl-denied 60); detail="acl add exit $arc; guest send: $v (6: denied by the ACL)"
+ok() { [ "$arc" = 0 ] && [ "$(rc_of "$v")" = 6 ]; }
+expect "ACL rule in dom0 stops guest -> dom0" ok
+v4v-cli acl delete "reject $G:* -> 0:*"; drc=$?
+put acl-cleared yes
+v=$(await acl-restored 60); wait $rp; rrc=$?
+detail="acl delete exit $drc; guest send: $v; dom0 recv exit $rrc: $(cat /tmp/r3)"
+ok() { [ "$drc" = 0 ] && [ "$(rc_of "$v")" = 0 ] && [ "$rrc" = 0 ] && grep -q "^$G:[0-9]*	restored" /tmp/r3; }
+expect "removing the rule restores guest -> dom0" ok
+v=$(await acl-edit 60); detail="guest acl add: $v (9: not permitted); table now: $(v4v-cli acl list | tr '\n' ' ')"
+ok() { [ "$(rc_of "$v")" = 9 ] && ! v4v-cli acl list | grep -q reject; }
+expect "the guest's ACL edit is refused" ok
+
+# 5. destroy the guest while it has rings and a pending send.
+v4v-cli recv 7000 --verbose 2>/dev/null | sleep 100000 &
+until_true 20 has_port 7000
+put fill-ready yes
+await listen6100 60 >/dev/null
+sleep 100000 | v4v-cli connect "$G:6100" >/dev/null 2>&1 &
+until_true 30 sh -c "v4v-cli status | grep -q '/peer$G'"
+await pending 60 >/dev/null
+# a port of dom0's own, bound before the destroy and used after it
+v4v-cli recv 7100 --count 1 --timeout 120 --verbose >/tmp/r4 2>&1 &
+rp=$!
+until_true 20 has_port 7100
+waiter=no
+for i in $(seq 60); do
+  dump BEFORE >/dev/null
+  if grep -q "waiter d$G " /tmp/BEFORE; then waiter=yes; break; fi
+  sleep 1
+done
+sed 's/^/BEFORE /' /tmp/BEFORE
+grep -q "^V4V d$G: .*rings [1-9]" /tmp/BEFORE && grings=yes || grings=no
+grep -q "partner $G " /tmp/BEFORE && prings=yes || prings=no
+detail="guest's rings: $grings; dom0 ring for the guest alone: $prings; guest waiting on a dom0 ring: $waiter; guest sent $(get sent) datagrams"
+ok() { [ $grings = yes ] && [ $waiter = yes ] && [ $prings = yes ]; }
+expect "before xl destroy: the guest has rings and a pending send" ok
+# dom0's rings not meant for the guest alone, as (port, partner, len)
+ringset() { sed -n "/^V4V d0:/,/^V4V d[1-9]/p" "$1" | sed -n 's/^V4V  ring port \([^ ]*\) partner \([0-9]*\) len \([0-9]*\).*/\1 \2 \3/p' | grep -v " $G " | sort; }
+ringset /tmp/BEFORE >/tmp/rings-before
+echo "E2E-DOM0 guest console so far:"; cat /var/log/xen/console/guest-guest1.log 2>/dev/null | sed 's/^/GUEST /'
+xl destroy guest1; xrc=$?
+echo "E2E-DOM0 xl destroy exit $xrc"
+sleep 3
+dump AFTER
+st=$(v4v-cli status 2>&1); src=$?
+detail="exit $src: $(echo "$st" | tr -s ' \n' ' ')"
+ok() { [ "$src" = 0 ] && kill -0 "$V4VD_PID"; }
+expect "after xl destroy: dom0's v4vd still answers (v4v-cli status)" ok
+v4v-cli send 0:7100 "local-after-destroy"; src=$?
+wait $rp; rrc=$?
+detail="send exit $src, recv exit $rrc: $(cat /tmp/r4)"
+ok() { [ "$src" = 0 ] && [ "$rrc" = 0 ] && grep -q "^0:[0-9]*	local-after-destroy" /tmp/r4; }
+expect "after xl destroy: dom0-local send/recv works" ok
+pages=$(sed -n 's/.* pages \([0-9]*\) .*/\1/p' /tmp/AFTER | awk '{s += $1} END {print s + 0}')
+held=$(sed -n 's/^V4V page references held: \([0-9]*\).*/\1/p' /tmp/AFTER)
+left=$(grep -cE "^V4V d$G:|waiter d$G |partner $G " /tmp/AFTER)
+detail="lines naming d$G: $left; page references held $held, pages of live rings $pages"
+ok() { [ "$left" = 0 ] && [ -n "$held" ] && [ "$held" = "$pages" ]; }
+expect "after xl destroy: no ring, waiter or page reference left for the dead domain (debug key 4)" ok
+ringset /tmp/AFTER >/tmp/rings-after
+missing=$(grep -vxF -f /tmp/rings-after /tmp/rings-before | tr '\n' ';')
+detail="dom0 rings before: $(tr '\n' ';' </tmp/rings-before) missing after: ${missing:-none}"
+ok() { [ -s /tmp/rings-before ] && [ -z "$missing" ]; }
+expect "after xl destroy: dom0's own rings intact" ok
+echo "E2E-DOM0 v4vd log:"; tail -n 20 /tmp/v4vd.log
+echo "E2E-DOM0-END"

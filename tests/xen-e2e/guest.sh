@@ -1,0 +1,72 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT OR Apache-2.0
+# /test/run.sh of the PV guest: the guest's half of tests/xen-e2e/run. dom0's half (dom0.sh) says
+# when to act through xenstore keys under $KD; results go back the same way. The guest's console
+# reaches the serial log only through dom0 (it prints the guest's console log at the end).
+. /test/lib.sh
+G=$(xenstore-read domid)
+KD=/local/domain/$G/data/e2e
+echo "E2E-GUEST-BEGIN domid=$G"
+
+# Linux restricts /dev/xen/privcmd in unprivileged domains since XSA-482: V4V needs it
+# unrestricted. On the way, what v4vd says without the driver, and with it restricted.
+missing_msg() { v4vd --socket /tmp/probe.sock 2>&1 | tail -n 1 | sed 's/.*ERROR v4vd: //' | head -c 400; }
+put err-restricted "$(missing_msg)"
+umount /proc/xen && rmmod xenfs && rmmod xen_privcmd
+put err-nodriver "$(missing_msg)"
+insmod /lib/modules/xen-privcmd.ko unrestricted=1 && insmod /lib/modules/xenfs.ko &&
+  mount -t xenfs xenfs /proc/xen || echo "E2E-GUEST cannot reload xen-privcmd unrestricted"
+put guest-up "$G"
+
+# 1. conformance: the agent runs the guest's steps for dom0's runner.
+v4v-conformance --backend xen --xen-agent /scenarios 2>/tmp/agent.log
+rc=$?
+echo "E2E-GUEST agent exit $rc"; tail -n 5 /tmp/agent.log
+put agent "rc=$rc"
+await conformance-checked 120 >/dev/null  # dom0 looks for leftovers before we register more
+
+# 2. v4vd, and datagrams both ways.
+if start_v4vd; then
+  v4v-cli status >/tmp/status 2>&1; echo "E2E-GUEST v4v-cli status exit $?:"; cat /tmp/status
+  put v4vd "ok $(tr -s ' \n' ' ' </tmp/status)"
+else put v4vd "failed: $(tail -n 3 /tmp/v4vd.log | tr '\n' ' ')"; fi
+v4v-cli recv 5000 --count 1 --timeout 60 --verbose >/tmp/r1 2>&1 &
+rp=$!
+until_true 20 has_port 5000
+put recv1-ready yes
+wait $rp; rc=$?
+put recv1 "rc=$rc $(tr '\t' ' ' </tmp/r1)"
+await recv2-ready 60 >/dev/null
+v4v-cli send 0:5001 "hello-from-guest-$G"; put send2 "rc=$?"
+
+# 3. a 16 MiB stream to dom0.
+# 16 MiB of 8-byte lines that dom0 can regenerate to locate any damage.
+seq -w 0 2097151 >/tmp/big
+put sha "$(sha256sum </tmp/big | cut -d' ' -f1)"
+await listen-ready 60 >/dev/null
+t0=$(date +%s)
+v4v-cli connect 0:6000 </tmp/big >/dev/null 2>/tmp/connect.err
+rc=$?
+put stream "rc=$rc secs=$(( $(date +%s) - t0 )) $(head -c 200 /tmp/connect.err)"
+
+# 4. the ACL: dom0's rule stops us, its removal lets us through, and we may not edit it.
+await acl-set 60 >/dev/null
+v4v-cli send 0:5002 "while-denied" 2>/tmp/e; put acl-denied "rc=$? $(head -c 200 /tmp/e)"
+await acl-cleared 60 >/dev/null
+v4v-cli send 0:5002 "restored" 2>/tmp/e; put acl-restored "rc=$? $(head -c 200 /tmp/e)"
+v4v-cli acl add 'reject *:* -> *:*' 2>/tmp/e; put acl-edit "rc=$? $(head -c 200 /tmp/e)"
+
+# 5. rings and a pending send, then dom0 destroys us: a stream listener (dom0's daemon then has a
+#    ring for us alone), and datagrams into a dom0 port nobody reads until a send blocks.
+sleep 100000 | v4v-cli listen 6100 >/dev/null 2>&1 &
+until_true 20 has_port 6100
+put listen6100 yes
+await fill-ready 120 >/dev/null
+i=0
+while [ $i -lt 400 ]; do
+  head -c 60000 /dev/zero | v4v-cli send 0:7000 || break
+  i=$((i + 1)); put sent "$i"
+done &
+put pending started
+echo "E2E-GUEST v4vd log:"; tail -n 20 /tmp/v4vd.log
+echo "E2E-GUEST-END (waiting to be destroyed)"

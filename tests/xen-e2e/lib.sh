@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+# Helpers for the scripts run in dom0 and in the guest (sourced as /test/lib.sh).
+# Both sides meet in xenstore under $KD = /local/domain/GUEST/data/e2e, which the guest owns and
+# dom0 can write: V4V is what is under test, so it is never the control channel.
+export PATH=/bin:/usr/bin:/usr/local/bin:/usr/lib/xen-4.17/bin
+export V4VD_LOG=${V4VD_LOG:-warn}
+
+put() { xenstore-write "$KD/$1" "$2"; }
+get() { xenstore-read "$KD/$1" 2>/dev/null; }
+# await KEY SECONDS: print KEY's value once it exists; fail after SECONDS.
+await() {
+  _n=$(($2 * 5))
+  while [ "$_n" -gt 0 ]; do
+    if _v=$(get "$1") && [ -n "$_v" ]; then echo "$_v"; return 0; fi
+    sleep 0.2; _n=$((_n - 1))
+  done
+  echo "E2E-TIMEOUT waiting for $1 ($2 s)" >&2
+  return 1
+}
+# until_true SECONDS COMMAND...: retry COMMAND every 0.2 s.
+until_true() {
+  _n=$(($1 * 5)); shift
+  while [ "$_n" -gt 0 ]; do "$@" && return 0; sleep 0.2; _n=$((_n - 1)); done
+  return 1
+}
+has_port() { v4v-cli status 2>/dev/null | grep -q "^ports .* $1/"; }
+# The daemon's socket answers.
+v4vd_up() { v4v-cli status >/dev/null 2>&1; }
+start_v4vd() {
+  v4vd >/tmp/v4vd.log 2>&1 &
+  V4VD_PID=$!
+  until_true 30 v4vd_up
+}
