@@ -9,11 +9,12 @@
 //! contract (a descriptor that polls readable while an event is pending) holds here too.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use v4v::abi::{DOMID_FIRST_RESERVED, DomId};
+use v4v::event::EventFd;
 use v4v::raw::{AbiHypervisor, RawHypercall};
 use v4v::shmem::RingMemory;
 use v4v::{HvError, Hypervisor};
@@ -52,33 +53,6 @@ static IN_USE: AtomicBool = AtomicBool::new(false);
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     HARNESS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Debug)]
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> Result<Self, BackendError> {
-        // SAFETY: eventfd with flags; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(BackendError::Failed("eventfd failed".into()));
-        }
-        // SAFETY: fd is fresh and owned by nobody else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn signal(&self) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    fn take(&self) -> bool {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) == 8 }
-    }
 }
 
 /// What the domains of one scenario share: their events, and every memory given to the harness
@@ -163,7 +137,7 @@ impl RawHypercall for CHarnessRaw {
     }
 
     fn event_fd(&self) -> BorrowedFd<'_> {
-        self.event.0.as_fd()
+        self.event.as_fd()
     }
 
     fn take_event(&self) -> Result<bool, HvError> {
@@ -240,7 +214,8 @@ impl Backend for CHarnessBackend {
     }
 
     fn create_domain(&mut self, domid: DomId) -> Result<Box<dyn Hypervisor>, BackendError> {
-        let event = Arc::new(EventFd::new()?);
+        let event =
+            Arc::new(EventFd::new().map_err(|e| BackendError::Failed(format!("eventfd: {e}")))?);
         {
             let _g = lock();
             // SAFETY: a plain call into the harness.

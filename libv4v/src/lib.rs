@@ -6,6 +6,7 @@
 //! - [`shmem`]: the audited volatile/atomic layer over shared ring memory.
 //! - [`ring`]: ring arithmetic, the receiver's reader and the hypervisor's insert.
 //! - [`client`]: the client API applications link (through the v4vd daemon).
+//! - [`event`]: an eventfd standing in for an event channel in the userspace hypervisors.
 //! - [`hypervisor`]: the [`Hypervisor`] trait every backend (model, simulator, Xen) implements.
 //! - [`backend`]: backends chosen at run time (`sim:PATH`, `xen`).
 //! - [`sim_protocol`]: the wire protocol between a guest and the `v4v-sim` simulator.
@@ -16,6 +17,7 @@ pub mod abi;
 pub mod acl;
 pub mod backend;
 pub mod client;
+pub mod event;
 pub mod hypervisor;
 pub mod raw;
 pub mod ring;

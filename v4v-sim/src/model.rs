@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
@@ -23,6 +23,7 @@ use v4v::abi::{
     self, Addr, Config, DOMID_ANY, DOMID_FIRST_RESERVED, DOMID_SELF, DomId, Info, RingDataEnt,
     RingHeader, SendAddr, TablesRule,
 };
+use v4v::event::EventFd;
 use v4v::hypervisor::TablesPage;
 use v4v::ring::{self, InsertError, RingWriter};
 use v4v::shmem::{PAGE_SIZE, RingMemory};
@@ -39,38 +40,6 @@ pub enum ModelError {
     NoSuchDomain(DomId),
     #[error("could not create an event for domain {0}")]
     Event(DomId),
-}
-
-/// A domain's V4V event: an eventfd, readable while signalled.
-#[derive(Debug)]
-struct Event(OwnedFd);
-
-impl Event {
-    fn new() -> Option<Self> {
-        // SAFETY: eventfd takes an initial count and flags; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        Some(Event(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn signal(&self) {
-        use std::os::fd::AsRawFd;
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. Failure (counter saturated) still
-        // leaves the event readable, which is all a signal means.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    fn take(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-        n == 8
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +77,7 @@ type RingKey = (u32, DomId);
 struct Domain {
     max_rings: u32,
     rings: BTreeMap<RingKey, Ring>,
-    event: Arc<Event>,
+    event: Arc<EventFd>,
     evtchn: Option<u32>,
 }
 
@@ -232,7 +201,7 @@ impl Model {
         if st.domains.contains_key(&domid) {
             return Err(ModelError::DomainExists(domid));
         }
-        let event = Arc::new(Event::new().ok_or(ModelError::Event(domid))?);
+        let event = Arc::new(EventFd::new().map_err(|_| ModelError::Event(domid))?);
         st.domains.insert(
             domid,
             Domain {
@@ -310,7 +279,7 @@ impl Model {
 pub struct ModelDomain {
     model: Model,
     domid: DomId,
-    event: Arc<Event>,
+    event: Arc<EventFd>,
 }
 
 impl ModelDomain {
@@ -619,7 +588,7 @@ impl Hypervisor for ModelDomain {
     }
 
     fn event_fd(&self) -> BorrowedFd<'_> {
-        self.event.0.as_fd()
+        self.event.as_fd()
     }
 
     fn take_event(&self) -> Result<bool, HvError> {
