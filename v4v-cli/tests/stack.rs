@@ -666,3 +666,13 @@ fn a_user_cannot_take_or_inspect_another_users_ports_and_streams() {
     srv.read_exact(&mut b).expect("the stream is intact");
     assert_eq!(&b, b"for root");
 }
+
+#[test]
+fn the_shipped_config_file_is_accepted() {
+    let mut s = Stack::start(&[]);
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/v4vd.conf");
+    // Command-line options win over the file (its hypervisor and socket are for a real system).
+    s.start_daemon(3, &["--config", conf.to_str().expect("utf8 path")]);
+    let st = s.status(3);
+    assert_eq!(st["domid"], "3");
+}
