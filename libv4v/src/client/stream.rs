@@ -18,7 +18,8 @@ use super::{Error, handshake, socket_path};
 /// (`CLOSED ID`): an orderly close reads as end of file, a reset as an error of kind
 /// `ConnectionReset` (or `PermissionDenied` for the ACL, `HostUnreachable` for a vanished
 /// peer, `TimedOut`, `ConnectionAborted`; `NotConnected` when the local daemon itself went
-/// away) whose message says what happened.
+/// away) whose message says what happened. That question is one short blocking exchange with the
+/// local daemon, made once per stream even in non-blocking mode.
 #[derive(Debug)]
 pub struct Stream {
     sock: UnixStream,
