@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! The scenario language's syntax tree, and its canonical printer.
 //!
-//! Every type here prints (via `Display`) in the exact syntax [`crate::parse`] reads, so that
+//! Every type here prints (via `Display`) in the exact syntax [`crate::parse()`] reads, so that
 //! `parse(print(s)) == s` for every scenario `s` (a property test checks it).
 
 use std::collections::BTreeSet;

@@ -3,7 +3,7 @@
 //! compiled into this binary with userspace shims for the Xen primitives it uses
 //! (`hypervisor-patch/harness/`), called through the raw hypercall ABI exactly as a guest would.
 //!
-//! The harness is one global machine, not thread-safe: every call into it holds [`HARNESS`], and
+//! The harness is one global machine, not thread-safe: every call into it holds `HARNESS`, and
 //! only one backend value may exist at a time. Its event channels are flags the C code sets; after
 //! every call this backend moves them into one eventfd per domain, so that the `Hypervisor`
 //! contract (a descriptor that polls readable while an event is pending) holds here too.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! V4V conformance scenarios: the scenario language ([`ast`], [`parse`]), the [`Backend`]
+//! V4V conformance scenarios: the scenario language ([`ast`], [`parse()`]), the [`Backend`]
 //! trait every implementation under test provides, and the runner ([`run`]).
 //!
 //! The language is described in `conformance/README.md`; the semantics it checks are those of

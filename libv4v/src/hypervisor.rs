@@ -191,7 +191,7 @@ pub trait Hypervisor: Send + Sync {
     fn tables_add(&self, rule: &TablesRule, position: u32) -> Result<(), HvError>;
 
     /// `V4VOP_tables_del` (dom0 only): by rule, by 1-based position, or all with
-    /// [`abi::TABLES_DEL_ALL`].
+    /// [`crate::abi::TABLES_DEL_ALL`].
     fn tables_del(&self, rule: Option<&TablesRule>, position: u32) -> Result<(), HvError>;
 
     /// `V4VOP_tables_list` (dom0 only): up to `max` rules from 0-based `start`.

@@ -4,9 +4,9 @@
 //! Ownership (one owner per resource):
 //! - [`Daemon`] owns the [`Hypervisor`], the mio [`Poll`], the Unix listener, and the tables
 //!   below; nothing is shared with other threads except the [`DaemonHandle`]'s stop flag/waker.
-//! - [`Port`] owns one registered ring (its memory and reader) and says who uses it.
-//! - [`Client`] owns one Unix connection and its bounded output buffer; a stream client also
-//!   owns its [`Conn`] (the per-connection V4V state).
+//! - `Port` owns one registered ring (its memory and reader) and says who uses it.
+//! - `Client` owns one Unix connection and its bounded output buffer; a stream client also
+//!   owns its `Conn` (the per-connection V4V state).
 //!
 //! Flow control: a client is read only when its data can be sent now (credit and no message
 //! stuck on a full ring); a ring is drained only into bounded buffers (stream buffers are bounded
