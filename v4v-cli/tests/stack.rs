@@ -676,3 +676,59 @@ fn the_shipped_config_file_is_accepted() {
     let st = s.status(3);
     assert_eq!(st["domid"], "3");
 }
+
+#[test]
+fn one_user_cannot_take_every_connection() {
+    let mut s = Stack::start(&[]);
+    s.start_daemon(4, &["--max-clients-per-user", "3"]);
+    let nobody = |args: &[&str]| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::cli_bin())
+            .arg("--socket")
+            .arg(s.sock(4))
+            .args(args);
+        c
+    };
+    // Three receivers hold three connections.
+    let held: Vec<Killed> = (0..3)
+        .map(|i| {
+            Killed(
+                nobody(&["recv", &format!("{}", 9300 + i)])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("recv"),
+            )
+        })
+        .collect();
+    for i in 0..3 {
+        s.wait_port(4, 9300 + i, "dgram");
+    }
+    let o = run_limited(
+        nobody(&["status"]).stdin(Stdio::null()),
+        Duration::from_secs(20),
+    );
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("the most one user may"),
+        "{}",
+        stderr(&o)
+    );
+    // Other users (root here) are not affected, and the user gets room back as it closes.
+    assert!(s.status(4)["clients"].parse::<u32>().expect("clients") >= 3);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = run_limited(
+            nobody(&["status"]).stdin(Stdio::null()),
+            Duration::from_secs(20),
+        );
+        if code(&o) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

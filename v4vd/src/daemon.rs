@@ -474,6 +474,8 @@ pub struct Daemon {
     next_keepalive: Instant,
     stats: Stats,
     refusals: HashMap<(Addr, Addr), u64>,
+    /// Clients connected per uid.
+    per_uid: HashMap<u32, usize>,
     next_stream_id: u64,
     closed: HashMap<u64, (u32, CloseReason)>,
     closed_order: VecDeque<u64>,
@@ -522,6 +524,7 @@ impl Daemon {
             next_keepalive: Instant::now() + KEEPALIVE,
             stats: Stats::default(),
             refusals: HashMap::new(),
+            per_uid: HashMap::new(),
             next_stream_id: 0,
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
@@ -1464,6 +1467,22 @@ impl Daemon {
                             continue;
                         }
                     };
+                    // One user cannot take every connection (and descriptor) the daemon has.
+                    let held = self.per_uid.get(&cred.uid).copied().unwrap_or(0);
+                    if cred.uid != 0 && held >= self.cfg.max_clients_per_user {
+                        warn!(
+                            uid = cred.uid,
+                            held, "per-user client limit reached; refusing one"
+                        );
+                        let _ = s.write(
+                            format!(
+                                "ERR EMFILE uid {} holds {held} connections, the most one user may\n",
+                                cred.uid
+                            )
+                            .as_bytes(),
+                        );
+                        continue;
+                    }
                     let acl_admin = cred.uid == 0
                         || self.cfg.acl_group.is_some_and(|g| {
                             cred.gid == g || peer_groups(&s).is_ok_and(|gs| gs.contains(&g))
@@ -1484,6 +1503,7 @@ impl Daemon {
                         uid = cred.uid,
                         "client connected"
                     );
+                    *self.per_uid.entry(cred.uid).or_insert(0) += 1;
                     self.clients.insert(
                         t,
                         Client {
@@ -1818,6 +1838,12 @@ impl Daemon {
             };
             // Best effort: a final reply line (ERR) if the socket takes it.
             let _ = c.flush();
+            if let Some(n) = self.per_uid.get_mut(&c.cred.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_uid.remove(&c.cred.uid);
+                }
+            }
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.blocked.remove(&t);
             match c.state {

@@ -65,6 +65,8 @@ pub struct Config {
     pub backlog: usize,
     /// Most simultaneous clients.
     pub max_clients: usize,
+    /// Most simultaneous clients of one user (root is not limited).
+    pub max_clients_per_user: usize,
     /// dom0: the rules file loaded at start and on SIGHUP (`None`: the table is left alone).
     pub acl_file: Option<std::path::PathBuf>,
     /// Whether a missing `acl_file` is an error (it was named explicitly) or means "no rules
@@ -83,6 +85,7 @@ impl Default for Config {
             dgram_buffer: 1024 * 1024,
             backlog: 128,
             max_clients: 65536,
+            max_clients_per_user: 4096,
             acl_file: None,
             acl_file_required: false,
             acl_group: None,

@@ -3,7 +3,8 @@
 //!       [--ring-size BYTES] [--acl-file PATH] [--acl-group GROUP]`
 //!
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
-//! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`.
+//! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
+//! `max_clients_per_user` (default 4096; root is not limited).
 //! Command-line options win over the file.
 //!
 //! Signals: SIGTERM and SIGINT stop the daemon (streams are reset, rings unregistered, the
@@ -29,11 +30,12 @@ struct Opts {
     acl_file: Option<PathBuf>,
     acl_group: Option<String>,
     socket_mode: Option<u32>,
+    max_clients_per_user: Option<usize>,
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
                      [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
-                     [--acl-group GROUP]";
+                     [--acl-group GROUP] [--max-clients-per-user N]";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
 const DEFAULT_ACL_FILE: &str = "/etc/v4v/acl.rules";
@@ -54,6 +56,9 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
         "socket" => o.socket = Some(PathBuf::from(val)),
         "ring_size" | "ring-size" => o.ring_size = Some(num(val)?),
         "window" => o.window = Some(num(val)?),
+        "max_clients_per_user" | "max-clients-per-user" => {
+            o.max_clients_per_user = Some(num(val)? as usize)
+        }
         "acl_file" | "acl-file" => o.acl_file = Some(PathBuf::from(val)),
         "acl_group" | "acl-group" => o.acl_group = Some(val.to_string()),
         "socket_mode" | "socket-mode" => {
@@ -122,6 +127,7 @@ fn parse_args() -> Result<Opts, String> {
     o.acl_file = cli.acl_file.or(o.acl_file);
     o.acl_group = cli.acl_group.or(o.acl_group);
     o.socket_mode = cli.socket_mode.or(o.socket_mode);
+    o.max_clients_per_user = cli.max_clients_per_user.or(o.max_clients_per_user);
     Ok(o)
 }
 
@@ -217,6 +223,9 @@ fn run() -> Result<(), String> {
     }
     if let Some(w) = o.window {
         cfg.conn_window = w;
+    }
+    if let Some(m) = o.max_clients_per_user {
+        cfg.max_clients_per_user = m;
     }
     cfg.acl_file_required = o.acl_file.is_some();
     cfg.acl_file = Some(

@@ -112,8 +112,14 @@ pub(crate) fn handshake(path: &Path, req: &proto::Request) -> Result<(UnixStream
         path: path.to_path_buf(),
         source,
     })?;
-    s.write_all(format!("{req}\n").as_bytes())?;
-    let line = read_line(&mut s)?;
+    // A daemon that refuses the connection (too many clients) answers before reading anything
+    // and closes: the write may fail, and the reply line still says why.
+    let written = s.write_all(format!("{req}\n").as_bytes());
+    let line = match (written, read_line(&mut s)) {
+        (_, Ok(line)) => line,
+        (Err(e), Err(_)) => return Err(e.into()),
+        (Ok(()), Err(e)) => return Err(e),
+    };
     match proto::Reply::parse(&line).map_err(|e| Error::Protocol(e.to_string()))? {
         proto::Reply::Ok(args) => Ok((s, args)),
         proto::Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
