@@ -221,13 +221,10 @@ fn unprivileged_clients_and_guest_domains_are_refused() {
     let s = Stack::start(&[0, 1]);
     cli(&s, 0, &["acl", "add", "reject 1:* -> 0:22"], 0);
     let as_nobody = |args: &[&str]| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(common::cli_bin())
-            .arg("--socket")
-            .arg(s.sock(0))
-            .args(args);
-        run_limited(c.stdin(Stdio::null()), Duration::from_secs(20))
+        run_limited(
+            s.cli_as_nobody(0, args).stdin(Stdio::null()),
+            Duration::from_secs(20),
+        )
     };
     for args in [
         &["acl", "add", "accept *:* -> *:*"][..],
@@ -268,13 +265,11 @@ fn unprivileged_clients_and_guest_domains_are_refused() {
 fn members_of_the_acl_group_may_edit() {
     let mut s = Stack::start(&[1]);
     s.start_daemon(0, &["--acl-group", "65534"]);
-    let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(common::cli_bin())
-        .arg("--socket")
-        .arg(s.sock(0))
-        .args(["acl", "add", "reject 1:* -> 0:23"]);
-    let o = run_limited(c.stdin(Stdio::null()), Duration::from_secs(20));
+    let o = run_limited(
+        s.cli_as_nobody(0, &["acl", "add", "reject 1:* -> 0:23"])
+            .stdin(Stdio::null()),
+        Duration::from_secs(20),
+    );
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert_eq!(table(&s), ["reject 1:* -> 0:23"]);
 }

@@ -611,13 +611,10 @@ fn the_examples_serve_what_they_promise() {
 fn a_user_cannot_take_or_inspect_another_users_ports_and_streams() {
     let s = Stack::start(&[1, 2]);
     let as_nobody = |args: &[&str]| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(common::cli_bin())
-            .arg("--socket")
-            .arg(s.sock(2))
-            .args(args);
-        run_limited(c.stdin(Stdio::null()), Duration::from_secs(20))
+        run_limited(
+            s.cli_as_nobody(2, args).stdin(Stdio::null()),
+            Duration::from_secs(20),
+        )
     };
     // root's listening port and datagram port.
     let mut l = Listener::bind_with(&s.sock(2), 7950).expect("listen");
@@ -638,18 +635,12 @@ fn a_user_cannot_take_or_inspect_another_users_ports_and_streams() {
     // Another user can neither ask how root's stream is doing nor reset it.
     let id = srv.id();
     let raw = |line: &str| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "socat",
-            "-",
-        ])
-        .arg(format!("UNIX-CONNECT:{}", s.sock(2).display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let mut c = common::as_nobody(std::path::Path::new("socat"));
+        c.arg("-")
+            .arg(format!("UNIX-CONNECT:{}", s.sock(2).display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn().expect("socat");
         child
             .stdin
@@ -681,15 +672,7 @@ fn the_shipped_config_file_is_accepted() {
 fn one_user_cannot_take_every_connection() {
     let mut s = Stack::start(&[]);
     s.start_daemon(4, &["--max-clients-per-user", "3"]);
-    let nobody = |args: &[&str]| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(common::cli_bin())
-            .arg("--socket")
-            .arg(s.sock(4))
-            .args(args);
-        c
-    };
+    let nobody = |args: &[&str]| s.cli_as_nobody(4, args);
     // Three receivers hold three connections.
     let held: Vec<Killed> = (0..3)
         .map(|i| {

@@ -443,6 +443,11 @@ fn apply_segment(
     }
 }
 
+/// Whether the user `asker` may see or act on what user `owner` holds: its own, or root.
+fn may_see(asker: u32, owner: u32) -> bool {
+    asker == 0 || asker == owner
+}
+
 /// Whether a stream client's connection has FIN in both directions (our client's end was sent
 /// or queued, the peer's received): the peer owes nothing and may already be gone.
 fn finished_both_ways(c: Option<&Client>) -> bool {
@@ -926,8 +931,8 @@ impl Daemon {
                 }
                 continue;
             }
-            // A whole frame buffered?
-            if d.inbuf.len() >= FRAME_HEADER_SIZE {
+            // A whole frame buffered? Else read (only) what the frame still lacks.
+            let want = if d.inbuf.len() >= FRAME_HEADER_SIZE {
                 let mut hb = [0u8; FRAME_HEADER_SIZE];
                 hb.copy_from_slice(&d.inbuf[..FRAME_HEADER_SIZE]);
                 let h = FrameHeader::decode(&hb);
@@ -950,28 +955,15 @@ impl Daemon {
                     }
                     continue;
                 }
-                let want = (total - d.inbuf.len()).min(rbuf.len());
-                match c.stream.read(&mut rbuf[..want]) {
-                    Ok(0) => {
-                        c.dead = true;
-                        return;
-                    }
-                    Ok(n) => d.inbuf.extend_from_slice(&rbuf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        c.dead = true;
-                        return;
-                    }
+                (total - d.inbuf.len()).min(rbuf.len())
+            } else {
+                // Status frames are 16 bytes; stop reading requests while the client is not
+                // reading its replies.
+                if c.out.len() >= self.cfg.dgram_buffer {
+                    return;
                 }
-                continue;
-            }
-            // Status frames are 16 bytes; stop reading requests while the client is not
-            // reading its replies.
-            if c.out.len() >= self.cfg.dgram_buffer {
-                return;
-            }
-            let want = FRAME_HEADER_SIZE - d.inbuf.len();
+                FRAME_HEADER_SIZE - d.inbuf.len()
+            };
             match c.stream.read(&mut rbuf[..want]) {
                 Ok(0) => {
                     c.dead = true;
@@ -1429,20 +1421,25 @@ impl Daemon {
         }
     }
 
-    /// `CLOSED ID`: how a stream of this client's user ended (or that it is still open).
-    fn closed_query(&self, cred: Cred, id: u64) -> Result<String, (&'static str, String)> {
-        for c in self.clients.values() {
-            if let ClientState::Stream(conn) = &c.state
-                && conn.id == id
-            {
-                if cred.uid != 0 && cred.uid != c.cred.uid {
-                    break;
-                }
-                return Ok(if conn.peer_fin { "OK eof" } else { "OK open" }.to_string());
-            }
+    /// The client holding open stream `id`, if `uid` may see it (its owner, or root).
+    fn open_stream_of(&self, uid: u32, id: u64) -> Option<usize> {
+        self.clients.iter().find_map(|(&k, c)| match &c.state {
+            ClientState::Stream(conn) if conn.id == id && may_see(uid, c.cred.uid) => Some(k),
+            _ => None,
+        })
+    }
+
+    /// `CLOSED ID`: how a stream of this user's ended (or that it is still open).
+    fn closed_query(&self, uid: u32, id: u64) -> Result<String, (&'static str, String)> {
+        if let Some(k) = self.open_stream_of(uid, id) {
+            let peer_fin = matches!(
+                self.clients.get(&k).map(|c| &c.state),
+                Some(ClientState::Stream(conn)) if conn.peer_fin
+            );
+            return Ok(if peer_fin { "OK eof" } else { "OK open" }.to_string());
         }
         match self.closed.get(&id) {
-            Some(&(uid, reason)) if cred.uid == 0 || cred.uid == uid => {
+            Some(&(owner, reason)) if may_see(uid, owner) => {
                 Ok(format!("OK {}", reason.describe()))
             }
             _ => Err(("ENOENT", format!("no stream {id} of yours is known"))),
@@ -1710,32 +1707,18 @@ impl Daemon {
                 }
             }
             Request::Connect(addr) => self.connect(t, addr),
-            Request::Closed(id) => {
-                let cred = self.clients.get(&t).map(|c| c.cred).unwrap_or_default();
-                match self.closed_query(cred, id) {
-                    Ok(line) => self.set_state(t, ClientState::Closing, &line),
-                    Err((code, reason)) => self.reply_err(t, code, &reason),
+            Request::Closed(id) => match self.closed_query(uid, id) {
+                Ok(line) => self.set_state(t, ClientState::Closing, &line),
+                Err((code, reason)) => self.reply_err(t, code, &reason),
+            },
+            Request::Reset(id) => match self.open_stream_of(uid, id) {
+                Some(k) => {
+                    debug!(stream = id, "reset on request");
+                    self.abort_client(k, true, CloseReason::LocalAbort);
+                    self.set_state(t, ClientState::Closing, "OK");
                 }
-            }
-            Request::Reset(id) => {
-                let cred = self.clients.get(&t).map(|c| c.cred).unwrap_or_default();
-                let target = self.clients.iter().find_map(|(&k, c)| match &c.state {
-                    ClientState::Stream(conn)
-                        if conn.id == id && (cred.uid == 0 || cred.uid == c.cred.uid) =>
-                    {
-                        Some(k)
-                    }
-                    _ => None,
-                });
-                match target {
-                    Some(k) => {
-                        debug!(stream = id, "reset on request");
-                        self.abort_client(k, true, CloseReason::LocalAbort);
-                        self.set_state(t, ClientState::Closing, "OK");
-                    }
-                    None => self.reply_err(t, "ENOENT", &format!("no open stream {id} of yours")),
-                }
-            }
+                None => self.reply_err(t, "ENOENT", &format!("no open stream {id} of yours")),
+            },
             Request::Acl(req) => self.acl_request(t, req),
         }
     }

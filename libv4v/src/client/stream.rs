@@ -155,15 +155,14 @@ impl Stream {
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.sock.read(buf) {
-            Ok(0) if !buf.is_empty() => match self.end() {
-                End::Eof => Ok(0),
-                End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
-            },
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => match self.end() {
-                End::Eof => Ok(0),
-                End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
-            },
-            r => r,
+            Ok(0) if !buf.is_empty() => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            r => return r,
+        }
+        // The connection ended: orderly, or reset?
+        match self.end() {
+            End::Eof => Ok(0),
+            End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
         }
     }
 }

@@ -138,6 +138,14 @@ impl Stack {
         c
     }
 
+    /// `v4v-cli ARGS...` in `domid`, run as the unprivileged user nobody (uid and gid 65534, no
+    /// supplementary groups), not started yet.
+    pub fn cli_as_nobody(&self, domid: u16, args: &[&str]) -> Command {
+        let mut c = as_nobody(&cli_bin());
+        c.arg("--socket").arg(self.sock(domid)).args(args);
+        c
+    }
+
     /// Starts `v4v-cli` in `domid` with `stdin`, stdout and stderr piped.
     pub fn spawn(&self, domid: u16, args: &[&str], stdin: Stdio) -> Child {
         self.cli(domid, args)
@@ -190,6 +198,14 @@ impl Drop for Stack {
         let _ = self.sim.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `program`, to be run as the unprivileged user nobody through `setpriv`.
+pub fn as_nobody(program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    c
 }
 
 pub fn wait_for_path(p: &Path) {

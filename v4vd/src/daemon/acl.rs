@@ -94,14 +94,15 @@ impl Daemon {
             }
             return self.pump_acl_load(t);
         }
-        let parse =
-            |text: &str| -> Result<Rule, String> { text.parse().map_err(|e| format!("{e}")) };
+        let parse = |text: &str| -> Result<Rule, (String, String)> {
+            text.parse()
+                .map_err(|e| ("EINVAL".to_string(), format!("{e}")))
+        };
         let r: Result<(), (String, String)> = match &req {
-            AclRequest::Add(text) => parse(text)
-                .map_err(|e| ("EINVAL".to_string(), e))
-                .and_then(|r| acl::add(&*self.hv, &r).map_err(|e| self.acl_err(&e))),
+            AclRequest::Add(text) => {
+                parse(text).and_then(|r| acl::add(&*self.hv, &r).map_err(|e| self.acl_err(&e)))
+            }
             AclRequest::Insert(n, text) => parse(text)
-                .map_err(|e| ("EINVAL".to_string(), e))
                 .and_then(|r| acl::insert(&*self.hv, *n, &r).map_err(|e| self.acl_err(&e))),
             AclRequest::DeleteAt(n) => {
                 acl::delete_at(&*self.hv, *n).map_err(|e| match e.hv_error() {
@@ -109,16 +110,14 @@ impl Daemon {
                     _ => self.acl_err(&e),
                 })
             }
-            AclRequest::DeleteRule(text) => parse(text)
-                .map_err(|e| ("EINVAL".to_string(), e))
-                .and_then(|r| {
-                    acl::delete_rule(&*self.hv, &r).map_err(|e| match e.hv_error() {
-                        Some(HvError::NotFound) => {
-                            ("ENOENT".into(), format!("no rule \"{r}\" in the table"))
-                        }
-                        _ => self.acl_err(&e),
-                    })
-                }),
+            AclRequest::DeleteRule(text) => parse(text).and_then(|r| {
+                acl::delete_rule(&*self.hv, &r).map_err(|e| match e.hv_error() {
+                    Some(HvError::NotFound) => {
+                        ("ENOENT".into(), format!("no rule \"{r}\" in the table"))
+                    }
+                    _ => self.acl_err(&e),
+                })
+            }),
             AclRequest::Flush => acl::flush(&*self.hv).map_err(|e| self.acl_err(&e)),
             AclRequest::List | AclRequest::Load(_) => Ok(()),
         };
