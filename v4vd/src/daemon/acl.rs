@@ -42,14 +42,14 @@ impl Daemon {
     }
 
     pub(super) fn acl_request(&mut self, t: usize, req: AclRequest) {
-        let Some((cred, admin)) = self.clients.get(&t).map(|c| (c.cred, c.acl_admin)) else {
+        let Some((cred, admin)) = self.clients.get(t).map(|c| (c.cred, c.acl_admin)) else {
             return;
         };
         if req == AclRequest::List {
             match acl::read_table(&*self.hv) {
                 Ok(rules) => {
                     self.set_state(t, ClientState::Closing, &format!("OK {}", rules.len()));
-                    if let Some(c) = self.clients.get_mut(&t) {
+                    if let Some(c) = self.clients.get_mut(t) {
                         for r in &rules {
                             c.queue_line(&r.to_string());
                         }
@@ -85,7 +85,7 @@ impl Daemon {
                     &format!("{n} rules: the table holds at most {}", v4v::abi::MAX_RULES),
                 );
             }
-            if let Some(c) = self.clients.get_mut(&t) {
+            if let Some(c) = self.clients.get_mut(t) {
                 c.state = ClientState::AclLoad(Box::new(AclLoad {
                     want: n as usize,
                     line: Vec::new(),
@@ -135,7 +135,7 @@ impl Daemon {
 
     /// Reads the rule lines of `ACL LOAD`, then replaces the table with them.
     pub(super) fn pump_acl_load(&mut self, t: usize) {
-        let Some(c) = self.clients.get_mut(&t) else {
+        let Some(c) = self.clients.get_mut(t) else {
             return;
         };
         let ClientState::AclLoad(load) = &mut c.state else {

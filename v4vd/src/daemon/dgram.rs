@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Datagram clients: frames from a client become `V4V_PROTO_DGRAM` sends, messages on its port's
+//! ring become frames to it, and each send is answered with a STATUS frame.
+//!
+//! Owns a datagram client's partial frame and its one parked send ([`DgramClient`]). Reading
+//! stops while a send waits for ring space, and a port's ring stops being drained while its
+//! client's output is full, so nothing here grows without bound.
+
+use std::io::{self, Read};
+
+use tracing::{debug, warn};
+use v4v::abi::{self, Addr, PROTO_DGRAM};
+use v4v::client::proto::{
+    FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, SEND_F_NOWAIT,
+};
+
+use super::Daemon;
+use super::ports::PortKind;
+use super::session::ClientState;
+
+/// A datagram client's state.
+pub(super) struct DgramClient {
+    pub port: u32,
+    /// Partial frame from the client.
+    pub inbuf: Vec<u8>,
+    /// A send waiting for ring space: destination and payload.
+    pub pending: Option<(Addr, Vec<u8>)>,
+}
+
+impl DgramClient {
+    pub fn new(port: u32) -> Self {
+        DgramClient {
+            port,
+            inbuf: Vec::new(),
+            pending: None,
+        }
+    }
+}
+
+impl Daemon {
+    pub(super) fn on_dgram(&mut self, port: u32, src: Addr, payload: &[u8]) {
+        let Some(PortKind::Dgram(t)) = self.ports.get(port).map(|p| &p.kind) else {
+            self.stats.dropped += 1;
+            debug!(port, "datagram for a non-datagram port dropped");
+            return;
+        };
+        let t = *t;
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let h = FrameHeader {
+            len: payload.len() as u32,
+            kind: FRAME_DATA,
+            domain: src.domain,
+            port: src.port,
+            aux: 0,
+        };
+        c.out.extend(h.encode());
+        c.out.extend(payload);
+        if let Err(e) = c.flush() {
+            debug!("client write: {e}");
+            c.dead = true;
+        }
+    }
+
+    pub(super) fn pump_dgram(&mut self, t: usize) {
+        // Frames are processed one at a time; reading stops while a send waits for space.
+        let mut rbuf = vec![0u8; 64 * 1024];
+        loop {
+            let Some(c) = self.clients.get_mut(t) else {
+                return;
+            };
+            let ClientState::Dgram(d) = &mut c.state else {
+                return;
+            };
+            let port = d.port;
+            if let Some((dst, payload)) = d.pending.take() {
+                if !self.dgram_send(t, port, dst, payload, false) {
+                    return;
+                }
+                continue;
+            }
+            // A whole frame buffered? Else read (only) what the frame still lacks.
+            let want = if d.inbuf.len() >= FRAME_HEADER_SIZE {
+                let mut hb = [0u8; FRAME_HEADER_SIZE];
+                hb.copy_from_slice(&d.inbuf[..FRAME_HEADER_SIZE]);
+                let h = FrameHeader::decode(&hb);
+                if h.kind != FRAME_SEND || h.len > MAX_DGRAM {
+                    warn!("datagram client sent a bad frame ({h:?}); closing it");
+                    c.dead = true;
+                    return;
+                }
+                let total = FRAME_HEADER_SIZE + h.len as usize;
+                if d.inbuf.len() >= total {
+                    let payload = d.inbuf[FRAME_HEADER_SIZE..total].to_vec();
+                    d.inbuf.drain(..total);
+                    let dst = Addr::new(h.domain, h.port);
+                    if h.port == 0 || h.domain >= abi::DOMID_FIRST_RESERVED {
+                        self.dgram_status(t, dst, abi::errno::EINVAL as u32);
+                        continue;
+                    }
+                    if !self.dgram_send(t, port, dst, payload, h.aux & SEND_F_NOWAIT != 0) {
+                        return;
+                    }
+                    continue;
+                }
+                (total - d.inbuf.len()).min(rbuf.len())
+            } else {
+                // Status frames are 16 bytes; stop reading requests while the client is not
+                // reading its replies.
+                if c.out.len() >= self.cfg.dgram_buffer {
+                    return;
+                }
+                FRAME_HEADER_SIZE - d.inbuf.len()
+            };
+            match c.stream.read(&mut rbuf[..want]) {
+                Ok(0) => {
+                    c.dead = true;
+                    return;
+                }
+                Ok(n) => d.inbuf.extend_from_slice(&rbuf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends a client's datagram and queues its STATUS frame. A full destination parks the
+    /// datagram (the client is not read until space comes) unless `nowait`, which answers
+    /// `EAGAIN`. Returns false when parked.
+    pub(super) fn dgram_send(
+        &mut self,
+        t: usize,
+        port: u32,
+        dst: Addr,
+        payload: Vec<u8>,
+        nowait: bool,
+    ) -> bool {
+        match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
+            Ok(true) => self.dgram_status(t, dst, 0),
+            Ok(false) if nowait => self.dgram_status(t, dst, abi::errno::EAGAIN as u32),
+            Ok(false) => {
+                if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
+                    d.pending = Some((dst, payload));
+                }
+                self.tx.park(t);
+                return false;
+            }
+            Err(e) => self.dgram_status(t, dst, e.errno() as u32),
+        }
+        true
+    }
+
+    pub(super) fn dgram_status(&mut self, t: usize, dst: Addr, errno: u32) {
+        if let Some(c) = self.clients.get_mut(t) {
+            let h = FrameHeader {
+                len: 0,
+                kind: FRAME_STATUS,
+                domain: dst.domain,
+                port: dst.port,
+                aux: errno,
+            };
+            c.out.extend(h.encode());
+            if c.flush().is_err() {
+                c.dead = true;
+            }
+        }
+    }
+}

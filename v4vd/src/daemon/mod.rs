@@ -1,0 +1,448 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The event loop: one thread owns the hypervisor interface, every ring and every client.
+//!
+//! This module is the loop and the glue between the tables; each concern has its own module
+//! and type:
+//!
+//! | module | owns |
+//! |---|---|
+//! | `ports` | [`ports::PortTable`]: every registered ring, listening backlogs, peer reply rings |
+//! | `session` | [`session::Clients`]: every client connection, its socket and bounded output |
+//! | `conn` | [`conn::Conn`]: the V4V side of one stream, pure (no I/O) |
+//! | `streams` | [`streams::StreamTable`]: who holds each stream, closed streams; stream handlers |
+//! | `dgram` | datagram clients' frames and their parked send |
+//! | `tx` | [`tx::Tx`]: `sendv`, waiting for ring space, parked clients, the RST queue |
+//! | `requests` | the request line and starting what it asks |
+//! | `stats` | [`stats::Stats`] and the one place `STATUS` is rendered |
+//! | `creds` | every libc call (peer credentials, hang-up checks) |
+//! | `acl` | ACL requests and dom0's rules file |
+//!
+//! Nothing is shared with other threads except the [`DaemonHandle`]'s stop flag and waker.
+//!
+//! Flow control: a client is read only when its data can be sent now (credit and no message
+//! stuck on a full ring); a ring is drained only into bounded buffers (stream buffers are bounded
+//! by the credit we granted, datagram ports stop being drained while their client's buffer is
+//! full).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use mio::net::UnixListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+use v4v::abi::{Addr, DOMID_ANY, DomId, PROTO_DGRAM, PROTO_STREAM, RingId};
+use v4v::{HvError, Hypervisor};
+
+mod acl;
+mod conn;
+mod creds;
+mod dgram;
+mod ports;
+mod requests;
+mod session;
+mod stats;
+mod streams;
+mod tx;
+
+pub use creds::Cred;
+pub use streams::CloseReason;
+
+use crate::{Config, DaemonError};
+use conn::ConnKey;
+use ports::{PortKind, PortTable};
+use session::{ClientState, Clients};
+use stats::Stats;
+use streams::{KEEPALIVE, StreamTable};
+use tx::Tx;
+
+/// The event sources of the loop, decoded from mio tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The Unix listening socket: new clients.
+    Listener,
+    /// The hypervisor's V4V event: a ring got data, or space we waited for.
+    Hypervisor,
+    /// [`DaemonHandle::stop`].
+    Waker,
+    /// One client connection.
+    Client(usize),
+}
+
+const TOKEN_LISTENER: Token = Token(0);
+const TOKEN_HV: Token = Token(1);
+const TOKEN_WAKER: Token = Token(2);
+const FIRST_CLIENT: usize = 16;
+
+impl Source {
+    fn of(t: Token) -> Self {
+        match t {
+            TOKEN_LISTENER => Source::Listener,
+            TOKEN_HV => Source::Hypervisor,
+            TOKEN_WAKER => Source::Waker,
+            Token(n) => Source::Client(n),
+        }
+    }
+}
+
+/// Stops a running daemon from another thread.
+#[derive(Clone)]
+pub struct DaemonHandle {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl DaemonHandle {
+    /// Asks the loop to stop; it resets its streams and unregisters its rings on the way out.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!("waking the daemon: {e}");
+        }
+    }
+
+    /// Asks the loop to reload its ACL file (dom0; SIGHUP), all or nothing.
+    pub fn reload_acl(&self) {
+        self.reload.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!("waking the daemon: {e}");
+        }
+    }
+}
+
+/// The daemon core. Create with [`Daemon::new`], run with [`Daemon::run`].
+pub struct Daemon {
+    poll: Poll,
+    hv: Box<dyn Hypervisor>,
+    domid: DomId,
+    listener: UnixListener,
+    cfg: Config,
+    clients: Clients,
+    ports: PortTable,
+    streams: StreamTable,
+    tx: Tx,
+    stats: Stats,
+    next_keepalive: Instant,
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    /// Set when the hypervisor interface itself failed: the loop ends with this error.
+    lost: Option<HvError>,
+}
+
+impl Daemon {
+    /// A daemon for the domain behind `hv`, serving clients that connect to `listener`.
+    pub fn new(
+        hv: Box<dyn Hypervisor>,
+        listener: std::os::unix::net::UnixListener,
+        cfg: Config,
+    ) -> Result<Self, DaemonError> {
+        cfg.validate()?;
+        let info = hv.info()?;
+        listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, TOKEN_LISTENER, Interest::READABLE)?;
+        let hv_fd = hv.event_fd().as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&hv_fd), TOKEN_HV, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), TOKEN_WAKER)?);
+        info!(domid = info.domid, "v4vd ready");
+        let mut d = Daemon {
+            poll,
+            hv,
+            domid: info.domid,
+            listener,
+            cfg,
+            clients: Clients::new(FIRST_CLIENT),
+            ports: PortTable::new(),
+            streams: StreamTable::new(),
+            tx: Tx::new(info.domid),
+            stats: Stats::default(),
+            next_keepalive: Instant::now() + KEEPALIVE,
+            stop: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
+            waker,
+            lost: None,
+        };
+        // dom0's rules apply before any client is served.
+        d.load_acl_file(true)?;
+        Ok(d)
+    }
+
+    /// The domain this daemon serves.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    /// A handle to stop the loop from another thread.
+    pub fn handle(&self) -> DaemonHandle {
+        DaemonHandle {
+            stop: self.stop.clone(),
+            reload: self.reload.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Runs until stopped. Resets all streams and unregisters every ring on the way out.
+    pub fn run(mut self) -> Result<(), DaemonError> {
+        let mut events = Events::with_capacity(256);
+        // Anything that arrived before we registered.
+        self.on_hv_event();
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let mut deadline = self.next_keepalive;
+            if let Some(b) = self.tx.busy_deadline() {
+                deadline = deadline.min(b);
+            }
+            let timeout = deadline.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            for ev in events.iter() {
+                match Source::of(ev.token()) {
+                    Source::Listener => self.accept_clients(),
+                    Source::Hypervisor => self.on_hv_event(),
+                    Source::Waker => {}
+                    Source::Client(t) => self.pump_client(t),
+                }
+            }
+            let now = Instant::now();
+            if self.tx.busy_due(now) {
+                self.retry_blocked();
+            }
+            if self.reload.swap(false, Ordering::SeqCst) {
+                self.reload_acl_file();
+            }
+            if self.next_keepalive <= now {
+                self.next_keepalive = now + KEEPALIVE;
+                self.keepalive(now);
+            }
+            self.reap();
+        }
+        self.shutdown();
+        match self.lost {
+            Some(e) => Err(DaemonError::HypervisorLost(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        info!("v4vd stopping");
+        let tokens = self.clients.tokens();
+        for t in tokens {
+            self.abort_client(t, true, CloseReason::Stopping);
+        }
+        self.reap();
+        let ports = self.ports.ports();
+        for p in ports {
+            self.release_port(p, true);
+        }
+    }
+
+    /// Registers a ring for `port` (0: ephemeral) taking messages from `partner`.
+    fn register_port(&mut self, port: u32, partner: DomId, kind: PortKind) -> Result<u32, HvError> {
+        self.ports.register(
+            &*self.hv,
+            self.domid,
+            self.cfg.ring_len,
+            port,
+            partner,
+            kind,
+        )
+    }
+
+    /// Unregisters a port's ring if nothing uses it any more (or unconditionally with `force`).
+    /// A listening port nobody listens on any more refuses its backlog (RST), even while
+    /// accepted streams keep its ring.
+    fn release_port(&mut self, port: u32, force: bool) {
+        let refused: Vec<ConnKey> = match self.ports.listen_mut(port) {
+            Some(l) if force || l.abandoned() => l.backlog.drain(..).map(|s| s.conn.key).collect(),
+            _ => Vec::new(),
+        };
+        for key in refused {
+            self.streams.remove(&key);
+            self.send_rst(key.ring_port, key.peer, key.conid);
+        }
+        if let Some(p) = self.ports.take(port, force) {
+            PortTable::unregister(&*self.hv, port, &p, self.lost.is_some());
+        }
+    }
+
+    // ---- hypervisor events ----------------------------------------------------------------
+
+    fn on_hv_event(&mut self) {
+        loop {
+            match self.hv.take_event() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) if e.is_interface_lost() => {
+                    // The simulator exited (or our domain was destroyed): nothing can work.
+                    self.lost = Some(e);
+                    self.stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    warn!("take_event: {e}");
+                    break;
+                }
+            }
+        }
+        let ports = self.ports.ports();
+        let mut consumed = false;
+        for p in ports {
+            consumed |= self.drain_port(p);
+        }
+        if consumed && let Err(e) = self.hv.notify(None) {
+            warn!("notify: {e}");
+        }
+        self.retry_blocked();
+    }
+
+    /// Consumes what the port's ring holds, as far as bounded buffers allow.
+    fn drain_port(&mut self, port: u32) -> bool {
+        let mut consumed = false;
+        let mut buf = Vec::new();
+        loop {
+            let Some(p) = self.ports.get(port) else {
+                return consumed;
+            };
+            if let PortKind::Dgram(t) = p.kind
+                && self
+                    .clients
+                    .get(t)
+                    .is_some_and(|c| c.out.len() >= self.cfg.dgram_buffer)
+            {
+                // The client is not reading: leave the rest in the ring (its senders wait).
+                return consumed;
+            }
+            let r = match p.reader.recv(&mut buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return consumed,
+                Err(e) => {
+                    self.stats.corrupt += 1;
+                    warn!(port, "corrupt ring, discarding its contents: {e}");
+                    if let Err(e) = p.reader.discard_all() {
+                        warn!(port, "cannot recover ring: {e}; re-registering");
+                        let _ = self.hv.unregister_ring(p.reader.memory(), 0);
+                        let _ = p.reader.init_header(RingId {
+                            addr: Addr::new(self.domid, port),
+                            partner: p.reader.id().map(|i| i.partner).unwrap_or(DOMID_ANY),
+                            pad: 0,
+                        });
+                        if let Err(e) = self.hv.register_ring(p.reader.memory(), 0) {
+                            warn!(port, "re-register failed: {e}");
+                        }
+                    }
+                    return true;
+                }
+            };
+            consumed = true;
+            self.stats.msgs_in += 1;
+            self.stats.bytes_in += u64::from(r.len);
+            match r.message_type {
+                PROTO_DGRAM => self.on_dgram(port, r.source, &buf),
+                PROTO_STREAM => self.on_stream(port, r.source, &buf),
+                other => {
+                    self.stats.dropped += 1;
+                    debug!(port, "dropping message of unknown type {other:#x}");
+                }
+            }
+        }
+    }
+
+    /// Retries queued RSTs and parked clients: space may have come.
+    fn retry_blocked(&mut self) {
+        for (src, dst, conid) in self.tx.take_rsts() {
+            self.send_rst(src, dst, conid);
+        }
+        for t in self.tx.take_parked() {
+            self.pump_client(t);
+        }
+    }
+
+    /// Moves client `t` along in whatever state it is.
+    fn pump_client(&mut self, t: usize) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        match &mut c.state {
+            ClientState::Handshake(_) => self.pump_handshake(t),
+            ClientState::Closing => {
+                if c.flush().is_err() || c.out.is_empty() {
+                    c.dead = true;
+                }
+            }
+            ClientState::Dgram(d) => {
+                let port = d.port;
+                let was_full = c.out.len() >= self.cfg.dgram_buffer;
+                if c.flush().is_err() {
+                    c.dead = true;
+                    return;
+                }
+                let now_room = c.out.len() < self.cfg.dgram_buffer;
+                self.pump_dgram(t);
+                if was_full && now_room && self.drain_port(port) {
+                    let _ = self.hv.notify(None);
+                }
+            }
+            ClientState::Listen(_) | ClientState::Accept(..) => {
+                if c.flush().is_err() {
+                    c.dead = true;
+                    return;
+                }
+                // Nothing is read here: what an acceptor writes before its connection comes
+                // (socat sends data, or shuts down its write side) is stream data. Only a
+                // client gone in both directions ends the wait.
+                if creds::hung_up(&c.stream) {
+                    c.dead = true;
+                }
+            }
+            ClientState::Stream(_) => self.pump_stream(t),
+            ClientState::AclLoad(_) => self.pump_acl_load(t),
+        }
+    }
+
+    /// Removes dead clients and everything they held.
+    fn reap(&mut self) {
+        for t in self.clients.dead() {
+            let Some(mut c) = self.clients.remove(t) else {
+                continue;
+            };
+            // Best effort: a final reply line (ERR) if the socket takes it.
+            let _ = c.flush();
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.tx.forget(t);
+            match c.state {
+                ClientState::Dgram(d) => self.release_port(d.port, true),
+                ClientState::Listen(p) => {
+                    if let Some(l) = self.ports.listen_mut(p) {
+                        l.controls.retain(|&x| x != t);
+                    }
+                    self.release_port(p, false);
+                }
+                ClientState::Accept(p, _) => {
+                    if let Some(l) = self.ports.listen_mut(p) {
+                        l.acceptors.retain(|&x| x != t);
+                    }
+                    self.release_port(p, false);
+                }
+                ClientState::Stream(conn) => {
+                    self.streams.remove(&conn.key);
+                    self.ports.add_conn(conn.key.ring_port, -1);
+                    self.release_port(conn.key.ring_port, false);
+                }
+                ClientState::Handshake(_) | ClientState::Closing | ClientState::AclLoad(_) => {}
+            }
+            debug!(token = t, "client removed");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The local protocol's requests: reading a client's request line and starting what it asks
+//! (`VERSION`, `STATUS`, `DGRAM`, `LISTEN`, `ACCEPT`, `CONNECT`, `CLOSED`, `RESET`, `ACL`).
+//!
+//! Owns nothing: it moves a client from its handshake into the state its request names, using
+//! the port and stream tables' own operations.
+
+use std::io::{self, Read};
+
+use tracing::debug;
+use v4v::HvError;
+use v4v::abi::DOMID_ANY;
+use v4v::client::proto::{MAX_LINE, PROTOCOL_VERSION, Request, SockAddr};
+
+use super::Daemon;
+use super::creds::hung_up;
+use super::dgram::DgramClient;
+use super::ports::{ListenState, PortKind};
+use super::session::ClientState;
+use super::streams::CloseReason;
+
+pub(super) fn errno_name(e: &HvError) -> String {
+    e.name()
+}
+
+impl Daemon {
+    pub(super) fn pump_handshake(&mut self, t: usize) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Handshake(buf) = &mut c.state else {
+            return;
+        };
+        // Read byte-wise up to the newline: nothing after it may be consumed, it is stream data.
+        let mut b = [0u8; 1];
+        let line = loop {
+            if buf.len() >= MAX_LINE {
+                c.queue_line("ERR EINVAL request line too long");
+                c.state = ClientState::Closing;
+                return self.pump_client(t);
+            }
+            match c.stream.read(&mut b) {
+                Ok(0) => {
+                    c.dead = true;
+                    return;
+                }
+                Ok(_) if b[0] == b'\n' => break std::mem::take(buf),
+                Ok(_) => buf.push(b[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        };
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\r');
+        let req = match Request::parse(text) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(token = t, "bad request: {e}");
+                self.reply_err(t, "EINVAL", &e.to_string());
+                return;
+            }
+        };
+        debug!(token = t, %req, "request");
+        self.start(t, req);
+        self.pump_client(t);
+    }
+
+    pub(super) fn reply_err(&mut self, t: usize, code: &str, reason: &str) {
+        if let Some(c) = self.clients.get_mut(t) {
+            c.out.clear();
+            c.out_prefix = 0;
+            c.state = ClientState::Closing;
+            c.queue_line(&format!("ERR {code} {reason}"));
+        }
+        self.pump_client(t);
+    }
+
+    pub(super) fn set_state(&mut self, t: usize, state: ClientState, line: &str) {
+        if let Some(c) = self.clients.get_mut(t) {
+            c.state = state;
+            c.queue_line(line);
+        }
+    }
+
+    pub(super) fn start(&mut self, t: usize, req: Request) {
+        let uid = self.clients.get(t).map_or(u32::MAX, |c| c.cred.uid);
+        match req {
+            Request::Version => {
+                self.set_state(t, ClientState::Closing, &format!("OK {PROTOCOL_VERSION}"));
+            }
+            Request::Status => {
+                let s = self.status_line();
+                self.set_state(t, ClientState::Closing, &s);
+            }
+            Request::Dgram(port, partner) => {
+                self.reclaim_port(port);
+                if port != 0 && self.ports.contains(port) {
+                    return self.reply_err(t, "EADDRINUSE", "port already bound");
+                }
+                match self.register_port(port, partner.unwrap_or(DOMID_ANY), PortKind::Dgram(t)) {
+                    Ok(p) => {
+                        let st = ClientState::Dgram(DgramClient::new(p));
+                        self.set_state(t, st, &format!("OK {p}"));
+                    }
+                    Err(e) => self.reply_err(t, &errno_name(&e), &e.to_string()),
+                }
+            }
+            Request::Listen(port) => match self.listen_port(port, uid) {
+                Ok(p) => {
+                    if let Some(l) = self.ports.listen_mut(p) {
+                        l.controls.push(t);
+                        let pending: Vec<String> = l
+                            .backlog
+                            .iter()
+                            .map(|s| {
+                                format!(
+                                    "INCOMING {} {}",
+                                    s.id,
+                                    SockAddr::new(s.conn.key.peer.domain, s.conn.key.peer.port)
+                                )
+                            })
+                            .collect();
+                        self.set_state(t, ClientState::Listen(p), &format!("OK {p}"));
+                        if let Some(c) = self.clients.get_mut(t) {
+                            for l in pending {
+                                c.queue_line(&l);
+                            }
+                        }
+                    }
+                }
+                Err((code, reason)) => self.reply_err(t, &code, &reason),
+            },
+            Request::Accept(port, id) => {
+                if port == 0 {
+                    return self.reply_err(t, "EINVAL", "ACCEPT needs a port");
+                }
+                match self.listen_port(port, uid) {
+                    Ok(p) => {
+                        if let Some(l) = self.ports.listen_mut(p) {
+                            if let Some(id) = id
+                                && !l.backlog.iter().any(|s| s.id == id)
+                            {
+                                self.reply_err(t, "ENOENT", "no such incoming connection");
+                                self.release_port(p, false);
+                                return;
+                            }
+                            l.acceptors.push_back(t);
+                        }
+                        if let Some(c) = self.clients.get_mut(t) {
+                            c.state = ClientState::Accept(p, id);
+                        }
+                        self.match_acceptors(p);
+                    }
+                    Err((code, reason)) => self.reply_err(t, &code, &reason),
+                }
+            }
+            Request::Connect(addr) => self.connect(t, addr),
+            Request::Closed(id) => match self.closed_query(uid, id) {
+                Ok(line) => self.set_state(t, ClientState::Closing, &line),
+                Err((code, reason)) => self.reply_err(t, code, &reason),
+            },
+            Request::Reset(id) => match self.open_stream_of(uid, id) {
+                Some(k) => {
+                    debug!(stream = id, "reset on request");
+                    self.abort_client(k, true, CloseReason::LocalAbort);
+                    self.set_state(t, ClientState::Closing, "OK");
+                }
+                None => self.reply_err(t, "ENOENT", &format!("no open stream {id} of yours")),
+            },
+            Request::Acl(req) => self.acl_request(t, req),
+        }
+    }
+
+    /// A port whose owner closed its connection is free, even if the close is still queued
+    /// among the loop's events: reap that owner now, so that close-then-bind always works.
+    pub(super) fn reclaim_port(&mut self, port: u32) {
+        let owner = match self.ports.get(port).map(|p| &p.kind) {
+            Some(PortKind::Dgram(o)) => *o,
+            _ => return,
+        };
+        if let Some(c) = self.clients.get_mut(owner)
+            && hung_up(&c.stream)
+        {
+            c.dead = true;
+            self.reap();
+        }
+    }
+
+    pub(super) fn listen_port(&mut self, port: u32, uid: u32) -> Result<u32, (String, String)> {
+        self.reclaim_port(port);
+        if port != 0
+            && let Some(p) = self.ports.get(port)
+        {
+            return match &p.kind {
+                PortKind::Listen(l) if l.uid == uid => Ok(port),
+                PortKind::Listen(_) => Err((
+                    "EADDRINUSE".into(),
+                    format!("port {port} is listened on by another user"),
+                )),
+                _ => Err(("EADDRINUSE".into(), "port already bound".into())),
+            };
+        }
+        let state = ListenState {
+            uid,
+            ..ListenState::default()
+        };
+        self.register_port(port, DOMID_ANY, PortKind::Listen(state))
+            .map_err(|e| (errno_name(&e), e.to_string()))
+    }
+}

@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Local client connections ("sessions"): each one's socket, credentials, protocol state and
+//! bounded output buffer, and the table of them with its per-user counts.
+//!
+//! Owns the Unix sockets of clients. It reads and writes them only through [`Client::flush`]
+//! and the handlers' reads; it never sends to the hypervisor and never touches a ring.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Write};
+
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use tracing::{debug, warn};
+
+use super::Daemon;
+use super::acl;
+use super::conn::Conn;
+use super::creds::{Cred, peer_cred, peer_groups};
+use super::dgram::DgramClient;
+
+/// Where a client is in the local protocol.
+pub(super) enum ClientState {
+    /// Reading the request line.
+    Handshake(Vec<u8>),
+    /// Flushing a last reply, then closing.
+    Closing,
+    Dgram(DgramClient),
+    Listen(u32),
+    Accept(u32, Option<u64>),
+    Stream(Box<Conn>),
+    /// Sending the rule lines of `ACL LOAD`.
+    AclLoad(Box<acl::AclLoad>),
+}
+
+/// One local client connection.
+pub(super) struct Client {
+    pub stream: UnixStream,
+    pub cred: Cred,
+    /// Root, or in the configured ACL group: may change the ACL table.
+    pub acl_admin: bool,
+    pub state: ClientState,
+    /// Bytes for the client; bounded by the state's rules.
+    pub out: VecDeque<u8>,
+    /// Leading bytes of `out` that are not stream data (reply lines).
+    pub out_prefix: usize,
+    pub dead: bool,
+}
+
+impl Client {
+    /// A client that has not sent its request line yet.
+    pub fn new(stream: UnixStream, cred: Cred, acl_admin: bool) -> Self {
+        Client {
+            stream,
+            cred,
+            acl_admin,
+            state: ClientState::Handshake(Vec::new()),
+            out: VecDeque::new(),
+            out_prefix: 0,
+            dead: false,
+        }
+    }
+
+    /// Queues a reply line (counted as non-data when it goes before stream data).
+    pub fn queue_line(&mut self, line: &str) {
+        self.out.extend(line.as_bytes());
+        self.out.push_back(b'\n');
+        if matches!(self.state, ClientState::Stream(_)) || self.out_prefix > 0 {
+            self.out_prefix += line.len() + 1;
+        }
+    }
+
+    /// Writes as much of `out` as the socket takes; returns data bytes written.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let mut data = 0;
+        while !self.out.is_empty() {
+            let (a, b) = self.out.as_slices();
+            let r = self
+                .stream
+                .write_vectored(&[IoSlice::new(a), IoSlice::new(b)]);
+            match r {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out.drain(..n);
+                    let p = n.min(self.out_prefix);
+                    self.out_prefix -= p;
+                    data += n - p;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(data)
+    }
+
+    /// Whether this is a stream with FIN in both directions (our client's end was sent or
+    /// queued, the peer's received): the peer owes nothing and may already be gone.
+    pub fn finished_both_ways(&self) -> bool {
+        matches!(&self.state, ClientState::Stream(conn) if conn.peer_fin && conn.client_eof)
+    }
+}
+
+/// Whether the user `asker` may see or act on what user `owner` holds: its own, or root.
+pub(super) fn may_see(asker: u32, owner: u32) -> bool {
+    asker == 0 || asker == owner
+}
+
+/// Every client, by mio token, and how many each user holds.
+pub(super) struct Clients {
+    map: HashMap<usize, Client>,
+    next_token: usize,
+    /// Clients connected per uid.
+    per_uid: HashMap<u32, usize>,
+}
+
+impl Clients {
+    pub fn new(first_token: usize) -> Self {
+        Clients {
+            map: HashMap::new(),
+            next_token: first_token,
+            per_uid: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn get(&self, t: usize) -> Option<&Client> {
+        self.map.get(&t)
+    }
+
+    pub fn get_mut(&mut self, t: usize) -> Option<&mut Client> {
+        self.map.get_mut(&t)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&usize, &Client)> {
+        self.map.iter()
+    }
+
+    /// Every token (a copy, for loops that change the table).
+    pub fn tokens(&self) -> Vec<usize> {
+        self.map.keys().copied().collect()
+    }
+
+    /// Tokens of the clients marked dead.
+    pub fn dead(&self) -> Vec<usize> {
+        self.map
+            .iter()
+            .filter(|(_, c)| c.dead)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// How many clients `uid` holds.
+    pub fn held_by(&self, uid: u32) -> usize {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// The token for the next client.
+    pub fn next_token(&mut self) -> usize {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    pub fn insert(&mut self, t: usize, c: Client) {
+        *self.per_uid.entry(c.cred.uid).or_insert(0) += 1;
+        self.map.insert(t, c);
+    }
+
+    pub fn remove(&mut self, t: usize) -> Option<Client> {
+        let c = self.map.remove(&t)?;
+        if let Some(n) = self.per_uid.get_mut(&c.cred.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_uid.remove(&c.cred.uid);
+            }
+        }
+        Some(c)
+    }
+}
+
+impl Daemon {
+    /// Takes every waiting client, refusing those past the global or per-user limit.
+    pub(super) fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut s, _)) => {
+                    if self.clients.len() >= self.cfg.max_clients {
+                        warn!("too many clients; refusing one");
+                        let _ = s.write(b"ERR EMFILE too many clients\n");
+                        continue;
+                    }
+                    let cred = match peer_cred(&s) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            warn!("SO_PEERCRED: {e}");
+                            continue;
+                        }
+                    };
+                    // One user cannot take every connection (and descriptor) the daemon has.
+                    let held = self.clients.held_by(cred.uid);
+                    if cred.uid != 0 && held >= self.cfg.max_clients_per_user {
+                        warn!(
+                            uid = cred.uid,
+                            held, "per-user client limit reached; refusing one"
+                        );
+                        let _ = s.write(
+                            format!(
+                                "ERR EMFILE uid {} holds {held} connections, the most one user may\n",
+                                cred.uid
+                            )
+                            .as_bytes(),
+                        );
+                        continue;
+                    }
+                    let acl_admin = cred.uid == 0
+                        || self.cfg.acl_group.is_some_and(|g| {
+                            cred.gid == g || peer_groups(&s).is_ok_and(|gs| gs.contains(&g))
+                        });
+                    let t = self.clients.next_token();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut s,
+                        Token(t),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!("register client: {e}");
+                        continue;
+                    }
+                    debug!(
+                        token = t,
+                        pid = cred.pid,
+                        uid = cred.uid,
+                        "client connected"
+                    );
+                    self.clients.insert(t, Client::new(s, cred, acl_admin));
+                    self.pump_client(t);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
