@@ -6,14 +6,14 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `ports` | [`ports::PortTable`]: every registered ring, listening backlogs, peer reply rings |
-//! | `session` | [`session::Clients`]: every client connection, its socket and bounded output |
-//! | `conn` | [`conn::Conn`]: the V4V side of one stream, pure (no I/O) |
-//! | `streams` | [`streams::StreamTable`]: who holds each stream, closed streams; stream handlers |
+//! | `ports` | `ports::PortTable`: every registered ring, listening backlogs, peer reply rings |
+//! | `session` | `session::Clients`: every client connection, its socket and bounded output |
+//! | `conn` | `conn::Conn`: the V4V side of one stream, pure (no I/O) |
+//! | `streams` | `streams::StreamTable`: who holds each stream, closed streams; stream handlers |
 //! | `dgram` | datagram clients' frames and their parked send |
-//! | `tx` | [`tx::Tx`]: `sendv`, waiting for ring space, parked clients, the RST queue |
+//! | `tx` | `tx::Tx`: `sendv`, waiting for ring space, parked clients, the RST queue |
 //! | `requests` | the request line and starting what it asks |
-//! | `stats` | [`stats::Stats`] and the one place `STATUS` is rendered |
+//! | `stats` | `stats::Stats` and the one place `STATUS` is rendered |
 //! | `creds` | every libc call (peer credentials, hang-up checks) |
 //! | `acl` | ACL requests and dom0's rules file |
 //!
