@@ -127,6 +127,9 @@ pub struct Daemon {
     tx: Tx,
     stats: Stats,
     next_keepalive: Instant,
+    /// Clients to pump after the current event: handlers wake each other through this list
+    /// instead of calling each other.
+    ready: Vec<usize>,
     stop: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -165,6 +168,7 @@ impl Daemon {
             tx: Tx::new(info.domid),
             stats: Stats::default(),
             next_keepalive: Instant::now() + KEEPALIVE,
+            ready: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             reload: Arc::new(AtomicBool::new(false)),
             waker,
@@ -214,6 +218,7 @@ impl Daemon {
                     Source::Waker => {}
                     Source::Client(t) => self.pump_client(t),
                 }
+                self.run_ready();
             }
             let now = Instant::now();
             if self.tx.busy_due(now) {
@@ -226,6 +231,7 @@ impl Daemon {
                 self.next_keepalive = now + KEEPALIVE;
                 self.keepalive(now);
             }
+            self.run_ready();
             self.reap();
         }
         self.shutdown();
@@ -366,6 +372,23 @@ impl Daemon {
         }
         for t in self.tx.take_parked() {
             self.pump_client(t);
+        }
+    }
+
+    /// Queues client `t` to be pumped after the current event.
+    fn wake(&mut self, t: usize) {
+        self.ready.push(t);
+    }
+
+    /// Pumps the clients woken so far (and those they wake).
+    fn run_ready(&mut self) {
+        while !self.ready.is_empty() {
+            let mut woken = std::mem::take(&mut self.ready);
+            woken.sort_unstable();
+            woken.dedup();
+            for t in woken {
+                self.pump_client(t);
+            }
         }
     }
 

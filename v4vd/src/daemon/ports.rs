@@ -104,10 +104,6 @@ impl PortTable {
         self.ports.get(&port)
     }
 
-    pub fn get_mut(&mut self, port: u32) -> Option<&mut Port> {
-        self.ports.get_mut(&port)
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&u32, &Port)> {
         self.ports.iter()
     }

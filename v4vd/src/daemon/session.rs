@@ -96,7 +96,7 @@ impl Client {
     /// Whether this is a stream with FIN in both directions (our client's end was sent or
     /// queued, the peer's received): the peer owes nothing and may already be gone.
     pub fn finished_both_ways(&self) -> bool {
-        matches!(&self.state, ClientState::Stream(conn) if conn.peer_fin && conn.client_eof)
+        matches!(&self.state, ClientState::Stream(conn) if conn.finished_both_ways())
     }
 }
 

@@ -17,15 +17,19 @@ use v4v::client::proto::SockAddr;
 use v4v::ring;
 
 use super::Daemon;
-use super::conn::{Conn, ConnKey, Outcome, Phase, apply_segment};
+use super::conn::{Conn, ConnKey, Event, Out, State, Step, stray};
 use super::ports::{PendingSyn, PortKind};
 use super::requests::errno_name;
 use super::session::{Client, ClientState, may_see};
 use crate::wire::{self, Segment};
 
-/// How often idle peers are probed, and how long a SYN may wait for its answer.
+/// How often idle peers are probed.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed connection is remembered so that its late segments are absorbed: well
+/// beyond how long a peer's credit update can wait on a full ring before it is sent.
+const TIME_WAIT: Duration = Duration::from_secs(30);
+/// Most connections remembered in time-wait (the oldest are forgotten first).
+const MAX_TIME_WAIT: usize = 16384;
 
 /// How a stream ended, as `CLOSED` reports it: `eof` for an orderly close by the peer, else an
 /// errno name for a reset.
@@ -83,6 +87,9 @@ pub(super) struct StreamTable {
     next_stream_id: u64,
     closed: HashMap<u64, (u32, CloseReason)>,
     closed_order: VecDeque<u64>,
+    /// Closed connections in time-wait, until when; `time_wait_order` is oldest first.
+    time_wait: HashMap<ConnKey, Instant>,
+    time_wait_order: VecDeque<(Instant, ConnKey)>,
 }
 
 impl StreamTable {
@@ -93,6 +100,8 @@ impl StreamTable {
             next_stream_id: 0,
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
+            time_wait: HashMap::new(),
+            time_wait_order: VecDeque::new(),
         }
     }
 
@@ -108,8 +117,37 @@ impl StreamTable {
         self.conns.insert(key, owner);
     }
 
+    /// Forgets a live connection; it stays in time-wait for [`TIME_WAIT`] (bounded by
+    /// [`MAX_TIME_WAIT`]) so that what the peer sent before it learnt of the close is absorbed.
     pub fn remove(&mut self, key: &ConnKey) {
-        self.conns.remove(key);
+        if self.conns.remove(key).is_none() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(&(until, k)) = self.time_wait_order.front() {
+            if until > now && self.time_wait_order.len() < MAX_TIME_WAIT {
+                break;
+            }
+            self.time_wait_order.pop_front();
+            if self.time_wait.get(&k) == Some(&until) {
+                self.time_wait.remove(&k);
+            }
+        }
+        let until = now + TIME_WAIT;
+        self.time_wait.insert(*key, until);
+        self.time_wait_order.push_back((until, *key));
+    }
+
+    /// Whether `key` is a closed connection still remembered.
+    pub fn in_time_wait(&self, key: &ConnKey) -> bool {
+        self.time_wait
+            .get(key)
+            .is_some_and(|&until| until > Instant::now())
+    }
+
+    /// A new connection with `key` (a SYN): the old one is over for good.
+    pub fn end_time_wait(&mut self, key: &ConnKey) {
+        self.time_wait.remove(key);
     }
 
     /// The clients holding streams between our `ring_port` and `peer`.
@@ -158,6 +196,7 @@ impl StreamTable {
 impl Daemon {
     // ---- streams: messages from peers ------------------------------------------------------
 
+    /// A `V4V_PROTO_STREAM` message from `src` on our ring `port`.
     pub(super) fn on_stream(&mut self, port: u32, src: Addr, msg: &[u8]) {
         let (conid, seg) = match wire::decode(msg) {
             Ok(x) => x,
@@ -173,118 +212,160 @@ impl Daemon {
             conid,
         };
         if let Segment::Syn { window } = seg {
-            self.on_syn(port, src, conid, window);
+            self.on_syn(key, window);
             return;
         }
-        let Some(owner) = self.streams.owner(&key) else {
-            match seg {
-                Segment::Rst | Segment::Ping | Segment::Pong => {}
-                _ => {
+        let payload = match seg {
+            Segment::Data(d) => d,
+            _ => &[],
+        };
+        match self.streams.owner(&key) {
+            Some(Owner::Client(t)) => {
+                let Some(ClientState::Stream(conn)) = self.clients.get_mut(t).map(|c| &mut c.state)
+                else {
+                    return;
+                };
+                let was = conn.state();
+                let step = conn.on_segment(&seg);
+                self.perform(t, was, step, payload);
+            }
+            Some(Owner::Backlog(p)) => self.backlog_segment(p, key, &seg, payload),
+            None => {
+                // Closed (time-wait) or never known: absorbed unless it needs an answer.
+                if let Some(o) = stray(&seg, self.streams.in_time_wait(&key)) {
                     self.stats.dropped += 1;
-                    self.send_rst(port, src, conid);
+                    debug!(?key, "{seg:?} for no connection: {o:?}");
+                    self.send_out(key, o);
+                } else if conid != 0 {
+                    debug!(?key, "late {seg:?} for a closed connection absorbed");
                 }
             }
-            return;
-        };
-        let window = self.cfg.conn_window as usize;
-        let outcome = match owner {
-            Owner::Client(t) => match self.clients.get_mut(t) {
-                Some(Client {
-                    state: ClientState::Stream(conn),
-                    out,
-                    ..
-                }) => apply_segment(conn, out, seg, window),
-                _ => return,
-            },
-            Owner::Backlog(p) => match self.ports.get_mut(p).map(|x| &mut x.kind) {
-                Some(PortKind::Listen(l)) => {
-                    let Some(ps) = l.backlog.iter_mut().find(|s| s.conn.key == key) else {
-                        return;
-                    };
-                    apply_segment(&mut ps.conn, &mut ps.buf, seg, window)
-                }
-                _ => return,
-            },
-        };
-        match (owner, outcome) {
-            (_, Outcome::Continue) => {}
-            (Owner::Client(t), Outcome::Established) => {
-                if let Some(c) = self.clients.get_mut(t)
-                    && let ClientState::Stream(conn) = &c.state
-                {
-                    let line = format!("OK {port} {}", conn.id);
-                    c.queue_line(&line);
-                    c.out_prefix = c.out.len();
-                }
-                debug!(?key, "stream established");
-            }
-            (Owner::Client(t), Outcome::Violation) => {
-                warn!(
-                    ?key,
-                    "peer broke the stream protocol (data out of window); resetting"
-                );
-                self.abort_client(t, true, CloseReason::Protocol);
-                return;
-            }
-            (Owner::Client(t), Outcome::Reset { refused }) => {
-                debug!(?key, "stream reset by peer");
-                if refused && let Some(c) = self.clients.get_mut(t) {
-                    c.out.clear();
-                    c.out_prefix = 0;
-                    c.queue_line("ERR ECONNREFUSED connection refused by the peer");
-                }
-                self.abort_client(t, false, CloseReason::PeerReset);
-                return;
-            }
-            (Owner::Backlog(p), Outcome::Violation | Outcome::Reset { .. }) => {
-                let violation = outcome == Outcome::Violation;
-                if let Some(l) = self.ports.listen_mut(p) {
-                    l.backlog.retain(|s| s.conn.key != key);
-                }
-                self.streams.remove(&key);
-                if violation {
-                    self.send_rst(key.ring_port, key.peer, key.conid);
-                }
-                return;
-            }
-            (Owner::Backlog(_), Outcome::Established) => {}
-        }
-        if let Owner::Client(t) = owner {
-            self.pump_client(t);
         }
     }
 
-    pub(super) fn on_syn(&mut self, port: u32, src: Addr, conid: u32, window: u32) {
-        let key = ConnKey {
-            ring_port: port,
-            peer: src,
-            conid,
+    /// Performs a transition's step for the stream client `t` (whose connection was in state
+    /// `was` before it). Nothing here re-enters another handler: the client is woken to be
+    /// pumped after the current event.
+    fn perform(&mut self, t: usize, was: State, step: Step, payload: &[u8]) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
         };
+        let ClientState::Stream(conn) = &mut c.state else {
+            return;
+        };
+        let (key, id, uid) = (conn.key, conn.id, c.cred.uid);
+        match step.send {
+            Some(Out::Rst) | None => {}
+            Some(o) => conn.outq.push_back(o.encode(key.conid)),
+        }
+        let mut closed = None;
+        match step.event {
+            None => {}
+            Some(Event::Deliver) => c.out.extend(payload),
+            Some(Event::Connected) => {
+                let line = format!("OK {} {id}", key.ring_port);
+                c.queue_line(&line);
+                c.out_prefix = c.out.len();
+                debug!(?key, "stream established");
+            }
+            Some(Event::Closed(reason)) => {
+                c.dead = true;
+                match reason {
+                    CloseReason::PeerReset if was == State::Connecting => {
+                        c.out.clear();
+                        c.out_prefix = 0;
+                        c.queue_line("ERR ECONNREFUSED connection refused by the peer");
+                    }
+                    CloseReason::Protocol => {
+                        warn!(?key, "peer broke the stream protocol; resetting");
+                    }
+                    CloseReason::Eof => debug!(?key, "stream closed"),
+                    _ => debug!(?key, "stream ended: {}", reason.describe()),
+                }
+                closed = Some(reason);
+            }
+        }
+        if step.send == Some(Out::Rst) {
+            self.send_out(key, Out::Rst);
+        }
+        if let Some(reason) = closed {
+            self.streams.remember_close(id, uid, reason);
+        }
+        self.wake(t);
+    }
+
+    /// Sends a control segment at once (an RST waits in the RST queue if the ring is full).
+    fn send_out(&mut self, key: ConnKey, o: Out) {
+        match o {
+            Out::Rst => self.send_rst(key.ring_port, key.peer, key.conid),
+            o => {
+                let m = o.encode(key.conid);
+                if let Err(e) = self.send_or_wait(key.ring_port, key.peer, PROTO_STREAM, &m) {
+                    debug!(?key, "{o:?} not sent: {e}");
+                }
+            }
+        }
+    }
+
+    /// A segment for a connection in listening port `p`'s backlog.
+    fn backlog_segment(&mut self, p: u32, key: ConnKey, seg: &Segment<'_>, payload: &[u8]) {
+        let Some(l) = self.ports.listen_mut(p) else {
+            return;
+        };
+        let Some(i) = l.backlog.iter().position(|s| s.conn.key == key) else {
+            return;
+        };
+        let ps = &mut l.backlog[i];
+        let step = ps.conn.on_segment(seg);
+        match step.event {
+            Some(Event::Deliver) => ps.buf.extend(payload),
+            Some(Event::Closed(_)) => {
+                l.backlog.remove(i);
+                self.streams.remove(&key);
+            }
+            Some(Event::Connected) | None => {}
+        }
+        if let Some(o) = step.send {
+            self.send_out(key, o);
+        }
+    }
+
+    /// A connect request: into the backlog of the listening port (SYN|ACK at once), or RST.
+    fn on_syn(&mut self, key: ConnKey, window: u32) {
+        let (port, src, conid) = (key.ring_port, key.peer, key.conid);
         if self.streams.owner(&key).is_some() {
             return; // a duplicate
         }
+        self.streams.end_time_wait(&key);
         let backlog_max = self.cfg.backlog;
-        let mut conn = Box::new(self.new_conn(key, Phase::Established));
-        conn.credit = window;
         let Some(l) = self.ports.listen_mut(port) else {
             debug!(port, "SYN for a port nobody listens on: RST");
             self.send_rst(port, src, conid);
             return;
         };
-        if (l.controls.is_empty() && l.acceptors.is_empty()) || l.backlog.len() >= backlog_max {
+        if l.abandoned() || l.backlog.len() >= backlog_max {
             debug!(port, "not listening or backlog full: RST");
             self.send_rst(port, src, conid);
             return;
         }
         let id = l.next_id;
         l.next_id += 1;
+        let controls = l.controls.clone();
+        let stream_id = self.streams.next_stream_id();
+        let mut conn = Box::new(Conn::accepted(
+            key,
+            stream_id,
+            self.cfg.conn_window,
+            window,
+            self.chunk(),
+            Instant::now(),
+        ));
         let synack = wire::encode(
             conid,
             &Segment::SynAck {
                 window: self.cfg.conn_window,
             },
         );
-        let controls = l.controls.clone();
         match self.send_or_wait(port, src, PROTO_STREAM, &synack) {
             Ok(true) => {}
             // Sent when a client accepts it.
@@ -316,6 +397,7 @@ impl Daemon {
         self.match_acceptors(port);
     }
 
+    /// Hands backlog connections of `port` to waiting `ACCEPT` clients.
     pub(super) fn match_acceptors(&mut self, port: u32) {
         loop {
             let Some(l) = self.ports.listen_mut(port) else {
@@ -344,9 +426,7 @@ impl Daemon {
                 return;
             };
             let key = ps.conn.key;
-            if let Some(p) = self.ports.get_mut(port) {
-                p.conns += 1;
-            }
+            self.ports.add_conn(port, 1);
             self.streams.insert(key, Owner::Client(t));
             if let Some(c) = self.clients.get_mut(t) {
                 let line = format!(
@@ -360,43 +440,30 @@ impl Daemon {
                 c.out.extend(ps.buf);
             }
             debug!(?key, "stream accepted");
-            self.pump_client(t);
+            self.wake(t);
         }
     }
 
-    pub(super) fn new_conn(&mut self, key: ConnKey, phase: Phase) -> Conn {
-        let id = self.streams.next_stream_id();
+    /// Data bytes per stream message: the configured chunk, within what one ring message holds.
+    fn chunk(&self) -> usize {
         let ring_cap = ring::max_message_size(self.cfg.ring_len) as usize;
-        Conn {
-            key,
-            id,
-            phase,
-            started: Instant::now(),
-            credit: 0,
-            outq: VecDeque::new(),
-            grant: 0,
-            held: 0,
-            peer_fin: false,
-            client_eof: false,
-            write_shut: false,
-            chunk: self
-                .cfg
-                .chunk
-                .min(ring_cap.saturating_sub(wire::HEADER))
-                .max(1),
-        }
+        self.cfg
+            .chunk
+            .min(ring_cap.saturating_sub(wire::HEADER))
+            .max(1)
     }
 
     // ---- streams: the client side ----------------------------------------------------------
 
+    /// Moves a stream client along: its output, credit back to the peer, queued messages, the
+    /// orderly end, and its input within credit.
     pub(super) fn pump_stream(&mut self, t: usize) {
-        let window = self.cfg.conn_window;
         let mut rbuf = Vec::new();
         loop {
             let Some(c) = self.clients.get_mut(t) else {
                 return;
             };
-            if !matches!(c.state, ClientState::Stream(_)) {
+            if c.dead {
                 return;
             }
             // 1. To the client.
@@ -405,32 +472,20 @@ impl Daemon {
                 return;
             };
             match flushed {
-                Ok(n) => {
-                    conn.held = conn.held.saturating_sub(n);
-                    conn.grant = conn.grant.saturating_add(n as u32);
-                }
+                Ok(n) => conn.consumed(n),
                 Err(e) => {
                     debug!(key = ?conn.key, "client gone mid-stream: {e}");
                     self.abort_client(t, true, CloseReason::LocalAbort);
                     return;
                 }
             }
-            if conn.peer_fin && c.out.is_empty() && !conn.write_shut {
+            if conn.peer_finished() && c.out.is_empty() && !conn.write_shut {
                 conn.write_shut = true;
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
             }
-            // 2. Credit back to the peer (none once it finished sending: it needs none, and it
-            // may have closed its ring already).
-            if conn.phase == Phase::Established
-                && !conn.peer_fin
-                && conn.outq.is_empty()
-                && conn.grant > 0
-                && (conn.grant >= window / 4 || conn.held == 0)
-            {
-                let g = conn.grant;
-                conn.grant = 0;
-                conn.outq
-                    .push_back(wire::encode(conn.key.conid, &Segment::Ack { credit: g }));
+            // 2. Credit back to the peer.
+            if let Some(o) = conn.credit_due() {
+                conn.outq.push_back(o.encode(conn.key.conid));
             }
             // 3. Queued messages to the peer.
             let (src, dst) = (conn.key.ring_port, conn.key.peer);
@@ -477,31 +532,29 @@ impl Daemon {
                 return;
             };
             // 4. Done?
-            if conn.client_eof && conn.peer_fin && c.out.is_empty() && conn.outq.is_empty() {
-                if c.dead {
-                    return;
-                }
-                debug!(key = ?conn.key, "stream closed");
-                self.close_stream(t);
+            let step = conn.try_finish(c.out.is_empty());
+            if step.event.is_some() {
+                let was = State::Closing;
+                self.perform(t, was, step, &[]);
                 return;
             }
             // 5. From the client, within credit.
-            if conn.phase != Phase::Established || conn.client_eof || conn.credit == 0 {
+            let n = conn.sendable();
+            if n == 0 {
                 if progressed {
                     continue;
                 }
                 return;
             }
-            let n = (conn.credit as usize).min(conn.chunk);
             rbuf.resize(wire::HEADER + n, 0);
             match c.stream.read(&mut rbuf[wire::HEADER..]) {
                 Ok(0) => {
-                    conn.client_eof = true;
-                    conn.outq
-                        .push_back(wire::encode(conn.key.conid, &Segment::Fin));
+                    if let Some(o) = conn.client_eof().send {
+                        conn.outq.push_back(o.encode(conn.key.conid));
+                    }
                 }
                 Ok(k) => {
-                    conn.credit -= k as u32;
+                    conn.sent(k);
                     rbuf.truncate(wire::HEADER + k);
                     let hdr = wire::encode(conn.key.conid, &Segment::Data(&[]));
                     rbuf[..wire::HEADER].copy_from_slice(&hdr);
@@ -523,39 +576,32 @@ impl Daemon {
         }
     }
 
-    /// Removes a stream client after an orderly close.
-    pub(super) fn close_stream(&mut self, t: usize) {
-        if let Some(c) = self.clients.get_mut(t) {
-            c.dead = true;
-            if let ClientState::Stream(conn) = &c.state {
-                let (id, uid) = (conn.id, c.cred.uid);
-                self.streams.remember_close(id, uid, CloseReason::Eof);
-            }
-        }
-    }
-
-    /// Ends a client at once. Streams send RST to the peer when `rst` (our side aborted) and
-    /// remember `reason` for `CLOSED`; waiting connects answer `ERR` if nothing was queued yet.
+    /// Ends a client at once. A stream sends RST to the peer when `rst` (our side aborted) and
+    /// remembers `reason` for `CLOSED`.
     pub(super) fn abort_client(&mut self, t: usize, rst: bool, reason: CloseReason) {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
         c.dead = true;
-        let uid = c.cred.uid;
-        if let ClientState::Stream(conn) = &mut c.state {
-            let (key, id) = (conn.key, conn.id);
-            conn.outq.clear();
-            if rst {
-                self.send_rst(key.ring_port, key.peer, key.conid);
-            }
-            self.streams.remember_close(id, uid, reason);
-        }
+        let ClientState::Stream(conn) = &mut c.state else {
+            return;
+        };
+        let was = conn.state();
+        let step = if rst {
+            conn.abort_with(reason)
+        } else {
+            conn.lost(reason)
+        };
+        self.perform(t, was, step, &[]);
     }
 
     /// The client holding open stream `id`, if `uid` may see it (its owner, or root).
     pub(super) fn open_stream_of(&self, uid: u32, id: u64) -> Option<usize> {
         self.clients.iter().find_map(|(&k, c)| match &c.state {
-            ClientState::Stream(conn) if conn.id == id && may_see(uid, c.cred.uid) => Some(k),
+            // A dead client's stream is over: its end is in the closed log.
+            ClientState::Stream(conn) if conn.id == id && !c.dead && may_see(uid, c.cred.uid) => {
+                Some(k)
+            }
             _ => None,
         })
     }
@@ -565,7 +611,7 @@ impl Daemon {
         if let Some(k) = self.open_stream_of(uid, id) {
             let peer_fin = matches!(
                 self.clients.get(k).map(|c| &c.state),
-                Some(ClientState::Stream(conn)) if conn.peer_fin
+                Some(ClientState::Stream(conn)) if conn.peer_finished()
             );
             return Ok(if peer_fin { "OK eof" } else { "OK open" }.to_string());
         }
@@ -603,7 +649,9 @@ impl Daemon {
         );
         match self.send_or_wait(ring_port, dst, PROTO_STREAM, &syn) {
             Ok(sent) => {
-                let mut conn = self.new_conn(key, Phase::SynSent);
+                let id = self.streams.next_stream_id();
+                let mut conn =
+                    Conn::connecting(key, id, self.cfg.conn_window, self.chunk(), Instant::now());
                 if !sent {
                     conn.outq.push_back(syn);
                     self.tx.park(t);
@@ -628,8 +676,8 @@ impl Daemon {
         let mut expired = Vec::new();
         for (&t, c) in self.clients.iter() {
             if let ClientState::Stream(conn) = &c.state {
-                if conn.phase == Phase::SynSent {
-                    if now.duration_since(conn.started) > CONNECT_TIMEOUT {
+                if conn.state() == State::Connecting {
+                    if conn.connect_expired(now) {
                         expired.push(t);
                     }
                 } else {
