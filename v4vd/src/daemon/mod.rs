@@ -41,6 +41,8 @@ mod acl;
 mod conn;
 mod creds;
 mod dgram;
+#[cfg(test)]
+mod explore;
 mod ports;
 mod requests;
 mod session;

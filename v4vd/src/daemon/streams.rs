@@ -33,7 +33,7 @@ const MAX_TIME_WAIT: usize = 16384;
 
 /// How a stream ended, as `CLOSED` reports it: `eof` for an orderly close by the peer, else an
 /// errno name for a reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// The peer closed orderly (FIN); everything it sent was delivered.
     Eof,
