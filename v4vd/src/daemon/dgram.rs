@@ -144,10 +144,10 @@ impl Daemon {
             Ok(true) => self.dgram_status(t, dst, 0),
             Ok(false) if nowait => self.dgram_status(t, dst, abi::errno::EAGAIN as u32),
             Ok(false) => {
+                self.tx.park(t, dst, payload.len());
                 if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
                     d.pending = Some((dst, payload));
                 }
-                self.tx.park(t);
                 return false;
             }
             Err(e) => self.dgram_status(t, dst, e.errno() as u32),

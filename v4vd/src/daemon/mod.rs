@@ -203,7 +203,7 @@ impl Daemon {
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             let mut deadline = self.next_keepalive;
-            if let Some(b) = self.tx.busy_deadline() {
+            if let Some(b) = self.tx.deadline() {
                 deadline = deadline.min(b);
             }
             let timeout = deadline.saturating_duration_since(now);
@@ -224,7 +224,9 @@ impl Daemon {
             }
             let now = Instant::now();
             if self.tx.busy_due(now) {
-                self.retry_blocked();
+                self.retry_blocked(true);
+            } else if self.tx.check_due(now) {
+                self.retry_blocked(false);
             }
             if self.reload.swap(false, Ordering::SeqCst) {
                 self.reload_acl_file();
@@ -312,7 +314,10 @@ impl Daemon {
         if consumed && let Err(e) = self.hv.notify(None) {
             warn!("notify: {e}");
         }
-        self.retry_blocked();
+        self.retry_rsts();
+        if self.tx.event(Instant::now()) {
+            self.retry_blocked(false);
+        }
     }
 
     /// Consumes what the port's ring holds, as far as bounded buffers allow.
@@ -367,13 +372,26 @@ impl Daemon {
         }
     }
 
-    /// Retries queued RSTs and parked clients: space may have come.
-    fn retry_blocked(&mut self) {
+    /// Retries queued RSTs and the parked clients whose destination has room now (`all`: every
+    /// parked client, after EBUSY).
+    fn retry_blocked(&mut self, all: bool) {
+        if all {
+            self.retry_rsts();
+        }
+        let woken = if all {
+            self.tx.take_parked()
+        } else {
+            self.tx.take_ready(&*self.hv)
+        };
+        for t in woken {
+            self.pump_client(t);
+        }
+    }
+
+    /// Retries the RSTs that met a full ring.
+    fn retry_rsts(&mut self) {
         for (src, dst, conid) in self.tx.take_rsts() {
             self.send_rst(src, dst, conid);
-        }
-        for t in self.tx.take_parked() {
-            self.pump_client(t);
         }
     }
 
@@ -409,7 +427,10 @@ impl Daemon {
             ClientState::Dgram(d) => {
                 let port = d.port;
                 let was_full = c.out.len() >= self.cfg.dgram_buffer;
-                if c.flush().is_err() {
+                // A parked client is not read, so its end of file would go unseen: a sender that
+                // vanished while waiting for ring space must not keep its port and ring.
+                let parked = d.pending.is_some();
+                if c.flush().is_err() || (parked && creds::hung_up(&c.stream)) {
                     c.dead = true;
                     return;
                 }

@@ -497,12 +497,12 @@ impl Daemon {
                 match self.send_or_wait(src, dst, PROTO_STREAM, &m) {
                     Ok(true) => progressed = true,
                     Ok(false) => {
+                        self.tx.park(t, dst, m.len());
                         if let Some(ClientState::Stream(conn)) =
                             self.clients.get_mut(t).map(|c| &mut c.state)
                         {
                             conn.outq.push_front(m);
                         }
-                        self.tx.park(t);
                         return;
                     }
                     // A credit update is advice: the peer may have finished and closed while its
@@ -653,8 +653,8 @@ impl Daemon {
                 let mut conn =
                     Conn::connecting(key, id, self.cfg.conn_window, self.chunk(), Instant::now());
                 if !sent {
+                    self.tx.park(t, dst, syn.len());
                     conn.outq.push_back(syn);
-                    self.tx.park(t);
                 }
                 self.ports.add_conn(ring_port, 1);
                 self.streams.insert(key, Owner::Client(t));

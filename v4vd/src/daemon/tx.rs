@@ -2,11 +2,18 @@
 //! Sending to the hypervisor: `sendv`, waiting for ring space, and the queue of RSTs that met a
 //! full ring.
 //!
-//! Owns the set of parked clients (a message of theirs is stuck on a full ring), the RST queue
-//! (bounded) and the EBUSY retry timer. It calls only `sendv` and `notify`; what a parked client
-//! does when retried is its handler's business.
+//! Owns the set of parked clients (a message of theirs is stuck on a full ring, and for which
+//! destination and length), the RST queue (bounded) and the EBUSY retry timer. It calls only
+//! `sendv` and `notify`; what a parked client does when retried is its handler's business.
+//!
+//! A V4V event retries only the parked clients whose destination may now have room: one
+//! `notify` asks about every waited-for (destination, length) at once, and only those marked
+//! `SUFFICIENT` (or whose ring is gone: the retry reports the error) are retried. The same
+//! `notify` queues the daemon as a waiter for the others, so their space is signalled. So
+//! senders parked on a ring nobody reads cost one hypercall per event, not a `sendv` and a
+//! `notify` each.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
@@ -24,31 +31,50 @@ use crate::wire::{self, Segment};
 const BUSY_RETRY: Duration = Duration::from_millis(20);
 /// Most RSTs to unknown connections kept for retry when the peer's ring is full.
 const MAX_RST_QUEUE: usize = 1024;
+/// Parked senders' destinations are asked about at most this often: events can come by the
+/// thousand a second (every message and every credit update), and parked senders can wait a few
+/// milliseconds more.
+const CHECK_INTERVAL: Duration = Duration::from_millis(5);
+/// Most entries of one `notify` (the ABI's limit).
+const MAX_NOTIFY_ENTRIES: usize = 256;
+
+/// What a parked client waits for: room for `len` bytes in `dst`'s ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Wait {
+    dst: Addr,
+    len: u32,
+}
 
 /// The send side of the daemon.
 pub(super) struct Tx {
     domid: DomId,
-    /// Clients with a message stuck on a full ring.
-    parked: HashSet<usize>,
+    /// Clients with a message stuck on a full ring, and what they wait for.
+    parked: HashMap<usize, Wait>,
     /// RSTs that met a full ring: (our port, peer, conid).
     rst_queue: VecDeque<(u32, Addr, u32)>,
     /// When to retry after EBUSY.
     busy_retry: Option<Instant>,
+    /// An event came since parked senders were last checked, and when they may be next.
+    check_pending: bool,
+    next_check: Instant,
 }
 
 impl Tx {
     pub fn new(domid: DomId) -> Self {
         Tx {
             domid,
-            parked: HashSet::new(),
+            parked: HashMap::new(),
             rst_queue: VecDeque::new(),
             busy_retry: None,
+            check_pending: false,
+            next_check: Instant::now(),
         }
     }
 
-    /// Parks client `t` until space may have come.
-    pub fn park(&mut self, t: usize) {
-        self.parked.insert(t);
+    /// Parks client `t` until `dst`'s ring may have room for its message of `len` bytes.
+    pub fn park(&mut self, t: usize, dst: Addr, len: usize) {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        self.parked.insert(t, Wait { dst, len });
     }
 
     /// Forgets client `t` (it is gone).
@@ -56,10 +82,53 @@ impl Tx {
         self.parked.remove(&t);
     }
 
-    /// The parked clients, unparked: each is retried by its handler and parks again if the
-    /// space is still missing.
+    /// Every parked client, unparked (the EBUSY timer: retried whatever their rings say).
     pub fn take_parked(&mut self) -> Vec<usize> {
-        self.parked.drain().collect()
+        self.parked.drain().map(|(t, _)| t).collect()
+    }
+
+    /// The parked clients whose destination has room for their message now (or is gone),
+    /// unparked; one `notify` for all of them. If the question itself fails, every parked
+    /// client is retried.
+    pub fn take_ready(&mut self, hv: &dyn Hypervisor) -> Vec<usize> {
+        self.check_pending = false;
+        if self.parked.is_empty() {
+            return Vec::new();
+        }
+        self.next_check = Instant::now() + CHECK_INTERVAL;
+        let mut waits: Vec<Wait> = self.parked.values().copied().collect();
+        waits.sort_unstable_by_key(|w| (w.dst.domain, w.dst.port, w.len));
+        waits.dedup();
+        let mut ready: Vec<Wait> = Vec::new();
+        for chunk in waits.chunks(MAX_NOTIFY_ENTRIES) {
+            let mut ents: Vec<RingDataEnt> = chunk
+                .iter()
+                .map(|w| RingDataEnt {
+                    ring: w.dst,
+                    space_required: w.len,
+                    ..Default::default()
+                })
+                .collect();
+            if let Err(e) = hv.notify(Some(&mut ents)) {
+                debug!("notify for parked senders: {e}; retrying them all");
+                return self.take_parked();
+            }
+            for (w, ent) in chunk.iter().zip(&ents) {
+                if ent.flags & RING_DATA_F_SUFFICIENT != 0 || ent.flags & RING_DATA_F_EXISTS == 0 {
+                    ready.push(*w);
+                }
+            }
+        }
+        let woken: Vec<usize> = self
+            .parked
+            .iter()
+            .filter(|(_, w)| ready.contains(w))
+            .map(|(&t, _)| t)
+            .collect();
+        for t in &woken {
+            self.parked.remove(t);
+        }
+        woken
     }
 
     /// The queued RSTs, taken out for a retry.
@@ -67,9 +136,26 @@ impl Tx {
         std::mem::take(&mut self.rst_queue)
     }
 
-    /// When the EBUSY retry is due, if one is pending.
-    pub fn busy_deadline(&self) -> Option<Instant> {
-        self.busy_retry
+    /// When the loop must wake for this module: the EBUSY retry, or a deferred check of the
+    /// parked senders.
+    pub fn deadline(&self) -> Option<Instant> {
+        let check = (self.check_pending && !self.parked.is_empty()).then_some(self.next_check);
+        match (self.busy_retry, check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A V4V event came: space may have come for parked senders. Whether to check them now
+    /// (else the check is deferred to [`Tx::deadline`]).
+    pub fn event(&mut self, now: Instant) -> bool {
+        self.check_pending = true;
+        self.check_due(now)
+    }
+
+    /// Whether a (deferred) check of the parked senders is due now.
+    pub fn check_due(&self, now: Instant) -> bool {
+        self.check_pending && now >= self.next_check
     }
 
     /// Whether the EBUSY retry is due now (it is then cleared).
