@@ -67,6 +67,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Most simultaneous clients of one user (root is not limited).
     pub max_clients_per_user: usize,
+    /// A client that has not sent a complete request line within this long is closed.
+    pub handshake_timeout: std::time::Duration,
     /// dom0: the rules file loaded at start and on SIGHUP (`None`: the table is left alone).
     pub acl_file: Option<std::path::PathBuf>,
     /// Whether a missing `acl_file` is an error (it was named explicitly) or means "no rules
@@ -86,6 +88,7 @@ impl Default for Config {
             backlog: 128,
             max_clients: 65536,
             max_clients_per_user: 4096,
+            handshake_timeout: std::time::Duration::from_secs(10),
             acl_file: None,
             acl_file_required: false,
             acl_group: None,

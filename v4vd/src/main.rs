@@ -4,7 +4,8 @@
 //!
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
 //! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
-//! `max_clients_per_user` (default 4096; root is not limited).
+//! `max_clients_per_user` (default 4096; root is not limited), `handshake_timeout` (seconds a
+//! client may take to send its request line, default 10).
 //! Command-line options win over the file.
 //!
 //! Signals: SIGTERM and SIGINT stop the daemon (streams are reset, rings unregistered, the
@@ -31,11 +32,13 @@ struct Opts {
     acl_group: Option<String>,
     socket_mode: Option<u32>,
     max_clients_per_user: Option<usize>,
+    handshake_timeout: Option<u32>,
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
                      [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
-                     [--acl-group GROUP] [--max-clients-per-user N]";
+                     [--acl-group GROUP] [--max-clients-per-user N] \
+                     [--handshake-timeout SECS]";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
 const DEFAULT_ACL_FILE: &str = "/etc/v4v/acl.rules";
@@ -59,6 +62,10 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
         "max_clients_per_user" | "max-clients-per-user" => {
             o.max_clients_per_user = Some(num(val)? as usize)
         }
+        "handshake_timeout" | "handshake-timeout" => match num(val)? {
+            0 => return Err("handshake_timeout: must be at least 1 second".into()),
+            n => o.handshake_timeout = Some(n),
+        },
         "acl_file" | "acl-file" => o.acl_file = Some(PathBuf::from(val)),
         "acl_group" | "acl-group" => o.acl_group = Some(val.to_string()),
         "socket_mode" | "socket-mode" => {
@@ -128,6 +135,7 @@ fn parse_args() -> Result<Opts, String> {
     o.acl_group = cli.acl_group.or(o.acl_group);
     o.socket_mode = cli.socket_mode.or(o.socket_mode);
     o.max_clients_per_user = cli.max_clients_per_user.or(o.max_clients_per_user);
+    o.handshake_timeout = cli.handshake_timeout.or(o.handshake_timeout);
     Ok(o)
 }
 
@@ -226,6 +234,9 @@ fn run() -> Result<(), String> {
     }
     if let Some(m) = o.max_clients_per_user {
         cfg.max_clients_per_user = m;
+    }
+    if let Some(t) = o.handshake_timeout {
+        cfg.handshake_timeout = std::time::Duration::from_secs(u64::from(t));
     }
     cfg.acl_file_required = o.acl_file.is_some();
     cfg.acl_file = Some(

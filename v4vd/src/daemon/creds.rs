@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Every libc call of v4vd: a client's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`) and whether
-//! it hung up (`poll`). Owns nothing; each function borrows a live socket for one call.
+//! Every libc call of v4vd: a client's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`), whether
+//! it hung up (`poll`), and the descriptor limit (`getrlimit`). Owns nothing; each function borrows a live socket for one call.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -84,4 +84,15 @@ pub(super) fn peer_cred(s: &UnixStream) -> io::Result<Cred> {
         uid: c.uid,
         gid: c.gid,
     })
+}
+
+/// The process's descriptor limit (soft), if it can be read.
+pub(super) fn descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (r == 0).then_some(lim.rlim_cur)
 }

@@ -147,6 +147,22 @@ impl Daemon {
         cfg: Config,
     ) -> Result<Self, DaemonError> {
         cfg.validate()?;
+        let mut cfg = cfg;
+        // Clients never take the descriptors rings and the daemon itself need.
+        if let Some(n) = creds::descriptor_limit() {
+            let budget = n.saturating_sub(n / 8 + 64);
+            let budget = usize::try_from(budget)
+                .unwrap_or(usize::MAX)
+                .max(2 * session::ROOT_RESERVE);
+            if budget < cfg.max_clients {
+                info!(
+                    descriptors = n,
+                    clients = budget,
+                    "clients limited by the descriptor limit"
+                );
+                cfg.max_clients = budget;
+            }
+        }
         let info = hv.info()?;
         listener.set_nonblocking(true)?;
         let mut listener = UnixListener::from_std(listener);
@@ -234,6 +250,7 @@ impl Daemon {
             if self.next_keepalive <= now {
                 self.next_keepalive = now + KEEPALIVE;
                 self.keepalive(now);
+                self.expire_handshakes(now);
             }
             self.run_ready();
             self.reap();

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
+use std::time::Instant;
 
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -44,6 +45,8 @@ pub(super) struct Client {
     /// Leading bytes of `out` that are not stream data (reply lines).
     pub out_prefix: usize,
     pub dead: bool,
+    /// When the client connected (its request line must come within the handshake timeout).
+    pub since: Instant,
 }
 
 impl Client {
@@ -57,6 +60,7 @@ impl Client {
             out: VecDeque::new(),
             out_prefix: 0,
             dead: false,
+            since: Instant::now(),
         }
     }
 
@@ -104,6 +108,10 @@ impl Client {
 pub(super) fn may_see(asker: u32, owner: u32) -> bool {
     asker == 0 || asker == owner
 }
+
+/// Connections the daemon keeps for root: other users together hold at most
+/// `max_clients - ROOT_RESERVE`, so root can always connect (to ask STATUS, to fix things).
+pub(super) const ROOT_RESERVE: usize = 32;
 
 /// Every client, by mio token, and how many each user holds.
 pub(super) struct Clients {
@@ -199,6 +207,23 @@ impl Daemon {
                             continue;
                         }
                     };
+                    // Users other than root cannot take the connections kept for root.
+                    let others = self.clients.len() - self.clients.held_by(0);
+                    let for_others = self.cfg.max_clients.saturating_sub(ROOT_RESERVE);
+                    if cred.uid != 0 && others >= for_others {
+                        warn!(
+                            uid = cred.uid,
+                            "connections for users other than root used up; refusing one"
+                        );
+                        let _ = s.write(
+                            format!(
+                                "ERR EMFILE users other than root hold {others} connections, the most \
+                                 they may (the last {ROOT_RESERVE} are kept for root)\n"
+                            )
+                            .as_bytes(),
+                        );
+                        continue;
+                    }
                     // One user cannot take every connection (and descriptor) the daemon has.
                     let held = self.clients.held_by(cred.uid);
                     if cred.uid != 0 && held >= self.cfg.max_clients_per_user {
@@ -243,6 +268,38 @@ impl Daemon {
                     warn!("accept: {e}");
                     return;
                 }
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Closes the clients that did not send a complete request line in time: an idle
+    /// connection holds a descriptor and a slot of its user's quota.
+    pub(super) fn expire_handshakes(&mut self, now: Instant) {
+        let limit = self.cfg.handshake_timeout;
+        let late: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.state, ClientState::Handshake(_)) && now.duration_since(c.since) > limit
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            if let Some(c) = self.clients.get_mut(t) {
+                debug!(
+                    token = t,
+                    uid = c.cred.uid,
+                    "no request line in time; closing"
+                );
+                c.queue_line(&format!(
+                    "ERR ETIMEDOUT no complete request line within {} s",
+                    limit.as_secs()
+                ));
+                c.state = ClientState::Closing;
+                let _ = c.flush();
+                c.dead = true;
             }
         }
     }
