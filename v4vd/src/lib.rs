@@ -76,7 +76,15 @@ pub struct Config {
     pub acl_file_required: bool,
     /// Besides root, members of this group may edit the ACL table.
     pub acl_group: Option<u32>,
+    /// Besides root, members of this group may bind, listen on and send from the privileged
+    /// ports (1 to [`MAX_PRIVILEGED_PORT`]).
+    pub privileged_group: Option<u32>,
 }
+
+/// Ports 1 to 1023 are privileged, as in TCP/IP: only root (or the configured
+/// `privileged_group`) may bind, listen on or send from them, so a source-port ACL rule
+/// identifies a local service only for these.
+pub const MAX_PRIVILEGED_PORT: u32 = 1023;
 
 impl Default for Config {
     fn default() -> Self {
@@ -92,6 +100,7 @@ impl Default for Config {
             acl_file: None,
             acl_file_required: false,
             acl_group: None,
+            privileged_group: None,
         }
     }
 }

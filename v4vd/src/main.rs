@@ -4,6 +4,7 @@
 //!
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
 //! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
+//! `privileged_group` (besides root, may use ports 1-1023),
 //! `max_clients_per_user` (default 4096; root is not limited), `handshake_timeout` (seconds a
 //! client may take to send its request line, default 10).
 //! Command-line options win over the file.
@@ -30,6 +31,7 @@ struct Opts {
     window: Option<u32>,
     acl_file: Option<PathBuf>,
     acl_group: Option<String>,
+    privileged_group: Option<String>,
     socket_mode: Option<u32>,
     max_clients_per_user: Option<usize>,
     handshake_timeout: Option<u32>,
@@ -37,7 +39,7 @@ struct Opts {
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
                      [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
-                     [--acl-group GROUP] [--max-clients-per-user N] \
+                     [--acl-group GROUP] [--privileged-group GROUP] [--max-clients-per-user N] \
                      [--handshake-timeout SECS]";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
@@ -68,6 +70,7 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
         },
         "acl_file" | "acl-file" => o.acl_file = Some(PathBuf::from(val)),
         "acl_group" | "acl-group" => o.acl_group = Some(val.to_string()),
+        "privileged_group" | "privileged-group" => o.privileged_group = Some(val.to_string()),
         "socket_mode" | "socket-mode" => {
             o.socket_mode = Some(
                 u32::from_str_radix(val, 8)
@@ -133,6 +136,7 @@ fn parse_args() -> Result<Opts, String> {
     o.window = cli.window.or(o.window);
     o.acl_file = cli.acl_file.or(o.acl_file);
     o.acl_group = cli.acl_group.or(o.acl_group);
+    o.privileged_group = cli.privileged_group.or(o.privileged_group);
     o.socket_mode = cli.socket_mode.or(o.socket_mode);
     o.max_clients_per_user = cli.max_clients_per_user.or(o.max_clients_per_user);
     o.handshake_timeout = cli.handshake_timeout.or(o.handshake_timeout);
@@ -245,6 +249,10 @@ fn run() -> Result<(), String> {
     );
     if let Some(g) = &o.acl_group {
         cfg.acl_group = Some(group_id(g)?);
+    }
+    if let Some(g) = &o.privileged_group {
+        cfg.privileged_group =
+            Some(group_id(g).map_err(|e| e.replace("acl_group", "privileged_group"))?);
     }
     let daemon = Daemon::new(hv, listener, cfg).map_err(|e| e.to_string())?;
     let handle = daemon.handle();

@@ -7,7 +7,7 @@
 
 use std::io::{self, Read};
 
-use tracing::debug;
+use tracing::{debug, warn};
 use v4v::HvError;
 use v4v::abi::DOMID_ANY;
 use v4v::client::proto::{MAX_LINE, PROTOCOL_VERSION, Request, SockAddr};
@@ -18,6 +18,7 @@ use super::dgram::DgramClient;
 use super::ports::{ListenState, PortKind};
 use super::session::ClientState;
 use super::streams::CloseReason;
+use crate::MAX_PRIVILEGED_PORT;
 
 pub(super) fn errno_name(e: &HvError) -> String {
     e.name()
@@ -88,6 +89,25 @@ impl Daemon {
 
     pub(super) fn start(&mut self, t: usize, req: Request) {
         let uid = self.clients.get(t).map_or(u32::MAX, |c| c.cred.uid);
+        let privileged = self.clients.get(t).is_some_and(|c| c.privileged);
+        if let Request::Dgram(port, _) | Request::Listen(port) | Request::Accept(port, _) = req
+            && (1..=MAX_PRIVILEGED_PORT).contains(&port)
+            && !privileged
+        {
+            warn!(uid, port, "privileged port refused");
+            let who = match self.cfg.privileged_group {
+                Some(g) => format!("root or members of group {g}"),
+                None => "root".to_string(),
+            };
+            return self.reply_err(
+                t,
+                "EPERM",
+                &format!(
+                    "port {port} is privileged (1-{MAX_PRIVILEGED_PORT}): only {who} may bind, \
+                     listen on or send from it (uid {uid} may not)"
+                ),
+            );
+        }
         match req {
             Request::Version => {
                 self.set_state(t, ClientState::Closing, &format!("OK {PROTOCOL_VERSION}"));

@@ -39,6 +39,8 @@ pub(super) struct Client {
     pub cred: Cred,
     /// Root, or in the configured ACL group: may change the ACL table.
     pub acl_admin: bool,
+    /// Root, or in the configured privileged group: may use ports 1-1023.
+    pub privileged: bool,
     pub state: ClientState,
     /// Bytes for the client; bounded by the state's rules.
     pub out: VecDeque<u8>,
@@ -51,11 +53,12 @@ pub(super) struct Client {
 
 impl Client {
     /// A client that has not sent its request line yet.
-    pub fn new(stream: UnixStream, cred: Cred, acl_admin: bool) -> Self {
+    pub fn new(stream: UnixStream, cred: Cred, acl_admin: bool, privileged: bool) -> Self {
         Client {
             stream,
             cred,
             acl_admin,
+            privileged,
             state: ClientState::Handshake(Vec::new()),
             out: VecDeque::new(),
             out_prefix: 0,
@@ -240,10 +243,15 @@ impl Daemon {
                         );
                         continue;
                     }
-                    let acl_admin = cred.uid == 0
-                        || self.cfg.acl_group.is_some_and(|g| {
-                            cred.gid == g || peer_groups(&s).is_ok_and(|gs| gs.contains(&g))
-                        });
+                    let groups = std::cell::OnceCell::new();
+                    let member = |g: u32| {
+                        cred.gid == g
+                            || groups
+                                .get_or_init(|| peer_groups(&s).unwrap_or_default())
+                                .contains(&g)
+                    };
+                    let acl_admin = cred.uid == 0 || self.cfg.acl_group.is_some_and(member);
+                    let privileged = cred.uid == 0 || self.cfg.privileged_group.is_some_and(member);
                     let t = self.clients.next_token();
                     if let Err(e) = self.poll.registry().register(
                         &mut s,
@@ -259,7 +267,8 @@ impl Daemon {
                         uid = cred.uid,
                         "client connected"
                     );
-                    self.clients.insert(t, Client::new(s, cred, acl_admin));
+                    self.clients
+                        .insert(t, Client::new(s, cred, acl_admin, privileged));
                     self.pump_client(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
