@@ -67,6 +67,9 @@ pub struct Config {
     pub max_clients: usize,
     /// Most simultaneous clients of one user (root is not limited).
     pub max_clients_per_user: usize,
+    /// Most rings one user other than root holds (its datagram and listening ports); `None`: a
+    /// quarter of the domain's ring limit.
+    pub max_rings_per_user: Option<u32>,
     /// A client that has not sent a complete request line within this long is closed.
     pub handshake_timeout: std::time::Duration,
     /// dom0: the rules file loaded at start and on SIGHUP (`None`: the table is left alone).
@@ -96,6 +99,7 @@ impl Default for Config {
             backlog: 128,
             max_clients: 65536,
             max_clients_per_user: 4096,
+            max_rings_per_user: None,
             handshake_timeout: std::time::Duration::from_secs(10),
             acl_file: None,
             acl_file_required: false,

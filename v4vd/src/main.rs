@@ -5,7 +5,8 @@
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
 //! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
 //! `privileged_group` (besides root, may use ports 1-1023),
-//! `max_clients_per_user` (default 4096; root is not limited), `handshake_timeout` (seconds a
+//! `max_clients_per_user` (default 4096; root is not limited), `max_rings_per_user` (default a
+//! quarter of the domain's ring limit; root is not limited), `handshake_timeout` (seconds a
 //! client may take to send its request line, default 10).
 //! Command-line options win over the file.
 //!
@@ -34,12 +35,14 @@ struct Opts {
     privileged_group: Option<String>,
     socket_mode: Option<u32>,
     max_clients_per_user: Option<usize>,
+    max_rings_per_user: Option<u32>,
     handshake_timeout: Option<u32>,
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
                      [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
                      [--acl-group GROUP] [--privileged-group GROUP] [--max-clients-per-user N] \
+                     [--max-rings-per-user N] \
                      [--handshake-timeout SECS]";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
@@ -64,6 +67,7 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
         "max_clients_per_user" | "max-clients-per-user" => {
             o.max_clients_per_user = Some(num(val)? as usize)
         }
+        "max_rings_per_user" | "max-rings-per-user" => o.max_rings_per_user = Some(num(val)?),
         "handshake_timeout" | "handshake-timeout" => match num(val)? {
             0 => return Err("handshake_timeout: must be at least 1 second".into()),
             n => o.handshake_timeout = Some(n),
@@ -140,6 +144,7 @@ fn parse_args() -> Result<Opts, String> {
     o.socket_mode = cli.socket_mode.or(o.socket_mode);
     o.max_clients_per_user = cli.max_clients_per_user.or(o.max_clients_per_user);
     o.handshake_timeout = cli.handshake_timeout.or(o.handshake_timeout);
+    o.max_rings_per_user = cli.max_rings_per_user.or(o.max_rings_per_user);
     Ok(o)
 }
 
@@ -239,6 +244,7 @@ fn run() -> Result<(), String> {
     if let Some(m) = o.max_clients_per_user {
         cfg.max_clients_per_user = m;
     }
+    cfg.max_rings_per_user = o.max_rings_per_user;
     if let Some(t) = o.handshake_timeout {
         cfg.handshake_timeout = std::time::Duration::from_secs(u64::from(t));
     }

@@ -137,6 +137,8 @@ pub struct Daemon {
     waker: Arc<Waker>,
     /// Set when the hypervisor interface itself failed: the loop ends with this error.
     lost: Option<HvError>,
+    /// The domain's ring limit when the daemon started.
+    max_rings: u32,
 }
 
 impl Daemon {
@@ -191,6 +193,7 @@ impl Daemon {
             reload: Arc::new(AtomicBool::new(false)),
             waker,
             lost: None,
+            max_rings: info.max_rings,
         };
         // dom0's rules apply before any client is served.
         d.load_acl_file(true)?;
@@ -275,8 +278,15 @@ impl Daemon {
         }
     }
 
-    /// Registers a ring for `port` (0: ephemeral) taking messages from `partner`.
-    fn register_port(&mut self, port: u32, partner: DomId, kind: PortKind) -> Result<u32, HvError> {
+    /// Registers a ring for `port` (0: ephemeral) taking messages from `partner`, charged to
+    /// `uid` (`None`: the daemon's own).
+    fn register_port(
+        &mut self,
+        port: u32,
+        partner: DomId,
+        kind: PortKind,
+        uid: Option<u32>,
+    ) -> Result<u32, HvError> {
         self.ports.register(
             &*self.hv,
             self.domid,
@@ -284,7 +294,41 @@ impl Daemon {
             port,
             partner,
             kind,
+            uid,
         )
+    }
+
+    /// Whether `uid` may have one more ring: users other than root hold at most
+    /// `max_rings_per_user` each, and never the domain's last rings (kept for root and the
+    /// daemon's peer rings). The `EDQUOT` reply names the limit and its value.
+    fn ring_quota(&self, uid: u32) -> Result<(), (String, String)> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let per_user = self
+            .cfg
+            .max_rings_per_user
+            .unwrap_or(self.max_rings / 4)
+            .max(1) as usize;
+        let held = self.ports.held_by(uid);
+        if held >= per_user {
+            return Err((
+                "EDQUOT".into(),
+                format!("uid {uid} holds {held} rings: max_rings_per_user is {per_user}"),
+            ));
+        }
+        let reserve = (self.max_rings / 8).max(4) as usize;
+        let open_to_users = (self.max_rings as usize).saturating_sub(reserve);
+        if self.ports.len() >= open_to_users {
+            return Err((
+                "EDQUOT".into(),
+                format!(
+                    "the domain's ring limit is {}; its last {reserve} rings are kept for root",
+                    self.max_rings
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Unregisters a port's ring if nothing uses it any more (or unconditionally with `force`).

@@ -62,6 +62,9 @@ pub(super) struct Port {
     pub kind: PortKind,
     /// Stream connections using this ring.
     pub conns: usize,
+    /// The user charged for the ring (a datagram or listening port's); `None`: the daemon's
+    /// own (a peer reply ring, shared by every user's streams).
+    pub uid: Option<u32>,
 }
 
 impl Port {
@@ -143,8 +146,14 @@ impl PortTable {
         }
     }
 
+    /// Rings charged to `uid`.
+    pub fn held_by(&self, uid: u32) -> usize {
+        self.ports.values().filter(|p| p.uid == Some(uid)).count()
+    }
+
     /// Registers a ring of `ring_len` bytes for `port` (0: an ephemeral port) of domain
-    /// `domid`, taking messages from `partner`.
+    /// `domid`, taking messages from `partner`, charged to `uid`.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &mut self,
         hv: &dyn Hypervisor,
@@ -153,6 +162,7 @@ impl PortTable {
         port: u32,
         partner: DomId,
         kind: PortKind,
+        uid: Option<u32>,
     ) -> Result<u32, HvError> {
         let port = if port == 0 { self.alloc_port() } else { port };
         let mem = hv.alloc_ring_memory(ring::ring_bytes(ring_len))?;
@@ -174,6 +184,7 @@ impl PortTable {
                 reader,
                 kind,
                 conns: 0,
+                uid,
             },
         );
         Ok(port)

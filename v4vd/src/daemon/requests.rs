@@ -121,7 +121,12 @@ impl Daemon {
                 if port != 0 && self.ports.contains(port) {
                     return self.reply_err(t, "EADDRINUSE", "port already bound");
                 }
-                match self.register_port(port, partner.unwrap_or(DOMID_ANY), PortKind::Dgram(t)) {
+                if let Err((code, reason)) = self.ring_quota(uid) {
+                    warn!(uid, "{reason}");
+                    return self.reply_err(t, &code, &reason);
+                }
+                let partner = partner.unwrap_or(DOMID_ANY);
+                match self.register_port(port, partner, PortKind::Dgram(t), Some(uid)) {
                     Ok(p) => {
                         let st = ClientState::Dgram(DgramClient::new(p));
                         self.set_state(t, st, &format!("OK {p}"));
@@ -224,11 +229,15 @@ impl Daemon {
                 _ => Err(("EADDRINUSE".into(), "port already bound".into())),
             };
         }
+        if let Err((code, reason)) = self.ring_quota(uid) {
+            warn!(uid, "{reason}");
+            return Err((code, reason));
+        }
         let state = ListenState {
             uid,
             ..ListenState::default()
         };
-        self.register_port(port, DOMID_ANY, PortKind::Listen(state))
+        self.register_port(port, DOMID_ANY, PortKind::Listen(state), Some(uid))
             .map_err(|e| (errno_name(&e), e.to_string()))
     }
 }

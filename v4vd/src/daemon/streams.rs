@@ -629,7 +629,7 @@ impl Daemon {
         }
         let ring_port = match self.ports.peer_ring(addr.domid) {
             Some(p) => p,
-            None => match self.register_port(0, addr.domid, PortKind::Peer(addr.domid)) {
+            None => match self.register_port(0, addr.domid, PortKind::Peer(addr.domid), None) {
                 Ok(p) => p,
                 Err(e) => return self.reply_err(t, &errno_name(&e), &e.to_string()),
             },
