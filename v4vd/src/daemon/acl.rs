@@ -63,7 +63,7 @@ impl Daemon {
             return;
         }
         if !admin {
-            warn!(uid = cred.uid, pid = cred.pid, request = %req, "ACL change refused: not privileged");
+            user_warn!(self, cred.uid, uid = cred.uid, pid = cred.pid, request = %req, "ACL change refused: not privileged");
             let who = match self.cfg.acl_group {
                 Some(g) => format!("root or members of group {g}"),
                 None => "root".to_string(),

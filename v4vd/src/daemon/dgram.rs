@@ -8,7 +8,7 @@
 
 use std::io::{self, Read};
 
-use tracing::{debug, warn};
+use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM};
 use v4v::client::proto::{
     FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, SEND_F_NOWAIT,
@@ -86,8 +86,14 @@ impl Daemon {
                 hb.copy_from_slice(&d.inbuf[..FRAME_HEADER_SIZE]);
                 let h = FrameHeader::decode(&hb);
                 if h.kind != FRAME_SEND || h.len > MAX_DGRAM {
-                    warn!("datagram client sent a bad frame ({h:?}); closing it");
                     c.dead = true;
+                    let uid = c.cred.uid;
+                    user_warn!(
+                        self,
+                        uid,
+                        uid,
+                        "datagram client sent a bad frame ({h:?}); closing it"
+                    );
                     return;
                 }
                 let total = FRAME_HEADER_SIZE + h.len as usize;

@@ -37,6 +37,15 @@ use tracing::{debug, info, warn};
 use v4v::abi::{Addr, DOMID_ANY, DomId, PROTO_DGRAM, PROTO_STREAM, RingId};
 use v4v::{HvError, Hypervisor};
 
+/// `warn!` about something user `uid` caused, rate-limited per uid (`warnings.rs`).
+macro_rules! user_warn {
+    ($daemon:expr, $uid:expr, $($arg:tt)+) => {
+        if $daemon.warnings.allow($uid) {
+            tracing::warn!($($arg)+);
+        }
+    };
+}
+
 mod acl;
 mod conn;
 mod creds;
@@ -49,6 +58,7 @@ mod session;
 mod stats;
 mod streams;
 mod tx;
+mod warnings;
 
 pub use creds::Cred;
 pub use streams::CloseReason;
@@ -132,6 +142,8 @@ pub struct Daemon {
     /// Clients to pump after the current event: handlers wake each other through this list
     /// instead of calling each other.
     ready: Vec<usize>,
+    /// Per-uid rate limits of the warnings users cause.
+    warnings: warnings::WarnLimiter,
     stop: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -189,6 +201,7 @@ impl Daemon {
             stats: Stats::default(),
             next_keepalive: Instant::now() + KEEPALIVE,
             ready: Vec::new(),
+            warnings: warnings::WarnLimiter::new(Instant::now()),
             stop: Arc::new(AtomicBool::new(false)),
             reload: Arc::new(AtomicBool::new(false)),
             waker,
@@ -254,6 +267,14 @@ impl Daemon {
                 self.next_keepalive = now + KEEPALIVE;
                 self.keepalive(now);
                 self.expire_handshakes(now);
+                for (uid, n) in self.warnings.roll(now) {
+                    warn!(
+                        uid,
+                        suppressed = n,
+                        "suppressed {n} more warnings about uid {uid} in the last {} s",
+                        warnings::WINDOW.as_secs()
+                    );
+                }
             }
             self.run_ready();
             self.reap();

@@ -7,7 +7,7 @@
 
 use std::io::{self, Read};
 
-use tracing::{debug, warn};
+use tracing::debug;
 use v4v::HvError;
 use v4v::abi::DOMID_ANY;
 use v4v::client::proto::{MAX_LINE, PROTOCOL_VERSION, Request, SockAddr};
@@ -94,7 +94,7 @@ impl Daemon {
             && (1..=MAX_PRIVILEGED_PORT).contains(&port)
             && !privileged
         {
-            warn!(uid, port, "privileged port refused");
+            user_warn!(self, uid, uid, port, "privileged port refused");
             let who = match self.cfg.privileged_group {
                 Some(g) => format!("root or members of group {g}"),
                 None => "root".to_string(),
@@ -122,7 +122,7 @@ impl Daemon {
                     return self.reply_err(t, "EADDRINUSE", "port already bound");
                 }
                 if let Err((code, reason)) = self.ring_quota(uid) {
-                    warn!(uid, "{reason}");
+                    user_warn!(self, uid, uid, "{reason}");
                     return self.reply_err(t, &code, &reason);
                 }
                 let partner = partner.unwrap_or(DOMID_ANY);
@@ -230,7 +230,7 @@ impl Daemon {
             };
         }
         if let Err((code, reason)) = self.ring_quota(uid) {
-            warn!(uid, "{reason}");
+            user_warn!(self, uid, uid, "{reason}");
             return Err((code, reason));
         }
         let state = ListenState {

@@ -18,6 +18,7 @@ use super::acl;
 use super::conn::Conn;
 use super::creds::{Cred, peer_cred, peer_groups};
 use super::dgram::DgramClient;
+use super::warnings::UNKNOWN_UID;
 
 /// Where a client is in the local protocol.
 pub(super) enum ClientState {
@@ -199,7 +200,7 @@ impl Daemon {
             match self.listener.accept() {
                 Ok((mut s, _)) => {
                     if self.clients.len() >= self.cfg.max_clients {
-                        warn!("too many clients; refusing one");
+                        user_warn!(self, UNKNOWN_UID, "too many clients; refusing one");
                         let _ = s.write(b"ERR EMFILE too many clients\n");
                         continue;
                     }
@@ -214,7 +215,9 @@ impl Daemon {
                     let others = self.clients.len() - self.clients.held_by(0);
                     let for_others = self.cfg.max_clients.saturating_sub(ROOT_RESERVE);
                     if cred.uid != 0 && others >= for_others {
-                        warn!(
+                        user_warn!(
+                            self,
+                            cred.uid,
                             uid = cred.uid,
                             "connections for users other than root used up; refusing one"
                         );
@@ -230,9 +233,12 @@ impl Daemon {
                     // One user cannot take every connection (and descriptor) the daemon has.
                     let held = self.clients.held_by(cred.uid);
                     if cred.uid != 0 && held >= self.cfg.max_clients_per_user {
-                        warn!(
+                        user_warn!(
+                            self,
+                            cred.uid,
                             uid = cred.uid,
-                            held, "per-user client limit reached; refusing one"
+                            held,
+                            "per-user client limit reached; refusing one"
                         );
                         let _ = s.write(
                             format!(
