@@ -70,6 +70,9 @@ pub struct Config {
     /// Most rings one user other than root holds (its datagram and listening ports); `None`: a
     /// quarter of the domain's ring limit.
     pub max_rings_per_user: Option<u32>,
+    /// Bytes the daemon buffers for one user other than root (stream buffers, listening
+    /// backlogs, datagram buffers and partial frames).
+    pub max_buffer_per_user: usize,
     /// A client that has not sent a complete request line within this long is closed.
     pub handshake_timeout: std::time::Duration,
     /// dom0: the rules file loaded at start and on SIGHUP (`None`: the table is left alone).
@@ -100,6 +103,7 @@ impl Default for Config {
             max_clients: 65536,
             max_clients_per_user: 4096,
             max_rings_per_user: None,
+            max_buffer_per_user: 64 << 20,
             handshake_timeout: std::time::Duration::from_secs(10),
             acl_file: None,
             acl_file_required: false,

@@ -6,7 +6,8 @@
 //! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
 //! `privileged_group` (besides root, may use ports 1-1023),
 //! `max_clients_per_user` (default 4096; root is not limited), `max_rings_per_user` (default a
-//! quarter of the domain's ring limit; root is not limited), `handshake_timeout` (seconds a
+//! quarter of the domain's ring limit; root is not limited), `max_buffer_per_user` (bytes, default
+//! 64 MiB; root is not limited), `handshake_timeout` (seconds a
 //! client may take to send its request line, default 10).
 //! Command-line options win over the file.
 //!
@@ -36,13 +37,14 @@ struct Opts {
     socket_mode: Option<u32>,
     max_clients_per_user: Option<usize>,
     max_rings_per_user: Option<u32>,
+    max_buffer_per_user: Option<u32>,
     handshake_timeout: Option<u32>,
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
                      [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
                      [--acl-group GROUP] [--privileged-group GROUP] [--max-clients-per-user N] \
-                     [--max-rings-per-user N] \
+                     [--max-rings-per-user N] [--max-buffer-per-user BYTES] \
                      [--handshake-timeout SECS]";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
@@ -68,6 +70,7 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
             o.max_clients_per_user = Some(num(val)? as usize)
         }
         "max_rings_per_user" | "max-rings-per-user" => o.max_rings_per_user = Some(num(val)?),
+        "max_buffer_per_user" | "max-buffer-per-user" => o.max_buffer_per_user = Some(num(val)?),
         "handshake_timeout" | "handshake-timeout" => match num(val)? {
             0 => return Err("handshake_timeout: must be at least 1 second".into()),
             n => o.handshake_timeout = Some(n),
@@ -145,6 +148,7 @@ fn parse_args() -> Result<Opts, String> {
     o.max_clients_per_user = cli.max_clients_per_user.or(o.max_clients_per_user);
     o.handshake_timeout = cli.handshake_timeout.or(o.handshake_timeout);
     o.max_rings_per_user = cli.max_rings_per_user.or(o.max_rings_per_user);
+    o.max_buffer_per_user = cli.max_buffer_per_user.or(o.max_buffer_per_user);
     Ok(o)
 }
 
@@ -245,6 +249,9 @@ fn run() -> Result<(), String> {
         cfg.max_clients_per_user = m;
     }
     cfg.max_rings_per_user = o.max_rings_per_user;
+    if let Some(b) = o.max_buffer_per_user {
+        cfg.max_buffer_per_user = b as usize;
+    }
     if let Some(t) = o.handshake_timeout {
         cfg.handshake_timeout = std::time::Duration::from_secs(u64::from(t));
     }

@@ -25,6 +25,8 @@ pub(super) struct DgramClient {
     pub inbuf: Vec<u8>,
     /// A send waiting for ring space: destination and payload.
     pub pending: Option<(Addr, Vec<u8>)>,
+    /// Bytes reserved in the user's budget for the frame being read (and then parked).
+    pub frame_reserved: usize,
 }
 
 impl DgramClient {
@@ -33,6 +35,7 @@ impl DgramClient {
             port,
             inbuf: Vec::new(),
             pending: None,
+            frame_reserved: 0,
         }
     }
 }
@@ -74,6 +77,13 @@ impl Daemon {
                 return;
             };
             let port = d.port;
+            // Nothing held any more: the frame's reservation goes back.
+            if d.pending.is_none() && d.inbuf.len() < FRAME_HEADER_SIZE && d.frame_reserved > 0 {
+                let n = std::mem::take(&mut d.frame_reserved);
+                c.reserved -= n;
+                self.budgets.release(c.cred.uid, n);
+                continue;
+            }
             if let Some((dst, payload)) = d.pending.take() {
                 if !self.dgram_send(t, port, dst, payload, false) {
                     return;
@@ -97,6 +107,22 @@ impl Daemon {
                     return;
                 }
                 let total = FRAME_HEADER_SIZE + h.len as usize;
+                if d.inbuf.len() < total && d.frame_reserved == 0 {
+                    // Reserve the whole frame before buffering it; past the budget the client
+                    // is paced (not read) until its user's other buffers go.
+                    match self.budgets.reserve(c.cred.uid, h.len as usize) {
+                        Ok(()) => {
+                            d.frame_reserved = h.len as usize;
+                            c.reserved += h.len as usize;
+                        }
+                        Err(why) => {
+                            c.paced = true;
+                            let uid = c.cred.uid;
+                            user_warn!(self, uid, uid, "datagram client paced: {why}");
+                            return;
+                        }
+                    }
+                }
                 if d.inbuf.len() >= total {
                     let payload = d.inbuf[FRAME_HEADER_SIZE..total].to_vec();
                     d.inbuf.drain(..total);

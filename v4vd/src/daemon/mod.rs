@@ -47,6 +47,7 @@ macro_rules! user_warn {
 }
 
 mod acl;
+mod budget;
 mod conn;
 mod creds;
 mod dgram;
@@ -142,6 +143,8 @@ pub struct Daemon {
     /// Clients to pump after the current event: handlers wake each other through this list
     /// instead of calling each other.
     ready: Vec<usize>,
+    /// Per-uid memory budgets.
+    budgets: budget::Budgets,
     /// Per-uid rate limits of the warnings users cause.
     warnings: warnings::WarnLimiter,
     stop: Arc<AtomicBool>,
@@ -188,6 +191,7 @@ impl Daemon {
             .register(&mut SourceFd(&hv_fd), TOKEN_HV, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), TOKEN_WAKER)?);
         info!(domid = info.domid, "v4vd ready");
+        let budgets = budget::Budgets::new(cfg.max_buffer_per_user);
         let mut d = Daemon {
             poll,
             hv,
@@ -202,6 +206,7 @@ impl Daemon {
             next_keepalive: Instant::now() + KEEPALIVE,
             ready: Vec::new(),
             warnings: warnings::WarnLimiter::new(Instant::now()),
+            budgets,
             stop: Arc::new(AtomicBool::new(false)),
             reload: Arc::new(AtomicBool::new(false)),
             waker,
@@ -267,6 +272,7 @@ impl Daemon {
                 self.next_keepalive = now + KEEPALIVE;
                 self.keepalive(now);
                 self.expire_handshakes(now);
+                self.unpace();
                 for (uid, n) in self.warnings.roll(now) {
                     warn!(
                         uid,
@@ -356,11 +362,18 @@ impl Daemon {
     /// A listening port nobody listens on any more refuses its backlog (RST), even while
     /// accepted streams keep its ring.
     fn release_port(&mut self, port: u32, force: bool) {
-        let refused: Vec<ConnKey> = match self.ports.listen_mut(port) {
-            Some(l) if force || l.abandoned() => l.backlog.drain(..).map(|s| s.conn.key).collect(),
+        let refused: Vec<(ConnKey, u32, usize)> = match self.ports.listen_mut(port) {
+            Some(l) if force || l.abandoned() => {
+                let uid = l.uid;
+                l.backlog
+                    .drain(..)
+                    .map(|s| (s.conn.key, uid, s.reserved))
+                    .collect()
+            }
             _ => Vec::new(),
         };
-        for key in refused {
+        for (key, uid, reserved) in refused {
+            self.budgets.release(uid, reserved);
             self.streams.remove(&key);
             self.send_rst(key.ring_port, key.peer, key.conid);
         }
@@ -477,6 +490,27 @@ impl Daemon {
         }
     }
 
+    /// Retries the clients paced for their user's memory budget (some may have come back).
+    fn unpace(&mut self) {
+        let paced: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.paced)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in paced {
+            if let Some(c) = self.clients.get_mut(t) {
+                c.paced = false;
+            }
+            self.wake(t);
+        }
+    }
+
+    /// What one stream may buffer: the window for its client, and its queued messages.
+    fn stream_cost(&self) -> usize {
+        self.cfg.conn_window as usize + 2 * self.cfg.chunk + 4096
+    }
+
     /// Queues client `t` to be pumped after the current event.
     fn wake(&mut self, t: usize) {
         self.ready.push(t);
@@ -548,6 +582,7 @@ impl Daemon {
             // Best effort: a final reply line (ERR) if the socket takes it.
             let _ = c.flush();
             let _ = self.poll.registry().deregister(&mut c.stream);
+            self.budgets.release(c.cred.uid, c.reserved);
             self.tx.forget(t);
             match c.state {
                 ClientState::Dgram(d) => self.release_port(d.port, true),

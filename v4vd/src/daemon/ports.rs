@@ -54,6 +54,8 @@ pub(super) struct PendingSyn {
     pub id: u64,
     pub conn: Box<Conn>,
     pub buf: VecDeque<u8>,
+    /// Bytes reserved in the listener's budget (passed to the client that accepts it).
+    pub reserved: usize,
 }
 
 /// One registered ring.

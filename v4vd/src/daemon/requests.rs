@@ -125,6 +125,17 @@ impl Daemon {
                     user_warn!(self, uid, uid, "{reason}");
                     return self.reply_err(t, &code, &reason);
                 }
+                // The client's output buffer, held until it goes.
+                let cost = self.cfg.dgram_buffer;
+                if let Err(why) = self.budgets.reserve(uid, cost) {
+                    user_warn!(self, uid, uid, "datagram port refused: {why}");
+                    return self.reply_err(t, "ENOBUFS", &why);
+                }
+                if let Some(c) = self.clients.get_mut(t) {
+                    c.reserved += cost;
+                } else {
+                    self.budgets.release(uid, cost);
+                }
                 let partner = partner.unwrap_or(DOMID_ANY);
                 match self.register_port(port, partner, PortKind::Dgram(t), Some(uid)) {
                     Ok(p) => {

@@ -50,6 +50,10 @@ pub(super) struct Client {
     pub dead: bool,
     /// When the client connected (its request line must come within the handshake timeout).
     pub since: Instant,
+    /// Bytes reserved in its user's budget for this client's buffers.
+    pub reserved: usize,
+    /// Not read while its user's budget is used up (retried on the tick).
+    pub paced: bool,
 }
 
 impl Client {
@@ -65,6 +69,8 @@ impl Client {
             out_prefix: 0,
             dead: false,
             since: Instant::now(),
+            reserved: 0,
+            paced: false,
         }
     }
 

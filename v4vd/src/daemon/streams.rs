@@ -315,12 +315,15 @@ impl Daemon {
         let Some(i) = l.backlog.iter().position(|s| s.conn.key == key) else {
             return;
         };
+        let uid = l.uid;
         let ps = &mut l.backlog[i];
         let step = ps.conn.on_segment(seg);
         match step.event {
             Some(Event::Deliver) => ps.buf.extend(payload),
             Some(Event::Closed(_)) => {
-                l.backlog.remove(i);
+                if let Some(ps) = l.backlog.remove(i) {
+                    self.budgets.release(uid, ps.reserved);
+                }
                 self.streams.remove(&key);
             }
             Some(Event::Connected) | None => {}
@@ -348,6 +351,17 @@ impl Daemon {
             self.send_rst(port, src, conid);
             return;
         }
+        let uid = l.uid;
+        let cost = self.stream_cost();
+        if let Err(why) = self.budgets.reserve(uid, cost) {
+            user_warn!(self, uid, uid, port, "connection refused: {why}");
+            self.send_rst(port, src, conid);
+            return;
+        }
+        let Some(l) = self.ports.listen_mut(port) else {
+            self.budgets.release(uid, cost);
+            return;
+        };
         let id = l.next_id;
         l.next_id += 1;
         let controls = l.controls.clone();
@@ -372,6 +386,7 @@ impl Daemon {
             Ok(false) => conn.outq.push_back(synack),
             Err(e) => {
                 debug!("SYN from {src:?} cannot be answered: {e}");
+                self.budgets.release(uid, cost);
                 return;
             }
         }
@@ -380,6 +395,7 @@ impl Daemon {
                 id,
                 conn,
                 buf: VecDeque::new(),
+                reserved: cost,
             });
         }
         self.streams.insert(key, Owner::Backlog(port));
@@ -426,8 +442,14 @@ impl Daemon {
                 return;
             };
             let key = ps.conn.key;
+            let luid = l.uid;
             self.ports.add_conn(port, 1);
             self.streams.insert(key, Owner::Client(t));
+            match self.clients.get_mut(t) {
+                // The listener's user is the acceptor's: the reservation goes with the stream.
+                Some(c) => c.reserved += ps.reserved,
+                None => self.budgets.release(luid, ps.reserved),
+            }
             if let Some(c) = self.clients.get_mut(t) {
                 let line = format!(
                     "OK {} {}",
@@ -626,6 +648,18 @@ impl Daemon {
     pub(super) fn connect(&mut self, t: usize, addr: SockAddr) {
         if addr.port == 0 {
             return self.reply_err(t, "EINVAL", "port 0 is not a destination");
+        }
+        let uid = self.clients.get(t).map_or(u32::MAX, |c| c.cred.uid);
+        let cost = self.stream_cost();
+        if let Err(why) = self.budgets.reserve(uid, cost) {
+            user_warn!(self, uid, uid, "connect refused: {why}");
+            return self.reply_err(t, "ENOBUFS", &why);
+        }
+        // Held by the client from here: released when it goes, whatever happens next.
+        if let Some(c) = self.clients.get_mut(t) {
+            c.reserved += cost;
+        } else {
+            self.budgets.release(uid, cost);
         }
         let ring_port = match self.ports.peer_ring(addr.domid) {
             Some(p) => p,
