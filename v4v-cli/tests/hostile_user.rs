@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! User nobody tries issue 10's defects 3 to 7 at once against dom0's daemon: takes rings until
+//! refused, binds privileged ports, holds idle connections, parks senders on a full ring and
+//! withholds the last byte of maximum-size frames. Meanwhile root's datagram round trips and a
+//! 64 MiB stream keep working, and v4vd's resident memory stays bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Stack, raise_fd_limit, rss_kib};
+use v4v::client::proto::{FRAME_SEND, FrameHeader, MAX_DGRAM};
+use v4v::client::{Datagram, Listener, SockAddr, Stream};
+
+const NOBODY: u32 = 65534;
+static ZEROS: [u8; 65536] = [0; 65536];
+
+/// Runs `f` on a thread whose credentials are `uid`'s (raw setresuid/setresgid change only
+/// the calling thread; the daemon reads them with SO_PEERCRED).
+fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's own credentials; no pointers but null.
+        unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+            libc::syscall(libc::SYS_setresgid, uid, uid, uid);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        f()
+    })
+    .join()
+    .expect("thread as user")
+}
+
+/// A request line on a new connection of nobody's; the connection is returned unread.
+fn nobody_conn(sock: &PathBuf, line: &'static [u8]) -> Option<UnixStream> {
+    let mut c = UnixStream::connect(sock).ok()?;
+    c.write_all(line).ok()?;
+    Some(c)
+}
+
+/// Root's work: a 64 MiB stream dom0 -> dom1 and 200 datagram round trips.
+fn root_work(s: &Stack) {
+    let mut l = Listener::bind_with(&s.sock(1), 6000).expect("listen");
+    let reader = std::thread::spawn(move || {
+        let (mut srv, _) = l.accept().expect("accept");
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match srv.read(&mut buf) {
+                Ok(0) => break n,
+                Ok(k) => n += k,
+                Err(e) => panic!("stream: {e}"),
+            }
+        }
+    });
+    let mut echo = Datagram::bind_with(&s.sock(1), 6001, None).expect("echo");
+    let echoer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256];
+        for _ in 0..200 {
+            let (n, from) = echo.recv_from(&mut buf).expect("echo recv");
+            echo.send_to(&buf[..n], from).expect("echo send");
+        }
+    });
+    let mut c = Stream::connect_with(&s.sock(0), SockAddr::new(1, 6000)).expect("connect");
+    for _ in 0..(64 << 20) / ZEROS.len() {
+        c.write_all(&ZEROS).expect("stream write");
+    }
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("stream end");
+    assert_eq!(reader.join().expect("reader"), 64 << 20);
+    let mut d = Datagram::bind_with(&s.sock(0), 0, None).expect("bind");
+    for i in 0..200 {
+        let m = format!("ping {i}");
+        d.send_to(m.as_bytes(), SockAddr::new(1, 6001))
+            .expect("send");
+        let (r, _) = d
+            .recv_timeout(Some(Duration::from_secs(10)))
+            .expect("reply");
+        assert_eq!(r, m.as_bytes());
+    }
+    echoer.join().expect("echo");
+}
+
+#[test]
+fn nobody_tries_everything_at_once_and_root_keeps_working() {
+    raise_fd_limit();
+    let s = Stack::start(&[0, 1, 2]);
+    let sock = s.sock(0);
+    let pid = s.daemon_pid(0);
+    let before = rss_kib(pid);
+    // A ring nobody reads, full (filled from dom2).
+    let _sink = Datagram::bind_with(&s.sock(1), 7000, None).expect("sink");
+    let mut filler = Datagram::bind_with(&s.sock(2), 0, None).expect("filler");
+    filler.set_nonblocking(true).expect("nonblocking");
+    let mut refused = 0;
+    while refused < 5 {
+        match filler.send_to(&vec![1u8; 200 * 1024], SockAddr::new(1, 7000)) {
+            Ok(_) => refused = 0,
+            Err(_) => {
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // Defect 7: senders parked on it.
+    let payload = s.dir.join("payload");
+    std::fs::write(&payload, vec![7u8; 200 * 1024]).expect("payload");
+    let mut parked: Vec<Child> = (0..16)
+        .map(|_| {
+            s.cli_as_nobody(0, &["send", "1:7000"])
+                .stdin(std::fs::File::open(&payload).expect("payload"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sender")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Defects 3, 4, 5, 6 from one thread of nobody's; it keeps its connections.
+    let (keep_tx, keep_rx) = mpsc::channel::<Vec<UnixStream>>();
+    let sock2 = sock.clone();
+    let (rings_refused, privileged_refused) = as_user(NOBODY, move || {
+        let mut keep = Vec::new();
+        // 4: maximum-size frames without their last byte (as many rings as it may have).
+        let mut hello = b"DGRAM 0\n".to_vec();
+        hello.extend(
+            FrameHeader {
+                len: MAX_DGRAM,
+                kind: FRAME_SEND,
+                domain: 1,
+                port: 7000,
+                aux: 0,
+            }
+            .encode(),
+        );
+        let mut framers = Vec::new();
+        for _ in 0..40 {
+            if let Ok(mut c) = UnixStream::connect(&sock2) {
+                let _ = c.write_all(&hello);
+                let _ = c.set_nonblocking(true);
+                framers.push((c, 0usize));
+            }
+        }
+        let end = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < end {
+            for (c, sent) in &mut framers {
+                let k = (MAX_DGRAM as usize - 1 - *sent).min(ZEROS.len());
+                if k > 0
+                    && let Ok(r) = c.write(&ZEROS[..k])
+                {
+                    *sent += r;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        keep.extend(framers.into_iter().map(|(c, _)| c));
+        // 3: one more ring is refused, naming the limit it is past (the ring quota, or the
+        // memory budget if the frames used it up first).
+        let mut r = String::new();
+        if let Some(mut c) = nobody_conn(&sock2, b"DGRAM 0\n") {
+            let _ = c.read_to_string(&mut r);
+        }
+        // 5: a privileged port.
+        let mut p = String::new();
+        if let Some(mut c) = nobody_conn(&sock2, b"DGRAM 22\n") {
+            let _ = c.read_to_string(&mut p);
+        }
+        // 6: idle connections.
+        for _ in 0..300 {
+            if let Ok(c) = UnixStream::connect(&sock2) {
+                keep.push(c);
+            }
+        }
+        let _ = keep_tx.send(keep);
+        (r, p)
+    });
+    let held = keep_rx.recv().expect("nobody's connections");
+    let during = rss_kib(pid);
+    let started = Instant::now();
+    root_work(&s);
+    let took = started.elapsed();
+    let after = rss_kib(pid);
+    drop(held);
+    for c in &mut parked {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    eprintln!(
+        "root's 64 MiB stream and 200 round trips took {took:?}; v4vd RSS {before} KiB before, \
+         {during} KiB with nobody's load, {after} KiB after root's work"
+    );
+    assert!(
+        (rings_refused.contains("EDQUOT") && rings_refused.contains("max_rings_per_user"))
+            || (rings_refused.contains("ENOBUFS") && rings_refused.contains("max_buffer_per_user")),
+        "nobody's extra ring: {rings_refused:?}"
+    );
+    assert!(
+        privileged_refused.contains("EPERM") && privileged_refused.contains("privileged"),
+        "nobody's port 22: {privileged_refused:?}"
+    );
+    // The daemon's own memory plus nobody's budget (64 MiB), with room for allocator slack.
+    let bound = before + (64 + 48) * 1024;
+    assert!(
+        during < bound && after < bound,
+        "v4vd RSS {during}/{after} KiB, bound {bound} KiB"
+    );
+}
