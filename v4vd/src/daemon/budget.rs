@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use super::Daemon;
+
 /// Bytes reserved per uid.
 pub(super) struct Budgets {
     limit: usize,
@@ -59,6 +61,29 @@ impl Budgets {
     #[allow(dead_code)] // for STATUS, once it is typed (issue 10, defect 2); tested below
     pub fn total(&self) -> usize {
         self.used.values().sum()
+    }
+}
+
+impl Daemon {
+    /// Retries the clients paced for their user's memory budget (some may have come back).
+    pub(super) fn unpace(&mut self) {
+        let paced: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.paced)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in paced {
+            if let Some(c) = self.clients.get_mut(t) {
+                c.paced = false;
+            }
+            self.wake(t);
+        }
+    }
+
+    /// What one stream may buffer: the window for its client, and its queued messages.
+    pub(super) fn stream_cost(&self) -> usize {
+        self.cfg.conn_window as usize + 2 * self.cfg.chunk + 4096
     }
 }
 

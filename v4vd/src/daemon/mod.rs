@@ -325,39 +325,6 @@ impl Daemon {
         )
     }
 
-    /// Whether `uid` may have one more ring: users other than root hold at most
-    /// `max_rings_per_user` each, and never the domain's last rings (kept for root and the
-    /// daemon's peer rings). The `EDQUOT` reply names the limit and its value.
-    fn ring_quota(&self, uid: u32) -> Result<(), (String, String)> {
-        if uid == 0 {
-            return Ok(());
-        }
-        let per_user = self
-            .cfg
-            .max_rings_per_user
-            .unwrap_or(self.max_rings / 4)
-            .max(1) as usize;
-        let held = self.ports.held_by(uid);
-        if held >= per_user {
-            return Err((
-                "EDQUOT".into(),
-                format!("uid {uid} holds {held} rings: max_rings_per_user is {per_user}"),
-            ));
-        }
-        let reserve = (self.max_rings / 8).max(4) as usize;
-        let open_to_users = (self.max_rings as usize).saturating_sub(reserve);
-        if self.ports.len() >= open_to_users {
-            return Err((
-                "EDQUOT".into(),
-                format!(
-                    "the domain's ring limit is {}; its last {reserve} rings are kept for root",
-                    self.max_rings
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Unregisters a port's ring if nothing uses it any more (or unconditionally with `force`).
     /// A listening port nobody listens on any more refuses its backlog (RST), even while
     /// accepted streams keep its ring.
@@ -465,50 +432,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    /// Retries queued RSTs and the parked clients whose destination has room now (`all`: every
-    /// parked client, after EBUSY).
-    fn retry_blocked(&mut self, all: bool) {
-        if all {
-            self.retry_rsts();
-        }
-        let woken = if all {
-            self.tx.take_parked()
-        } else {
-            self.tx.take_ready(&*self.hv)
-        };
-        for t in woken {
-            self.pump_client(t);
-        }
-    }
-
-    /// Retries the RSTs that met a full ring.
-    fn retry_rsts(&mut self) {
-        for (src, dst, conid) in self.tx.take_rsts() {
-            self.send_rst(src, dst, conid);
-        }
-    }
-
-    /// Retries the clients paced for their user's memory budget (some may have come back).
-    fn unpace(&mut self) {
-        let paced: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.paced)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in paced {
-            if let Some(c) = self.clients.get_mut(t) {
-                c.paced = false;
-            }
-            self.wake(t);
-        }
-    }
-
-    /// What one stream may buffer: the window for its client, and its queued messages.
-    fn stream_cost(&self) -> usize {
-        self.cfg.conn_window as usize + 2 * self.cfg.chunk + 4096
     }
 
     /// Queues client `t` to be pumped after the current event.

@@ -12,6 +12,7 @@ use v4v::abi::{Addr, DomId, RingId};
 use v4v::ring::{self, RingReader};
 use v4v::{HvError, Hypervisor};
 
+use super::Daemon;
 use super::conn::Conn;
 
 /// First ephemeral port.
@@ -213,5 +214,40 @@ impl PortTable {
             warn!(port, "unregister_ring: {e}");
         }
         debug!(port, "ring released");
+    }
+}
+
+impl Daemon {
+    /// Whether `uid` may have one more ring: users other than root hold at most
+    /// `max_rings_per_user` each, and never the domain's last rings (kept for root and the
+    /// daemon's peer rings). The `EDQUOT` reply names the limit and its value.
+    pub(super) fn ring_quota(&self, uid: u32) -> Result<(), (String, String)> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let per_user = self
+            .cfg
+            .max_rings_per_user
+            .unwrap_or(self.max_rings / 4)
+            .max(1) as usize;
+        let held = self.ports.held_by(uid);
+        if held >= per_user {
+            return Err((
+                "EDQUOT".into(),
+                format!("uid {uid} holds {held} rings: max_rings_per_user is {per_user}"),
+            ));
+        }
+        let reserve = (self.max_rings / 8).max(4) as usize;
+        let open_to_users = (self.max_rings as usize).saturating_sub(reserve);
+        if self.ports.len() >= open_to_users {
+            return Err((
+                "EDQUOT".into(),
+                format!(
+                    "the domain's ring limit is {}; its last {reserve} rings are kept for root",
+                    self.max_rings
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -268,6 +268,31 @@ impl Tx {
     }
 }
 
+impl Daemon {
+    /// Retries queued RSTs and the parked clients whose destination has room now (`all`: every
+    /// parked client, after EBUSY).
+    pub(super) fn retry_blocked(&mut self, all: bool) {
+        if all {
+            self.retry_rsts();
+        }
+        let woken = if all {
+            self.tx.take_parked()
+        } else {
+            self.tx.take_ready(&*self.hv)
+        };
+        for t in woken {
+            self.pump_client(t);
+        }
+    }
+
+    /// Retries the RSTs that met a full ring.
+    pub(super) fn retry_rsts(&mut self) {
+        for (src, dst, conid) in self.tx.take_rsts() {
+            self.send_rst(src, dst, conid);
+        }
+    }
+}
+
 /// Shorthands for the handlers: the daemon's hypervisor and counters with its [`Tx`].
 impl Daemon {
     pub(super) fn sendv(
