@@ -28,6 +28,9 @@ pub enum Exit {
     TooBig = 8,
     /// ACL edits from a domain other than dom0, or by an unprivileged user.
     NotPermitted = 9,
+    /// A limit was reached: a per-user quota, the domain's rings, the daemon's clients (the
+    /// message names the limit and its value).
+    Limit = 10,
 }
 
 impl From<Exit> for ExitCode {
@@ -42,7 +45,8 @@ Exit status:
   1 other failure         6 denied by the V4V ACL
   2 bad usage or input    7 stream reset (peer aborted or gone)
   3 daemon unreachable    8 message too big
-  4 connection refused    9 not permitted (ACLs are edited from dom0, by root)";
+  4 connection refused    9 not permitted (ACLs are edited from dom0, by root)
+                         10 a limit was reached (the message names it)";
 
 /// A failed command: its exit status and the one line for stderr.
 #[derive(Debug)]
@@ -67,12 +71,16 @@ impl Failure {
         let code = match &e {
             Error::Refused(_) => Exit::Refused,
             Error::TimedOut(_) => Exit::TimedOut,
-            Error::DaemonUnreachable { .. } => Exit::Unreachable,
-            Error::MessageTooBig => Exit::TooBig,
+            Error::DaemonUnreachable { .. } | Error::DaemonGone(_) | Error::NotV4vd { .. } => {
+                Exit::Unreachable
+            }
+            Error::MessageTooBig(_) => Exit::TooBig,
             Error::Denied => Exit::Denied,
+            Error::Invalid(_) => Exit::Usage,
             Error::AddrInUse(_) | Error::Protocol(_) => Exit::Failure,
             Error::Daemon { code, .. } if code == "EPERM" => Exit::NotPermitted,
             Error::Daemon { code, .. } if code == "EINVAL" => Exit::Usage,
+            Error::Daemon { code, .. } if is_limit(code) => Exit::Limit,
             Error::Daemon { .. } => Exit::Failure,
             Error::Io(e) => return Failure::io(what, e),
         };
@@ -93,4 +101,13 @@ impl Failure {
         };
         Failure::new(code, format!("{what}: {e}"))
     }
+}
+
+/// Errno names of "a limit was reached": quotas (`EDQUOT`), the domain's rings (`ENOSPC`), the
+/// daemon's or a user's clients (`EMFILE`, `ENFILE`, `EUSERS`), buffer budgets (`ENOBUFS`).
+fn is_limit(code: &str) -> bool {
+    matches!(
+        code,
+        "EDQUOT" | "ENOSPC" | "EMFILE" | "ENFILE" | "EUSERS" | "ENOBUFS"
+    )
 }

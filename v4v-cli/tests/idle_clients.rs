@@ -59,7 +59,7 @@ fn idle_holder(sock: &Path, uid: u32, n: usize) -> Child {
 }
 
 /// STATUS from root within `limit`, or `None` if it did not come.
-fn status_within(sock: &Path, limit: Duration) -> Option<String> {
+fn status_within(sock: &Path, limit: Duration) -> Option<v4v::client::Status> {
     let sock = sock.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -68,12 +68,8 @@ fn status_within(sock: &Path, limit: Duration) -> Option<String> {
     rx.recv_timeout(limit).ok().flatten()
 }
 
-fn clients(status: &str) -> usize {
-    status
-        .split_ascii_whitespace()
-        .find_map(|kv| kv.strip_prefix("clients="))
-        .and_then(|v| v.parse().ok())
-        .expect("clients= in STATUS")
+fn clients(status: &v4v::client::Status) -> usize {
+    status.clients as usize
 }
 
 #[test]
@@ -117,7 +113,7 @@ fn idle_connections_of_four_users_neither_block_root_nor_stay() {
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     let st = status_within(&sock, Duration::from_secs(5));
-    let held = st.as_deref().map(clients);
+    let held = st.as_ref().map(clients);
     // Closed after the timeout (checked on the daemon's one-second tick).
     std::thread::sleep(Duration::from_secs(TIMEOUT_SECS + 2));
     let after = status_within(&sock, Duration::from_secs(5)).map(|l| clients(&l));

@@ -58,7 +58,7 @@ fn datagrams_both_ways_keep_sources_and_boundaries() {
     ));
     assert!(matches!(
         e.send_to(&vec![0u8; 300_000], SockAddr::new(2, 200)),
-        Err(Error::MessageTooBig)
+        Err(Error::MessageTooBig(_))
     ));
     // Non-blocking receive.
     e.set_nonblocking(true).unwrap();
@@ -227,10 +227,19 @@ fn malformed_requests_get_err_and_the_daemon_survives() {
         let mut rest = Vec::new();
         let _ = r.read_to_end(&mut rest);
     }
-    let (_r, reply) = raw_request(&n1.sock, "STATUS\n");
-    assert!(reply.starts_with("OK version=1 domid=1 "), "{reply:?}");
+    // STATUS: `OK BYTES`, then that many bytes of JSON, then the daemon closes.
+    let (mut r, reply) = raw_request(&n1.sock, "STATUS\n");
+    let len: usize = reply
+        .strip_prefix("OK ")
+        .and_then(|n| n.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{reply:?}"));
+    let mut json = Vec::new();
+    r.read_to_end(&mut json).unwrap();
+    assert_eq!(json.len(), len);
+    let st = v4v::client::proto::Status::from_json(&json).expect("status JSON");
+    assert_eq!((st.version, st.domid), (2, 1));
     let (_r, reply) = raw_request(&n1.sock, "VERSION\n");
-    assert_eq!(reply, "OK 1\n");
+    assert_eq!(reply, "OK 2\n");
 }
 
 #[test]
@@ -407,11 +416,11 @@ fn client_disconnecting_mid_stream_resets_the_peer() {
     for sock in [&n1.sock, &n2.sock] {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let (_r, reply) = raw_request(sock, "STATUS\n");
-            if reply.contains("streams=0") && reply.contains(" rings=0 ") {
+            let st = v4v::client::status(sock).unwrap();
+            if st.streams.is_empty() && st.rings == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "{reply}");
+            assert!(Instant::now() < deadline, "{st:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -478,16 +487,10 @@ fn many_streams_share_a_handful_of_rings() {
         s.read_exact(&mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b), *i);
     }
-    let (_r, s1) = raw_request(&n1.sock, "STATUS\n");
-    let (_r, s2) = raw_request(&n2.sock, "STATUS\n");
-    assert!(
-        s1.contains(" rings=1 ") && s1.contains("streams=200"),
-        "{s1}"
-    );
-    assert!(
-        s2.contains(" rings=1 ") && s2.contains("streams=200"),
-        "{s2}"
-    );
+    let s1 = v4v::client::status(&n1.sock).unwrap();
+    let s2 = v4v::client::status(&n2.sock).unwrap();
+    assert!(s1.rings == 1 && s1.streams.len() == 200, "{s1:?}");
+    assert!(s2.rings == 1 && s2.streams.len() == 200, "{s2:?}");
 }
 
 #[test]
@@ -510,11 +513,11 @@ fn data_still_buffered_for_a_slow_reader_survives_the_connector_finishing_first(
     drop(c);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (_r, reply) = raw_request(&n1.sock, "STATUS\n");
-        if reply.contains(" rings=0 ") {
+        let st = v4v::client::status(&n1.sock).unwrap();
+        if st.rings == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{reply}");
+        assert!(Instant::now() < deadline, "{st:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     // Past a keepalive period: domain 2's daemon finds the peer's ring gone. The acceptor still

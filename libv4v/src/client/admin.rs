@@ -1,24 +1,24 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Reading and editing the hypervisor's ACL table through the daemon (`ACL` requests).
 
-use std::io::Write;
 use std::path::Path;
 
-use super::proto::{AclRequest, Request};
-use super::{Error, handshake, read_line};
+use super::proto::{AclRequest, Reply, Request};
+use super::{Error, handshake, handshake_with, read_line};
 use crate::acl::{self, Rule};
 
 /// The table, in order (`ACL LIST`).
 pub fn acl_list(daemon: &Path) -> Result<Vec<Rule>, Error> {
-    let (mut s, args) = handshake(daemon, &Request::Acl(AclRequest::List))?;
-    let n: usize = args
-        .trim()
-        .parse()
-        .map_err(|_| Error::Protocol(format!("bad ACL LIST reply {args:?}")))?;
-    if n > crate::abi::MAX_RULES as usize {
+    let (mut s, reply) = handshake(daemon, &Request::Acl(AclRequest::List))?;
+    let Reply::Rules(n) = reply else {
+        return Err(Error::Protocol(format!(
+            "unexpected ACL LIST reply {reply}"
+        )));
+    };
+    if n > crate::abi::MAX_RULES {
         return Err(Error::Protocol(format!("ACL LIST announced {n} rules")));
     }
-    (0..n)
+    (0..n as usize)
         .map(|i| {
             let line = read_line(&mut s)?;
             line.parse().map_err(|e: acl::RuleError| {
@@ -35,22 +35,12 @@ pub fn acl_change(daemon: &Path, req: AclRequest) -> Result<(), Error> {
 
 /// Replaces the whole table with `rules` (`ACL LOAD`), all or nothing.
 pub fn acl_load(daemon: &Path, rules: &[Rule]) -> Result<(), Error> {
-    let n = u32::try_from(rules.len()).map_err(|_| Error::MessageTooBig)?;
-    let mut text = format!("{}\n", Request::Acl(AclRequest::Load(n)));
+    let n = u32::try_from(rules.len())
+        .map_err(|_| Error::Invalid(format!("{} rules are too many", rules.len())))?;
+    let mut text = String::new();
     for r in rules {
         text.push_str(&r.to_string());
         text.push('\n');
     }
-    let mut s = std::os::unix::net::UnixStream::connect(daemon).map_err(|source| {
-        Error::DaemonUnreachable {
-            path: daemon.to_path_buf(),
-            source,
-        }
-    })?;
-    s.write_all(text.as_bytes())?;
-    let line = read_line(&mut s)?;
-    match super::proto::Reply::parse(&line).map_err(|e| Error::Protocol(e.to_string()))? {
-        super::proto::Reply::Ok(_) => Ok(()),
-        super::proto::Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
-    }
+    handshake_with(daemon, &Request::Acl(AclRequest::Load(n)), &text).map(|_| ())
 }

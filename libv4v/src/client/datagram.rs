@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Request,
-    SEND_F_NOWAIT, SockAddr,
+    FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Reply,
+    Request, SEND_F_NOWAIT, SockAddr,
 };
 use super::{Error, handshake, socket_path};
 use crate::abi::DomId;
@@ -77,11 +77,10 @@ impl Datagram {
 
     /// Binds `port` through the daemon at `daemon`, optionally accepting only from `partner`.
     pub fn bind_with(daemon: &Path, port: u32, partner: Option<DomId>) -> Result<Self, Error> {
-        let (sock, args) = handshake(daemon, &Request::Dgram(port, partner))?;
-        let local_port = args
-            .trim()
-            .parse()
-            .map_err(|_| Error::Protocol(format!("bad DGRAM reply {args:?}")))?;
+        let (sock, reply) = handshake(daemon, &Request::Dgram(port, partner))?;
+        let Reply::Port(local_port) = reply else {
+            return Err(Error::Protocol(format!("unexpected DGRAM reply {reply}")));
+        };
         Ok(Datagram {
             sock,
             local_port,
@@ -106,9 +105,20 @@ impl Datagram {
 
     /// Sends one datagram; returns its length once the hypervisor took it.
     pub fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
-        let len = u32::try_from(buf.len()).map_err(|_| Error::MessageTooBig)?;
+        if dst.port == 0 {
+            return Err(Error::Invalid(format!(
+                "port 0 is not a destination (sending to {dst})"
+            )));
+        }
+        let too_big = || {
+            Error::MessageTooBig(format!(
+                "{} bytes, more than the V4V maximum of {MAX_DGRAM}",
+                buf.len()
+            ))
+        };
+        let len = u32::try_from(buf.len()).map_err(|_| too_big())?;
         if len > MAX_DGRAM {
-            return Err(Error::MessageTooBig);
+            return Err(too_big());
         }
         let h = FrameHeader {
             len,
@@ -117,8 +127,12 @@ impl Datagram {
             port: dst.port,
             aux: if self.nonblocking { SEND_F_NOWAIT } else { 0 },
         };
-        self.write_all(&h.encode())?;
-        self.write_all(buf)?;
+        self.write_all(&h.encode())
+            .and_then(|()| self.write_all(buf))
+            .map_err(|e| match e {
+                Error::Io(e) => Error::after_handshake(e),
+                e => e,
+            })?;
         loop {
             let (h, payload) = self
                 .next_frame(true)?
@@ -126,7 +140,9 @@ impl Datagram {
             match h.kind {
                 FRAME_STATUS if h.aux == 0 => return Ok(buf.len()),
                 FRAME_STATUS => {
-                    return Err(Error::from_errno(h.aux as i32, &dst.to_string()));
+                    // A status may carry the daemon's reason (sizes, limits) as its payload.
+                    let reason = String::from_utf8_lossy(&payload);
+                    return Err(Error::from_errno(h.aux as i32, &dst.to_string(), &reason));
                 }
                 FRAME_DATA => self.queued.push_back((h.addr(), payload)),
                 k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
@@ -203,17 +219,16 @@ impl Datagram {
         loop {
             match self.sock.read(&mut tmp) {
                 Ok(0) => {
-                    return Err(Error::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the v4v daemon closed the connection",
-                    )));
+                    return Err(Error::DaemonGone(
+                        "it closed the datagram connection".into(),
+                    ));
                 }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&tmp[..n]);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::after_handshake(e)),
             }
         }
     }

@@ -18,12 +18,15 @@ mod stream;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 pub use admin::{acl_change, acl_list, acl_load};
 pub use datagram::Datagram;
 pub use proto::SockAddr;
+pub use proto::Status;
 pub use stream::{Incoming, Listener, Stream};
 
 /// What went wrong talking V4V through the daemon.
@@ -40,13 +43,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("message too big")]
-    MessageTooBig,
+    /// The daemon's connection broke after the handshake (it was stopped or killed).
+    #[error("the v4v daemon went away ({0})")]
+    DaemonGone(String),
+    /// Something answers on the socket, but not the v4vd protocol (the simulator's socket, ...).
+    #[error("{} is not a v4vd socket: {why}", path.display())]
+    NotV4vd { path: PathBuf, why: String },
+    /// The message does not fit: the text gives its size and the limit.
+    #[error("message too big: {0}")]
+    MessageTooBig(String),
     /// The port is bound already (the text says by whom, when the daemon said).
     #[error("address in use: {0}")]
     AddrInUse(String),
     #[error("denied by the V4V ACL")]
     Denied,
+    /// An argument no request can carry (port 0 as a destination, ...), found before asking.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{reason} ({code})")]
     Daemon { code: String, reason: String },
     #[error("protocol error: {0}")]
@@ -57,11 +70,17 @@ pub enum Error {
 
 impl Error {
     fn from_reply(code: &str, reason: &str) -> Self {
+        let text = |default: &str| {
+            if reason.is_empty() {
+                default.to_string()
+            } else {
+                reason.to_string()
+            }
+        };
         match code {
-            "ECONNREFUSED" if reason.is_empty() => Error::Refused("connection refused".into()),
-            "ECONNREFUSED" => Error::Refused(reason.to_string()),
+            "ECONNREFUSED" => Error::Refused(text("connection refused")),
             "ETIMEDOUT" => Error::TimedOut(reason.to_string()),
-            "EMSGSIZE" => Error::MessageTooBig,
+            "EMSGSIZE" => Error::MessageTooBig(text("bigger than the destination takes")),
             "EADDRINUSE" => Error::AddrInUse(reason.to_string()),
             "EACCES" => Error::Denied,
             _ => Error::Daemon {
@@ -71,15 +90,37 @@ impl Error {
         }
     }
 
-    fn from_errno(e: i32, what: &str) -> Self {
+    /// A datagram send's status `e` (a positive errno), with the daemon's reason if it gave one.
+    fn from_errno(e: i32, what: &str, reason: &str) -> Self {
         match e {
-            crate::abi::errno::ECONNREFUSED => {
+            crate::abi::errno::ECONNREFUSED if reason.is_empty() => {
                 Error::Refused(format!("connection refused: no ring bound at {what}"))
             }
-            crate::abi::errno::EMSGSIZE => Error::MessageTooBig,
+            crate::abi::errno::ECONNREFUSED => Error::Refused(reason.to_string()),
+            crate::abi::errno::EMSGSIZE if reason.is_empty() => {
+                Error::MessageTooBig(format!("bigger than the ring at {what} takes"))
+            }
+            crate::abi::errno::EMSGSIZE => Error::MessageTooBig(reason.to_string()),
             crate::abi::errno::EACCES => Error::Denied,
             crate::abi::errno::EAGAIN => Error::Io(io::ErrorKind::WouldBlock.into()),
+            crate::abi::errno::EINVAL if !reason.is_empty() => Error::Invalid(reason.to_string()),
+            e if !reason.is_empty() => Error::Daemon {
+                code: io::Error::from_raw_os_error(e).to_string(),
+                reason: reason.to_string(),
+            },
             e => Error::Io(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// An I/O error on a connection whose handshake is done: a broken or reset connection, or
+    /// end of file where a frame was due, means the daemon went away.
+    pub(crate) fn after_handshake(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected => Error::DaemonGone(e.to_string()),
+            _ => Error::Io(e),
         }
     }
 }
@@ -90,9 +131,12 @@ impl From<Error> for io::Error {
             Error::Io(e) => e,
             Error::Refused(_) => io::Error::new(io::ErrorKind::ConnectionRefused, e),
             Error::TimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, e),
-            Error::DaemonUnreachable { .. } => io::Error::new(io::ErrorKind::NotConnected, e),
+            Error::DaemonUnreachable { .. } | Error::DaemonGone(_) | Error::NotV4vd { .. } => {
+                io::Error::new(io::ErrorKind::NotConnected, e)
+            }
             Error::AddrInUse(_) => io::Error::new(io::ErrorKind::AddrInUse, e),
             Error::Denied => io::Error::new(io::ErrorKind::PermissionDenied, e),
+            Error::Invalid(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
             other => io::Error::other(other),
         }
     }
@@ -105,51 +149,281 @@ pub fn socket_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(proto::DEFAULT_SOCKET))
 }
 
-/// Connects to the daemon, sends `req`, reads the reply line. On `OK` returns its arguments
-/// and the connection (positioned right after the reply).
-pub(crate) fn handshake(path: &Path, req: &proto::Request) -> Result<(UnixStream, String), Error> {
-    let mut s = UnixStream::connect(path).map_err(|source| Error::DaemonUnreachable {
+/// The environment variable that sets the handshake timeout, in seconds (`0`: no limit).
+pub const HANDSHAKE_TIMEOUT_ENV: &str = "V4V_HANDSHAKE_TIMEOUT";
+/// How long a request waits for the daemon's reply line unless told otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon may take to answer `CONNECT` on top of the handshake timeout: it waits
+/// that long for the peer's daemon before it answers `ERR ETIMEDOUT` itself.
+pub const CONNECT_ANSWER_TIME: Duration = Duration::from_secs(10);
+
+/// The process's handshake timeout in milliseconds once set: `u64::MAX` = not set, `0` = none.
+static HANDSHAKE_TIMEOUT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Sets how long every later request of this process waits for the daemon's reply line
+/// (`None`: without limit), overriding `V4V_HANDSHAKE_TIMEOUT` and the default of 10 s. Waits
+/// that are the request's purpose are not limited: `ACCEPT PORT` waits for a connection, and a
+/// `CONNECT` may take [`CONNECT_ANSWER_TIME`] more.
+pub fn set_handshake_timeout(t: Option<Duration>) {
+    let ms = t.map_or(0, |t| {
+        u64::try_from(t.as_millis()).unwrap_or(u64::MAX - 1).max(1)
+    });
+    HANDSHAKE_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The handshake timeout in force (see [`set_handshake_timeout`]). A malformed
+/// `V4V_HANDSHAKE_TIMEOUT` is ignored for the default.
+pub fn handshake_timeout() -> Option<Duration> {
+    match HANDSHAKE_TIMEOUT_MS.load(Ordering::Relaxed) {
+        u64::MAX => match std::env::var(HANDSHAKE_TIMEOUT_ENV)
+            .ok()
+            .map(|v| parse_secs(&v))
+        {
+            Some(Some(t)) => t,
+            _ => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        },
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
+}
+
+/// `SECS` (decimal, fractions allowed) as a timeout: `Some(None)` for `0` (no limit), `None` if
+/// it is not a number of seconds.
+pub fn parse_secs(v: &str) -> Option<Option<Duration>> {
+    let secs: f64 = v.trim().parse().ok()?;
+    if !(0.0..=1e9).contains(&secs) {
+        return None;
+    }
+    Some((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+}
+
+/// When the reply to `req` is due, or `None` when it may take as long as it takes.
+fn reply_deadline(req: &proto::Request) -> Option<Instant> {
+    let extra = match req {
+        // Waits for a connection to arrive: that is what it asks for.
+        proto::Request::Accept(_, None) => return None,
+        proto::Request::Connect(_) => CONNECT_ANSWER_TIME,
+        _ => Duration::ZERO,
+    };
+    handshake_timeout().map(|t| Instant::now() + t + extra)
+}
+
+/// Connects to the daemon at `path`, or says why not.
+pub(crate) fn connect_daemon(path: &Path) -> Result<UnixStream, Error> {
+    UnixStream::connect(path).map_err(|source| Error::DaemonUnreachable {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// Connects to the daemon, sends `req` (and `extra`, the lines that follow it), reads the reply
+/// line within the handshake timeout. A successful reply comes back with the connection,
+/// positioned right after it; `ERR` becomes the matching [`Error`].
+pub(crate) fn handshake_with(
+    path: &Path,
+    req: &proto::Request,
+    extra: &str,
+) -> Result<(UnixStream, proto::Reply), Error> {
+    let mut s = connect_daemon(path)?;
+    let deadline = reply_deadline(req);
+    let timed_out = || {
+        Error::TimedOut(format!(
+            "the v4v daemon at {} did not answer within {} s (handshake timeout; {} changes it)",
+            path.display(),
+            handshake_timeout().map_or(0.0, |t| t.as_secs_f64()),
+            HANDSHAKE_TIMEOUT_ENV
+        ))
+    };
     // A daemon that refuses the connection (too many clients) answers before reading anything
     // and closes: the write may fail, and the reply line still says why.
-    let written = s.write_all(format!("{req}\n").as_bytes());
-    let line = match (written, read_line(&mut s)) {
+    let written = write_until(&mut s, format!("{req}\n{extra}").as_bytes(), deadline);
+    let line = match (written, read_line_until(&mut s, deadline)) {
         (_, Ok(line)) => line,
-        (Err(e), Err(_)) => return Err(e.into()),
-        (Ok(()), Err(e)) => return Err(e),
-    };
-    match proto::Reply::parse(&line).map_err(|e| Error::Protocol(e.to_string()))? {
-        proto::Reply::Ok(args) => Ok((s, args)),
-        proto::Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
-    }
-}
-
-/// Reads one line byte by byte (nothing after the newline is consumed).
-pub(crate) fn read_line(s: &mut UnixStream) -> Result<String, Error> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => {
-                return Err(Error::Protocol(
-                    "the daemon closed the connection during the handshake".into(),
-                ));
-            }
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) => line.push(b[0]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+        (_, Err(Line::TimedOut)) | (Err(Line::TimedOut), _) => return Err(timed_out()),
+        (_, Err(Line::Garbage(why))) => {
+            return Err(Error::NotV4vd {
+                path: path.to_path_buf(),
+                why,
+            });
         }
-        if line.len() > proto::MAX_LINE {
+        (Err(Line::Io(e)), Err(_)) => return Err(Error::after_handshake(e)),
+        (_, Err(Line::Eof)) => {
+            return Err(Error::DaemonGone(
+                "it closed the connection without a reply".into(),
+            ));
+        }
+        (_, Err(Line::Io(e))) => return Err(Error::after_handshake(e)),
+        (_, Err(Line::TooLong)) => {
             return Err(Error::Protocol("reply line too long".into()));
         }
+    };
+    let reply = proto::Reply::parse(req, &line).map_err(|_| match line.split(' ').next() {
+        Some("OK") => Error::Protocol(format!("unexpected reply {line:?} to {req}")),
+        _ => Error::NotV4vd {
+            path: path.to_path_buf(),
+            why: format!(
+                "it answered {:?}",
+                line.chars().take(40).collect::<String>()
+            ),
+        },
+    })?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    match reply {
+        proto::Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
+        ok => Ok((s, ok)),
     }
-    String::from_utf8(line).map_err(|_| Error::Protocol("reply is not UTF-8".into()))
 }
 
-/// One line of daemon state (`STATUS`), for tools and tests.
-pub fn status(path: &Path) -> Result<String, Error> {
-    handshake(path, &proto::Request::Status).map(|(_, s)| s)
+pub(crate) fn handshake(
+    path: &Path,
+    req: &proto::Request,
+) -> Result<(UnixStream, proto::Reply), Error> {
+    handshake_with(path, req, "")
+}
+
+/// Why a reply line could not be read.
+pub(crate) enum Line {
+    TimedOut,
+    Eof,
+    TooLong,
+    /// Bytes that no v4vd writes (binary, not a reply line).
+    Garbage(String),
+    Io(io::Error),
+}
+
+impl From<Line> for Error {
+    fn from(l: Line) -> Self {
+        match l {
+            Line::TimedOut => Error::TimedOut("no answer from the v4v daemon".into()),
+            Line::Eof => Error::DaemonGone("it closed the connection mid-reply".into()),
+            Line::TooLong => Error::Protocol("reply line too long".into()),
+            Line::Garbage(why) => Error::Protocol(why),
+            Line::Io(e) => Error::after_handshake(e),
+        }
+    }
+}
+
+/// Sets the socket's timeouts to what is left until `deadline`; `Err(TimedOut)` once past it.
+fn arm(s: &UnixStream, deadline: Option<Instant>) -> Result<(), Line> {
+    let left = match deadline {
+        None => None,
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => return Err(Line::TimedOut),
+        },
+    };
+    s.set_read_timeout(left).map_err(Line::Io)?;
+    s.set_write_timeout(left).map_err(Line::Io)
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn write_until(s: &mut UnixStream, mut b: &[u8], deadline: Option<Instant>) -> Result<(), Line> {
+    while !b.is_empty() {
+        arm(s, deadline)?;
+        match s.write(b) {
+            Ok(0) => return Err(Line::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Err(Line::TimedOut),
+            Err(e) => return Err(Line::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one reply line byte by byte (nothing after the newline is consumed), by `deadline`.
+pub(crate) fn read_line_until(
+    s: &mut UnixStream,
+    deadline: Option<Instant>,
+) -> Result<String, Line> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    let garbage = |line: &[u8]| {
+        Line::Garbage(format!(
+            "it answered {} bytes that are not a reply line",
+            line.len()
+        ))
+    };
+    loop {
+        arm(s, deadline)?;
+        match s.read(&mut b) {
+            Ok(0) if line.is_empty() => return Err(Line::Eof),
+            Ok(0) => return Err(garbage(&line)),
+            Ok(_) if b[0] == b'\n' => break,
+            // v4vd writes text lines: control bytes mean another protocol (binary frames).
+            Ok(_) if b[0] < 0x20 && b[0] != b'\r' && b[0] != b'\t' || b[0] == 0x7f => {
+                line.push(b[0]);
+                return Err(garbage(&line));
+            }
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Err(Line::TimedOut),
+            Err(e) => return Err(Line::Io(e)),
+        }
+        if line.len() > proto::MAX_LINE {
+            return Err(Line::TooLong);
+        }
+    }
+    String::from_utf8(line).map_err(|e| {
+        Line::Garbage(format!(
+            "it answered {} bytes that are not UTF-8 text",
+            e.as_bytes().len()
+        ))
+    })
+}
+
+/// Reads one line (a rule of `ACL LIST`, ...) within the handshake timeout.
+pub(crate) fn read_line(s: &mut UnixStream) -> Result<String, Error> {
+    let deadline = handshake_timeout().map(|t| Instant::now() + t);
+    let r = read_line_until(s, deadline).map_err(Error::from);
+    s.set_read_timeout(None)?;
+    r
+}
+
+/// The daemon's state (`STATUS`), for tools and tests. As `ss`, it shows everyone every port and
+/// count, and owners and byte counters only to root and the owner.
+pub fn status(path: &Path) -> Result<proto::Status, Error> {
+    status_json(path).map(|(s, _)| s)
+}
+
+/// [`status`] and the JSON text the daemon wrote (with any fields this library does not know).
+pub fn status_json(path: &Path) -> Result<(proto::Status, String), Error> {
+    let (mut s, reply) = handshake(path, &proto::Request::Status)?;
+    let proto::Reply::Status { len } = reply else {
+        return Err(Error::Protocol(format!("unexpected STATUS reply {reply}")));
+    };
+    if len > proto::MAX_STATUS {
+        return Err(Error::Protocol(format!(
+            "STATUS announced {len} bytes, more than the {} a client reads",
+            proto::MAX_STATUS
+        )));
+    }
+    let mut json = vec![0u8; len as usize];
+    let deadline = handshake_timeout().map(|t| Instant::now() + t);
+    let mut got = 0;
+    while got < json.len() {
+        arm(&s, deadline).map_err(Error::from)?;
+        match s.read(&mut json[got..]) {
+            Ok(0) => {
+                return Err(Error::DaemonGone(
+                    "it closed the connection mid-STATUS".into(),
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Err(Line::TimedOut.into()),
+            Err(e) => return Err(Error::after_handshake(e)),
+        }
+    }
+    let status = proto::Status::from_json(&json).map_err(|e| Error::Protocol(e.to_string()))?;
+    let text =
+        String::from_utf8(json).map_err(|_| Error::Protocol("STATUS is not UTF-8".into()))?;
+    Ok((status, text))
 }

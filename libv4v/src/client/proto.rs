@@ -7,12 +7,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::abi::{DOMID_ANY, DOMID_FIRST_RESERVED, DomId};
 
 /// The version of the local protocol this crate speaks (`VERSION` answers it).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Where v4vd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/v4v/v4vd.sock";
 /// The environment variable naming the daemon's socket for clients.
@@ -34,7 +35,7 @@ pub const SEND_F_NOWAIT: u32 = 1;
 pub const MAX_DGRAM: u32 = crate::abi::MAX_MESSAGE_SIZE;
 
 /// A V4V address `(domain, port)`, written `DOM:PORT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SockAddr {
     pub domid: DomId,
     pub port: u32,
@@ -65,6 +66,8 @@ pub enum ParseError {
     BadArgs(&'static str),
     #[error("bad reply line {0:?}")]
     BadReply(String),
+    #[error("bad STATUS JSON: {0}")]
+    BadStatus(String),
 }
 
 fn parse_domid(s: &str) -> Option<DomId> {
@@ -228,29 +231,300 @@ impl fmt::Display for Request {
     }
 }
 
-/// The daemon's reply line: `OK ARGS...` or `ERR CODE REASON`.
+/// The daemon's reply line to a request: `OK ...` (its shape depends on the request) or
+/// `ERR CODE REASON`. [`Reply::parse`] reads a line in the context of the request it answers
+/// (`OK 5` is a port after `DGRAM`, a rule count after `ACL LIST`); `Display` writes the line
+/// without its newline. The daemon writes replies only through this type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Ok(String),
+    /// `OK N` to `VERSION`.
+    Version(u32),
+    /// `OK PORT` to `DGRAM` and `LISTEN`: the bound port (ephemeral ports resolved).
+    Port(u32),
+    /// `OK LOCAL-PORT STREAM-ID` to `CONNECT`.
+    Connected { local_port: u32, id: u64 },
+    /// `OK DOM:PORT STREAM-ID` to `ACCEPT`: the connector's address.
+    Accepted { peer: SockAddr, id: u64 },
+    /// `OK open`, `OK eof` or `OK reset CODE REASON` to `CLOSED`.
+    Closed(StreamEnd),
+    /// `OK N` to `ACL LIST` (N rule lines follow) and `ACL LOAD` (N rules loaded).
+    Rules(u32),
+    /// `OK BYTES` to `STATUS`: exactly BYTES bytes of JSON (a [`Status`]) follow, then the
+    /// daemon closes. No line-length limit applies to them.
+    Status { len: u32 },
+    /// `OK` to `RESET` and the ACL edits.
+    Done,
+    /// `ERR CODE REASON`: `code` is an errno name (`EINVAL`, `EDQUOT`, ...; the hypervisor's
+    /// errnos pass through, so the set is open), `reason` one line of text for people.
     Err { code: String, reason: String },
 }
 
+/// How a stream ended, as `CLOSED` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Still open.
+    Open,
+    /// The peer closed orderly and everything was delivered.
+    Eof,
+    /// Reset: `code` an errno name (`ECONNRESET`, `EHOSTUNREACH`, ...), `reason` text.
+    Reset { code: String, reason: String },
+}
+
 impl Reply {
-    pub fn parse(line: &str) -> Result<Self, ParseError> {
-        let line = line.trim_end_matches(['\n', '\r']);
-        if let Some(rest) = line.strip_prefix("OK")
-            && (rest.is_empty() || rest.starts_with(' '))
-        {
-            return Ok(Reply::Ok(rest.trim_start().to_string()));
+    /// `ERR CODE REASON`. A reason is one line: line breaks in it become spaces, and it is cut
+    /// so that the whole line fits [`MAX_LINE`].
+    pub fn err(code: &str, reason: impl Into<String>) -> Self {
+        let mut reason: String = reason.into().replace(['\n', '\r'], " ");
+        let room = MAX_LINE.saturating_sub(code.len() + 6);
+        if reason.len() > room {
+            let mut cut = room;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
         }
+        Reply::Err {
+            code: code.to_string(),
+            reason,
+        }
+    }
+
+    /// Parses the reply line `line` (newline optional) to `req`.
+    pub fn parse(req: &Request, line: &str) -> Result<Self, ParseError> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let bad = || ParseError::BadReply(line.chars().take(64).collect());
         if let Some(rest) = line.strip_prefix("ERR ") {
             let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            if code.is_empty() {
+                return Err(bad());
+            }
             return Ok(Reply::Err {
                 code: code.to_string(),
                 reason: reason.to_string(),
             });
         }
-        Err(ParseError::BadReply(line.chars().take(64).collect()))
+        let args = match line.strip_prefix("OK") {
+            Some("") => "",
+            Some(rest) if rest.starts_with(' ') => &rest[1..],
+            _ => return Err(bad()),
+        };
+        let words: Vec<&str> = args.split(' ').collect();
+        let num = |s: &str| s.parse::<u32>().map_err(|_| bad());
+        let id = |s: &str| s.parse::<u64>().map_err(|_| bad());
+        match (req, words.as_slice()) {
+            (Request::Version, [n]) => Ok(Reply::Version(num(n)?)),
+            (Request::Dgram(..) | Request::Listen(_), [p]) => Ok(Reply::Port(num(p)?)),
+            (Request::Connect(_), [p, i]) => Ok(Reply::Connected {
+                local_port: num(p)?,
+                id: id(i)?,
+            }),
+            (Request::Accept(..), [a, i]) => Ok(Reply::Accepted {
+                peer: a.parse().map_err(|_| bad())?,
+                id: id(i)?,
+            }),
+            (Request::Closed(_), ["open"]) => Ok(Reply::Closed(StreamEnd::Open)),
+            (Request::Closed(_), ["eof"]) => Ok(Reply::Closed(StreamEnd::Eof)),
+            (Request::Closed(_), ["reset", code, ..]) if !code.is_empty() => {
+                let reason = args
+                    .strip_prefix("reset ")
+                    .and_then(|r| r.strip_prefix(code))
+                    .unwrap_or("")
+                    .trim_start_matches(' ');
+                Ok(Reply::Closed(StreamEnd::Reset {
+                    code: code.to_string(),
+                    reason: reason.to_string(),
+                }))
+            }
+            (Request::Acl(AclRequest::List | AclRequest::Load(_)), [n]) => {
+                Ok(Reply::Rules(num(n)?))
+            }
+            (Request::Status, [n]) => Ok(Reply::Status { len: num(n)? }),
+            (Request::Reset(_) | Request::Acl(_), [""]) => Ok(Reply::Done),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Version(n) | Reply::Port(n) | Reply::Rules(n) => write!(f, "OK {n}"),
+            Reply::Connected { local_port, id } => write!(f, "OK {local_port} {id}"),
+            Reply::Accepted { peer, id } => write!(f, "OK {peer} {id}"),
+            Reply::Closed(StreamEnd::Open) => write!(f, "OK open"),
+            Reply::Closed(StreamEnd::Eof) => write!(f, "OK eof"),
+            Reply::Closed(StreamEnd::Reset { code, reason }) => {
+                write!(f, "OK reset {code} {reason}")
+            }
+            Reply::Status { len } => write!(f, "OK {len}"),
+            Reply::Done => write!(f, "OK"),
+            Reply::Err { code, reason } => write!(f, "ERR {code} {reason}"),
+        }
+    }
+}
+
+/// `INCOMING ID DOM:PORT`: a connection waiting on a `LISTEN` connection's port; a new
+/// connection takes it with `ACCEPT PORT ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    pub id: u64,
+    pub peer: SockAddr,
+}
+
+impl Incoming {
+    /// Parses one `INCOMING` line (newline optional).
+    pub fn parse(line: &str) -> Result<Self, ParseError> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let bad = || ParseError::BadReply(line.chars().take(64).collect());
+        match line.split(' ').collect::<Vec<_>>().as_slice() {
+            ["INCOMING", id, peer] => Ok(Incoming {
+                id: id.parse().map_err(|_| bad())?,
+                peer: peer.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "INCOMING {} {}", self.id, self.peer)
+    }
+}
+
+/// The most JSON bytes a client accepts after `OK BYTES` to `STATUS` (a daemon with thousands
+/// of ports and streams writes a few hundred KiB).
+pub const MAX_STATUS: u32 = 64 << 20;
+
+/// The daemon's state, as `STATUS` carries it (JSON after `OK BYTES`).
+///
+/// Visibility follows `ss`: every user sees every port, stream and count; [`Owner`]s and
+/// per-stream byte counters are filled only for root and for the owner's uid (`None`
+/// otherwise). Every field has a default, so a client reads a daemon's reply with fields added
+/// or missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    /// The daemon's local protocol version.
+    pub version: u32,
+    pub domid: DomId,
+    /// Registered rings.
+    pub rings: u32,
+    /// Connected clients.
+    pub clients: u32,
+    /// Every bound port, by port number.
+    pub ports: Vec<PortStatus>,
+    /// Every stream, by id.
+    pub streams: Vec<StreamStatus>,
+    pub msgs_in: u64,
+    pub bytes_in: u64,
+    pub msgs_out: u64,
+    pub bytes_out: u64,
+    /// Ring corruptions recovered from.
+    pub corrupt: u64,
+    /// Malformed or unroutable messages.
+    pub dropped: u64,
+    /// Sends the hypervisor's ACL refused.
+    pub acl_refused: u64,
+    /// The refusals by source and destination (up to 256 pairs).
+    pub acl_refused_by: Vec<Refusal>,
+}
+
+/// What a bound port is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    #[default]
+    Dgram,
+    Listen,
+    /// A connecting side's reply ring for its streams to one peer domain (`peer_domain`).
+    Peer,
+}
+
+impl PortKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Dgram => "dgram",
+            PortKind::Listen => "listen",
+            PortKind::Peer => "peer",
+        }
+    }
+}
+
+/// One bound port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortStatus {
+    pub port: u32,
+    pub kind: PortKind,
+    /// For `peer` rings: the peer domain; for a datagram port bound to one partner: that domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_domain: Option<DomId>,
+    /// Who holds it (none for the daemon's own `peer` rings; hidden from other users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The user and process holding a port or stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub pid: u32,
+}
+
+/// One stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamStatus {
+    /// The id `CLOSED` and `RESET` take.
+    pub id: u64,
+    /// The local ring the stream's messages arrive on.
+    pub local_port: u32,
+    pub peer: SockAddr,
+    /// The daemon's name for the stream's state (`connecting`, `established`, ...; for people).
+    pub state: String,
+    /// Who holds it (hidden from other users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Payload bytes received from the peer (hidden from other users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    /// Payload bytes sent to the peer (hidden from other users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+}
+
+/// Sends from `src` to `dst` the ACL refused, `count` times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub src: SockAddr,
+    pub dst: SockAddr,
+    pub count: u64,
+}
+
+impl Status {
+    /// The JSON the daemon writes after `OK BYTES`.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of numbers and strings into memory cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses the JSON of a `STATUS` reply.
+    pub fn from_json(b: &[u8]) -> Result<Self, ParseError> {
+        serde_json::from_slice(b).map_err(|e| ParseError::BadStatus(e.to_string()))
+    }
+}
+
+impl Serialize for SockAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SockAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -335,15 +609,42 @@ mod tests {
 
     #[test]
     fn replies_and_frames() {
-        assert_eq!(Reply::parse("OK 5\n"), Ok(Reply::Ok("5".into())));
+        let dgram = Request::Dgram(0, None);
+        assert_eq!(Reply::parse(&dgram, "OK 5\n"), Ok(Reply::Port(5)));
         assert_eq!(
-            Reply::parse("ERR ECONNREFUSED nobody listens\n"),
+            Reply::parse(&dgram, "ERR ECONNREFUSED nobody listens\n"),
             Ok(Reply::Err {
                 code: "ECONNREFUSED".into(),
                 reason: "nobody listens".into()
             })
         );
-        assert!(Reply::parse("OKAY").is_err());
+        // The same line means different things after different requests, and a shape that
+        // does not fit the request is refused.
+        let list = Request::Acl(AclRequest::List);
+        assert_eq!(Reply::parse(&list, "OK 5"), Ok(Reply::Rules(5)));
+        assert!(Reply::parse(&Request::Connect(SockAddr::new(1, 2)), "OK 5").is_err());
+        assert!(Reply::parse(&dgram, "OKAY").is_err());
+        assert!(Reply::parse(&dgram, "OK").is_err());
+        assert!(Reply::parse(&dgram, "ERR ").is_err());
+        // A simulator answering binary, or an HTTP server, is not v4vd.
+        assert!(Reply::parse(&Request::Status, "HTTP/1.1 400 Bad Request").is_err());
+        assert_eq!(
+            Reply::parse(&Request::Closed(1), "OK reset ECONNRESET the peer reset it"),
+            Ok(Reply::Closed(StreamEnd::Reset {
+                code: "ECONNRESET".into(),
+                reason: "the peer reset it".into()
+            }))
+        );
+        let long = Reply::err("EDQUOT", "x\n".repeat(400));
+        assert!(long.to_string().len() < MAX_LINE && !long.to_string().contains('\n'));
+        assert_eq!(
+            Incoming::parse("INCOMING 7 3:99"),
+            Ok(Incoming {
+                id: 7,
+                peer: SockAddr::new(3, 99)
+            })
+        );
+        assert!(Incoming::parse("INCOMING 7").is_err());
         let h = FrameHeader {
             len: 5,
             kind: FRAME_DATA,
@@ -353,5 +654,189 @@ mod tests {
         };
         assert_eq!(FrameHeader::decode(&h.encode()), h);
         assert_eq!("1:2".parse(), Ok(SockAddr::new(1, 2)));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn addr() -> impl Strategy<Value = SockAddr> {
+            (0..DOMID_FIRST_RESERVED, any::<u32>()).prop_map(|(d, p)| SockAddr::new(d, p))
+        }
+        fn code() -> impl Strategy<Value = String> {
+            "E[A-Z]{1,14}"
+        }
+        // One line of text: anything but line breaks.
+        fn text() -> impl Strategy<Value = String> {
+            "[^\r\n]{0,80}"
+        }
+        fn rule() -> impl Strategy<Value = String> {
+            "[a-z0-9*:>-]{1,10}( [a-z0-9*:>-]{1,10}){0,4}"
+        }
+        fn owner() -> impl Strategy<Value = Option<Owner>> {
+            proptest::option::of(
+                (any::<u32>(), any::<u32>()).prop_map(|(uid, pid)| Owner { uid, pid }),
+            )
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                addr().prop_map(Request::Connect),
+                any::<u32>().prop_map(Request::Listen),
+                (any::<u32>(), proptest::option::of(any::<u64>()))
+                    .prop_map(|(p, i)| Request::Accept(p, i)),
+                (any::<u32>(), proptest::option::of(0..DOMID_FIRST_RESERVED))
+                    .prop_map(|(p, d)| Request::Dgram(p, d)),
+                Just(Request::Status),
+                Just(Request::Version),
+                any::<u64>().prop_map(Request::Closed),
+                any::<u64>().prop_map(Request::Reset),
+                Just(Request::Acl(AclRequest::List)),
+                Just(Request::Acl(AclRequest::Flush)),
+                rule().prop_map(|r| Request::Acl(AclRequest::Add(r))),
+                (any::<u32>(), rule()).prop_map(|(n, r)| Request::Acl(AclRequest::Insert(n, r))),
+                any::<u32>().prop_map(|n| Request::Acl(AclRequest::DeleteAt(n))),
+                // A rule to delete is not all digits (that is a position).
+                rule()
+                    .prop_filter("not a position", |r| !r.bytes().all(|b| b.is_ascii_digit()))
+                    .prop_map(|r| Request::Acl(AclRequest::DeleteRule(r))),
+                any::<u32>().prop_map(|n| Request::Acl(AclRequest::Load(n))),
+            ]
+        }
+
+        /// A request and a reply the daemon may give to it.
+        fn exchange() -> impl Strategy<Value = (Request, Reply)> {
+            let err = (request(), code(), text())
+                .prop_map(|(q, code, reason)| (q, Reply::Err { code, reason }));
+            prop_oneof![
+                any::<u32>().prop_map(|n| (Request::Version, Reply::Version(n))),
+                (any::<u32>(), any::<u32>())
+                    .prop_map(|(q, p)| (Request::Listen(q), Reply::Port(p))),
+                (any::<u32>(), any::<u32>())
+                    .prop_map(|(q, p)| (Request::Dgram(q, None), Reply::Port(p))),
+                (addr(), any::<u32>(), any::<u64>()).prop_map(|(a, local_port, id)| (
+                    Request::Connect(a),
+                    Reply::Connected { local_port, id }
+                )),
+                (addr(), any::<u64>()).prop_map(|(peer, id)| (
+                    Request::Accept(1, None),
+                    Reply::Accepted { peer, id }
+                )),
+                Just((Request::Closed(1), Reply::Closed(StreamEnd::Open))),
+                Just((Request::Closed(1), Reply::Closed(StreamEnd::Eof))),
+                (code(), text()).prop_map(|(code, reason)| (
+                    Request::Closed(1),
+                    Reply::Closed(StreamEnd::Reset { code, reason })
+                )),
+                any::<u32>().prop_map(|n| (Request::Acl(AclRequest::List), Reply::Rules(n))),
+                any::<u32>().prop_map(|n| (Request::Acl(AclRequest::Load(3)), Reply::Rules(n))),
+                any::<u32>().prop_map(|len| (Request::Status, Reply::Status { len })),
+                Just((Request::Reset(4), Reply::Done)),
+                Just((Request::Acl(AclRequest::Flush), Reply::Done)),
+                err,
+            ]
+        }
+
+        fn status() -> impl Strategy<Value = Status> {
+            let port = (
+                any::<u32>(),
+                0..3u8,
+                proptest::option::of(any::<u16>()),
+                owner(),
+            )
+                .prop_map(|(port, k, peer_domain, owner)| PortStatus {
+                    port,
+                    kind: [PortKind::Dgram, PortKind::Listen, PortKind::Peer][usize::from(k)],
+                    peer_domain,
+                    owner,
+                });
+            let stream = (
+                any::<u64>(),
+                any::<u32>(),
+                addr(),
+                "[a-z-]{0,16}",
+                owner(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+            )
+                .prop_map(
+                    |(id, local_port, peer, state, owner, bytes_in, bytes_out)| StreamStatus {
+                        id,
+                        local_port,
+                        peer,
+                        state,
+                        owner,
+                        bytes_in,
+                        bytes_out,
+                    },
+                );
+            let refusal = (addr(), addr(), any::<u64>()).prop_map(|(src, dst, count)| Refusal {
+                src,
+                dst,
+                count,
+            });
+            (
+                (any::<u32>(), any::<u16>(), any::<u32>(), any::<u32>()),
+                proptest::collection::vec(port, 0..40),
+                proptest::collection::vec(stream, 0..40),
+                proptest::array::uniform7(any::<u64>()),
+                proptest::collection::vec(refusal, 0..40),
+            )
+                .prop_map(
+                    |((version, domid, rings, clients), ports, streams, c, acl_refused_by)| {
+                        Status {
+                            version,
+                            domid,
+                            rings,
+                            clients,
+                            ports,
+                            streams,
+                            msgs_in: c[0],
+                            bytes_in: c[1],
+                            msgs_out: c[2],
+                            bytes_out: c[3],
+                            corrupt: c[4],
+                            dropped: c[5],
+                            acl_refused: c[6],
+                            acl_refused_by,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn requests_round_trip(r in request()) {
+                let line = r.to_string();
+                prop_assert!(line.len() < MAX_LINE, "{line}");
+                prop_assert_eq!(Request::parse(&line), Ok(r));
+            }
+
+            #[test]
+            fn replies_round_trip((q, r) in exchange()) {
+                let line = format!("{r}\n");
+                prop_assert!(!line[..line.len() - 1].contains('\n'));
+                prop_assert_eq!(Reply::parse(&q, &line), Ok(r));
+            }
+
+            #[test]
+            fn incoming_round_trips(id in any::<u64>(), peer in addr()) {
+                let i = Incoming { id, peer };
+                prop_assert_eq!(Incoming::parse(&i.to_string()), Ok(i));
+            }
+
+            #[test]
+            fn status_round_trips(s in status()) {
+                prop_assert_eq!(Status::from_json(&s.to_json()), Ok(s));
+            }
+
+            /// Garbage never panics the parsers, whatever request it answers.
+            #[test]
+            fn reply_parsing_survives_garbage(q in request(), line in "\\PC{0,120}") {
+                let _ = Reply::parse(&q, &line);
+                let _ = Incoming::parse(&line);
+                let _ = Status::from_json(line.as_bytes());
+            }
+        }
     }
 }

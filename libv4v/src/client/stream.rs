@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use super::proto::{Request, SockAddr};
+use super::proto::{Incoming as ProtoIncoming, Reply, Request, SockAddr, StreamEnd};
 use super::{Error, handshake, socket_path};
 
 /// A V4V stream, like `std::net::TcpStream`. After the handshake the Unix connection is the
@@ -37,13 +37,8 @@ enum End {
     Reset(io::ErrorKind, String),
 }
 
-/// Splits an `OK` reply's arguments into the first field and the stream id.
-fn reply_with_id<T: std::str::FromStr>(args: &str, what: &str) -> Result<(T, u64), Error> {
-    let bad = || Error::Protocol(format!("bad {what} reply {args:?}"));
-    let mut w = args.split_ascii_whitespace();
-    let first = w.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
-    let id = w.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
-    Ok((first, id))
+fn unexpected(reply: &Reply, what: &str) -> Error {
+    Error::Protocol(format!("unexpected {what} reply {reply}"))
 }
 
 impl Stream {
@@ -66,31 +61,27 @@ impl Stream {
             return e.clone();
         }
         let e = match handshake(&self.daemon, &Request::Closed(self.id)) {
-            Ok((_, args)) => {
-                let mut w = args.splitn(3, ' ');
-                match (w.next(), w.next(), w.next()) {
-                    (Some("eof"), ..) => End::Eof,
-                    // The peer has not finished; the connection ended on our side.
-                    (Some("open"), ..) => End::Reset(
-                        io::ErrorKind::ConnectionAborted,
-                        "the daemon ended the stream".into(),
-                    ),
-                    (Some("reset"), Some(code), reason) => {
-                        let kind = match code {
-                            "EACCES" => io::ErrorKind::PermissionDenied,
-                            "EHOSTUNREACH" => io::ErrorKind::HostUnreachable,
-                            "ETIMEDOUT" => io::ErrorKind::TimedOut,
-                            "ECONNABORTED" => io::ErrorKind::ConnectionAborted,
-                            _ => io::ErrorKind::ConnectionReset,
-                        };
-                        End::Reset(kind, format!("reset: {}", reason.unwrap_or(code)))
-                    }
-                    _ => End::Reset(
-                        io::ErrorKind::InvalidData,
-                        format!("bad CLOSED reply {args:?}"),
-                    ),
-                }
+            Ok((_, Reply::Closed(StreamEnd::Eof))) => End::Eof,
+            // The peer has not finished; the connection ended on our side.
+            Ok((_, Reply::Closed(StreamEnd::Open))) => End::Reset(
+                io::ErrorKind::ConnectionAborted,
+                "the daemon ended the stream".into(),
+            ),
+            Ok((_, Reply::Closed(StreamEnd::Reset { code, reason }))) => {
+                let kind = match code.as_str() {
+                    "EACCES" => io::ErrorKind::PermissionDenied,
+                    "EHOSTUNREACH" => io::ErrorKind::HostUnreachable,
+                    "ETIMEDOUT" => io::ErrorKind::TimedOut,
+                    "ECONNABORTED" => io::ErrorKind::ConnectionAborted,
+                    _ => io::ErrorKind::ConnectionReset,
+                };
+                let why = if reason.is_empty() { code } else { reason };
+                End::Reset(kind, format!("reset: {why}"))
             }
+            Ok((_, other)) => End::Reset(
+                io::ErrorKind::InvalidData,
+                format!("unexpected CLOSED reply {other}"),
+            ),
             // No answer to the question: the daemon is gone (refused), or dying (the connection
             // was reset or closed before a reply).
             Err(_) => End::Reset(
@@ -109,9 +100,17 @@ impl Stream {
 
     /// Connects through the daemon at `daemon`.
     pub fn connect_with(daemon: &Path, addr: SockAddr) -> Result<Self, Error> {
-        let (sock, args) = handshake(daemon, &Request::Connect(addr))?;
-        let (local_port, id) = reply_with_id(&args, "CONNECT")?;
-        Ok(Stream::new(sock, local_port, addr, id, daemon))
+        if addr.port == 0 {
+            return Err(Error::Invalid(format!(
+                "port 0 is not a destination (connecting to {addr})"
+            )));
+        }
+        match handshake(daemon, &Request::Connect(addr))? {
+            (sock, Reply::Connected { local_port, id }) => {
+                Ok(Stream::new(sock, local_port, addr, id, daemon))
+            }
+            (_, other) => Err(unexpected(&other, "CONNECT")),
+        }
     }
 
     /// Aborts the stream: the peer reads a reset (`ConnectionReset`), not end of file. Dropping
@@ -219,11 +218,10 @@ impl Listener {
     }
 
     pub fn bind_with(daemon: &Path, port: u32) -> Result<Self, Error> {
-        let (ctl, args) = handshake(daemon, &Request::Listen(port))?;
-        let port = args
-            .trim()
-            .parse()
-            .map_err(|_| Error::Protocol(format!("bad LISTEN reply {args:?}")))?;
+        let (ctl, reply) = handshake(daemon, &Request::Listen(port))?;
+        let Reply::Port(port) = reply else {
+            return Err(unexpected(&reply, "LISTEN"));
+        };
         Ok(Listener {
             ctl,
             port,
@@ -248,17 +246,18 @@ impl Listener {
         let mut b = [0u8; 1];
         loop {
             match self.ctl.read(&mut b) {
-                Ok(0) => return Err(Error::Protocol("the daemon closed the listener".into())),
+                Ok(0) => {
+                    return Err(Error::DaemonGone(
+                        "it closed the listener connection".into(),
+                    ));
+                }
                 Ok(_) if b[0] == b'\n' => {
                     let l = String::from_utf8_lossy(&self.line).to_string();
                     self.line.clear();
-                    let mut w = l.split_ascii_whitespace();
-                    if w.next() == Some("INCOMING")
-                        && let Some(Ok(id)) = w.next().map(str::parse)
-                    {
-                        return Ok(Some(id));
-                    }
-                    return Err(Error::Protocol(format!("bad listener line {l:?}")));
+                    return match ProtoIncoming::parse(&l) {
+                        Ok(i) => Ok(Some(i.id)),
+                        Err(_) => Err(Error::Protocol(format!("bad listener line {l:?}"))),
+                    };
                 }
                 Ok(_) => {
                     self.line.push(b[0]);
@@ -281,11 +280,11 @@ impl Listener {
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
             };
             match handshake(&self.daemon, &Request::Accept(self.port, Some(id))) {
-                Ok((sock, args)) => {
-                    let (peer, sid) = reply_with_id::<SockAddr>(&args, "ACCEPT")?;
+                Ok((sock, Reply::Accepted { peer, id: sid })) => {
                     let s = Stream::new(sock, self.port, peer, sid, &self.daemon);
                     return Ok((s, peer));
                 }
+                Ok((_, other)) => return Err(unexpected(&other, "ACCEPT")),
                 // Taken by another acceptor, or reset before we came: try the next one.
                 Err(Error::Daemon { code, .. }) if code == "ENOENT" => continue,
                 Err(e) => return Err(e),

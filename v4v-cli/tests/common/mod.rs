@@ -164,13 +164,49 @@ impl Stack {
         )
     }
 
-    /// The daemon's STATUS fields.
+    /// The daemon's STATUS, typed.
+    pub fn status_typed(&self, domid: u16) -> v4v::client::Status {
+        v4v::client::status(&self.sock(domid)).expect("status")
+    }
+
+    /// The daemon's STATUS as flat fields for quick checks: the counters by name, `streams`
+    /// and `clients` as counts, `ports` as `PORT/KIND` (`PORT/peerDOM`) joined by commas and
+    /// `acl_refused_by` as `SRC->DST/COUNT` joined by commas.
     pub fn status(&self, domid: u16) -> HashMap<String, String> {
-        let line = v4v::client::status(&self.sock(domid)).expect("status");
-        line.split_ascii_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        let st = self.status_typed(domid);
+        let ports: Vec<String> = st
+            .ports
+            .iter()
+            .map(|p| match p.peer_domain {
+                Some(d) if p.kind == v4v::client::proto::PortKind::Peer => {
+                    format!("{}/peer{d}", p.port)
+                }
+                _ => format!("{}/{}", p.port, p.kind.as_str()),
+            })
+            .collect();
+        let refused: Vec<String> = st
+            .acl_refused_by
+            .iter()
+            .map(|r| format!("{}->{}/{}", r.src, r.dst, r.count))
+            .collect();
+        [
+            ("domid", st.domid.to_string()),
+            ("rings", st.rings.to_string()),
+            ("clients", st.clients.to_string()),
+            ("streams", st.streams.len().to_string()),
+            ("ports", ports.join(",")),
+            ("msgs_in", st.msgs_in.to_string()),
+            ("bytes_in", st.bytes_in.to_string()),
+            ("msgs_out", st.msgs_out.to_string()),
+            ("bytes_out", st.bytes_out.to_string()),
+            ("corrupt", st.corrupt.to_string()),
+            ("dropped", st.dropped.to_string()),
+            ("acl_refused", st.acl_refused.to_string()),
+            ("acl_refused_by", refused.join(",")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// Waits until the daemon of `domid` has `port` bound (as kind `kind`).

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use v4v::abi::Addr;
 
+use super::stats::ByteCounts;
 use super::streams::CloseReason;
 use crate::wire::{self, Segment};
 
@@ -189,6 +190,8 @@ pub(super) struct Conn {
     pub outq: VecDeque<Vec<u8>>,
     /// The client's write side was shut down after the peer's FIN (handler's I/O flag).
     pub write_shut: bool,
+    /// Payload bytes each way, for `STATUS` (statistics, not state: they never compare).
+    pub counts: ByteCounts,
 }
 
 impl Conn {
@@ -230,6 +233,7 @@ impl Conn {
             chunk: chunk.max(1),
             outq: VecDeque::new(),
             write_shut: false,
+            counts: ByteCounts::default(),
         }
     }
 
@@ -276,6 +280,7 @@ impl Conn {
                     return Step::violation();
                 }
                 self.held += d.len();
+                self.counts.bytes_in += d.len() as u64;
                 Step::event(Event::Deliver)
             }
             (FinReceived | Closing, Segment::Data(_)) => {
@@ -335,6 +340,7 @@ impl Conn {
 
     /// `n` client bytes were taken for sending (at most [`Conn::sendable`]).
     pub fn sent(&mut self, n: usize) {
+        self.counts.bytes_out += n as u64;
         self.credit = self
             .credit
             .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use tracing::debug;
 use v4v::HvError;
 use v4v::abi::DOMID_ANY;
-use v4v::client::proto::{MAX_LINE, PROTOCOL_VERSION, Request, SockAddr};
+use v4v::client::proto::{MAX_LINE, PROTOCOL_VERSION, Reply, Request, SockAddr};
 
 use super::Daemon;
 use super::creds::hung_up;
@@ -75,7 +75,7 @@ impl Daemon {
             c.out.clear();
             c.out_prefix = 0;
             c.state = ClientState::Closing;
-            c.queue_line(&format!("ERR {code} {reason}"));
+            c.queue_line(&Reply::err(code, reason).to_string());
         }
         self.pump_client(t);
     }
@@ -110,11 +110,17 @@ impl Daemon {
         }
         match req {
             Request::Version => {
-                self.set_state(t, ClientState::Closing, &format!("OK {PROTOCOL_VERSION}"));
+                let r = Reply::Version(PROTOCOL_VERSION);
+                self.set_state(t, ClientState::Closing, &r.to_string());
             }
             Request::Status => {
-                let s = self.status_line();
-                self.set_state(t, ClientState::Closing, &s);
+                // `OK BYTES`, then the JSON: no line-length limit applies to it.
+                let json = self.status(uid).to_json();
+                let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+                self.set_state(t, ClientState::Closing, &Reply::Status { len }.to_string());
+                if let Some(c) = self.clients.get_mut(t) {
+                    c.out.extend(json);
+                }
             }
             Request::Dgram(port, partner) => {
                 self.reclaim_port(port);

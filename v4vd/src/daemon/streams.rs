@@ -105,10 +105,6 @@ impl StreamTable {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
     pub fn owner(&self, key: &ConnKey) -> Option<Owner> {
         self.conns.get(key).copied()
     }
