@@ -75,6 +75,9 @@ pub fn recv(socket: &Path, o: RecvOpts) -> Result<(), Failure> {
     };
     let mut d = Datagram::bind_with(socket, o.port, o.from)
         .map_err(|e| Failure::client(&format!("binding port {}", o.port), e))?;
+    if o.port == 0 {
+        eprintln!("v4v-cli: receiving on port {}", d.local_port());
+    }
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut out = io::stdout().lock();
     let mut got = 0u64;

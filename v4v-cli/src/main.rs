@@ -43,6 +43,10 @@ struct Cli {
     /// The daemon's socket [default: $V4V_SOCKET, else /run/v4v/v4vd.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// How long to wait for the daemon's answer to a request before giving up with status 5
+    /// (0: no limit) [default: $V4V_HANDSHAKE_TIMEOUT, else 10]
+    #[arg(long, global = true, value_name = "SECS", value_parser = handshake_secs)]
+    handshake_timeout: Option<Timeout>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,7 +78,7 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
         /// Accept datagrams from this domain only (the hypervisor enforces it)
-        #[arg(long, value_name = "DOM")]
+        #[arg(long, value_name = "DOM", value_parser = domain)]
         from: Option<u16>,
         /// Write payloads as they are, with no separator
         #[arg(long, conflicts_with = "verbose")]
@@ -106,6 +110,20 @@ enum Command {
     Acl(acl::AclCommand),
 }
 
+/// A handshake timeout; `None` is no limit.
+#[derive(Debug, Clone, Copy)]
+struct Timeout(Option<std::time::Duration>);
+
+fn handshake_secs(v: &str) -> Result<Timeout, String> {
+    v4v::client::parse_secs(v)
+        .map(Timeout)
+        .ok_or_else(|| format!("{v:?} is not a number of seconds"))
+}
+
+fn domain(v: &str) -> Result<u16, String> {
+    v4v::client::proto::parse_domain(v).map_err(|e| e.to_string())
+}
+
 fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
@@ -125,6 +143,9 @@ fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     let socket = cli.socket.unwrap_or_else(v4v::client::socket_path);
+    if let Some(Timeout(t)) = cli.handshake_timeout {
+        v4v::client::set_handshake_timeout(t);
+    }
     match cli.command {
         Command::Send {
             dest,

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Stack, raise_fd_limit, run_limited, wait_limited};
-use v4v::abi::Config;
+use common::{Stack, raise_fd_limit, run_limited, set_max_rings, wait_limited};
 use v4v::client::proto::PortKind;
 use v4v::client::{Datagram, Listener, SockAddr, Stream};
 
@@ -21,19 +20,6 @@ fn code(o: &Output) -> i32 {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
-}
-
-/// Raises domain `domid`'s ring limit to `max_rings`, as dom0 (claimed for the call, then
-/// released).
-fn set_max_rings(s: &Stack, domid: u16, max_rings: u32) {
-    let spec = format!("sim:{}?domid=0", s.dir.join("sim.sock").display());
-    let dom0 = v4v::backend::open(&spec).expect("claim dom0");
-    dom0.config(&Config {
-        domain: domid,
-        pad: 0,
-        max_rings,
-    })
-    .expect("config");
 }
 
 /// Runs `cmd` (at most 60 s) with stdout in a file, since a big STATUS fills a pipe before the

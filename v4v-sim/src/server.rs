@@ -133,6 +133,10 @@ impl Conn {
     /// The next complete frame's header and total length, if one is buffered.
     fn complete_frame(&self) -> Result<Option<(FrameHeader, usize)>, proto::ProtocolError> {
         let Some(head) = self.inbuf.first_chunk::<FRAME_HEADER_SIZE>() else {
+            // An impossible length is fatal as soon as it is there.
+            if let Some(len) = self.inbuf.first_chunk::<4>() {
+                FrameHeader::check_len_prefix(len)?;
+            }
             return Ok(None);
         };
         let h = FrameHeader::parse(head)?;

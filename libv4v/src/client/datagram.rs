@@ -106,9 +106,7 @@ impl Datagram {
     /// Sends one datagram; returns its length once the hypervisor took it.
     pub fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
         if dst.port == 0 {
-            return Err(Error::Invalid(format!(
-                "port 0 is not a destination (sending to {dst})"
-            )));
+            return Err(Error::Invalid("port 0 is not a destination".into()));
         }
         let too_big = || {
             Error::MessageTooBig(format!(

@@ -58,6 +58,12 @@ impl fmt::Display for SockAddr {
 pub enum ParseError {
     #[error("address {0:?} is not DOM:PORT")]
     BadAddr(String),
+    #[error("domain {0:?} is not a number")]
+    BadDomain(String),
+    #[error(
+        "domain {0} is not a guest's: domain ids are below 32752 (0x7ff0), the ids from there on are the hypervisor's own"
+    )]
+    ReservedDomain(u64),
     #[error("empty request")]
     Empty,
     #[error("unknown request {0:?}")]
@@ -70,9 +76,16 @@ pub enum ParseError {
     BadStatus(String),
 }
 
-fn parse_domid(s: &str) -> Option<DomId> {
-    let d: DomId = s.parse().ok()?;
-    (d < DOMID_FIRST_RESERVED).then_some(d)
+/// Parses a domain id as requests and addresses carry it: decimal, below
+/// [`DOMID_FIRST_RESERVED`] (the ids above are the hypervisor's own, never a guest's).
+pub fn parse_domain(s: &str) -> Result<DomId, ParseError> {
+    let d: u64 = s
+        .parse()
+        .map_err(|_| ParseError::BadDomain(s.chars().take(32).collect()))?;
+    match DomId::try_from(d) {
+        Ok(d) if d < DOMID_FIRST_RESERVED => Ok(d),
+        _ => Err(ParseError::ReservedDomain(d)),
+    }
 }
 
 impl FromStr for SockAddr {
@@ -80,7 +93,11 @@ impl FromStr for SockAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ParseError::BadAddr(s.chars().take(64).collect());
         let (d, p) = s.split_once(':').ok_or_else(bad)?;
-        let domid = parse_domid(d).ok_or_else(bad)?;
+        let domid = match parse_domain(d) {
+            Ok(d) => d,
+            Err(e @ ParseError::ReservedDomain(_)) => return Err(e),
+            Err(_) => return Err(bad()),
+        };
         let port = p.parse().map_err(|_| bad())?;
         Ok(SockAddr { domid, port })
     }
@@ -189,10 +206,7 @@ impl Request {
             )),
             ("ACCEPT", _) => Err(ParseError::BadArgs("ACCEPT")),
             ("DGRAM", [p]) => Ok(Request::Dgram(port(p, "DGRAM")?, None)),
-            ("DGRAM", [p, d]) => Ok(Request::Dgram(
-                port(p, "DGRAM")?,
-                Some(parse_domid(d).ok_or(ParseError::BadArgs("DGRAM"))?),
-            )),
+            ("DGRAM", [p, d]) => Ok(Request::Dgram(port(p, "DGRAM")?, Some(parse_domain(d)?))),
             ("DGRAM", _) => Err(ParseError::BadArgs("DGRAM")),
             ("CLOSED", [id]) => Ok(Request::Closed(
                 id.parse().map_err(|_| ParseError::BadArgs("CLOSED"))?,

@@ -101,9 +101,7 @@ impl Stream {
     /// Connects through the daemon at `daemon`.
     pub fn connect_with(daemon: &Path, addr: SockAddr) -> Result<Self, Error> {
         if addr.port == 0 {
-            return Err(Error::Invalid(format!(
-                "port 0 is not a destination (connecting to {addr})"
-            )));
+            return Err(Error::Invalid("port 0 is not a destination".into()));
         }
         match handshake(daemon, &Request::Connect(addr))? {
             (sock, Reply::Connected { local_port, id }) => {

@@ -331,3 +331,16 @@ pub fn fill_pattern(buf: &mut [u8], state: &mut u64) {
         *b = *state as u8;
     }
 }
+
+/// Sets domain `domid`'s ring limit to `max_rings` as dom0, claimed from the simulator for the
+/// call: only while no daemon holds dom0 (start dom0's daemon afterwards).
+pub fn set_max_rings(s: &Stack, domid: u16, max_rings: u32) {
+    let spec = format!("sim:{}?domid=0", s.dir.join("sim.sock").display());
+    let dom0 = v4v::backend::open(&spec).expect("claim dom0");
+    dom0.config(&v4v::abi::Config {
+        domain: domid,
+        pad: 0,
+        max_rings,
+    })
+    .expect("config");
+}

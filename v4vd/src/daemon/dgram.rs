@@ -9,7 +9,8 @@
 use std::io::{self, Read};
 
 use tracing::debug;
-use v4v::abi::{self, Addr, PROTO_DGRAM};
+use v4v::HvError;
+use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::client::proto::{
     FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, SEND_F_NOWAIT,
 };
@@ -128,7 +129,12 @@ impl Daemon {
                     d.inbuf.drain(..total);
                     let dst = Addr::new(h.domain, h.port);
                     if h.port == 0 || h.domain >= abi::DOMID_FIRST_RESERVED {
-                        self.dgram_status(t, dst, abi::errno::EINVAL as u32);
+                        let why = if h.port == 0 {
+                            "port 0 is not a destination".to_string()
+                        } else {
+                            reserved_domain(h.domain)
+                        };
+                        self.dgram_status_with(t, dst, abi::errno::EINVAL as u32, &why);
                         continue;
                     }
                     if !self.dgram_send(t, port, dst, payload, h.aux & SEND_F_NOWAIT != 0) {
@@ -182,24 +188,64 @@ impl Daemon {
                 }
                 return false;
             }
-            Err(e) => self.dgram_status(t, dst, e.errno() as u32),
+            Err(e) => {
+                let why = self.send_reason(&e, dst, payload.len());
+                self.dgram_status_with(t, dst, e.errno() as u32, &why)
+            }
         }
         true
     }
 
+    /// Why a datagram of `len` bytes to `dst` failed, for the STATUS frame: a message too big
+    /// for its ring says its size and the ring's maximum.
+    fn send_reason(&self, e: &HvError, dst: Addr, len: usize) -> String {
+        if *e != HvError::MessageTooBig {
+            return String::new();
+        }
+        let mut ent = [RingDataEnt {
+            ring: dst,
+            ..Default::default()
+        }];
+        match self.hv.notify(Some(&mut ent)) {
+            Ok(()) if ent[0].flags & RING_DATA_F_EXISTS != 0 => format!(
+                "{len} bytes do not fit the ring at {}:{}, which takes at most {} bytes per message",
+                dst.domain, dst.port, ent[0].max_message_size
+            ),
+            _ => format!(
+                "{len} bytes do not fit the ring at {}:{}",
+                dst.domain, dst.port
+            ),
+        }
+    }
+
     pub(super) fn dgram_status(&mut self, t: usize, dst: Addr, errno: u32) {
+        self.dgram_status_with(t, dst, errno, "");
+    }
+
+    /// Queues the STATUS frame of one SEND; a failure may carry `reason` (text) as its payload.
+    pub(super) fn dgram_status_with(&mut self, t: usize, dst: Addr, errno: u32, reason: &str) {
         if let Some(c) = self.clients.get_mut(t) {
+            let reason = if errno == 0 { "" } else { reason };
             let h = FrameHeader {
-                len: 0,
+                len: u32::try_from(reason.len()).unwrap_or(0),
                 kind: FRAME_STATUS,
                 domain: dst.domain,
                 port: dst.port,
                 aux: errno,
             };
             c.out.extend(h.encode());
+            c.out.extend(reason.as_bytes());
             if c.flush().is_err() {
                 c.dead = true;
             }
         }
     }
+}
+
+/// Why a domain id at or above `DOMID_FIRST_RESERVED` is refused.
+pub(super) fn reserved_domain(d: abi::DomId) -> String {
+    format!(
+        "domain {d} is reserved: domain ids are below {}",
+        abi::DOMID_FIRST_RESERVED
+    )
 }

@@ -25,6 +25,27 @@ pub(super) fn errno_name(e: &HvError) -> String {
 }
 
 impl Daemon {
+    /// What a failed hypervisor call means, for an `ERR` reason: limits name themselves and
+    /// their value; the errno is left out (the reply carries it as its code).
+    pub(super) fn hv_reason(&self, e: &HvError) -> String {
+        match e {
+            HvError::NoSpace => match self.hv.info() {
+                Ok(i) => format!(
+                    "the domain's ring limit is reached: {} of max_rings {} registered",
+                    i.nr_rings, i.max_rings
+                ),
+                Err(_) => "the domain's ring limit (max_rings) is reached".into(),
+            },
+            e => {
+                let text = e.to_string();
+                let code = format!(" ({})", e.name());
+                text.strip_suffix(&code).unwrap_or(&text).to_string()
+            }
+        }
+    }
+}
+
+impl Daemon {
     pub(super) fn pump_handshake(&mut self, t: usize) {
         let Some(c) = self.clients.get_mut(t) else {
             return;
@@ -148,7 +169,7 @@ impl Daemon {
                         let st = ClientState::Dgram(DgramClient::new(p));
                         self.set_state(t, st, &format!("OK {p}"));
                     }
-                    Err(e) => self.reply_err(t, &errno_name(&e), &e.to_string()),
+                    Err(e) => self.reply_err(t, &errno_name(&e), &self.hv_reason(&e)),
                 }
             }
             Request::Listen(port) => match self.listen_port(port, uid) {
@@ -255,6 +276,6 @@ impl Daemon {
             ..ListenState::default()
         };
         self.register_port(port, DOMID_ANY, PortKind::Listen(state), Some(uid))
-            .map_err(|e| (errno_name(&e), e.to_string()))
+            .map_err(|e| (errno_name(&e), self.hv_reason(&e)))
     }
 }

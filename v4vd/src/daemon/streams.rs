@@ -661,7 +661,7 @@ impl Daemon {
             Some(p) => p,
             None => match self.register_port(0, addr.domid, PortKind::Peer(addr.domid), None) {
                 Ok(p) => p,
-                Err(e) => return self.reply_err(t, &errno_name(&e), &e.to_string()),
+                Err(e) => return self.reply_err(t, &errno_name(&e), &self.hv_reason(&e)),
             },
         };
         let conid = self.streams.next_conid();
@@ -694,7 +694,7 @@ impl Daemon {
             }
             Err(e) => {
                 debug!("connect to {addr}: {e}");
-                self.reply_err(t, &errno_name(&e), &e.to_string());
+                self.reply_err(t, &errno_name(&e), &self.hv_reason(&e));
                 self.release_port(ring_port, false);
             }
         }

@@ -135,12 +135,9 @@ impl FrameHeader {
     /// Parses and checks a header: the length within [`MAX_BODY`], at most [`MAX_FDS`]
     /// descriptors, the reserved byte zero. Any failure here is fatal to the connection.
     pub fn parse(b: &[u8; FRAME_HEADER_SIZE]) -> Result<Self, ProtocolError> {
-        let body_len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let body_len = Self::check_len_prefix(&[b[0], b[1], b[2], b[3]])?;
         let kind = u16::from_le_bytes([b[4], b[5]]);
         let nfds = b[6];
-        if body_len as usize > MAX_BODY {
-            return Err(ProtocolError::Oversized(u64::from(body_len)));
-        }
         if usize::from(nfds) > MAX_FDS {
             return Err(ProtocolError::TooMany {
                 count: u64::from(nfds),
@@ -155,6 +152,17 @@ impl FrameHeader {
             kind,
             nfds,
         })
+    }
+
+    /// Checks a frame's first four bytes, its body length, on their own: a length no frame can
+    /// have is fatal before the rest arrives (a text client that wrote `STATUS\n` to the wrong
+    /// socket hears so at once, instead of after the hello timeout).
+    pub fn check_len_prefix(b: &[u8; 4]) -> Result<u32, ProtocolError> {
+        let body_len = u32::from_le_bytes(*b);
+        if body_len as usize > MAX_BODY {
+            return Err(ProtocolError::Oversized(u64::from(body_len)));
+        }
+        Ok(body_len)
     }
 
     pub fn encode(&self) -> [u8; FRAME_HEADER_SIZE] {
