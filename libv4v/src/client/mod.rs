@@ -351,8 +351,13 @@ pub(crate) fn read_line_until(
             line.len()
         ))
     };
+    // Armed once (two syscalls), then the deadline is checked per byte: a peer dripping bytes
+    // overruns it by at most one read's wait.
+    arm(s, deadline)?;
     loop {
-        arm(s, deadline)?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Line::TimedOut);
+        }
         match s.read(&mut b) {
             Ok(0) if line.is_empty() => return Err(Line::Eof),
             Ok(0) => return Err(garbage(&line)),
