@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use tracing::{debug, info, warn};
 use v4v::HvError;
 use v4v::acl::{self, AclError, Rule};
-use v4v::client::proto::{AclRequest, MAX_LINE};
+use v4v::client::proto::{AclRequest, MAX_LINE, Reply};
 
 use super::{ClientState, Daemon, DaemonError};
 
@@ -48,7 +48,8 @@ impl Daemon {
         if req == AclRequest::List {
             match acl::read_table(&*self.hv) {
                 Ok(rules) => {
-                    self.set_state(t, ClientState::Closing, &format!("OK {}", rules.len()));
+                    let n = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+                    self.set_state(t, ClientState::Closing, &Reply::Rules(n));
                     if let Some(c) = self.clients.get_mut(t) {
                         for r in &rules {
                             c.queue_line(&r.to_string());
@@ -124,7 +125,7 @@ impl Daemon {
         match r {
             Ok(()) => {
                 info!(uid = cred.uid, pid = cred.pid, change = %req, "ACL changed");
-                self.set_state(t, ClientState::Closing, "OK");
+                self.set_state(t, ClientState::Closing, &Reply::Done);
             }
             Err((code, reason)) => {
                 warn!(uid = cred.uid, pid = cred.pid, change = %req, "ACL change failed: {reason}");
@@ -195,7 +196,8 @@ impl Daemon {
                     rules = rules.len(),
                     "ACL table replaced"
                 );
-                self.set_state(t, ClientState::Closing, &format!("OK {}", rules.len()));
+                let n = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+                self.set_state(t, ClientState::Closing, &Reply::Rules(n));
             }
             Err(e) => {
                 warn!(

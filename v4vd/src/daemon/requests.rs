@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use tracing::debug;
 use v4v::HvError;
 use v4v::abi::DOMID_ANY;
-use v4v::client::proto::{MAX_LINE, PROTOCOL_VERSION, Reply, Request, SockAddr};
+use v4v::client::proto::{Incoming, MAX_LINE, PROTOCOL_VERSION, Reply, Request, SockAddr};
 
 use super::Daemon;
 use super::creds::hung_up;
@@ -57,7 +57,10 @@ impl Daemon {
         let mut b = [0u8; 1];
         let line = loop {
             if buf.len() >= MAX_LINE {
-                c.queue_line("ERR EINVAL request line too long");
+                c.queue_reply(&Reply::err(
+                    "EINVAL",
+                    format!("request line too long (at most {MAX_LINE} bytes)"),
+                ));
                 c.state = ClientState::Closing;
                 return self.pump_client(t);
             }
@@ -96,15 +99,15 @@ impl Daemon {
             c.out.clear();
             c.out_prefix = 0;
             c.state = ClientState::Closing;
-            c.queue_line(&Reply::err(code, reason).to_string());
+            c.queue_reply(&Reply::err(code, reason));
         }
         self.pump_client(t);
     }
 
-    pub(super) fn set_state(&mut self, t: usize, state: ClientState, line: &str) {
+    pub(super) fn set_state(&mut self, t: usize, state: ClientState, reply: &Reply) {
         if let Some(c) = self.clients.get_mut(t) {
             c.state = state;
-            c.queue_line(line);
+            c.queue_reply(reply);
         }
     }
 
@@ -131,14 +134,13 @@ impl Daemon {
         }
         match req {
             Request::Version => {
-                let r = Reply::Version(PROTOCOL_VERSION);
-                self.set_state(t, ClientState::Closing, &r.to_string());
+                self.set_state(t, ClientState::Closing, &Reply::Version(PROTOCOL_VERSION));
             }
             Request::Status => {
                 // `OK BYTES`, then the JSON: no line-length limit applies to it.
                 let json = self.status(uid).to_json();
                 let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
-                self.set_state(t, ClientState::Closing, &Reply::Status { len }.to_string());
+                self.set_state(t, ClientState::Closing, &Reply::Status { len });
                 if let Some(c) = self.clients.get_mut(t) {
                     c.out.extend(json);
                 }
@@ -167,7 +169,7 @@ impl Daemon {
                 match self.register_port(port, partner, PortKind::Dgram(t), Some(uid)) {
                     Ok(p) => {
                         let st = ClientState::Dgram(DgramClient::new(p));
-                        self.set_state(t, st, &format!("OK {p}"));
+                        self.set_state(t, st, &Reply::Port(p));
                     }
                     Err(e) => self.reply_err(t, &errno_name(&e), &self.hv_reason(&e)),
                 }
@@ -176,21 +178,18 @@ impl Daemon {
                 Ok(p) => {
                     if let Some(l) = self.ports.listen_mut(p) {
                         l.controls.push(t);
-                        let pending: Vec<String> = l
+                        let pending: Vec<Incoming> = l
                             .backlog
                             .iter()
-                            .map(|s| {
-                                format!(
-                                    "INCOMING {} {}",
-                                    s.id,
-                                    SockAddr::new(s.conn.key.peer.domain, s.conn.key.peer.port)
-                                )
+                            .map(|s| Incoming {
+                                id: s.id,
+                                peer: SockAddr::new(s.conn.key.peer.domain, s.conn.key.peer.port),
                             })
                             .collect();
-                        self.set_state(t, ClientState::Listen(p), &format!("OK {p}"));
+                        self.set_state(t, ClientState::Listen(p), &Reply::Port(p));
                         if let Some(c) = self.clients.get_mut(t) {
-                            for l in pending {
-                                c.queue_line(&l);
+                            for i in pending {
+                                c.queue_line(&i.to_string());
                             }
                         }
                     }
@@ -223,14 +222,14 @@ impl Daemon {
             }
             Request::Connect(addr) => self.connect(t, addr),
             Request::Closed(id) => match self.closed_query(uid, id) {
-                Ok(line) => self.set_state(t, ClientState::Closing, &line),
+                Ok(reply) => self.set_state(t, ClientState::Closing, &reply),
                 Err((code, reason)) => self.reply_err(t, code, &reason),
             },
             Request::Reset(id) => match self.open_stream_of(uid, id) {
                 Some(k) => {
                     debug!(stream = id, "reset on request");
                     self.abort_client(k, true, CloseReason::LocalAbort);
-                    self.set_state(t, ClientState::Closing, "OK");
+                    self.set_state(t, ClientState::Closing, &Reply::Done);
                 }
                 None => self.reply_err(t, "ENOENT", &format!("no open stream {id} of yours")),
             },

@@ -13,6 +13,8 @@ use mio::net::UnixStream;
 use mio::{Interest, Token};
 use tracing::{debug, warn};
 
+use v4v::client::proto::Reply;
+
 use super::Daemon;
 use super::acl;
 use super::conn::Conn;
@@ -81,6 +83,11 @@ impl Client {
         if matches!(self.state, ClientState::Stream(_)) || self.out_prefix > 0 {
             self.out_prefix += line.len() + 1;
         }
+    }
+
+    /// Queues a reply of the local protocol (its one encoding is `proto::Reply`'s).
+    pub fn queue_reply(&mut self, r: &Reply) {
+        self.queue_line(&r.to_string());
     }
 
     /// Writes as much of `out` as the socket takes; returns data bytes written.
@@ -207,7 +214,14 @@ impl Daemon {
                 Ok((mut s, _)) => {
                     if self.clients.len() >= self.cfg.max_clients {
                         user_warn!(self, UNKNOWN_UID, "too many clients; refusing one");
-                        let _ = s.write(b"ERR EMFILE too many clients\n");
+                        let r = Reply::err(
+                            "EMFILE",
+                            format!(
+                                "too many clients: the daemon serves at most {} (max_clients)",
+                                self.cfg.max_clients
+                            ),
+                        );
+                        let _ = s.write(format!("{r}\n").as_bytes());
                         continue;
                     }
                     let cred = match peer_cred(&s) {
@@ -246,13 +260,15 @@ impl Daemon {
                             held,
                             "per-user client limit reached; refusing one"
                         );
-                        let _ = s.write(
+                        let r = Reply::err(
+                            "EMFILE",
                             format!(
-                                "ERR EMFILE uid {} holds {held} connections, the most one user may\n",
-                                cred.uid
-                            )
-                            .as_bytes(),
+                                "uid {} holds {held} connections, the most one user may \
+                                 (max_clients_per_user {})",
+                                cred.uid, self.cfg.max_clients_per_user
+                            ),
                         );
+                        let _ = s.write(format!("{r}\n").as_bytes());
                         continue;
                     }
                     let groups = std::cell::OnceCell::new();

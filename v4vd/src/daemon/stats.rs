@@ -193,3 +193,33 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use v4v::client::proto::{Reply, Request, StreamEnd};
+
+    use super::super::streams::CloseReason;
+
+    /// Every way a stream ends reaches the client as the `CLOSED` answer it stands for.
+    #[test]
+    fn close_reasons_are_typed_closed_replies() {
+        use CloseReason::*;
+        for r in [
+            Eof, PeerReset, PeerGone, Protocol, Denied, TimedOut, Stopping, LocalAbort,
+        ] {
+            let reply = Reply::Closed(r.end());
+            assert_eq!(
+                Reply::parse(&Request::Closed(1), &reply.to_string()),
+                Ok(reply.clone()),
+                "{r:?}"
+            );
+            match (r, r.end()) {
+                (Eof, StreamEnd::Eof) => {}
+                (_, StreamEnd::Reset { code, reason }) => {
+                    assert!(code.starts_with('E') && !reason.is_empty(), "{r:?}")
+                }
+                (r, e) => panic!("{r:?} -> {e:?}"),
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use v4v::HvError;
 use v4v::abi::{Addr, PROTO_STREAM};
-use v4v::client::proto::SockAddr;
+use v4v::client::proto::{Incoming, Reply, SockAddr, StreamEnd};
 use v4v::ring;
 
 use super::Daemon;
@@ -54,6 +54,20 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// How `CLOSED` reports it: [`describe`](Self::describe) split into the typed answer.
+    pub fn end(self) -> StreamEnd {
+        match self.describe().strip_prefix("reset ") {
+            None => StreamEnd::Eof,
+            Some(rest) => {
+                let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                StreamEnd::Reset {
+                    code: code.to_string(),
+                    reason: reason.to_string(),
+                }
+            }
+        }
+    }
+
     /// The word `CLOSED` answers: `eof`, or `reset ERRNO-NAME`.
     pub fn describe(self) -> &'static str {
         match self {
@@ -259,8 +273,10 @@ impl Daemon {
             None => {}
             Some(Event::Deliver) => c.out.extend(payload),
             Some(Event::Connected) => {
-                let line = format!("OK {} {id}", key.ring_port);
-                c.queue_line(&line);
+                c.queue_reply(&Reply::Connected {
+                    local_port: key.ring_port,
+                    id,
+                });
                 c.out_prefix = c.out.len();
                 debug!(?key, "stream established");
             }
@@ -270,7 +286,10 @@ impl Daemon {
                     CloseReason::PeerReset if was == State::Connecting => {
                         c.out.clear();
                         c.out_prefix = 0;
-                        c.queue_line("ERR ECONNREFUSED connection refused by the peer");
+                        c.queue_reply(&Reply::err(
+                            "ECONNREFUSED",
+                            "connection refused by the peer",
+                        ));
                     }
                     CloseReason::Protocol => {
                         warn!(?key, "peer broke the stream protocol; resetting");
@@ -395,7 +414,11 @@ impl Daemon {
             });
         }
         self.streams.insert(key, Owner::Backlog(port));
-        let line = format!("INCOMING {id} {}", SockAddr::new(src.domain, src.port));
+        let line = Incoming {
+            id,
+            peer: SockAddr::new(src.domain, src.port),
+        }
+        .to_string();
         for t in controls {
             if let Some(c) = self.clients.get_mut(t) {
                 if c.out.len() < 64 * 1024 {
@@ -447,13 +470,12 @@ impl Daemon {
                 None => self.budgets.release(luid, ps.reserved),
             }
             if let Some(c) = self.clients.get_mut(t) {
-                let line = format!(
-                    "OK {} {}",
-                    SockAddr::new(key.peer.domain, key.peer.port),
-                    ps.conn.id
-                );
+                let reply = Reply::Accepted {
+                    peer: SockAddr::new(key.peer.domain, key.peer.port),
+                    id: ps.conn.id,
+                };
                 c.state = ClientState::Stream(ps.conn);
-                c.queue_line(&line);
+                c.queue_reply(&reply);
                 c.out_prefix = c.out.len();
                 c.out.extend(ps.buf);
             }
@@ -625,16 +647,20 @@ impl Daemon {
     }
 
     /// `CLOSED ID`: how a stream of this user's ended (or that it is still open).
-    pub(super) fn closed_query(&self, uid: u32, id: u64) -> Result<String, (&'static str, String)> {
+    pub(super) fn closed_query(&self, uid: u32, id: u64) -> Result<Reply, (&'static str, String)> {
         if let Some(k) = self.open_stream_of(uid, id) {
             let peer_fin = matches!(
                 self.clients.get(k).map(|c| &c.state),
                 Some(ClientState::Stream(conn)) if conn.peer_finished()
             );
-            return Ok(if peer_fin { "OK eof" } else { "OK open" }.to_string());
+            return Ok(Reply::Closed(if peer_fin {
+                StreamEnd::Eof
+            } else {
+                StreamEnd::Open
+            }));
         }
         match self.streams.closed(id) {
-            Some((owner, reason)) if may_see(uid, owner) => Ok(format!("OK {}", reason.describe())),
+            Some((owner, reason)) if may_see(uid, owner) => Ok(Reply::Closed(reason.end())),
             _ => Err(("ENOENT", format!("no stream {id} of yours is known"))),
         }
     }
@@ -719,7 +745,7 @@ impl Daemon {
             if let Some(c) = self.clients.get_mut(t) {
                 c.out.clear();
                 c.out_prefix = 0;
-                c.queue_line("ERR ETIMEDOUT the peer did not answer");
+                c.queue_reply(&Reply::err("ETIMEDOUT", "the peer did not answer"));
             }
             self.abort_client(t, true, CloseReason::TimedOut);
         }
