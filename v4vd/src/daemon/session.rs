@@ -241,13 +241,14 @@ impl Daemon {
                             uid = cred.uid,
                             "connections for users other than root used up; refusing one"
                         );
-                        let _ = s.write(
+                        let r = Reply::err(
+                            "EMFILE",
                             format!(
-                                "ERR EMFILE users other than root hold {others} connections, the most \
-                                 they may (the last {ROOT_RESERVE} are kept for root)\n"
-                            )
-                            .as_bytes(),
+                                "users other than root hold {others} connections, the most they \
+                                 may (the last {ROOT_RESERVE} are kept for root)"
+                            ),
                         );
+                        let _ = s.write(format!("{r}\n").as_bytes());
                         continue;
                     }
                     // One user cannot take every connection (and descriptor) the daemon has.
@@ -330,9 +331,9 @@ impl Daemon {
                     uid = c.cred.uid,
                     "no request line in time; closing"
                 );
-                c.queue_line(&format!(
-                    "ERR ETIMEDOUT no complete request line within {} s",
-                    limit.as_secs()
+                c.queue_reply(&Reply::err(
+                    "ETIMEDOUT",
+                    format!("no complete request line within {} s", limit.as_secs()),
                 ));
                 c.state = ClientState::Closing;
                 let _ = c.flush();
