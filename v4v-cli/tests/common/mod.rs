@@ -332,9 +332,10 @@ pub fn fill_pattern(buf: &mut [u8], state: &mut u64) {
     }
 }
 
-/// Sets domain `domid`'s ring limit to `max_rings` as dom0, claimed from the simulator for the
-/// call: only while no daemon holds dom0 (start dom0's daemon afterwards).
-pub fn set_max_rings(s: &Stack, domid: u16, max_rings: u32) {
+/// Claims dom0 of the simulator (no daemon may hold it) and sets domain `domid`'s ring limit to
+/// `max_rings`. The handle is dom0: keep it for as long as dom0 is needed (its ACL table, ...);
+/// starting dom0's daemon right after dropping it would race with the simulator's release.
+pub fn dom0_with_max_rings(s: &Stack, domid: u16, max_rings: u32) -> Box<dyn v4v::Hypervisor> {
     let spec = format!("sim:{}?domid=0", s.dir.join("sim.sock").display());
     let dom0 = v4v::backend::open(&spec).expect("claim dom0");
     dom0.config(&v4v::abi::Config {
@@ -343,4 +344,5 @@ pub fn set_max_rings(s: &Stack, domid: u16, max_rings: u32) {
         max_rings,
     })
     .expect("config");
+    dom0
 }
