@@ -68,13 +68,13 @@ pub fn render(st: &Status) -> String {
     line(format!("streams       {}", st.streams.len()));
     if !st.streams.is_empty() {
         line(format!(
-            "  {:<8}  {:<10}  {:<18}  {:<16}  {:>12}  {:>12}  owner",
+            "  {:<8}  {:<10}  {:<18}  {:<23}  {:>12}  {:>12}  owner",
             "id", "port", "peer", "state", "bytes in", "bytes out"
         ));
     }
     for s in &st.streams {
         line(format!(
-            "  {:<8}  {:<10}  {:<18}  {:<16}  {:>12}  {:>12}  {}",
+            "  {:<8}  {:<10}  {:<18}  {:<23}  {:>12}  {:>12}  {}",
             s.id,
             s.local_port,
             s.peer.to_string(),

@@ -345,12 +345,7 @@ pub(crate) fn read_line_until(
 ) -> Result<String, Line> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
-    let garbage = |line: &[u8]| {
-        Line::Garbage(format!(
-            "it answered {} bytes that are not a reply line",
-            line.len()
-        ))
-    };
+    let garbage = || Line::Garbage("it answered with data that is not a reply line".into());
     // Armed once (two syscalls), then the deadline is checked per byte: a peer dripping bytes
     // overruns it by at most one read's wait.
     arm(s, deadline)?;
@@ -360,12 +355,12 @@ pub(crate) fn read_line_until(
         }
         match s.read(&mut b) {
             Ok(0) if line.is_empty() => return Err(Line::Eof),
-            Ok(0) => return Err(garbage(&line)),
+            Ok(0) => return Err(garbage()),
             Ok(_) if b[0] == b'\n' => break,
             // v4vd writes text lines: control bytes mean another protocol (binary frames).
             Ok(_) if b[0] < 0x20 && b[0] != b'\r' && b[0] != b'\t' || b[0] == 0x7f => {
                 line.push(b[0]);
-                return Err(garbage(&line));
+                return Err(garbage());
             }
             Ok(_) => line.push(b[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -376,12 +371,8 @@ pub(crate) fn read_line_until(
             return Err(Line::TooLong);
         }
     }
-    String::from_utf8(line).map_err(|e| {
-        Line::Garbage(format!(
-            "it answered {} bytes that are not UTF-8 text",
-            e.as_bytes().len()
-        ))
-    })
+    String::from_utf8(line)
+        .map_err(|_| Line::Garbage("it answered with data that is not UTF-8 text".into()))
 }
 
 /// Reads one line (a rule of `ACL LIST`, ...) within the handshake timeout.
