@@ -285,3 +285,39 @@ fn a_daemon_that_never_answers_times_out_with_status_5() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A per-user quota (the daemon's `EDQUOT`) is status 10 too, with the limit named.
+#[test]
+fn a_per_user_ring_quota_is_status_10() {
+    let s = Stack::start(&[1]);
+    let mut hogs: Vec<std::process::Child> = (0..32)
+        .map(|_| {
+            s.cli_as_nobody(1, &["recv", "0", "--timeout", "30"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("recv as nobody")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.status_typed(1).ports.len() < 32 {
+        assert!(Instant::now() < deadline, "nobody's 32 rings never bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = run_limited(
+        s.cli_as_nobody(1, &["recv", "0", "--timeout", "1"])
+            .stdin(Stdio::null()),
+        Duration::from_secs(30),
+    );
+    for h in &mut hogs {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    assert_eq!(code(&o), 10, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("max_rings_per_user is 32"),
+        "{}",
+        stderr(&o)
+    );
+}
