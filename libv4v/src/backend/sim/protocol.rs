@@ -935,6 +935,16 @@ mod tests {
     }
 
     #[test]
+    fn an_impossible_length_prefix_is_fatal_on_its_own() {
+        // What a v4vd client writes first ("STATUS\n", "DGRAM 0\n") is never a length.
+        for text in [b"STAT", b"DGRA", b"ACL ", b"VERS"] {
+            assert!(FrameHeader::check_len_prefix(text).is_err());
+        }
+        let ok = u32::try_from(MAX_BODY).unwrap().to_le_bytes();
+        assert_eq!(FrameHeader::check_len_prefix(&ok), Ok(MAX_BODY as u32));
+    }
+
+    #[test]
     fn requests_round_trip() {
         let a = Addr {
             port: 7,
