@@ -41,6 +41,18 @@ pub fn render(st: &Status) -> String {
         "dropped       {} malformed or unroutable, {} ring corruptions",
         st.dropped, st.corrupt
     ));
+    line(format!(
+        "buffered      {} KiB (max_buffer_per_user {} KiB)",
+        st.buffered.div_ceil(1024),
+        st.max_buffer_per_user / 1024
+    ));
+    for b in &st.buffers {
+        line(format!(
+            "  uid {:<8}  {} KiB",
+            b.uid,
+            b.bytes.div_ceil(1024)
+        ));
+    }
     line(format!("acl refused   {}", st.acl_refused));
     for r in &st.acl_refused_by {
         line(format!("  {:>8}  {} -> {}", r.count, r.src, r.dst));

@@ -171,6 +171,14 @@ fn status_shows_owners_and_byte_counters_only_to_root_and_the_owner() {
         (st["bytes_out"].clone(), st["bytes_in"].clone()),
         (5.into(), 5.into())
     );
+    // Buffer budgets: root's stream holds some; root sees each user's.
+    let buffers_of = |v: &serde_json::Value, uid: u64| {
+        v["buffers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|b| b["uid"] == uid).cloned())
+    };
+    assert!(root["buffered"].as_u64() > Some(0), "{root}");
+    assert!(buffers_of(&root, 0).is_some(), "{root}");
 
     let other = status_as(true);
     // Ports and counts for everyone...
@@ -186,6 +194,13 @@ fn status_shows_owners_and_byte_counters_only_to_root_and_the_owner() {
     );
     assert!(st.get("bytes_out").is_none(), "{st}");
     assert_eq!(port(&other, 7001)["owner"]["uid"], 65534);
+    // The total is a count everyone sees; what root holds is root's business.
+    assert_eq!(
+        other["buffered"].as_u64().map(|b| b > 0),
+        Some(true),
+        "{other}"
+    );
+    assert!(buffers_of(&other, 0).is_none(), "{other}");
     // The text view hides the same.
     let o = run_limited(
         s.cli_as_nobody(1, &["status"]).stdin(Stdio::null()),

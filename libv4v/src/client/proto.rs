@@ -442,6 +442,19 @@ pub struct Status {
     pub acl_refused: u64,
     /// The refusals by source and destination (up to 256 pairs).
     pub acl_refused_by: Vec<Refusal>,
+    /// Bytes the daemon holds reserved for its users' buffers, everyone's together.
+    pub buffered: u64,
+    /// The budget of each user other than root (`max_buffer_per_user`).
+    pub max_buffer_per_user: u64,
+    /// Bytes reserved per user: every user for root, the asker's own for anyone else.
+    pub buffers: Vec<UserBuffers>,
+}
+
+/// The buffer memory reserved for one user's clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBuffers {
+    pub uid: u32,
+    pub bytes: u64,
 }
 
 /// What a bound port is for.
@@ -795,27 +808,39 @@ mod tests {
                 proptest::collection::vec(stream, 0..40),
                 proptest::array::uniform7(any::<u64>()),
                 proptest::collection::vec(refusal, 0..40),
+                (
+                    any::<u64>(),
+                    any::<u64>(),
+                    proptest::collection::vec(
+                        (any::<u32>(), any::<u64>())
+                            .prop_map(|(uid, bytes)| UserBuffers { uid, bytes }),
+                        0..8,
+                    ),
+                ),
             )
-                .prop_map(
-                    |((version, domid, rings, clients), ports, streams, c, acl_refused_by)| {
-                        Status {
-                            version,
-                            domid,
-                            rings,
-                            clients,
-                            ports,
-                            streams,
-                            msgs_in: c[0],
-                            bytes_in: c[1],
-                            msgs_out: c[2],
-                            bytes_out: c[3],
-                            corrupt: c[4],
-                            dropped: c[5],
-                            acl_refused: c[6],
-                            acl_refused_by,
-                        }
-                    },
-                )
+                .prop_map(|(head, ports, streams, c, acl_refused_by, budgets)| {
+                    let (version, domid, rings, clients) = head;
+                    let (buffered, max_buffer_per_user, buffers) = budgets;
+                    Status {
+                        version,
+                        domid,
+                        rings,
+                        clients,
+                        ports,
+                        streams,
+                        msgs_in: c[0],
+                        bytes_in: c[1],
+                        msgs_out: c[2],
+                        bytes_out: c[3],
+                        corrupt: c[4],
+                        dropped: c[5],
+                        acl_refused: c[6],
+                        acl_refused_by,
+                        buffered,
+                        max_buffer_per_user,
+                        buffers,
+                    }
+                })
         }
 
         proptest! {

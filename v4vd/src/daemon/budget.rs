@@ -58,7 +58,6 @@ impl Budgets {
     }
 
     /// Bytes reserved for everyone.
-    #[allow(dead_code)] // for STATUS, once it is typed (issue 10, defect 2); tested below
     pub fn total(&self) -> usize {
         self.used.values().sum()
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use v4v::abi::Addr;
 use v4v::client::proto::{
     Owner, PROTOCOL_VERSION, PortKind as StatusKind, PortStatus, Refusal, SockAddr, Status,
-    StreamStatus,
+    StreamStatus, UserBuffers,
 };
 
 use super::Daemon;
@@ -175,6 +175,22 @@ impl Daemon {
             .collect();
         acl_refused_by.sort_by_key(|r| (r.src, r.dst));
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        // Per-user buffers: root sees every user with clients, anyone else its own.
+        let mut uids: Vec<u32> = if asker == 0 {
+            self.clients.iter().map(|(_, c)| c.cred.uid).collect()
+        } else {
+            vec![asker]
+        };
+        uids.sort_unstable();
+        uids.dedup();
+        let buffers = uids
+            .into_iter()
+            .map(|uid| UserBuffers {
+                uid,
+                bytes: self.budgets.used(uid) as u64,
+            })
+            .filter(|b| b.bytes > 0)
+            .collect();
         Status {
             version: PROTOCOL_VERSION,
             domid: self.domid,
@@ -190,6 +206,9 @@ impl Daemon {
             dropped: s.dropped,
             acl_refused: s.acl_refused,
             acl_refused_by,
+            buffered: self.budgets.total() as u64,
+            max_buffer_per_user: self.cfg.max_buffer_per_user as u64,
+            buffers,
         }
     }
 }
