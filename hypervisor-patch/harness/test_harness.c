@@ -8,6 +8,7 @@
  * Prints one line per failed check and a final "N passed, M failed".
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1188,6 +1189,85 @@ static void test_xsm_denials(void)
     }
 }
 
+/*
+ * Finding 1: a register_ring that loses the race with an unregister by
+ * another vCPU (between its two checks) must not start again by recursion.
+ * The hook unregisters the ring while the caller maps it, and registers it
+ * again before the caller (if it started over) would look it up: on the old
+ * code each round added a stack frame (1,000 rounds, 1,001 deep).
+ */
+struct race {
+    v4v_ring_t *ring;
+    unsigned int rounds, max_rounds, header_reads;
+    bool gone;
+};
+
+static void race_hook(unsigned int point, const void *addr, int lock_free,
+                      void *arg)
+{
+    struct race *rc = arg;
+
+    if ( !lock_free || addr != rc->ring )
+        return;
+    if ( point == V4VH_POINT_COPY_FROM )
+    {
+        rc->header_reads++;
+        if ( rc->gone && rc->rounds < rc->max_rounds )
+        {
+            /* Another vCPU registers it again before the lookup. */
+            EQ(hc(1, V4VOP_register_ring, rc->ring, NULL, 0, 0), 0);
+            rc->gone = false;
+        }
+    }
+    else if ( point == V4VH_POINT_RING_PAGE && !rc->gone &&
+              rc->rounds < rc->max_rounds )
+    {
+        /* ... and unregisters it while this one maps the pages. */
+        EQ(hc(1, V4VOP_unregister_ring, rc->ring, NULL, 0, 0), 0);
+        rc->gone = true;
+        rc->rounds++;
+    }
+}
+
+static void test_register_race_no_recursion(void)
+{
+    struct race race = { .max_rounds = 1000 };
+    unsigned int i, total = 0;
+
+    setup();
+    race.ring = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, race.ring, NULL, 0, 0), 0);
+
+    v4vh_set_preempt(race_hook, &race);
+    EQ(hc(1, V4VOP_register_ring, race.ring, NULL, 0, 0), 0);
+    /* One pass: the header read once, one race lost, no second attempt. */
+    EQ(race.header_reads, 1);
+    EQ(race.rounds, 1);
+    total += race.rounds;
+
+    /* 999 more lost races, each one call deep. */
+    for ( i = 1; i < 1000; i++ )
+    {
+        race.header_reads = 0;
+        race.rounds = 0;
+        race.gone = false;
+        EQ(hc(1, V4VOP_register_ring, race.ring, NULL, 0, 0), 0);
+        if ( race.header_reads != 1 || race.rounds != 1 )
+            break;
+        total += race.rounds;
+    }
+    EQ(total, 1000);
+    v4vh_set_preempt(NULL, NULL);
+
+    EQ(v4vh_ring_count(), 1);
+    EQ(v4vh_pages_held(), 1);
+    EQ(v4vh_mappings(), 1);
+    EQ(hc(1, V4VOP_unregister_ring, race.ring, NULL, 0, 0), 0);
+    EQ(v4vh_pages_held(), 0);
+    teardown();
+    free(race.ring);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1206,6 +1286,7 @@ int main(void)
     test_inspect_counts();
     test_xsm_hooks_called();
     test_xsm_denials();
+    test_register_race_no_recursion();
 
     printf("%u passed, %u failed\n", passed, failed);
 

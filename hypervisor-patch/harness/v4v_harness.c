@@ -15,6 +15,9 @@
 #define GUEST_MIN_ADDR 4096UL
 
 struct vcpu *v4vh_current;
+unsigned int v4vh_cpu;
+
+#define NR_CPUS 8
 
 static struct domain *domains[DOMID_FIRST_RESERVED];
 static struct vcpu vcpus[DOMID_FIRST_RESERVED];
@@ -30,7 +33,11 @@ static struct region *regions;
 static size_t nr_allocs;
 static unsigned int fail_alloc_in;
 static int fail_evtchn;
-static unsigned int locks_held;
+static unsigned int locks_held[NR_CPUS];
+static unsigned int fail_copy_in, fail_vmap_in;
+static v4vh_preempt_fn *preempt_fn;
+static void *preempt_arg;
+static unsigned int preempt_depth;
 static size_t page_refs, type_refs, nr_vmaps;
 
 /* --- shim back end --- */
@@ -77,14 +84,43 @@ void v4vh_free(void *p)
 
 void v4vh_lock_acquired(void)
 {
-    locks_held++;
+    locks_held[v4vh_cpu]++;
 }
 
 void v4vh_lock_released(void)
 {
-    if ( !locks_held )
+    if ( !locks_held[v4vh_cpu] )
         v4vh_fatal(__FILE__, __LINE__, "lock count underflow");
-    locks_held--;
+    locks_held[v4vh_cpu]--;
+}
+
+static unsigned int all_locks_held(void)
+{
+    unsigned int i, n = 0;
+
+    for ( i = 0; i < NR_CPUS; i++ )
+        n += locks_held[i];
+
+    return n;
+}
+
+/*
+ * A point where the CPU running v4v.c touches guest memory: let the test's
+ * hook run (guest scribbles, or ops by another vCPU when this CPU holds
+ * nothing but v4v_lock for reading, so that such an op cannot need a lock
+ * it holds).
+ */
+static void preempt_point(unsigned int point, const void *addr)
+{
+    bool lock_free;
+
+    if ( !preempt_fn || preempt_depth || !v4vh_current )
+        return;
+    lock_free = locks_held[v4vh_cpu] == 1 &&
+                (v4v_lock.reader_cpus & (1U << v4vh_cpu));
+    preempt_depth++;
+    preempt_fn(point, addr, lock_free, preempt_arg);
+    preempt_depth--;
 }
 
 /*
@@ -139,8 +175,15 @@ bool v4vh_guest_okay(const void *p, unsigned long n)
 unsigned long v4vh_copy_from_guest(void *dst, const void *src,
                                    unsigned long n)
 {
+    preempt_point(V4VH_POINT_COPY_FROM, src);
     if ( !v4vh_guest_okay(src, n) )
         return n;
+    /* As a fault part-way would on Xen: half copied, the rest not. */
+    if ( fail_copy_in && !--fail_copy_in )
+    {
+        memcpy(dst, src, n / 2);
+        return n - n / 2;
+    }
     if ( n )
         memcpy(dst, src, n);
 
@@ -149,6 +192,7 @@ unsigned long v4vh_copy_from_guest(void *dst, const void *src,
 
 unsigned long v4vh_copy_to_guest(void *dst, const void *src, unsigned long n)
 {
+    preempt_point(V4VH_POINT_COPY_TO, dst);
     if ( !v4vh_guest_okay(dst, n) )
         return n;
     if ( n )
@@ -204,6 +248,8 @@ struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va)
     if ( va & ~PAGE_MASK )
         v4vh_fatal(__FILE__, __LINE__, "ring page not page aligned");
 
+    preempt_point(V4VH_POINT_RING_PAGE, (const void *)va);
+
     r = find_region(d->domain_id, va);
     if ( !r )
         return NULL;
@@ -233,6 +279,8 @@ void *vmap(const mfn_t *mfn, unsigned int nr)
 
     if ( !nr )
         v4vh_fatal(__FILE__, __LINE__, "vmap of nothing");
+    if ( fail_vmap_in && !--fail_vmap_in )
+        return NULL;
     /* Guest memory is this process's: contiguous frames map as they are. */
     for ( i = 1; i < nr; i++ )
         if ( mfn_x(mfn[i]) != mfn_x(mfn[0]) + i )
@@ -274,7 +322,7 @@ static int xsm_hook(unsigned int hook, xsm_default_t def,
     if ( def != expected )
         v4vh_fatal(__FILE__, __LINE__, "XSM hook with the wrong default");
     /* Hooks may take their own locks: at most v4v_lock (L1) may be held. */
-    if ( locks_held > 1 )
+    if ( locks_held[v4vh_cpu] > 1 )
         v4vh_fatal(__FILE__, __LINE__, "XSM hook called under a V4V lock");
     if ( !d || (t && t->domain_id >= DOMID_FIRST_RESERVED) )
         v4vh_fatal(__FILE__, __LINE__, "XSM hook with a bad domain");
@@ -338,7 +386,7 @@ static void destroy_domain(domid_t domid)
     unsigned long i;
 
     v4v_destroy(d);
-    if ( locks_held )
+    if ( all_locks_held() )
         v4vh_fatal(__FILE__, __LINE__, "lock held after v4v_destroy");
 
     for ( pr = &regions; (r = *pr); )
@@ -373,13 +421,16 @@ int v4vh_reset(void)
     opt_v4v = true;
     fail_alloc_in = 0;
     fail_evtchn = 0;
+    fail_copy_in = fail_vmap_in = 0;
+    preempt_fn = NULL;
     v4vh_current = NULL;
+    v4vh_cpu = 0;
     v4vh_xsm_deny(0, -1, 0);
     memset(xsm_calls, 0, sizeof(xsm_calls));
     xsm_last_hook = 0;
     xsm_last_subject = xsm_last_target = -1;
 
-    if ( page_refs || type_refs || nr_vmaps || locks_held || nr_allocs ||
+    if ( page_refs || type_refs || nr_vmaps || all_locks_held() || nr_allocs ||
          atomic_read(&v4v_pages_pinned) )
         v4vh_fatal(__FILE__, __LINE__, "state left after reset");
 
@@ -404,7 +455,7 @@ int v4vh_domain_create(uint16_t domid)
     vcpus[domid].domain = d;
 
     rc = v4v_init(d);
-    if ( locks_held )
+    if ( all_locks_held() )
         v4vh_fatal(__FILE__, __LINE__, "lock held after v4v_init");
     if ( rc )
     {
@@ -425,32 +476,48 @@ int v4vh_domain_destroy(uint16_t domid)
     return 0;
 }
 
-long v4vh_hypercall(uint16_t caller, int cmd, void *arg1, void *arg2,
-                    uint32_t arg3, uint32_t arg4)
+long v4vh_hypercall_raw(uint16_t caller, unsigned long cmd, void *arg1,
+                        void *arg2, unsigned long arg3, unsigned long arg4)
 {
     XEN_GUEST_HANDLE_PARAM(void) h1 = { arg1 }, h2 = { arg2 };
+    struct vcpu *saved_current = v4vh_current;
+    unsigned int saved_cpu = v4vh_cpu;
+    int saved_copy_domid = copy_domid;
     long rc;
 
     if ( caller >= DOMID_FIRST_RESERVED || !domains[caller] )
         return -ESRCH;
+    /* Called from a preemption hook: another CPU. */
+    if ( saved_current && ++v4vh_cpu >= NR_CPUS )
+        v4vh_fatal(__FILE__, __LINE__, "too many nested CPUs");
 
     v4vh_current = &vcpus[caller];
     copy_domid = caller;
     rc = do_v4v_op(cmd, h1, h2, arg3, arg4);
-    copy_domid = -1;
-    v4vh_current = NULL;
+    copy_domid = saved_copy_domid;
+    v4vh_current = saved_current;
 
-    if ( locks_held )
+    if ( locks_held[v4vh_cpu] )
     {
-        fprintf(stderr, "V4V HARNESS FATAL: hypercall cmd %d by d%u returned "
-                "%ld with %u lock(s) held\n", cmd, caller, rc, locks_held);
+        fprintf(stderr, "V4V HARNESS FATAL: hypercall cmd %lu by d%u returned "
+                "%ld with %u lock(s) held\n", cmd, caller, rc,
+                locks_held[v4vh_cpu]);
         abort();
     }
-    if ( page_refs != (size_t)atomic_read(&v4v_pages_pinned) ||
-         type_refs != page_refs )
+    v4vh_cpu = saved_cpu;
+    if ( !saved_current &&
+         (page_refs != (size_t)atomic_read(&v4v_pages_pinned) ||
+          type_refs != page_refs) )
         v4vh_fatal(__FILE__, __LINE__, "page reference accounting mismatch");
 
     return rc;
+}
+
+long v4vh_hypercall(uint16_t caller, int cmd, void *arg1, void *arg2,
+                    uint32_t arg3, uint32_t arg4)
+{
+    return v4vh_hypercall_raw(caller, (unsigned int)cmd, arg1, arg2, arg3,
+                              arg4);
 }
 
 int v4vh_event_test_and_clear(uint16_t domid)
@@ -531,7 +598,7 @@ size_t v4vh_pages_held(void)
 void v4vh_debug_dump(void)
 {
     v4v_dump_state('4');
-    if ( locks_held )
+    if ( all_locks_held() )
         v4vh_fatal(__FILE__, __LINE__, "lock held after debug dump");
 }
 
@@ -557,7 +624,23 @@ void v4vh_fail_evtchn(int fail)
 
 unsigned int v4vh_locks_held(void)
 {
-    return locks_held;
+    return all_locks_held();
+}
+
+void v4vh_fail_copy(unsigned int n)
+{
+    fail_copy_in = n;
+}
+
+void v4vh_fail_vmap(unsigned int n)
+{
+    fail_vmap_in = n;
+}
+
+void v4vh_set_preempt(v4vh_preempt_fn *fn, void *arg)
+{
+    preempt_fn = fn;
+    preempt_arg = arg;
 }
 
 size_t v4vh_mappings(void)

@@ -48,6 +48,13 @@ int v4vh_event_test_and_clear(uint16_t domid);
 int v4vh_guest_map(uint16_t domid, void *base, size_t len);
 int v4vh_guest_unmap(uint16_t domid, void *base, size_t len);
 
+/*
+ * The same with the registers as a 64-bit guest passes them: cmd, arg3 and
+ * arg4 are full unsigned longs.
+ */
+long v4vh_hypercall_raw(uint16_t caller, unsigned long cmd, void *arg1,
+                        void *arg2, unsigned long arg3, unsigned long arg4);
+
 /* Page references currently held: 0 once every ring is gone. */
 size_t v4vh_pages_held(void);
 
@@ -74,6 +81,29 @@ void v4vh_fail_evtchn(int fail);
 unsigned int v4vh_locks_held(void);
 /* Mappings (vmap) currently held. */
 size_t v4vh_mappings(void);
+/*
+ * Make the n-th copy from guest memory from now (1 = the next) fault half
+ * way, as a page unmapped by another vCPU would; 0 disables.
+ */
+void v4vh_fail_copy(unsigned int n);
+/* Make the n-th vmap from now fail (1 = the next); 0 disables. */
+void v4vh_fail_vmap(unsigned int n);
+
+/*
+ * Preemption: v4v.c calls 'fn' each time it reads or writes guest memory
+ * (V4VH_POINT_COPY_*: a copy_{from,to}_guest at 'addr') or translates a page
+ * of a ring (V4VH_POINT_RING_PAGE: the page at 'addr'). The hook may scribble
+ * on guest memory; when 'lock_free' is set (the interrupted CPU holds only
+ * v4v_lock for reading) it may also issue hypercalls, which run as another
+ * CPU, as ops by another vCPU would. Not called from within the hook. NULL
+ * disables (so does v4vh_reset).
+ */
+#define V4VH_POINT_COPY_FROM    1
+#define V4VH_POINT_COPY_TO      2
+#define V4VH_POINT_RING_PAGE    3
+typedef void v4vh_preempt_fn(unsigned int point, const void *addr,
+                             int lock_free, void *arg);
+void v4vh_set_preempt(v4vh_preempt_fn *fn, void *arg);
 
 /*
  * Counts read from v4v.c's own structures (and cross-checked there: a

@@ -153,13 +153,20 @@ static inline bool list_empty(const struct list_head *l)
           (pos) = (n),                                                  \
           (n) = list_entry((n)->member.next, __typeof__(*(n)), member) )
 
-/* --- locks: single-threaded, counted, misuse is fatal --- */
+/*
+ * --- locks: single-threaded, but tracked per simulated CPU (v4vh_cpu), so
+ * that an op by "another vCPU" may run at a point where the interrupted one
+ * holds no lock that would make it spin. Misuse is fatal. ---
+ */
 
-typedef struct { int held; } spinlock_t;
-typedef struct { int readers; int writer; } rwlock_t;
+extern unsigned int v4vh_cpu;           /* the CPU running v4v.c now */
 
-#define DEFINE_SPINLOCK(l)  spinlock_t l = { 0 }
-#define DEFINE_RWLOCK(l)    rwlock_t l = { 0, 0 }
+typedef struct { int held; unsigned int cpu; } spinlock_t;
+typedef struct { int readers; int writer; unsigned int reader_cpus;
+                 unsigned int writer_cpu; } rwlock_t;
+
+#define DEFINE_SPINLOCK(l)  spinlock_t l = { 0, 0 }
+#define DEFINE_RWLOCK(l)    rwlock_t l = { 0, 0, 0, 0 }
 
 static inline void spin_lock_init(spinlock_t *l)
 {
@@ -168,34 +175,46 @@ static inline void spin_lock_init(spinlock_t *l)
 
 static inline void spin_lock(spinlock_t *l)
 {
-    if ( l->held )
+    if ( l->held && l->cpu == v4vh_cpu )
         v4vh_fatal(__FILE__, __LINE__, "spin_lock: already held (deadlock)");
+    if ( l->held )
+        v4vh_fatal(__FILE__, __LINE__,
+                   "spin_lock: held by an interrupted CPU (not a lock-free point)");
     l->held = 1;
+    l->cpu = v4vh_cpu;
     v4vh_lock_acquired();
 }
 
 static inline void spin_unlock(spinlock_t *l)
 {
-    if ( !l->held )
+    if ( !l->held || l->cpu != v4vh_cpu )
         v4vh_fatal(__FILE__, __LINE__, "spin_unlock: not held");
     l->held = 0;
     v4vh_lock_released();
 }
 
+/* Held by this CPU: what the lock assertions of v4v.c check. */
+static inline bool spin_is_locked(const spinlock_t *l)
+{
+    return l->held && l->cpu == v4vh_cpu;
+}
+
 /* Recursive read locking can deadlock Xen's fair rwlocks: refused too. */
 static inline void read_lock(rwlock_t *l)
 {
-    if ( l->writer || l->readers )
+    if ( l->writer || (l->reader_cpus & (1U << v4vh_cpu)) )
         v4vh_fatal(__FILE__, __LINE__, "read_lock: already held");
     l->readers++;
+    l->reader_cpus |= 1U << v4vh_cpu;
     v4vh_lock_acquired();
 }
 
 static inline void read_unlock(rwlock_t *l)
 {
-    if ( l->readers <= 0 )
+    if ( l->readers <= 0 || !(l->reader_cpus & (1U << v4vh_cpu)) )
         v4vh_fatal(__FILE__, __LINE__, "read_unlock: not held");
     l->readers--;
+    l->reader_cpus &= ~(1U << v4vh_cpu);
     v4vh_lock_released();
 }
 
@@ -204,15 +223,26 @@ static inline void write_lock(rwlock_t *l)
     if ( l->writer || l->readers )
         v4vh_fatal(__FILE__, __LINE__, "write_lock: already held");
     l->writer = 1;
+    l->writer_cpu = v4vh_cpu;
     v4vh_lock_acquired();
 }
 
 static inline void write_unlock(rwlock_t *l)
 {
-    if ( !l->writer )
+    if ( !l->writer || l->writer_cpu != v4vh_cpu )
         v4vh_fatal(__FILE__, __LINE__, "write_unlock: not held");
     l->writer = 0;
     v4vh_lock_released();
+}
+
+static inline bool rw_is_write_locked(const rwlock_t *l)
+{
+    return l->writer && l->writer_cpu == v4vh_cpu;
+}
+
+static inline bool rw_is_locked(const rwlock_t *l)
+{
+    return rw_is_write_locked(l) || (l->reader_cpus & (1U << v4vh_cpu));
 }
 
 /* --- allocation --- */

@@ -575,14 +575,17 @@ static long v4v_register_ring(struct v4v_domain *vd,
     if ( rc )
         return rc;
 
-    if ( !ri )
+    /*
+     * Allocated even when the id exists now: another vCPU may unregister it
+     * before the second check, which then registers it as new. There is no
+     * second attempt (each would cost a stack frame or a loop a guest could
+     * keep losing).
+     */
+    new_ri = xzalloc(struct v4v_ring_info);
+    if ( !new_ri )
     {
-        new_ri = xzalloc(struct v4v_ring_info);
-        if ( !new_ri )
-        {
-            ring_unmap(&map);
-            return -ENOMEM;
-        }
+        ring_unmap(&map);
+        return -ENOMEM;
     }
 
     spin_lock(&vd->lock);
@@ -599,9 +602,6 @@ static long v4v_register_ring(struct v4v_domain *vd,
         write_atomic(&map.hdr->tx_ptr, ri->tx);
         spin_unlock(&ri->lock);
     }
-    else if ( !new_ri )
-        /* Unregistered while we mapped it: start again, as a new ring. */
-        rc = -EAGAIN;
     else if ( vd->nr_rings >= vd->max_rings )
         rc = -ENOSPC;
     else
@@ -638,13 +638,6 @@ static long v4v_register_ring(struct v4v_domain *vd,
     else
         ring_unmap(&old);
     xfree(new_ri);
-
-    /*
-     * The ring went away between the two checks (another vCPU of the same
-     * domain): as if the call had come after that, register it as new.
-     */
-    if ( rc == -EAGAIN )
-        return v4v_register_ring(vd, arg);
 
     return rc;
 }
