@@ -1268,6 +1268,85 @@ static void test_register_race_no_recursion(void)
     free(race.ring);
 }
 
+/*
+ * Finding 3: notify follows the ACL as sendv does. Domains the table
+ * rejects learn nothing about the ring (flags 0, max 0, as for no ring) and
+ * take no waiter slot; on the old code 40 of them filled the queue, read
+ * EXISTS and the ring's state, and the allowed sender got no PENDING.
+ */
+static void test_notify_acl(void)
+{
+    v4vtables_rule_t allow = {
+        .src = { .port = V4V_PORT_ANY, .domain = 2 },
+        .dst = { .port = 10, .domain = 1 },
+        .accept = 1,
+    }, deny = {
+        .src = { .port = V4V_PORT_ANY, .domain = V4V_DOMID_ANY },
+        .dst = { .port = 10, .domain = 1 },
+        .accept = 0,
+    }, port_only = {
+        .src = { .port = 5, .domain = 10 },
+        .dst = { .port = 11, .domain = 1 },
+        .accept = 0,
+    };
+    v4v_ring_data_t *rd = ring_data_new(2);
+    v4v_ring_t *r, *r11;
+    uint8_t buf[64] = { 0 };
+    unsigned int d, exists = 0;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    r11 = ring_new(1, 11, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_register_ring, r11, NULL, 0, 0), 0);
+    EQ(send(2, 1, 10, buf, 16), 16);
+    EQ(hc(0, V4VOP_tables_add, &allow, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_tables_add, &deny, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_tables_add, &port_only, NULL, 0, 0), 0);
+
+    rd->nent = 1;
+    rd->data[0].ring.domain = 1;
+    rd->data[0].ring.port = 10;
+    for ( d = 10; d < 50; d++ )
+    {
+        EQ(v4vh_domain_create(d), 0);
+        rd->data[0].space_required = 32;
+        rd->data[0].flags = 0xffff;
+        rd->data[0].max_message_size = 0xffffffffU;
+        EQ(hc(d, V4VOP_notify, rd, NULL, 0, 0), 0);
+        if ( rd->data[0].flags || rd->data[0].max_message_size )
+            exists++;
+        /* A rejected sender still gets -EACCES from sendv, not queued. */
+        EQ(send(d, 1, 10, buf, 32), -EACCES);
+    }
+    EQ(exists, 0);
+    EQ(v4vh_waiter_count(), 0);
+
+    /* The allowed sender is queued. */
+    rd->data[0].space_required = 32;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_PENDING);
+    EQ(rd->data[0].max_message_size, 32);
+    EQ(v4vh_waiter_count(), 1);
+
+    /*
+     * A rule naming a source port does not decide a notify (asked as from
+     * port 0, which only wildcard source ports match).
+     */
+    rd->nent = 2;
+    rd->data[1] = rd->data[0];
+    rd->data[1].ring.port = 11;
+    rd->data[1].space_required = 0;
+    EQ(hc(10, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, 0);
+    EQ(rd->data[1].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_EMPTY |
+                          V4V_RING_DATA_F_SUFFICIENT);
+    teardown();
+    free(r);
+    free(r11);
+    free(rd);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1287,6 +1366,7 @@ int main(void)
     test_xsm_hooks_called();
     test_xsm_denials();
     test_register_race_no_recursion();
+    test_notify_acl();
 
     printf("%u passed, %u failed\n", passed, failed);
 

@@ -458,6 +458,12 @@ impl Hypervisor for ModelDomain {
             let target = self.resolve(ent.ring.domain);
             ent.flags = 0;
             ent.max_message_size = 0;
+            // As for no ring, and no waiter, when the ACL would refuse the caller's send (asked
+            // from port 0: a notify names no source port).
+            let src = Addr::new(self.domid, abi::PORT_ANY);
+            if !st.acl_accepts(src, Addr::new(target, ent.ring.port)) {
+                continue;
+            }
             let Some(key) = st.lookup_key(target, ent.ring.port, self.domid) else {
                 continue;
             };

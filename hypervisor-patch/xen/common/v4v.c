@@ -860,7 +860,13 @@ static void notify_entry(struct v4v_domain *vd, v4v_ring_data_ent_t *ent)
     ent->flags = 0;
     ent->max_message_size = 0;
 
-    /* Nothing about the rings of a domain the caller may not send to. */
+    /*
+     * Nothing about a ring the caller may not send to, and no waiter: the
+     * ACL (asked as for a send from port 0, since a notify names no source
+     * port), then XSM, as sendv asks them.
+     */
+    if ( !acl_accepts(vd->domid, V4V_PORT_ANY, dst, ent->ring.port) )
+        return;
     if ( !dvd || xsm_v4v_send(XSM_HOOK, vd->d, dvd->d) )
         return;
 

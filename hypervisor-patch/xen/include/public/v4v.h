@@ -279,7 +279,9 @@ typedef struct v4v_stream_header {
  *
  * First wakes (signals) every domain waiting on one of the caller's rings
  * whose request now fits. Then, for each entry of 'data', finds the ring the
- * caller would send to (as V4VOP_sendv does) and sets EXISTS, EMPTY, and
+ * caller would send to (as V4VOP_sendv does; an entry the ACL table would
+ * reject, asked as for a send from port 0, reads as no ring and queues
+ * nothing) and sets EXISTS, EMPTY, and
  * SUFFICIENT when space_required bytes of payload fit now; otherwise queues
  * the caller to be signalled when they do and sets PENDING (not when the
  * ring's waiter queue is full, or space_required could never fit).
