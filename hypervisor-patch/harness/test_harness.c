@@ -1347,6 +1347,74 @@ static void test_notify_acl(void)
     free(rd);
 }
 
+/*
+ * Finding 7: a payload copy that faults part-way (the sender's page
+ * unmapped by another of its vCPUs after the readability check) leaves no
+ * byte of the message in the ring: header and pointers byte-identical, the
+ * bytes the copy reached zeroed, everything else as it was. On the old code
+ * the first iov's bytes stayed in the ring's free space.
+ */
+static void test_efault_leaves_no_payload(void)
+{
+    v4v_send_addr_t sa = {
+        .src = { .port = 77, .domain = DOMID_SELF },
+        .dst = { .port = 10, .domain = 1 },
+    };
+    uint8_t p0[40], p1[40], before[64 + 256];
+    v4v_iov_t iov[2] = {
+        { .iov_base = (uintptr_t)p0, .iov_len = sizeof(p0) },
+        { .iov_base = (uintptr_t)p1, .iov_len = sizeof(p1) },
+    };
+    v4v_ring_t *r;
+    unsigned int fail_at, i, start, reached;
+    bool rest_same = true, reached_zero = true;
+
+    memset(p0, 0x11, sizeof(p0));
+    memset(p1, 0x22, sizeof(p1));
+    /*
+     * Copies 1 and 2 read the address and the iovs; then the payload in
+     * chunks: iov 0 as 32 bytes up to the end and 8 from the start, iov 1 as
+     * 40. Each of the three faults in turn.
+     */
+    for ( fail_at = 3; fail_at <= 5; fail_at++ )
+    {
+        setup();
+        r = ring_new(1, 10, V4V_DOMID_ANY, 256);
+        /* tx near the end, so the payload wraps. */
+        r->rx_ptr = r->tx_ptr = 208;
+        EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+        memset(r->ring, 0xaa, 256);
+        memcpy(before, r, sizeof(before));
+
+        v4vh_fail_copy(fail_at);
+        EQ(hc(2, V4VOP_sendv, &sa, iov, 2, V4V_PROTO_DGRAM), -EFAULT);
+        v4vh_fail_copy(0);
+
+        CHECK(!memcmp(r, before, 64));
+        EQ(r->tx_ptr, 208);
+        /* Payload starts after the header slot: 224, wrapping at 256. */
+        start = 224;
+        reached = fail_at == 3 ? 32 : fail_at == 4 ? 40 : 80;
+        for ( i = 0; i < 256; i++ )
+        {
+            unsigned int off = (i + 256 - start) % 256;
+
+            if ( off < reached )
+                reached_zero &= r->ring[i] == 0;
+            else
+                rest_same &= r->ring[i] == 0xaa;
+        }
+        CHECK(reached_zero);
+        CHECK(rest_same);
+
+        /* The ring still works, from the same tx. */
+        EQ(send(2, 1, 10, p0, 8), 8);
+        EQ(r->tx_ptr, 240);
+        teardown();
+        free(r);
+    }
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1367,6 +1435,7 @@ int main(void)
     test_xsm_denials();
     test_register_race_no_recursion();
     test_notify_acl();
+    test_efault_leaves_no_payload();
 
     printf("%u passed, %u failed\n", passed, failed);
 

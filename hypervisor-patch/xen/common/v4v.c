@@ -680,6 +680,24 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
 /* --- V4VOP_sendv --- */
 
 /*
+ * Zero the data area from 'from' up to 'to' (exclusive, wrapping; nothing
+ * when equal): what a payload copy that faulted may have written, so that no
+ * byte of a message that was not sent stays in the ring. L3 held.
+ */
+static void ring_clear(struct v4v_ring_info *ri, uint32_t from, uint32_t to)
+{
+    uint8_t *data = ri->map.hdr->ring;
+
+    if ( from <= to )
+        memset(data + from, 0, to - from);
+    else
+    {
+        memset(data + from, 0, ri->len - from);
+        memset(data, 0, to);
+    }
+}
+
+/*
  * Insert a message into the ring, all or nothing. L3 held.
  * Returns the payload length or a negative error.
  */
@@ -728,7 +746,11 @@ static long ring_insert(struct v4v_ring_info *ri, struct v4v_domain *src,
             uint32_t chunk = min(iovs[i].iov_len - done, ri->len - pos);
 
             if ( copy_from_guest_offset(data + pos, h, done, chunk) )
+            {
+                ring_clear(ri, (tx + V4V_MESSAGE_HEADER_SIZE) % ri->len,
+                           (pos + chunk) % ri->len);
                 return -EFAULT;
+            }
             done += chunk;
             pos = (pos + chunk) % ri->len;
         }

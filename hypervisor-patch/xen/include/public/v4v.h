@@ -297,8 +297,9 @@ typedef struct v4v_stream_header {
  * Sends one message, the concatenation of the iovs, from (caller,
  * addr->src.port) to addr->dst. Looks for the destination's ring registered
  * for the caller first, then for V4V_DOMID_ANY. All or nothing: either the
- * whole message is in the ring or the ring is unchanged. Returns the payload
- * length.
+ * whole message is in the ring or tx_ptr and the messages are unchanged (on
+ * a fault part-way through the payload, the free space it reached is zeroed).
+ * Returns the payload length.
  *  -EINVAL     pad not zero; dst.domain is V4V_DOMID_ANY; dst.port is 0
  *  -EPERM      src.domain neither the caller nor DOMID_SELF
  *  -E2BIG      niov above V4V_MAX_IOV
