@@ -1415,6 +1415,60 @@ static void test_efault_leaves_no_payload(void)
     }
 }
 
+/*
+ * Finding 6: the hypercall takes 64-bit registers. Upper bits of cmd, arg3
+ * and arg4 are not dropped: a value that does not fit the op's 32-bit
+ * argument is -EINVAL, before anything is read. On the old code (int cmd,
+ * unsigned int arg3/arg4) each of these was truncated and accepted.
+ */
+static void test_args_not_truncated(void)
+{
+    const unsigned long hi = 1UL << 32;
+    v4v_send_addr_t sa = {
+        .src = { .port = 77, .domain = DOMID_SELF },
+        .dst = { .port = 10, .domain = 1 },
+    };
+    v4vtables_rule_t rule = {
+        .src = { .port = V4V_PORT_ANY, .domain = V4V_DOMID_ANY },
+        .dst = { .port = V4V_PORT_ANY, .domain = V4V_DOMID_ANY },
+        .accept = 1,
+    };
+    v4v_iov_t iov = { .iov_base = (uintptr_t)&sa, .iov_len = 4 };
+    v4v_info_t info;
+    v4v_ring_t *r;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+
+    EQ(v4vh_hypercall_raw(1, hi | V4VOP_info, &info, NULL, 0, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_info, &info, NULL, hi, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_info, &info, NULL, 0, hi), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_register_ring, r, NULL, hi, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_notify, NULL, NULL, 0, hi), -EINVAL);
+    /* sendv: niov and message_type are 32-bit */
+    EQ(v4vh_hypercall_raw(2, V4VOP_sendv, &sa, &iov, hi | 1, V4V_PROTO_DGRAM),
+       -EINVAL);
+    EQ(v4vh_hypercall_raw(2, V4VOP_sendv, &sa, &iov, 1,
+                          hi | V4V_PROTO_DGRAM), -EINVAL);
+    EQ(r->tx_ptr, 0);
+    /* tables_add/del: position is 32-bit */
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_add, &rule, NULL, hi, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_del, NULL, NULL,
+                          hi | V4VTABLES_DEL_ALL, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_add, &rule, NULL, hi | 1, 0),
+       -EINVAL);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_list, NULL, NULL, 0, 0), -EFAULT);
+    /* the same calls in range work */
+    EQ(v4vh_hypercall_raw(2, V4VOP_sendv, &sa, &iov, 1, V4V_PROTO_DGRAM), 4);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_add, &rule, NULL, 1, 0), 0);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL,
+                          0), 0);
+    EQ(v4vh_hypercall_raw(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    teardown();
+    free(r);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1436,6 +1490,7 @@ int main(void)
     test_register_race_no_recursion();
     test_notify_acl();
     test_efault_leaves_no_payload();
+    test_args_not_truncated();
 
     printf("%u passed, %u failed\n", passed, failed);
 

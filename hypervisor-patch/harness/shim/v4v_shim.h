@@ -355,9 +355,9 @@ void vunmap(const void *va);
 
 /* --- hypercall and key handler --- */
 
-long do_v4v_op(int cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
+long do_v4v_op(unsigned long cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
                XEN_GUEST_HANDLE_PARAM(void) arg2,
-               unsigned int arg3, unsigned int arg4);
+               unsigned long raw_arg3, unsigned long raw_arg4);
 
 typedef void (keyhandler_fn_t)(unsigned char key);
 void register_keyhandler(unsigned char key, keyhandler_fn_t *fn,

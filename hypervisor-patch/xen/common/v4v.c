@@ -1198,15 +1198,25 @@ static long v4v_tables_list(struct v4v_domain *vd,
 
 /* --- the hypercall --- */
 
-long do_v4v_op(int cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
+/*
+ * The registers as a 64-bit guest passes them: nothing is truncated. cmd,
+ * arg3 and arg4 are 32-bit values in the ABI; one with upper bits set is
+ * refused (-EINVAL), as an unknown command is, so that no check passes on a
+ * truncated value.
+ */
+long do_v4v_op(unsigned long cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
                XEN_GUEST_HANDLE_PARAM(void) arg2,
-               unsigned int arg3, unsigned int arg4)
+               unsigned long raw_arg3, unsigned long raw_arg4)
 {
+    unsigned int arg3 = raw_arg3, arg4 = raw_arg4;
     struct v4v_domain *vd;
     long rc;
 
     if ( !opt_v4v )
         return -ENOSYS;
+
+    if ( arg3 != raw_arg3 || arg4 != raw_arg4 )
+        return -EINVAL;
 
     /* Unknown commands, and the arguments each command reserves. */
     switch ( cmd )

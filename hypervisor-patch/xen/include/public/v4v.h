@@ -238,8 +238,9 @@ typedef struct v4v_stream_header {
  * HYPERVISOR_v4v_op(cmd, arg1, arg2, arg3, arg4)
  *
  * Every op returns -ENOSYS when V4V is not enabled ("v4v=1" on Xen's command
- * line), and -EINVAL for an unknown cmd or a non-zero argument the op
- * reserves (listed as 0 or NULL below). -EFAULT means a guest address could
+ * line), and -EINVAL for arg3 or arg4 above 0xffffffff (the registers are
+ * taken whole, never truncated), an unknown cmd (upper bits set included) or
+ * a non-zero argument the op reserves (listed as 0 or NULL below). -EFAULT means a guest address could
  * not be read or written. Checks are made in the order listed.
  */
 
