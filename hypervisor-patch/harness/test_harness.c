@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sys/wait.h>
 
 /* The ABI; its "xen.h" and "event_channel.h" come from shim/public. */
 #include <public/v4v.h>
@@ -1469,6 +1472,57 @@ static void test_args_not_truncated(void)
     free(r);
 }
 
+/*
+ * Finding 8: the lock rules are checked. Each deliberate violation, in a
+ * child process, must abort with a message naming the broken rule; a harness
+ * whose lock assertions were comments would let the child exit normally.
+ */
+static void test_lock_rules_enforced(void)
+{
+    static const char *const expect[] = {
+        "LOCKING_L2(vd)", "LOCKING_L3(ri)", "LOCKING_Write_L1",
+        "signalled with a V4V spinlock held",
+    };
+    unsigned int which;
+
+    for ( which = 0; which < 4; which++ )
+    {
+        int fds[2], status = 0;
+        char out[4096] = { 0 };
+        size_t got = 0;
+        ssize_t n;
+        pid_t pid;
+
+        EQ(pipe(fds), 0);
+        fflush(NULL);
+        pid = fork();
+        if ( pid == 0 )
+        {
+            v4v_ring_t *r;
+            v4v_info_t info;
+
+            dup2(fds[1], 2);
+            close(fds[0]);
+            v4vh_reset();
+            v4vh_domain_create(1);
+            r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+            if ( hc(1, V4VOP_register_ring, r, NULL, 0, 0) ||
+                 hc(1, V4VOP_info, &info, NULL, 0, 0) )
+                _exit(3);
+            v4vh_break_lock_rule(which, 1, 10);
+            _exit(0);
+        }
+        close(fds[1]);
+        while ( got < sizeof(out) - 1 &&
+                (n = read(fds[0], out + got, sizeof(out) - 1 - got)) > 0 )
+            got += n;
+        close(fds[0]);
+        EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+        CHECK(strstr(out, expect[which]) != NULL);
+    }
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1491,6 +1545,7 @@ int main(void)
     test_notify_acl();
     test_efault_leaves_no_payload();
     test_args_not_truncated();
+    test_lock_rules_enforced();
 
     printf("%u passed, %u failed\n", passed, failed);
 

@@ -219,6 +219,10 @@ int evtchn_alloc_unbound(evtchn_alloc_unbound_t *alloc, evtchn_port_t port)
 
 int evtchn_send(struct domain *d, unsigned int port)
 {
+    /* v4v.c signals with v4v_lock (L1) held and no other V4V lock. */
+    if ( locks_held[v4vh_cpu] != 1 || !rw_is_locked(&v4v_lock) )
+        v4vh_fatal(__FILE__, __LINE__,
+                   "event channel signalled with a V4V spinlock held");
     if ( !port || port > d->evtchn_next_port )
         return -EINVAL;
     d->evtchn_signalled = true;
@@ -744,4 +748,44 @@ unsigned long v4vh_waiter_count(void)
     read_unlock(&v4v_lock);
 
     return total;
+}
+
+/* --- lock rules: a deliberate violation must abort (self-test) --- */
+
+void v4vh_break_lock_rule(unsigned int which, uint16_t domid, uint32_t port)
+{
+    struct v4v_domain *vd;
+    struct v4v_ring_info *ri;
+
+    read_lock(&v4v_lock);
+    vd = find_domain(domid);
+    if ( !vd )
+        v4vh_fatal(__FILE__, __LINE__, "break_lock_rule: no such domain");
+
+    switch ( which )
+    {
+    case V4VH_BREAK_FIND_RING_NO_L2:
+        find_ring(vd, port, V4V_DOMID_ANY);
+        break;
+
+    case V4VH_BREAK_RING_RX_NO_L3:
+        spin_lock(&vd->lock);
+        ri = find_ring(vd, port, V4V_DOMID_ANY);
+        spin_unlock(&vd->lock);
+        if ( ri )
+            ring_rx(ri);
+        break;
+
+    case V4VH_BREAK_TEARDOWN_READ_L1:
+        v4v_teardown(vd);
+        break;
+
+    case V4VH_BREAK_SIGNAL_UNDER_L2:
+        spin_lock(&vd->lock);
+        signal_domain(vd);
+        spin_unlock(&vd->lock);
+        break;
+    }
+
+    read_unlock(&v4v_lock);
 }

@@ -142,6 +142,17 @@ unsigned long v4vh_xsm_calls(unsigned int hooks);
  */
 unsigned int v4vh_xsm_last(int *subject, int *target);
 
+/*
+ * Self-test of the lock rules: call a function of v4v.c without the lock it
+ * requires (or with one it must not hold), on domid's ring at 'port' (partner
+ * ANY). The process must abort (a lock assertion or a shim check).
+ */
+#define V4VH_BREAK_FIND_RING_NO_L2      0
+#define V4VH_BREAK_RING_RX_NO_L3        1
+#define V4VH_BREAK_TEARDOWN_READ_L1     2
+#define V4VH_BREAK_SIGNAL_UNDER_L2      3
+void v4vh_break_lock_rule(unsigned int which, uint16_t domid, uint32_t port);
+
 #ifdef __cplusplus
 }
 #endif

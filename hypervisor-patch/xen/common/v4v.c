@@ -85,6 +85,7 @@
 #include <xen/lib.h>
 #include <xen/list.h>
 #include <xen/mm.h>
+#include <xen/nospec.h>
 #include <xen/param.h>
 #include <xen/sched.h>
 #include <xen/spinlock.h>
@@ -156,6 +157,17 @@ static DEFINE_RWLOCK(v4v_acl_lock);
 static v4vtables_rule_t v4v_rules[V4V_MAX_RULES];
 static unsigned int v4v_nr_rules;
 
+/*
+ * Lock assertions, one per rule of "Locking" above, at the top of every
+ * function that relies on a lock its caller holds. Checked in debug builds,
+ * and by the userspace test harness on every call (its lock shims answer
+ * for the calling CPU, so a rule broken on any path fails the tests).
+ */
+#define LOCKING_Read_L1         (rw_is_locked(&v4v_lock))
+#define LOCKING_Write_L1        (rw_is_write_locked(&v4v_lock))
+#define LOCKING_L2(vd)          (LOCKING_Read_L1 && spin_is_locked(&(vd)->lock))
+#define LOCKING_L3(ri)          (LOCKING_Read_L1 && spin_is_locked(&(ri)->lock))
+
 /* Page references held for rings, over all domains (for the debug key). */
 static atomic_t v4v_pages_pinned;
 
@@ -167,14 +179,19 @@ static uint64_t roundup16(uint64_t x)
 }
 
 /* The sanitised rx of a ring. L3 held. */
-static uint32_t ring_rx(const struct v4v_ring_info *ri)
+static uint32_t ring_rx(struct v4v_ring_info *ri)
 {
-    uint64_t rx = roundup16(ACCESS_ONCE(ri->map.hdr->rx_ptr));
+    uint64_t rx;
+
+    ASSERT(LOCKING_L3(ri));
+
+    rx = roundup16(ACCESS_ONCE(ri->map.hdr->rx_ptr));
 
     /* Order the read of rx_ptr before any write into the space it frees. */
     smp_mb();
 
-    return rx >= ri->len ? 0 : rx;
+    /* Guest-controlled: bounded, also under speculation. */
+    return rx >= ri->len ? 0 : array_index_nospec(rx, ri->len);
 }
 
 static uint32_t ring_free(uint32_t rx, uint32_t tx, uint32_t len)
@@ -216,6 +233,8 @@ static struct v4v_domain *find_domain(domid_t domid)
 {
     struct v4v_domain *vd;
 
+    ASSERT(LOCKING_Read_L1);
+
     list_for_each_entry ( vd, &v4v_domain_hash[domain_hash(domid)], node )
         if ( vd->domid == domid )
             return vd;
@@ -224,10 +243,12 @@ static struct v4v_domain *find_domain(domid_t domid)
 }
 
 /* L2 of vd held. */
-static struct v4v_ring_info *find_ring(const struct v4v_domain *vd,
+static struct v4v_ring_info *find_ring(struct v4v_domain *vd,
                                        uint32_t port, domid_t partner)
 {
     struct v4v_ring_info *ri;
+
+    ASSERT(LOCKING_L2(vd));
 
     list_for_each_entry ( ri, &vd->rings[ring_hash(port, partner)], node )
         if ( ri->port == port && ri->partner == partner )
@@ -237,11 +258,15 @@ static struct v4v_ring_info *find_ring(const struct v4v_domain *vd,
 }
 
 /* The ring of vd a message from 'sender' to 'port' goes to. L2 held. */
-static struct v4v_ring_info *find_ring_for_sender(const struct v4v_domain *vd,
+static struct v4v_ring_info *find_ring_for_sender(struct v4v_domain *vd,
                                                   uint32_t port,
                                                   domid_t sender)
 {
-    struct v4v_ring_info *ri = find_ring(vd, port, sender);
+    struct v4v_ring_info *ri;
+
+    ASSERT(LOCKING_L2(vd));
+
+    ri = find_ring(vd, port, sender);
 
     return ri ?: find_ring(vd, port, V4V_DOMID_ANY);
 }
@@ -252,6 +277,8 @@ static struct v4v_ring_info *find_ring_for_sender(const struct v4v_domain *vd,
 static void signal_domain(struct v4v_domain *vd)
 {
     evtchn_port_t port = ACCESS_ONCE(vd->evtchn);
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( port )
         evtchn_send(vd->d, port);
@@ -409,6 +436,8 @@ static int ring_add_waiter(struct v4v_ring_info *ri, struct v4v_domain *dom,
 {
     struct v4v_waiter *w;
 
+    ASSERT(LOCKING_L3(ri));
+
     list_for_each_entry ( w, &ri->waiters, node )
         if ( w->dom == dom )
         {
@@ -436,8 +465,11 @@ static void ring_take_fitting_waiters(struct v4v_ring_info *ri,
                                       struct list_head *woken)
 {
     struct v4v_waiter *w, *tmp;
-    uint32_t free = ring_free(ring_rx(ri), ri->tx, ri->len);
+    uint32_t free;
 
+    ASSERT(LOCKING_L3(ri));
+
+    free = ring_free(ring_rx(ri), ri->tx, ri->len);
     list_for_each_entry_safe ( w, tmp, &ri->waiters, node )
         if ( fits_now(w->len, free) )
         {
@@ -452,6 +484,8 @@ static void ring_take_all_waiters(struct v4v_ring_info *ri,
 {
     struct v4v_waiter *w, *tmp;
 
+    ASSERT(LOCKING_L3(ri) || LOCKING_Write_L1);
+
     list_for_each_entry_safe ( w, tmp, &ri->waiters, node )
         list_move_tail(&w->node, woken);
     ri->nr_waiters = 0;
@@ -461,6 +495,8 @@ static void ring_take_all_waiters(struct v4v_ring_info *ri,
 static void wake_waiters(struct list_head *woken)
 {
     struct v4v_waiter *w, *tmp;
+
+    ASSERT(LOCKING_Read_L1);
 
     list_for_each_entry_safe ( w, tmp, woken, node )
     {
@@ -484,6 +520,8 @@ static bool acl_accepts(domid_t src, uint32_t src_port, domid_t dst,
 {
     bool accept = true;
     unsigned int i;
+
+    ASSERT(LOCKING_Read_L1);
 
     read_lock(&v4v_acl_lock);
     for ( i = 0; i < v4v_nr_rules; i++ )
@@ -528,6 +566,8 @@ static long v4v_register_ring(struct v4v_domain *vd,
     uint64_t rx;
     uint32_t tx;
     long rc;
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( va & ~PAGE_MASK )
         return -EINVAL;
@@ -622,7 +662,7 @@ static long v4v_register_ring(struct v4v_domain *vd,
         tx = hdr.tx_ptr;
         if ( tx % V4V_RING_ALIGN || tx >= hdr.len )
             tx = rx;
-        ri->tx = tx;
+        ri->tx = array_index_nospec(tx, hdr.len);
 
         write_atomic(&map.hdr->id.addr.domain, vd->domid);
         write_atomic(&map.hdr->tx_ptr, tx);
@@ -651,6 +691,8 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
     struct v4v_ring_info *ri;
     v4v_ring_t hdr;
     LIST_HEAD(woken);
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( (unsigned long)arg.p & ~PAGE_MASK )
         return -EINVAL;
@@ -688,6 +730,8 @@ static void ring_clear(struct v4v_ring_info *ri, uint32_t from, uint32_t to)
 {
     uint8_t *data = ri->map.hdr->ring;
 
+    ASSERT(LOCKING_L3(ri));
+
     if ( from <= to )
         memset(data + from, 0, to - from);
     else
@@ -710,6 +754,8 @@ static long ring_insert(struct v4v_ring_info *ri, struct v4v_domain *src,
     uint32_t free, pos, tx = ri->tx;
     unsigned int i;
     int rc;
+
+    ASSERT(LOCKING_L3(ri));
 
     if ( len > ring_max_message(ri->len) )
         return -EMSGSIZE;
@@ -788,6 +834,8 @@ static long v4v_sendv(struct v4v_domain *vd,
     domid_t dst;
     unsigned int i;
     long rc;
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( copy_from_guest(&sa, ahnd, 1) )
         return -EFAULT;
@@ -879,6 +927,8 @@ static void notify_entry(struct v4v_domain *vd, v4v_ring_data_ent_t *ent)
     struct v4v_ring_info *ri;
     uint32_t rx, free, max_msg;
 
+    ASSERT(LOCKING_Read_L1);
+
     ent->flags = 0;
     ent->max_message_size = 0;
 
@@ -930,6 +980,8 @@ static long v4v_notify(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     unsigned int i;
     LIST_HEAD(woken);
     long rc = 0;
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( !guest_handle_is_null(arg) )
     {
@@ -1003,6 +1055,8 @@ static long v4v_info(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     };
     long rc = 0;
 
+    ASSERT(LOCKING_Read_L1);
+
     spin_lock(&vd->lock);
     if ( !vd->evtchn )
     {
@@ -1037,6 +1091,8 @@ static long v4v_config(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     v4v_config_t cfg;
     long rc;
 
+    ASSERT(LOCKING_Read_L1);
+
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
         return rc;
@@ -1067,6 +1123,8 @@ static long v4v_tables_add(struct v4v_domain *vd,
     v4vtables_rule_t rule;
     long rc = 0;
 
+    ASSERT(LOCKING_Read_L1);
+
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
         return rc;
@@ -1081,7 +1139,8 @@ static long v4v_tables_add(struct v4v_domain *vd,
     else
     {
         unsigned int at = (position == 0 || position > v4v_nr_rules)
-                          ? v4v_nr_rules : position - 1;
+                          ? v4v_nr_rules
+                          : array_index_nospec(position - 1, v4v_nr_rules);
 
         memmove(&v4v_rules[at + 1], &v4v_rules[at],
                 (v4v_nr_rules - at) * sizeof(v4v_rules[0]));
@@ -1102,6 +1161,8 @@ static long v4v_tables_del(struct v4v_domain *vd,
     v4vtables_rule_t rule;
     unsigned int at;
     long rc = 0;
+
+    ASSERT(LOCKING_Read_L1);
 
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
@@ -1137,6 +1198,7 @@ static long v4v_tables_del(struct v4v_domain *vd,
         rc = -ENOENT;
     else
     {
+        at = array_index_nospec(at, v4v_nr_rules);
         memmove(&v4v_rules[at], &v4v_rules[at + 1],
                 (v4v_nr_rules - at - 1) * sizeof(v4v_rules[0]));
         v4v_nr_rules--;
@@ -1159,6 +1221,8 @@ static long v4v_tables_list(struct v4v_domain *vd,
     unsigned int n = 0, total;
     long rc;
 
+    ASSERT(LOCKING_Read_L1);
+
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
         return rc;
@@ -1180,7 +1244,8 @@ static long v4v_tables_list(struct v4v_domain *vd,
     if ( list.start_rule < total )
         n = min(list.nb_rules, total - list.start_rule);
     if ( n )
-        memcpy(copy, &v4v_rules[list.start_rule], n * sizeof(*copy));
+        memcpy(copy, &v4v_rules[array_index_nospec(list.start_rule, total)],
+               n * sizeof(*copy));
     read_unlock(&v4v_acl_lock);
 
     list.nb_rules = n;
@@ -1368,6 +1433,8 @@ static void v4v_teardown(struct v4v_domain *vd)
     struct v4v_domain *other;
     unsigned int i, h;
     LIST_HEAD(woken);
+
+    ASSERT(LOCKING_Write_L1);
 
     /* 1. Its own rings; those waiting on them are signalled. */
     for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
