@@ -1523,6 +1523,90 @@ static void test_lock_rules_enforced(void)
     }
 }
 
+/*
+ * Finding 2: a domain's rings may pin at most max_ring_pages pages (default
+ * V4V_DEFAULT_MAX_RING_PAGES, 64 MiB worth), however the rings alias: 16 MiB
+ * rings over one range take 4,097 pages each, so the fourth gets -ENOSPC
+ * and nothing is pinned for it. info reports the limit and the count; dom0
+ * changes the limit with config. On the old code all 128 aliased rings were
+ * accepted (524,416 page references).
+ */
+static void test_ring_page_cap(void)
+{
+    const uint32_t len = V4V_MAX_RING_LEN;
+    const unsigned int per = (V4V_RING_HEADER_SIZE + len + PG - 1) / PG;
+    v4v_config_t cfg = { .domain = 1, .max_rings = V4V_DEFAULT_MAX_RINGS };
+    v4v_info_t info;
+    v4v_ring_t *r, *small;
+    unsigned int port, ok = 0;
+    long rc = 0;
+
+    setup();
+    r = ring_new(1, 1, V4V_DOMID_ANY, len);
+    for ( port = 1; port <= V4V_DEFAULT_MAX_RINGS; port++ )
+    {
+        r->id.addr.port = port;
+        rc = hc(1, V4VOP_register_ring, r, NULL, 0, 0);
+        if ( rc )
+            break;
+        ok++;
+    }
+    EQ(ok, V4V_DEFAULT_MAX_RING_PAGES / per);
+    EQ(rc, -ENOSPC);
+    EQ(v4vh_pages_held(), ok * per);
+    EQ(v4vh_mappings(), ok);
+
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_ring_pages, V4V_DEFAULT_MAX_RING_PAGES);
+    EQ(info.nr_ring_pages, ok * per);
+
+    /* A small ring still fits in what is left; re-registering one in place
+     * needs room for both mappings while it moves. */
+    small = ring_new(1, 500, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, small, NULL, 0, 0), 0);
+    r->id.addr.port = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -ENOSPC);
+
+    /* dom0 raises the limit; others may not; the limit has a ceiling. */
+    cfg.max_ring_pages = V4V_DEFAULT_MAX_RING_PAGES * 2;
+    EQ(hc(1, V4VOP_config, &cfg, NULL, 0, 0), -EPERM);
+    cfg.max_ring_pages = V4V_MAX_RING_PAGES_LIMIT + 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), -EINVAL);
+    cfg.max_ring_pages = V4V_DEFAULT_MAX_RING_PAGES * 2;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    r->id.addr.port = ok + 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    r->id.addr.port = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_ring_pages, V4V_DEFAULT_MAX_RING_PAGES * 2);
+    EQ(info.nr_ring_pages, (ok + 1) * per + 1);
+    EQ(info.nr_ring_pages, v4vh_pages_held());
+
+    /* 0 leaves the limit as it is; lowering it keeps what is registered. */
+    cfg.max_ring_pages = 0;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_ring_pages, V4V_DEFAULT_MAX_RING_PAGES * 2);
+    cfg.max_ring_pages = 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_unregister_ring, small, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_register_ring, small, NULL, 0, 0), -ENOSPC);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.nr_ring_pages, (ok + 1) * per);
+
+    /* Unregistering and destruction give the pages back. */
+    r->id.addr.port = 2;
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.nr_ring_pages, ok * per);
+    EQ(v4vh_domain_destroy(1), 0);
+    EQ(v4vh_pages_held(), 0);
+    teardown();
+    free(r);
+    free(small);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1546,6 +1630,7 @@ int main(void)
     test_efault_leaves_no_payload();
     test_args_not_truncated();
     test_lock_rules_enforced();
+    test_ring_page_cap();
 
     printf("%u passed, %u failed\n", passed, failed);
 

@@ -645,6 +645,7 @@ impl Writer {
         self.u16(c.domain);
         self.u16(c.pad);
         self.u32(c.max_rings);
+        self.u32(c.max_ring_pages);
     }
     fn rule(&mut self, r: &TablesRule) {
         self.addr(&r.src);
@@ -666,6 +667,8 @@ impl Writer {
             i.max_waiters,
             i.max_message_size,
             i.max_rules,
+            i.max_ring_pages,
+            i.nr_ring_pages,
         ] {
             self.u32(v);
         }
@@ -744,6 +747,7 @@ impl<'a> Reader<'a> {
             domain: self.u16()?,
             pad: self.u16()?,
             max_rings: self.u32()?,
+            max_ring_pages: self.u32()?,
         })
     }
     fn rule(&mut self) -> Result<TablesRule, ProtocolError> {
@@ -768,6 +772,8 @@ impl<'a> Reader<'a> {
             max_waiters: self.u32()?,
             max_message_size: self.u32()?,
             max_rules: self.u32()?,
+            max_ring_pages: self.u32()?,
+            nr_ring_pages: self.u32()?,
         })
     }
 }
@@ -972,6 +978,7 @@ mod tests {
             domain: 4,
             pad: 1,
             max_rings: 9,
+            max_ring_pages: 77,
         }));
         round_trip(Request::TablesAdd { rule, position: 3 });
         round_trip(Request::TablesDel {

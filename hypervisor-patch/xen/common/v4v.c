@@ -51,7 +51,8 @@
  *     for writing, which excludes all other V4V activity, so those paths
  *     need no other V4V lock. Never taken recursively.
  * L2  v4v_domain.lock (spinlock, one per domain): that domain's ring hash,
- *     nr_rings, max_rings and event channel port. Taken with L1 held.
+ *     nr_rings, max_rings, nr_ring_pages, max_ring_pages and event channel
+ *     port. Taken with L1 held.
  * L3  v4v_ring_info.lock (spinlock, one per ring): the ring's tx, mapping
  *     (frames and header pointer) and waiter queue. Taken with the owner's
  *     L2 held; L2 may then be dropped while L3 is kept (hand-over-hand).
@@ -146,6 +147,13 @@ struct v4v_domain {
     struct list_head rings[V4V_RING_HASH_SIZE];
     unsigned int nr_rings;
     unsigned int max_rings;
+    /*
+     * Pages its rings hold mapped (and pages reserved by registrations in
+     * progress), and the cap on them: what bounds the page references, the
+     * hypervisor address space and the heap (page arrays) a domain costs.
+     */
+    unsigned int nr_ring_pages;
+    unsigned int max_ring_pages;
     evtchn_port_t evtchn;           /* 0 until the first V4VOP_info */
 };
 
@@ -214,6 +222,12 @@ static bool fits_now(uint64_t len, uint32_t free)
 static uint32_t ring_max_message(uint32_t len)
 {
     return len - 32;
+}
+
+/* Pages mapped for a ring of 'len' data bytes: its header and data area. */
+static unsigned int ring_npages(uint32_t len)
+{
+    return PFN_UP(V4V_RING_HEADER_SIZE + (size_t)len);
 }
 
 /* --- lookups --- */
@@ -377,7 +391,7 @@ static void ring_unmap(struct v4v_ring_map *map)
 static int ring_map(struct domain *d, unsigned long va, uint32_t len,
                     struct v4v_ring_map *map)
 {
-    unsigned int i, npages = PFN_UP(V4V_RING_HEADER_SIZE + (size_t)len);
+    unsigned int i, npages = ring_npages(len);
     mfn_t *mfns;
     int rc = 0;
 
@@ -554,6 +568,17 @@ static bool rule_equal(const v4vtables_rule_t *a, const v4vtables_rule_t *b)
 
 /* --- V4VOP_register_ring --- */
 
+/* Give back pages reserved by a registration that failed. L1 held. */
+static void release_ring_pages(struct v4v_domain *vd, unsigned int npages)
+{
+    ASSERT(LOCKING_Read_L1);
+
+    spin_lock(&vd->lock);
+    ASSERT(vd->nr_ring_pages >= npages);
+    vd->nr_ring_pages -= npages;
+    spin_unlock(&vd->lock);
+}
+
 static long v4v_register_ring(struct v4v_domain *vd,
                               XEN_GUEST_HANDLE_PARAM(void) arg)
 {
@@ -563,6 +588,7 @@ static long v4v_register_ring(struct v4v_domain *vd,
     struct v4v_ring_info *ri, *new_ri = NULL;
     struct v4v_ring_map map, old = { NULL, NULL, 0 };
     v4v_ring_t hdr;
+    unsigned int npages;
     uint64_t rx;
     uint32_t tx;
     long rc;
@@ -600,20 +626,34 @@ static long v4v_register_ring(struct v4v_domain *vd,
     if ( rc )
         return rc;
 
-    /* Checks before the (possibly long) mapping; repeated after it. */
+    /*
+     * Checks before the (possibly long) mapping; repeated after it. The
+     * pages are reserved now, so that concurrent registrations cannot
+     * together map more than the cap (a moving ring holds both mappings
+     * for a while: both count).
+     */
+    npages = ring_npages(hdr.len);
     spin_lock(&vd->lock);
     ri = find_ring(vd, hdr.id.addr.port, hdr.id.partner);
     if ( ri )
         rc = ri->len != hdr.len ? -EEXIST : 0;
     else
         rc = vd->nr_rings >= vd->max_rings ? -ENOSPC : 0;
+    if ( !rc && npages > vd->max_ring_pages - min(vd->nr_ring_pages,
+                                                  vd->max_ring_pages) )
+        rc = -ENOSPC;
+    if ( !rc )
+        vd->nr_ring_pages += npages;
     spin_unlock(&vd->lock);
     if ( rc )
         return rc;
 
     rc = ring_map(vd->d, va, hdr.len, &map);
     if ( rc )
+    {
+        release_ring_pages(vd, npages);
         return rc;
+    }
 
     /*
      * Allocated even when the id exists now: another vCPU may unregister it
@@ -625,6 +665,7 @@ static long v4v_register_ring(struct v4v_domain *vd,
     if ( !new_ri )
     {
         ring_unmap(&map);
+        release_ring_pages(vd, npages);
         return -ENOMEM;
     }
 
@@ -671,6 +712,8 @@ static long v4v_register_ring(struct v4v_domain *vd,
                       &vd->rings[ring_hash(ri->port, ri->partner)]);
         vd->nr_rings++;
     }
+    /* Failed: the reservation goes; moved: the old mapping's pages go. */
+    vd->nr_ring_pages -= rc ? npages : old.npages;
     spin_unlock(&vd->lock);
 
     if ( rc )
@@ -708,6 +751,7 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
     }
     list_del(&ri->node);
     vd->nr_rings--;
+    vd->nr_ring_pages -= ring_npages(ri->len);
     spin_lock(&ri->lock);
     ring_take_all_waiters(ri, &woken);
     spin_unlock(&ri->lock);
@@ -1073,6 +1117,8 @@ static long v4v_info(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     info.evtchn = vd->evtchn;
     info.max_rings = vd->max_rings;
     info.nr_rings = vd->nr_rings;
+    info.max_ring_pages = vd->max_ring_pages;
+    info.nr_ring_pages = vd->nr_ring_pages;
     spin_unlock(&vd->lock);
 
     if ( rc )
@@ -1098,7 +1144,8 @@ static long v4v_config(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
         return rc;
     if ( copy_from_guest(&cfg, hnd, 1) )
         return -EFAULT;
-    if ( cfg.pad || cfg.max_rings > V4V_MAX_RINGS_LIMIT )
+    if ( cfg.pad || cfg.max_rings > V4V_MAX_RINGS_LIMIT ||
+         cfg.max_ring_pages > V4V_MAX_RING_PAGES_LIMIT )
         return -EINVAL;
 
     tvd = find_domain(cfg.domain == DOMID_SELF ? vd->domid : cfg.domain);
@@ -1107,6 +1154,8 @@ static long v4v_config(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
 
     spin_lock(&tvd->lock);
     tvd->max_rings = cfg.max_rings;
+    if ( cfg.max_ring_pages )
+        tvd->max_ring_pages = cfg.max_ring_pages;
     spin_unlock(&tvd->lock);
 
     return 0;
@@ -1405,6 +1454,7 @@ int v4v_init(struct domain *d)
     for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
         INIT_LIST_HEAD(&vd->rings[i]);
     vd->max_rings = V4V_DEFAULT_MAX_RINGS;
+    vd->max_ring_pages = V4V_DEFAULT_MAX_RING_PAGES;
 
     write_lock(&v4v_lock);
     v4v_hash_init();
@@ -1445,6 +1495,7 @@ static void v4v_teardown(struct v4v_domain *vd)
             ring_info_free(ri);
         }
     vd->nr_rings = 0;
+    vd->nr_ring_pages = 0;
 
     /* Its own waits on its rings went with them; never signal vd itself. */
     list_for_each_entry_safe ( w, wtmp, &woken, node )
@@ -1480,6 +1531,7 @@ static void v4v_teardown(struct v4v_domain *vd)
                     {
                         list_del(&ri->node);
                         other->nr_rings--;
+                        other->nr_ring_pages -= ring_npages(ri->len);
                         ring_take_all_waiters(ri, &woken);
                         ring_info_free(ri);
                         signal_owner = true;
@@ -1543,8 +1595,9 @@ static void cf_check v4v_dump_state(unsigned char key)
         list_for_each_entry ( vd, &v4v_domain_hash[h], node )
         {
             spin_lock(&vd->lock);
-            printk("V4V d%u: evtchn %u, rings %u/%u\n", vd->domid,
-                   vd->evtchn, vd->nr_rings, vd->max_rings);
+            printk("V4V d%u: evtchn %u, rings %u/%u, pages %u/%u\n",
+                   vd->domid, vd->evtchn, vd->nr_rings, vd->max_rings,
+                   vd->nr_ring_pages, vd->max_ring_pages);
             for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
                 list_for_each_entry ( ri, &vd->rings[i], node )
                 {

@@ -85,6 +85,13 @@
 #define V4V_MAX_WAITERS                     32U
 #define V4V_DEFAULT_MAX_RINGS               128U
 #define V4V_MAX_RINGS_LIMIT                 4096U
+/*
+ * Pages a domain's rings may hold mapped (header and data area of each, the
+ * same page counted once per ring that covers it): 64 MiB worth by default,
+ * changed by the hardware domain with V4VOP_config up to 4 GiB worth.
+ */
+#define V4V_DEFAULT_MAX_RING_PAGES          16384U
+#define V4V_MAX_RING_PAGES_LIMIT            (1U << 20)
 #define V4V_MAX_RULES                       1024U
 
 /* Ring-data entry flags, filled in by V4VOP_notify. */
@@ -198,6 +205,8 @@ typedef struct v4v_info {
     uint32_t max_waiters;       /* V4V_MAX_WAITERS */
     uint32_t max_message_size;  /* V4V_MAX_MESSAGE_SIZE */
     uint32_t max_rules;         /* V4V_MAX_RULES */
+    uint32_t max_ring_pages;    /* ring pages the caller may hold mapped */
+    uint32_t nr_ring_pages;     /* ring pages the caller holds mapped */
 } v4v_info_t;
 DEFINE_XEN_GUEST_HANDLE(v4v_info_t);
 
@@ -206,6 +215,7 @@ typedef struct v4v_config {
     domid_t domain;
     uint16_t pad;
     uint32_t max_rings;         /* 0 .. V4V_MAX_RINGS_LIMIT */
+    uint32_t max_ring_pages;    /* 0 (unchanged) .. V4V_MAX_RING_PAGES_LIMIT */
 } v4v_config_t;
 DEFINE_XEN_GUEST_HANDLE(v4v_config_t);
 
@@ -260,7 +270,9 @@ typedef struct v4v_stream_header {
  *  -EPERM      id.addr.domain neither the caller nor DOMID_SELF
  *  -EFAULT     the header or data area is not mapped writable
  *  -EEXIST     the id is registered with a different len
- *  -ENOSPC     the caller has max_rings rings already
+ *  -ENOSPC     the caller has max_rings rings already, or its rings would
+ *              hold more than max_ring_pages pages mapped (a ring moving to
+ *              new memory holds both while it moves)
  *  -ENOMEM     the hypervisor is out of memory
  */
 #define V4VOP_register_ring                 1
@@ -326,10 +338,12 @@ typedef struct v4v_stream_header {
 /*
  * V4VOP_config(v4v_config_t *config, NULL, 0, 0)
  *
- * Sets how many rings config->domain may register. Rings it holds above the
- * new limit stay registered.
+ * Sets how many rings config->domain may register, and (unless
+ * max_ring_pages is 0) how many pages they may hold mapped. Rings it holds
+ * above the new limits stay registered.
  *  -EPERM      the caller is not the hardware domain
- *  -EINVAL     pad not zero; max_rings above V4V_MAX_RINGS_LIMIT
+ *  -EINVAL     pad not zero; max_rings above V4V_MAX_RINGS_LIMIT;
+ *              max_ring_pages above V4V_MAX_RING_PAGES_LIMIT
  *  -ESRCH      no such domain
  */
 #define V4VOP_config                        7
