@@ -415,7 +415,14 @@ static void destroy_domain(domid_t domid)
 
 int v4vh_reset(void)
 {
+    static bool booted;
     unsigned int i;
+
+    if ( !booted )
+    {
+        booted = true;
+        v4vh_initcall_v4v_boot_init();
+    }
 
     for ( i = 0; i < DOMID_FIRST_RESERVED; i++ )
         if ( domains[i] )
@@ -468,6 +475,18 @@ int v4vh_domain_create(uint16_t domid)
     }
 
     return rc;
+}
+
+int v4vh_domain_soft_reset(uint16_t domid)
+{
+    if ( domid >= DOMID_FIRST_RESERVED || !domains[domid] )
+        return -ESRCH;
+
+    v4v_soft_reset(domains[domid]);
+    if ( all_locks_held() )
+        v4vh_fatal(__FILE__, __LINE__, "lock held after v4v_soft_reset");
+
+    return 0;
 }
 
 int v4vh_domain_destroy(uint16_t domid)
@@ -788,4 +807,115 @@ void v4vh_break_lock_rule(unsigned int which, uint16_t domid, uint32_t port)
     }
 
     read_unlock(&v4v_lock);
+}
+
+/* --- invariants (for the fuzzer): checked through v4v.c's structures --- */
+
+void v4vh_for_each_ring(v4vh_ring_fn *fn, void *arg)
+{
+    struct v4v_domain *vd;
+    struct v4v_ring_info *ri;
+    unsigned int h, i;
+
+    if ( !v4v_hash_ready )
+        return;
+    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
+        list_for_each_entry ( vd, &v4v_domain_hash[h], node )
+            for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
+                list_for_each_entry ( ri, &vd->rings[i], node )
+                    fn(vd->domid, ri->map.hdr, ri->len, arg);
+}
+
+#define INVARIANT(p) \
+    do { if ( !(p) ) v4vh_fatal(__FILE__, __LINE__, "invariant: " #p); } \
+    while ( 0 )
+
+void v4vh_check_invariants(void)
+{
+    struct v4v_domain *vd;
+    struct v4v_ring_info *ri;
+    const struct v4v_waiter *w;
+    struct region *r;
+    unsigned long nr_vd = 0, nr_rings = 0, nr_waiters = 0, pages = 0, j;
+    unsigned long pages_vd;
+    unsigned int h, i, n;
+
+    INVARIANT(!all_locks_held());
+    INVARIANT(!v4vh_current && !v4vh_cpu);
+    if ( !v4v_hash_ready )
+        return;
+
+    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
+        list_for_each_entry ( vd, &v4v_domain_hash[h], node )
+        {
+            INVARIANT(!vd->lock.held);
+            INVARIANT(vd->d && vd->d->v4v == vd && vd->domid == vd->d->domain_id);
+            INVARIANT(domain_hash(vd->domid) == h);
+            nr_vd++;
+            n = 0;
+            pages_vd = 0;
+            for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
+                list_for_each_entry ( ri, &vd->rings[i], node )
+                {
+                    unsigned int nw = 0;
+
+                    n++;
+                    pages_vd += ring_npages(ri->len);
+                    INVARIANT(!ri->lock.held);
+                    INVARIANT(ri->owner == vd);
+                    INVARIANT(ring_hash(ri->port, ri->partner) == i);
+                    INVARIANT(ri->port != V4V_PORT_ANY);
+                    INVARIANT(ri->len % V4V_RING_ALIGN == 0 &&
+                              ri->len >= V4V_MIN_RING_LEN &&
+                              ri->len <= V4V_MAX_RING_LEN);
+                    INVARIANT(ri->tx % V4V_RING_ALIGN == 0 && ri->tx < ri->len);
+                    INVARIANT(ri->map.hdr && ri->map.pages);
+                    INVARIANT(ri->map.npages ==
+                              PFN_UP(V4V_RING_HEADER_SIZE + (size_t)ri->len));
+                    /* Each page of the ring is the page at its address. */
+                    for ( j = 0; j < ri->map.npages; j++ )
+                        INVARIANT(ri->map.pages[j]->mfn ==
+                                  ((unsigned long)ri->map.hdr >> PAGE_SHIFT) + j);
+                    pages += ri->map.npages;
+                    list_for_each_entry ( w, &ri->waiters, node )
+                    {
+                        nw++;
+                        INVARIANT(w->dom && w->dom->d->v4v == w->dom);
+                        INVARIANT(w->len <= ring_max_message(ri->len));
+                    }
+                    INVARIANT(nw == ri->nr_waiters && nw <= V4V_MAX_WAITERS);
+                    nr_waiters += nw;
+                }
+            INVARIANT(n == vd->nr_rings);
+            /* No registration in progress between hypercalls. */
+            INVARIANT(pages_vd == vd->nr_ring_pages);
+            nr_rings += n;
+        }
+
+    /* Page references: exactly the rings' coverage, page by page. */
+    INVARIANT(pages == page_refs && page_refs == type_refs);
+    INVARIANT(pages == (unsigned long)atomic_read(&v4v_pages_pinned));
+    for ( r = regions; r; r = r->next )
+        for ( j = 0; j < r->len >> PAGE_SHIFT; j++ )
+        {
+            unsigned long mfn = (r->base >> PAGE_SHIFT) + j, cover = 0;
+
+            for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
+                list_for_each_entry ( vd, &v4v_domain_hash[h], node )
+                    for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
+                        list_for_each_entry ( ri, &vd->rings[i], node )
+                        {
+                            unsigned long first =
+                                (unsigned long)ri->map.hdr >> PAGE_SHIFT;
+
+                            if ( mfn >= first && mfn < first + ri->map.npages )
+                                cover++;
+                        }
+            INVARIANT(r->pages[j].count == cover &&
+                      r->pages[j].type_count == cover);
+        }
+
+    /* One mapping per ring; allocations: domains, rings (+ page arrays), waiters. */
+    INVARIANT(nr_vmaps == nr_rings);
+    INVARIANT(nr_allocs == nr_vd + 2 * nr_rings + nr_waiters);
 }

@@ -28,6 +28,8 @@ int v4vh_reset(void);
 /* Create / destroy a domain (0 is the hardware domain; ids < 0x7FF0). */
 int v4vh_domain_create(uint16_t domid);
 int v4vh_domain_destroy(uint16_t domid);
+/* Soft reset (domain_soft_reset): V4V forgets the domain's rings and waits. */
+int v4vh_domain_soft_reset(uint16_t domid);
 
 /*
  * HYPERVISOR_v4v_op(cmd, arg1, arg2, arg3, arg4) issued by domain 'caller'.
@@ -141,6 +143,19 @@ unsigned long v4vh_xsm_calls(unsigned int hooks);
  * reset), subject domid and target domid (-1 for hooks without a target).
  */
 unsigned int v4vh_xsm_last(int *subject, int *target);
+
+/* Call fn for every registered ring: owner, header (its address), len. */
+typedef void v4vh_ring_fn(uint16_t owner, void *hdr, uint32_t len, void *arg);
+void v4vh_for_each_ring(v4vh_ring_fn *fn, void *arg);
+
+/*
+ * Check, between hypercalls, what must always hold (abort otherwise): no
+ * lock held; every list agrees with its counter; each ring's tx aligned and
+ * in range and its pages those at its address; page references, page by
+ * page, exactly the registered rings' coverage; one mapping per ring; the
+ * allocations exactly the domains, rings and waiters that exist.
+ */
+void v4vh_check_invariants(void);
 
 /*
  * Self-test of the lock rules: call a function of v4v.c without the lock it

@@ -340,15 +340,16 @@ void vunmap(const void *va);
 #define guest_handle_okay(hnd, nr) \
     v4vh_guest_okay((hnd).p, (unsigned long)(nr) * sizeof(*(hnd).p))
 
+/* Guest addresses as integers: a NULL handle plus an offset is no UB here. */
 #define copy_to_guest_offset(hnd, off, ptr, nr) ({              \
     const __typeof__(*(ptr)) *_s = (ptr);                       \
-    char (*_d)[sizeof(*_s)] = (void *)(hnd).p;                  \
-    raw_copy_to_guest(_d + (off), _s, sizeof(*_s) * (nr));      \
+    uintptr_t _d = (uintptr_t)(hnd).p + sizeof(*_s) * (off);    \
+    raw_copy_to_guest((void *)_d, _s, sizeof(*_s) * (nr));      \
 })
 #define copy_from_guest_offset(ptr, hnd, off, nr) ({            \
-    const __typeof__(*(ptr)) *_s = (hnd).p;                     \
     __typeof__(*(ptr)) *_d = (ptr);                             \
-    raw_copy_from_guest(_d, _s + (off), sizeof(*_d) * (nr));    \
+    uintptr_t _s = (uintptr_t)(hnd).p + sizeof(*_d) * (off);    \
+    raw_copy_from_guest(_d, (const void *)_s, sizeof(*_d) * (nr)); \
 })
 #define copy_to_guest(hnd, ptr, nr)     copy_to_guest_offset(hnd, 0, ptr, nr)
 #define copy_from_guest(ptr, hnd, nr)   copy_from_guest_offset(ptr, hnd, 0, nr)
