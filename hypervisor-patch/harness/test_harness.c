@@ -1607,6 +1607,56 @@ static void test_ring_page_cap(void)
     free(small);
 }
 
+/*
+ * Finding 4: V4V's event channel port cannot outlive its channel. The port
+ * is Xen-attached: the guest can neither close it nor reset it away, so its
+ * number is never reused for another channel, info always returns a live
+ * port, and signals reach only it. On the old code (a guest port) the guest
+ * closed it, got the same number for a new channel, and V4V's signals went
+ * down that one (test fails).
+ */
+static void test_evtchn_port_lives(void)
+{
+    v4v_info_t info, info2;
+    v4v_ring_t *r;
+    uint8_t buf[16] = { 0 };
+    int other;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 256);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    CHECK(info.evtchn != 0);
+
+    /* The guest closes it and allocates a new channel of its own. */
+    EQ(v4vh_evtchn_close(1, info.evtchn), -EINVAL);
+    other = v4vh_evtchn_alloc(1);
+    CHECK(other > 0 && (unsigned int)other != info.evtchn);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    EQ(info2.evtchn, info.evtchn);
+
+    /* ... or resets its channels: V4V's stays, the others go. */
+    EQ(v4vh_evtchn_reset(1), 0);
+    other = v4vh_evtchn_alloc(1);
+    CHECK(other > 0 && (unsigned int)other != info.evtchn);
+
+    /* V4V's signals reach its port, never the guest's new one. */
+    EQ(send(2, 1, 10, buf, 16), 16);
+    EQ(v4vh_evtchn_hits(1, info.evtchn), 1);
+    EQ(v4vh_evtchn_hits(1, other), 0);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    EQ(info2.evtchn, info.evtchn);
+
+    /* Soft reset: V4V frees its port and allocates a fresh one later. */
+    EQ(v4vh_domain_soft_reset(1), 0);
+    EQ(v4vh_evtchn_close(1, info.evtchn), -EINVAL);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    CHECK(info2.evtchn != 0 && info2.evtchn != (unsigned int)other);
+    EQ(v4vh_evtchn_close(1, info2.evtchn), -EINVAL);
+    teardown();
+    free(r);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1631,6 +1681,7 @@ int main(void)
     test_args_not_truncated();
     test_lock_rules_enforced();
     test_ring_page_cap();
+    test_evtchn_port_lives();
 
     printf("%u passed, %u failed\n", passed, failed);
 

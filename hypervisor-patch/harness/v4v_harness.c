@@ -201,34 +201,94 @@ unsigned long v4vh_copy_to_guest(void *dst, const void *src, unsigned long n)
     return 0;
 }
 
+/*
+ * Event channels: each domain's ports 1..63, the lowest free one allocated
+ * first, as Xen does. A port is a guest's (closable) or Xen-attached (the
+ * guest cannot close it). The harness takes the guest to have bound its end
+ * of every port at once, so a signal on a port in use reaches it.
+ */
+static int port_alloc(struct domain *d, bool xen)
+{
+    unsigned int p;
+
+    if ( fail_evtchn )
+        return -ENOSPC;
+    for ( p = 1; p < V4VH_NR_PORTS; p++ )
+        if ( !d->evtchn_state[p] )
+        {
+            d->evtchn_state[p] = 1;
+            d->evtchn_xen[p] = xen;
+            d->evtchn_hits[p] = 0;
+            return p;
+        }
+
+    return -ENOSPC;
+}
+
+static void port_signal(struct domain *d, unsigned int port)
+{
+    /* v4v.c signals with v4v_lock (L1) held and no other V4V lock. */
+    if ( locks_held[v4vh_cpu] != 1 || !rw_is_locked(&v4v_lock) )
+        v4vh_fatal(__FILE__, __LINE__,
+                   "event channel signalled with a V4V spinlock held");
+    if ( port && port < V4VH_NR_PORTS && d->evtchn_state[port] )
+    {
+        d->evtchn_hits[port]++;
+        d->evtchn_signalled = true;
+    }
+}
+
 int evtchn_alloc_unbound(evtchn_alloc_unbound_t *alloc, evtchn_port_t port)
 {
     struct domain *d = alloc->dom < DOMID_FIRST_RESERVED
                        ? domains[alloc->dom] : NULL;
+    int rc;
 
     if ( !d )
         return -ESRCH;
-    if ( fail_evtchn )
-        return -ENOSPC;
-
-    /* Ports 1.. like a fresh Xen domain's first free ones. */
-    alloc->port = port ?: ++d->evtchn_next_port;
+    rc = port_alloc(d, false);
+    if ( rc < 0 )
+        return rc;
+    alloc->port = rc;
 
     return 0;
 }
 
 int evtchn_send(struct domain *d, unsigned int port)
 {
-    /* v4v.c signals with v4v_lock (L1) held and no other V4V lock. */
-    if ( locks_held[v4vh_cpu] != 1 || !rw_is_locked(&v4v_lock) )
-        v4vh_fatal(__FILE__, __LINE__,
-                   "event channel signalled with a V4V spinlock held");
-    if ( !port || port > d->evtchn_next_port )
+    if ( !port || port >= V4VH_NR_PORTS || !d->evtchn_state[port] )
         return -EINVAL;
-    d->evtchn_signalled = true;
-    d->evtchn_sends++;
+    port_signal(d, port);
 
     return 0;
+}
+
+int alloc_unbound_xen_event_channel(struct domain *ld, unsigned int lvcpu,
+                                    domid_t remote_domid,
+                                    xen_event_channel_notification_t fn)
+{
+    if ( remote_domid != ld->domain_id || lvcpu )
+        v4vh_fatal(__FILE__, __LINE__, "unexpected Xen event channel");
+
+    return port_alloc(ld, true);
+}
+
+void free_xen_event_channel(struct domain *d, int port)
+{
+    if ( port <= 0 || port >= V4VH_NR_PORTS || !d->evtchn_state[port] ||
+         !d->evtchn_xen[port] )
+        v4vh_fatal(__FILE__, __LINE__, "free_xen_event_channel: not ours");
+    d->evtchn_state[port] = 0;
+    d->evtchn_xen[port] = false;
+}
+
+void notify_via_xen_event_channel(struct domain *ld, int lport)
+{
+    if ( lport <= 0 || lport >= V4VH_NR_PORTS || !ld->evtchn_state[lport] ||
+         !ld->evtchn_xen[lport] )
+        v4vh_fatal(__FILE__, __LINE__,
+                   "notify_via_xen_event_channel: not a Xen port");
+    port_signal(ld, lport);
 }
 
 static struct region *find_region(domid_t domid, unsigned long va)
@@ -638,6 +698,54 @@ size_t v4vh_allocations(void)
 void v4vh_fail_alloc(unsigned int n)
 {
     fail_alloc_in = n;
+}
+
+int v4vh_evtchn_alloc(uint16_t domid)
+{
+    evtchn_alloc_unbound_t alloc = { .dom = domid, .remote_dom = domid };
+    int rc = evtchn_alloc_unbound(&alloc, 0);
+
+    return rc ?: (int)alloc.port;
+}
+
+int v4vh_evtchn_close(uint16_t domid, unsigned int port)
+{
+    struct domain *d = domid < DOMID_FIRST_RESERVED ? domains[domid] : NULL;
+
+    if ( !d )
+        return -ESRCH;
+    /* As EVTCHNOP_close: a free port, or a Xen-attached one, is refused. */
+    if ( !port || port >= V4VH_NR_PORTS || !d->evtchn_state[port] ||
+         d->evtchn_xen[port] )
+        return -EINVAL;
+    d->evtchn_state[port] = 0;
+
+    return 0;
+}
+
+int v4vh_evtchn_reset(uint16_t domid)
+{
+    struct domain *d = domid < DOMID_FIRST_RESERVED ? domains[domid] : NULL;
+    unsigned int p;
+
+    if ( !d )
+        return -ESRCH;
+    /* As EVTCHNOP_reset (evtchn_close(d, p, guest=true) for each). */
+    for ( p = 1; p < V4VH_NR_PORTS; p++ )
+        if ( !d->evtchn_xen[p] )
+            d->evtchn_state[p] = 0;
+
+    return 0;
+}
+
+long v4vh_evtchn_hits(uint16_t domid, unsigned int port)
+{
+    struct domain *d = domid < DOMID_FIRST_RESERVED ? domains[domid] : NULL;
+
+    if ( !d || !port || port >= V4VH_NR_PORTS )
+        return -EINVAL;
+
+    return d->evtchn_hits[port];
 }
 
 void v4vh_fail_evtchn(int fail)

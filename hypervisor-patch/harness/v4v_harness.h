@@ -79,6 +79,17 @@ size_t v4vh_allocations(void);
 void v4vh_fail_alloc(unsigned int n);
 /* Make event channel allocation fail while set. */
 void v4vh_fail_evtchn(int fail);
+/*
+ * The guest's own event channel operations on its ports (1..63, lowest free
+ * first): allocate one (returns the port), close one (-EINVAL for a free or
+ * Xen-attached port, as EVTCHNOP_close), reset all it may close
+ * (EVTCHNOP_reset). v4vh_evtchn_hits: signals that reached 'port' since it
+ * was allocated.
+ */
+int v4vh_evtchn_alloc(uint16_t domid);
+int v4vh_evtchn_close(uint16_t domid, unsigned int port);
+int v4vh_evtchn_reset(uint16_t domid);
+long v4vh_evtchn_hits(uint16_t domid, unsigned int port);
 /* Locks currently held (0 outside a hypercall). */
 unsigned int v4vh_locks_held(void);
 /* Mappings (vmap) currently held. */

@@ -262,10 +262,12 @@ struct v4v_domain;
 struct domain {
     domid_t domain_id;
     struct v4v_domain *v4v;
-    /* harness only */
+    /* harness only: the domain's event channel ports, 1 .. 63 */
+#define V4VH_NR_PORTS 64
+    uint8_t evtchn_state[V4VH_NR_PORTS];        /* 0 free, 1 in use */
+    bool evtchn_xen[V4VH_NR_PORTS];             /* Xen-attached */
+    unsigned long evtchn_hits[V4VH_NR_PORTS];   /* signals that reached it */
     bool evtchn_signalled;
-    unsigned int evtchn_next_port;
-    unsigned long evtchn_sends;
 };
 
 struct vcpu {
@@ -306,6 +308,14 @@ int xsm_v4v_admin(xsm_default_t def, const struct domain *d);
 
 int evtchn_alloc_unbound(evtchn_alloc_unbound_t *alloc, evtchn_port_t port);
 int evtchn_send(struct domain *d, unsigned int port);
+
+typedef void (*xen_event_channel_notification_t)(struct vcpu *v,
+                                                 unsigned int port);
+int alloc_unbound_xen_event_channel(struct domain *ld, unsigned int lvcpu,
+                                    domid_t remote_domid,
+                                    xen_event_channel_notification_t fn);
+void free_xen_event_channel(struct domain *d, int port);
+void notify_via_xen_event_channel(struct domain *ld, int lport);
 
 /* --- memory --- */
 

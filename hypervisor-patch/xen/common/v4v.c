@@ -69,12 +69,15 @@
  * its own locks, which never nest V4V's); the struct domain they are given
  * for a partner or destination is kept alive by L1, as its V4V state is.
  *
- * Event channel: allocated the first time a domain calls V4VOP_info, as an
- * unbound port of the domain with the domain itself as remote end; the
- * guest binds an interdomain channel to it. Signalling sends on that port.
- * On destruction V4V forgets the port: evtchn_destroy() closes it with the
- * domain's other ports. On soft reset evtchn_reset() has closed it already,
- * and V4V forgets it, allocating a new one at the next V4VOP_info.
+ * Event channel: allocated the first time a domain calls V4VOP_info, as a
+ * Xen-attached unbound port of the domain with the domain itself as remote
+ * end (alloc_unbound_xen_event_channel); the guest binds an interdomain
+ * channel to it. Being Xen's, the guest cannot close it (EVTCHNOP_close and
+ * EVTCHNOP_reset refuse), so the number V4V signals (with
+ * notify_via_xen_event_channel) is never another channel's. If the guest
+ * closes its own end, Xen's end is unbound again and signals are dropped
+ * until it binds anew. Destruction and soft reset free it; a new one comes
+ * with the next V4VOP_info.
  */
 
 #include <xen/errno.h>
@@ -295,7 +298,7 @@ static void signal_domain(struct v4v_domain *vd)
     ASSERT(LOCKING_Read_L1);
 
     if ( port )
-        evtchn_send(vd->d, port);
+        notify_via_xen_event_channel(vd->d, port);
 }
 
 /* --- ring memory --- */
@@ -1104,15 +1107,16 @@ static long v4v_info(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     spin_lock(&vd->lock);
     if ( !vd->evtchn )
     {
-        evtchn_alloc_unbound_t alloc = {
-            .dom = vd->domid,
-            .remote_dom = vd->domid,
-        };
+        /*
+         * Xen-attached, so the guest can neither close it nor lose it to
+         * EVTCHNOP_reset, and its number is never reused while V4V holds it.
+         */
+        int port = alloc_unbound_xen_event_channel(vd->d, 0, vd->domid, NULL);
 
-        if ( evtchn_alloc_unbound(&alloc, 0) )
+        if ( port < 0 )
             rc = -ENOMEM;
         else
-            write_atomic(&vd->evtchn, alloc.port);
+            write_atomic(&vd->evtchn, port);
     }
     info.evtchn = vd->evtchn;
     info.max_rings = vd->max_rings;
@@ -1543,7 +1547,13 @@ static void v4v_teardown(struct v4v_domain *vd)
         }
     wake_waiters(&woken);
 
-    /* 4. The event channel: closed by evtchn_destroy()/evtchn_reset(). */
+    /*
+     * 4. The event channel: freed here (on destruction, before
+     * evtchn_destroy(); on soft reset, which evtchn_reset() does not close
+     * a Xen-attached port for); a fresh one comes with the next info.
+     */
+    if ( vd->evtchn )
+        free_xen_event_channel(vd->d, vd->evtchn);
     vd->evtchn = 0;
 }
 

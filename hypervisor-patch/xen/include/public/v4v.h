@@ -330,7 +330,10 @@ typedef struct v4v_stream_header {
 /*
  * V4VOP_info(v4v_info_t *info, NULL, 0, 0)
  *
- * Fills in 'info'. Allocates the caller's V4V event channel on first use.
+ * Fills in 'info'. Allocates the caller's V4V event channel on first use: a
+ * Xen-attached port of the caller's, to which it binds an interdomain
+ * channel (remote domain itself, remote port info->evtchn). The guest cannot
+ * close it; it lasts until the domain is destroyed or soft reset.
  *  -ENOMEM     no event channel could be allocated
  */
 #define V4VOP_info                          6
