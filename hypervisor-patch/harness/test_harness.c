@@ -1657,6 +1657,75 @@ static void test_evtchn_port_lives(void)
     free(r);
 }
 
+/*
+ * Finding 5: a teardown touches only what refers to the dying domain. Its
+ * work (list entries visited) with 100 other domains of 128 rings each, with
+ * waiters of their own, is the same as with none. On the old code it walked
+ * every domain's every ring (and their waiters) under the global write lock:
+ * over 12,800 more entries (test fails).
+ */
+static unsigned long teardown_work(unsigned int others)
+{
+    v4v_ring_t *mine, **theirs, *victim;
+    uint8_t buf[32] = { 0 };
+    unsigned long before, work;
+    unsigned int d, p;
+
+    setup();
+    /* The dying domain 2: rings, a ring for it alone, waits on others. */
+    mine = ring_new(2, 1, V4V_DOMID_ANY, 64);
+    EQ(hc(2, V4VOP_register_ring, mine, NULL, 0, 0), 0);
+    victim = ring_new(1, 7, 2, 64);
+    EQ(hc(1, V4VOP_register_ring, victim, NULL, 0, 0), 0);
+    EQ(send(2, 1, 7, buf, 32), 32);
+    EQ(send(2, 1, 7, buf, 16), -EAGAIN);
+    EQ(send(1, 2, 1, buf, 32), 32);
+    EQ(send(1, 2, 1, buf, 16), -EAGAIN);
+
+    /* Others: 128 rings each (aliasing one page), full, with a waiter. */
+    theirs = calloc(others + 1, sizeof(*theirs));
+    for ( d = 0; d < others; d++ )
+    {
+        domid_t id = 10 + d;
+
+        EQ(v4vh_domain_create(id), 0);
+        theirs[d] = ring_new(id, 1, d % 2 ? V4V_DOMID_ANY : 300 + d, 64);
+        for ( p = 1; p <= V4V_DEFAULT_MAX_RINGS; p++ )
+        {
+            theirs[d]->id.addr.port = p;
+            EQ(hc(id, V4VOP_register_ring, theirs[d], NULL, 0, 0), 0);
+        }
+        theirs[d]->id.partner = V4V_DOMID_ANY;
+        theirs[d]->id.addr.port = 1000;
+        EQ(hc(id, V4VOP_register_ring, theirs[d], NULL, 0, 0), -ENOSPC);
+        theirs[d]->id.addr.port = 1;
+        EQ(send(1, id, 1, buf, 32), d % 2 ? 32 : -ECONNREFUSED);
+        EQ(send(1, id, 1, buf, 16), d % 2 ? -EAGAIN : -ECONNREFUSED);
+    }
+    EQ(v4vh_ring_count(), 2 + others * V4V_DEFAULT_MAX_RINGS);
+
+    before = v4vh_list_steps();
+    EQ(v4vh_domain_destroy(2), 0);
+    work = v4vh_list_steps() - before;
+
+    EQ(v4vh_ring_count(), others * V4V_DEFAULT_MAX_RINGS);
+    teardown();
+    free(mine);
+    free(victim);
+    for ( d = 0; d < others; d++ )
+        free(theirs[d]);
+    free(theirs);
+
+    return work;
+}
+
+static void test_teardown_work_bounded(void)
+{
+    unsigned long alone = teardown_work(0), crowd = teardown_work(100);
+
+    EQ(crowd, alone);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1682,6 +1751,7 @@ int main(void)
     test_lock_rules_enforced();
     test_ring_page_cap();
     test_evtchn_port_lives();
+    test_teardown_work_bounded();
 
     printf("%u passed, %u failed\n", passed, failed);
 

@@ -16,6 +16,7 @@
 
 struct vcpu *v4vh_current;
 unsigned int v4vh_cpu;
+unsigned long v4vh_list_visits;
 
 #define NR_CPUS 8
 
@@ -488,6 +489,11 @@ int v4vh_reset(void)
         if ( domains[i] )
             destroy_domain(i);
 
+    /* The partner index is empty: its chunks went with the last ring. */
+    for ( i = 0; i < V4V_PARTNER_CHUNKS; i++ )
+        if ( v4v_partner_rings[i] )
+            v4vh_fatal(__FILE__, __LINE__, "partner index left after reset");
+
     v4v_nr_rules = 0;
     opt_v4v = true;
     fail_alloc_in = 0;
@@ -758,6 +764,11 @@ unsigned int v4vh_locks_held(void)
     return all_locks_held();
 }
 
+unsigned long v4vh_list_steps(void)
+{
+    return v4vh_list_visits;
+}
+
 void v4vh_fail_copy(unsigned int n)
 {
     fail_copy_in = n;
@@ -945,7 +956,7 @@ void v4vh_check_invariants(void)
     const struct v4v_waiter *w;
     struct region *r;
     unsigned long nr_vd = 0, nr_rings = 0, nr_waiters = 0, pages = 0, j;
-    unsigned long pages_vd;
+    unsigned long pages_vd, partnered = 0;
     unsigned int h, i, n;
 
     INVARIANT(!all_locks_held());
@@ -969,6 +980,7 @@ void v4vh_check_invariants(void)
 
                     n++;
                     pages_vd += ring_npages(ri->len);
+                    partnered += ri->partner != V4V_DOMID_ANY;
                     INVARIANT(!ri->lock.held);
                     INVARIANT(ri->owner == vd);
                     INVARIANT(ring_hash(ri->port, ri->partner) == i);
@@ -1023,7 +1035,52 @@ void v4vh_check_invariants(void)
                       r->pages[j].type_count == cover);
         }
 
-    /* One mapping per ring; allocations: domains, rings (+ page arrays), waiters. */
+    /*
+     * The indexes: each domain's waits are exactly the waiters naming it,
+     * each partner list exactly the rings for that partner.
+     */
+    n = 0;
+    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
+        list_for_each_entry ( vd, &v4v_domain_hash[h], node )
+        {
+            INVARIANT(!vd->waits_lock.held);
+            list_for_each_entry ( w, &vd->waits, dom_node )
+            {
+                const struct v4v_waiter *x;
+                bool found = false;
+
+                INVARIANT(w->dom == vd && w->ring);
+                list_for_each_entry ( x, &w->ring->waiters, node )
+                    found |= x == w;
+                INVARIANT(found);
+                n++;
+            }
+        }
+    INVARIANT(n == nr_waiters);
+    INVARIANT(!v4v_partner_lock.held);
+    for ( i = 0, n = 0, j = 0; i < V4V_PARTNER_CHUNKS; i++ )
+    {
+        unsigned long in_chunk = 0, k;
+
+        if ( !v4v_partner_rings[i] )
+            continue;
+        j++;
+        for ( k = 0; k < V4V_PARTNER_CHUNK; k++ )
+            list_for_each_entry ( ri, &v4v_partner_rings[i]->rings[k],
+                                  partner_node )
+            {
+                INVARIANT(ri->partner == i * V4V_PARTNER_CHUNK + k);
+                in_chunk++;
+            }
+        INVARIANT(in_chunk && in_chunk == v4v_partner_rings[i]->nr);
+        n += in_chunk;
+    }
+    INVARIANT(n == partnered);
+
+    /*
+     * One mapping per ring; allocations: domains, rings (and their page
+     * arrays), waiters, partner index chunks.
+     */
     INVARIANT(nr_vmaps == nr_rings);
-    INVARIANT(nr_allocs == nr_vd + 2 * nr_rings + nr_waiters);
+    INVARIANT(nr_allocs == nr_vd + 2 * nr_rings + nr_waiters + j);
 }

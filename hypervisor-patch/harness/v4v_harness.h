@@ -94,6 +94,8 @@ long v4vh_evtchn_hits(uint16_t domid, unsigned int port);
 unsigned int v4vh_locks_held(void);
 /* Mappings (vmap) currently held. */
 size_t v4vh_mappings(void);
+/* List entries v4v.c has visited so far (a measure of the work done). */
+unsigned long v4vh_list_steps(void);
 /*
  * Make the n-th copy from guest memory from now (1 = the next) fault half
  * way, as a page unmapped by another vCPU would; 0 disables.

@@ -10,7 +10,8 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-shared=$(cd "$repo/../shared/xen-qemu" && pwd)
+# Only needed to set up the host when QEMU, a kernel or xl is missing.
+shared=$(cd "$repo/../shared/xen-qemu" 2>/dev/null && pwd || echo "$repo/../shared/xen-qemu")
 work=${V4V_WORK:-/var/tmp/v4v-work}
 xen=${XEN_IMAGE:-$work/xen/xen/xen}
 out=$work/boot

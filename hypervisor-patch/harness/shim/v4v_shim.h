@@ -141,15 +141,18 @@ static inline bool list_empty(const struct list_head *l)
     ((type *)((char *)(ptr) - offsetof(type, member)))
 #define list_entry(ptr, type, member) container_of(ptr, type, member)
 
+/* Entries visited by list walks: the work a path does, for the tests. */
+extern unsigned long v4vh_list_visits;
+
 #define list_for_each_entry(pos, head, member)                          \
     for ( (pos) = list_entry((head)->next, __typeof__(*(pos)), member); \
-          &(pos)->member != (head);                                     \
+          &(pos)->member != (head) && (v4vh_list_visits++, 1);          \
           (pos) = list_entry((pos)->member.next, __typeof__(*(pos)), member) )
 
 #define list_for_each_entry_safe(pos, n, head, member)                  \
     for ( (pos) = list_entry((head)->next, __typeof__(*(pos)), member), \
           (n) = list_entry((pos)->member.next, __typeof__(*(pos)), member); \
-          &(pos)->member != (head);                                     \
+          &(pos)->member != (head) && (v4vh_list_visits++, 1);          \
           (pos) = (n),                                                  \
           (n) = list_entry((n)->member.next, __typeof__(*(n)), member) )
 

@@ -59,10 +59,19 @@
  *     Every path that frees a ring unlinks it under L2 and then acquires
  *     and releases its L3, so no other CPU can still be using it.
  *     At most one L2 and one L3 are held at a time.
+ * L4  v4v_domain.waits_lock (spinlock, one per domain): that domain's list
+ *     of its waits on any ring (v4v_waiter.dom_node). Taken with the ring's
+ *     L3 held; a leaf.
+ * LP  v4v_partner_lock (spinlock, global): the rings registered for each
+ *     partner domid (v4v_partner_rings, v4v_ring_info.partner_node). Taken
+ *     with the owner's L2 held; a leaf.
+ *     Both indexes exist so that tearing a domain down touches only what
+ *     refers to it, never every domain's rings.
  * LA  v4v_acl_lock (rwlock, global): the ACL table. Taken with L1 held for
  *     reading (or with no V4V lock at all); no other V4V lock nests in it.
  *
- * Order: L1 -> L2 -> L3; L1 -> LA. Event channels are signalled with only
+ * Order: L1 -> L2 -> L3 -> L4; L2 -> LP; L1 -> LA. With L1 held for
+ * writing (destruction, soft reset) none of L2, L3, L4, LP is needed. Event channels are signalled with only
  * L1 held (L1 for writing in the destruction paths); the event channel is
  * allocated with L2 held (it takes d->event_lock, which never nests V4V).
  * XSM hooks are called with no V4V lock or with L1 only (FLASK's AVC takes
@@ -115,8 +124,10 @@ boolean_param("v4v", opt_v4v);
 
 /* A sender waiting for space on a ring. */
 struct v4v_waiter {
-    struct list_head node;          /* v4v_ring_info.waiters */
+    struct list_head node;          /* ring's waiters: ring's L3 */
+    struct list_head dom_node;      /* dom->waits: dom's L4 */
     struct v4v_domain *dom;         /* the sender */
+    struct v4v_ring_info *ring;     /* the ring it waits on */
     uint32_t len;                   /* payload bytes it waits for */
 };
 
@@ -129,6 +140,7 @@ struct v4v_ring_map {
 
 struct v4v_ring_info {
     struct list_head node;          /* owner's ring hash: owner's L2 */
+    struct list_head partner_node;  /* v4v_partner_rings (not for ANY): LP */
     struct v4v_domain *owner;
     uint32_t port;
     domid_t partner;
@@ -158,11 +170,30 @@ struct v4v_domain {
     unsigned int nr_ring_pages;
     unsigned int max_ring_pages;
     evtchn_port_t evtchn;           /* 0 until the first V4VOP_info */
+
+    spinlock_t waits_lock;          /* L4: the list below */
+    struct list_head waits;         /* its waiters, on any ring */
 };
 
 static DEFINE_RWLOCK(v4v_lock);
 static struct list_head v4v_domain_hash[V4V_DOMAIN_HASH_SIZE];
 static bool v4v_hash_ready;
+
+/*
+ * Rings by partner domid (those with a partner other than ANY), whether or
+ * not a domain with that id exists: chunks of V4V_PARTNER_CHUNK lists,
+ * allocated when the first ring for a partner in the chunk is registered and
+ * freed with the last (at most 128 chunks of 4 KiB). LP.
+ */
+#define V4V_PARTNER_CHUNK       255
+#define V4V_PARTNER_CHUNKS \
+    ((DOMID_FIRST_RESERVED + V4V_PARTNER_CHUNK - 1) / V4V_PARTNER_CHUNK)
+struct v4v_partner_chunk {
+    unsigned long nr;               /* rings on the lists below */
+    struct list_head rings[V4V_PARTNER_CHUNK];
+};
+static DEFINE_SPINLOCK(v4v_partner_lock);
+static struct v4v_partner_chunk *v4v_partner_rings[V4V_PARTNER_CHUNKS];
 
 static DEFINE_RWLOCK(v4v_acl_lock);
 static v4vtables_rule_t v4v_rules[V4V_MAX_RULES];
@@ -225,6 +256,74 @@ static bool fits_now(uint64_t len, uint32_t free)
 static uint32_t ring_max_message(uint32_t len)
 {
     return len - 32;
+}
+
+/* The rings registered for 'partner', or NULL. LP or L1 for writing. */
+static struct list_head *partner_rings(domid_t partner)
+{
+    struct v4v_partner_chunk *chunk;
+
+    ASSERT(spin_is_locked(&v4v_partner_lock) || LOCKING_Write_L1);
+    ASSERT(partner < DOMID_FIRST_RESERVED);
+
+    chunk = v4v_partner_rings[partner / V4V_PARTNER_CHUNK];
+
+    return chunk ? &chunk->rings[partner % V4V_PARTNER_CHUNK] : NULL;
+}
+
+/* Index a new ring with a partner. Owner's L2 held. */
+static int partner_link(struct v4v_ring_info *ri)
+{
+    struct v4v_partner_chunk **chunk =
+        &v4v_partner_rings[ri->partner / V4V_PARTNER_CHUNK];
+    unsigned int i;
+    int rc = 0;
+
+    ASSERT(LOCKING_L2(ri->owner));
+    ASSERT(ri->partner < DOMID_FIRST_RESERVED);
+
+    spin_lock(&v4v_partner_lock);
+    if ( !*chunk )
+    {
+        *chunk = xmalloc(struct v4v_partner_chunk);
+        if ( *chunk )
+        {
+            (*chunk)->nr = 0;
+            for ( i = 0; i < V4V_PARTNER_CHUNK; i++ )
+                INIT_LIST_HEAD(&(*chunk)->rings[i]);
+        }
+    }
+    if ( *chunk )
+    {
+        list_add_tail(&ri->partner_node, partner_rings(ri->partner));
+        (*chunk)->nr++;
+    }
+    else
+        rc = -ENOMEM;
+    spin_unlock(&v4v_partner_lock);
+
+    return rc;
+}
+
+/* Unindex a ring with a partner. Owner's L2 held, or L1 for writing. */
+static void partner_unlink(struct v4v_ring_info *ri)
+{
+    struct v4v_partner_chunk **chunk =
+        &v4v_partner_rings[ri->partner / V4V_PARTNER_CHUNK];
+    bool locked = !LOCKING_Write_L1;
+
+    ASSERT(LOCKING_L2(ri->owner) || LOCKING_Write_L1);
+
+    if ( locked )
+        spin_lock(&v4v_partner_lock);
+    list_del(&ri->partner_node);
+    if ( !--(*chunk)->nr )
+    {
+        xfree(*chunk);
+        *chunk = NULL;
+    }
+    if ( locked )
+        spin_unlock(&v4v_partner_lock);
 }
 
 /* Pages mapped for a ring of 'len' data bytes: its header and data area. */
@@ -470,11 +569,29 @@ static int ring_add_waiter(struct v4v_ring_info *ri, struct v4v_domain *dom,
         return -ENOMEM;
 
     w->dom = dom;
+    w->ring = ri;
     w->len = len;
     list_add_tail(&w->node, &ri->waiters);
     ri->nr_waiters++;
+    spin_lock(&dom->waits_lock);
+    list_add_tail(&w->dom_node, &dom->waits);
+    spin_unlock(&dom->waits_lock);
 
     return 0;
+}
+
+/* Take w off its ring to 'woken', and off its domain's list. L3 held. */
+static void waiter_take(struct v4v_waiter *w, struct list_head *woken)
+{
+    ASSERT(LOCKING_L3(w->ring) || LOCKING_Write_L1);
+
+    list_move_tail(&w->node, woken);
+    w->ring->nr_waiters--;
+    if ( !LOCKING_Write_L1 )
+        spin_lock(&w->dom->waits_lock);
+    list_del(&w->dom_node);
+    if ( !LOCKING_Write_L1 )
+        spin_unlock(&w->dom->waits_lock);
 }
 
 /* Move the waiters whose request fits now to 'woken'. L3 held. */
@@ -489,10 +606,7 @@ static void ring_take_fitting_waiters(struct v4v_ring_info *ri,
     free = ring_free(ring_rx(ri), ri->tx, ri->len);
     list_for_each_entry_safe ( w, tmp, &ri->waiters, node )
         if ( fits_now(w->len, free) )
-        {
-            list_move_tail(&w->node, woken);
-            ri->nr_waiters--;
-        }
+            waiter_take(w, woken);
 }
 
 /* Move every waiter to 'woken'. L3 held (or L1 for writing). */
@@ -504,8 +618,8 @@ static void ring_take_all_waiters(struct v4v_ring_info *ri,
     ASSERT(LOCKING_L3(ri) || LOCKING_Write_L1);
 
     list_for_each_entry_safe ( w, tmp, &ri->waiters, node )
-        list_move_tail(&w->node, woken);
-    ri->nr_waiters = 0;
+        waiter_take(w, woken);
+    ASSERT(!ri->nr_waiters);
 }
 
 /* Signal and free the waiters on 'woken'. L1 held, no L2 or L3. */
@@ -688,13 +802,15 @@ static long v4v_register_ring(struct v4v_domain *vd,
     }
     else if ( vd->nr_rings >= vd->max_rings )
         rc = -ENOSPC;
+    else if ( (new_ri->owner = vd, new_ri->partner = hdr.id.partner,
+               hdr.id.partner != V4V_DOMID_ANY) &&
+              (rc = partner_link(new_ri)) )
+        /* -ENOMEM: no index chunk for the partner. */;
     else
     {
         ri = new_ri;
         new_ri = NULL;
-        ri->owner = vd;
         ri->port = hdr.id.addr.port;
-        ri->partner = hdr.id.partner;
         ri->len = hdr.len;
         spin_lock_init(&ri->lock);
         INIT_LIST_HEAD(&ri->waiters);
@@ -755,6 +871,8 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
     list_del(&ri->node);
     vd->nr_rings--;
     vd->nr_ring_pages -= ring_npages(ri->len);
+    if ( ri->partner != V4V_DOMID_ANY )
+        partner_unlink(ri);
     spin_lock(&ri->lock);
     ring_take_all_waiters(ri, &woken);
     spin_unlock(&ri->lock);
@@ -1455,6 +1573,8 @@ int v4v_init(struct domain *d)
     vd->d = d;
     vd->domid = d->domain_id;
     spin_lock_init(&vd->lock);
+    spin_lock_init(&vd->waits_lock);
+    INIT_LIST_HEAD(&vd->waits);
     for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
         INIT_LIST_HEAD(&vd->rings[i]);
     vd->max_rings = V4V_DEFAULT_MAX_RINGS;
@@ -1478,73 +1598,63 @@ int v4v_init(struct domain *d)
 
 /*
  * Drop everything V4V holds for or on behalf of vd. L1 held for writing,
- * which excludes every other V4V path: no L2 or L3 needed.
+ * which excludes every other V4V path: no L2, L3, L4 or LP needed. Touches
+ * only vd's rings, vd's waits and the rings registered for vd (the
+ * indexes), so its cost does not grow with other domains' state.
  */
 static void v4v_teardown(struct v4v_domain *vd)
 {
     struct v4v_ring_info *ri, *rtmp;
     struct v4v_waiter *w, *wtmp;
-    struct v4v_domain *other;
-    unsigned int i, h;
+    struct list_head *partner;
+    unsigned int i;
     LIST_HEAD(woken);
 
     ASSERT(LOCKING_Write_L1);
 
-    /* 1. Its own rings; those waiting on them are signalled. */
+    /* 1. Its waits, on any ring (its own included): never signalled. */
+    list_for_each_entry_safe ( w, wtmp, &vd->waits, dom_node )
+    {
+        list_del(&w->node);
+        w->ring->nr_waiters--;
+        list_del(&w->dom_node);
+        xfree(w);
+    }
+
+    /* 2. Its own rings; those waiting on them are signalled. */
     for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
         list_for_each_entry_safe ( ri, rtmp, &vd->rings[i], node )
         {
             list_del(&ri->node);
+            if ( ri->partner != V4V_DOMID_ANY )
+                partner_unlink(ri);
             ring_take_all_waiters(ri, &woken);
             ring_info_free(ri);
         }
     vd->nr_rings = 0;
     vd->nr_ring_pages = 0;
 
-    /* Its own waits on its rings went with them; never signal vd itself. */
-    list_for_each_entry_safe ( w, wtmp, &woken, node )
-        if ( w->dom == vd )
-        {
-            list_del(&w->node);
-            xfree(w);
-        }
-    wake_waiters(&woken);
+    /*
+     * 3. Other domains' rings registered for it alone; owners signalled.
+     * (Not list_for_each_entry_safe: the last unlink frees the list head.)
+     */
+    while ( (partner = partner_rings(vd->domid)) != NULL &&
+            !list_empty(partner) )
+    {
+        struct v4v_domain *owner;
 
-    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
-        list_for_each_entry ( other, &v4v_domain_hash[h], node )
-        {
-            bool signal_owner = false;
+        ri = list_entry(partner->next, struct v4v_ring_info,
+                        partner_node);
+        owner = ri->owner;
 
-            if ( other == vd )
-                continue;
-
-            for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
-                list_for_each_entry_safe ( ri, rtmp, &other->rings[i], node )
-                {
-                    /* 2. Its waits on other domains' rings. */
-                    list_for_each_entry_safe ( w, wtmp, &ri->waiters, node )
-                        if ( w->dom == vd )
-                        {
-                            list_del(&w->node);
-                            ri->nr_waiters--;
-                            xfree(w);
-                        }
-
-                    /* 3. Rings registered for it alone. */
-                    if ( ri->partner == vd->domid )
-                    {
-                        list_del(&ri->node);
-                        other->nr_rings--;
-                        other->nr_ring_pages -= ring_npages(ri->len);
-                        ring_take_all_waiters(ri, &woken);
-                        ring_info_free(ri);
-                        signal_owner = true;
-                    }
-                }
-
-            if ( signal_owner )
-                signal_domain(other);
-        }
+        partner_unlink(ri);
+        list_del(&ri->node);
+        owner->nr_rings--;
+        owner->nr_ring_pages -= ring_npages(ri->len);
+        ring_take_all_waiters(ri, &woken);
+        ring_info_free(ri);
+        signal_domain(owner);
+    }
     wake_waiters(&woken);
 
     /*
