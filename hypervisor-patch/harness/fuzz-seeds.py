@@ -110,11 +110,12 @@ seeds = {
     + plan(1, 0, 0x05, notify(1, null=True), send(2, 1))
     + plan(2, 2, 0x03, notify(2, [(1, PORT1, 4)]), consume(1, 0)[:0] + hc(1, 1, 0)),
     'faults': info(1) + fault(1, 0, 1, register(1, 0)) + fault(1, 0, 2, register(1, 0))
-    + fault(1, 1, 1, register(1, 0)) + register(1, 0, lenidx=3) + send(2, 1)
-    + send(2, 1)
-    + fault(2, 0, 1, send(2, 1)) + fault(2, 2, 2, send(2, 1, words=8))
-    + consume(1, 0, 2) + fault(2, 2, 3, send_iovs(2, 1, 2, 5))
-    + consume(1, 0, 2) + fault(2, 2, 2, send_iovs(2, 1, 3, 9))
+    + fault(1, 1, 1, register(1, 0)) + register(1, 2, port=PORT2, lenidx=3)
+    + send(2, 1, port=PORT2) + send(2, 1, port=PORT2)
+    + fault(2, 0, 1, send(2, 1, port=PORT2))
+    + fault(2, 2, 2, send(2, 1, port=PORT2, words=8))
+    + consume(1, 2, 2) + fault(2, 2, 3, send_iovs(2, 1, 2, 5, port=PORT2))
+    + consume(1, 2, 2) + fault(2, 2, 2, send_iovs(2, 1, 3, 9, port=PORT2))
     + acl_add(ANY_DOM, ANY_DOM, 1, pos=1) + acl_add(2, 1, 1, pos=1)
     + acl_add(3, 2, 0, pos=2) + hc(0, 7, 1 << 2) + hc(0, 8, 1, 2)
     + fault(3, 3, 1, info(3)) + fault(3, 0, 1, notify(3, [(1, PORT1, 90)])),
