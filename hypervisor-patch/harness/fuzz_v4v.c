@@ -8,7 +8,8 @@
  * with 20 pages of guest memory holding its rings, arguments and payloads.
  * Steps: every hypercall with fuzzed arguments (and raw 64-bit registers),
  * ring scribbles by the owner, message consumption, domain destruction,
- * re-creation and soft reset, allocation / vmap / copy / event channel failure injection,
+ * re-creation and soft reset, allocation / vmap / copy / event channel
+ * failure injection,
  * and a preemption plan: at the k-th guest access of the next hypercall,
  * another vCPU scribbles on ring memory or (where the interrupted CPU holds
  * no lock but v4v_lock) issues a hypercall of its own.

@@ -968,7 +968,8 @@ void v4vh_check_invariants(void)
         list_for_each_entry ( vd, &v4v_domain_hash[h], node )
         {
             INVARIANT(!vd->lock.held);
-            INVARIANT(vd->d && vd->d->v4v == vd && vd->domid == vd->d->domain_id);
+            INVARIANT(vd->d && vd->d->v4v == vd &&
+                      vd->domid == vd->d->domain_id);
             INVARIANT(domain_hash(vd->domid) == h);
             nr_vd++;
             n = 0;
@@ -995,7 +996,8 @@ void v4vh_check_invariants(void)
                     /* Each page of the ring is the page at its address. */
                     for ( j = 0; j < ri->map.npages; j++ )
                         INVARIANT(ri->map.pages[j]->mfn ==
-                                  ((unsigned long)ri->map.hdr >> PAGE_SHIFT) + j);
+                                  ((unsigned long)ri->map.hdr >>
+                                   PAGE_SHIFT) + j);
                     pages += ri->map.npages;
                     list_for_each_entry ( w, &ri->waiters, node )
                     {

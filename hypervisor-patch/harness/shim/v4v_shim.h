@@ -182,7 +182,7 @@ static inline void spin_lock(spinlock_t *l)
         v4vh_fatal(__FILE__, __LINE__, "spin_lock: already held (deadlock)");
     if ( l->held )
         v4vh_fatal(__FILE__, __LINE__,
-                   "spin_lock: held by an interrupted CPU (not a lock-free point)");
+                   "spin_lock: held by an interrupted CPU (no lock-free point)");
     l->held = 1;
     l->cpu = v4vh_cpu;
     v4vh_lock_acquired();

@@ -71,8 +71,8 @@
  *     reading (or with no V4V lock at all); no other V4V lock nests in it.
  *
  * Order: L1 -> L2 -> L3 -> L4; L2 -> LP; L1 -> LA. With L1 held for
- * writing (destruction, soft reset) none of L2, L3, L4, LP is needed. Event channels are signalled with only
- * L1 held (L1 for writing in the destruction paths); the event channel is
+ * writing (destruction, soft reset) none of L2, L3, L4, LP is needed.
+ * Event channels are signalled with only L1 held (L1 for writing in the destruction paths); the event channel is
  * allocated with L2 held (it takes d->event_lock, which never nests V4V).
  * XSM hooks are called with no V4V lock or with L1 only (FLASK's AVC takes
  * its own locks, which never nest V4V's); the struct domain they are given
@@ -785,6 +785,8 @@ static long v4v_register_ring(struct v4v_domain *vd,
         release_ring_pages(vd, npages);
         return -ENOMEM;
     }
+    new_ri->owner = vd;
+    new_ri->partner = hdr.id.partner;
 
     spin_lock(&vd->lock);
     ri = find_ring(vd, hdr.id.addr.port, hdr.id.partner);
@@ -802,11 +804,9 @@ static long v4v_register_ring(struct v4v_domain *vd,
     }
     else if ( vd->nr_rings >= vd->max_rings )
         rc = -ENOSPC;
-    else if ( (new_ri->owner = vd, new_ri->partner = hdr.id.partner,
-               hdr.id.partner != V4V_DOMID_ANY) &&
-              (rc = partner_link(new_ri)) )
-        /* -ENOMEM: no index chunk for the partner. */;
-    else
+    /* A ring with a partner is indexed first (-ENOMEM if that fails). */
+    else if ( hdr.id.partner == V4V_DOMID_ANY ||
+              !(rc = partner_link(new_ri)) )
     {
         ri = new_ri;
         new_ri = NULL;
