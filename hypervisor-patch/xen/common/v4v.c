@@ -72,8 +72,10 @@
  *
  * Order: L1 -> L2 -> L3 -> L4; L2 -> LP; L1 -> LA. With L1 held for
  * writing (destruction, soft reset) none of L2, L3, L4, LP is needed.
- * Event channels are signalled with only L1 held (L1 for writing in the destruction paths); the event channel is
- * allocated with L2 held (it takes d->event_lock, which never nests V4V).
+ * Event channels are signalled with only L1 held (L1 for writing in the
+ * destruction paths); the event channel is allocated with L2 held, and freed
+ * with L1 held for writing (both take d->event_lock, which never nests
+ * V4V).
  * XSM hooks are called with no V4V lock or with L1 only (FLASK's AVC takes
  * its own locks, which never nest V4V's); the struct domain they are given
  * for a partner or destination is kept alive by L1, as its V4V state is.
