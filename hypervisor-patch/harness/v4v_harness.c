@@ -179,14 +179,19 @@ unsigned long v4vh_copy_from_guest(void *dst, const void *src,
     preempt_point(V4VH_POINT_COPY_FROM, src);
     if ( !v4vh_guest_okay(src, n) )
         return n;
+    /*
+     * memmove: a guest may pass memory that is also a ring (the destination
+     * of this very copy), which Xen reaches through two different mappings
+     * of the same frames; here both are one address range.
+     */
     /* As a fault part-way would on Xen: half copied, the rest not. */
     if ( fail_copy_in && !--fail_copy_in )
     {
-        memcpy(dst, src, n / 2);
+        memmove(dst, src, n / 2);
         return n - n / 2;
     }
     if ( n )
-        memcpy(dst, src, n);
+        memmove(dst, src, n);
 
     return 0;
 }
@@ -197,7 +202,7 @@ unsigned long v4vh_copy_to_guest(void *dst, const void *src, unsigned long n)
     if ( !v4vh_guest_okay(dst, n) )
         return n;
     if ( n )
-        memcpy(dst, src, n);
+        memmove(dst, src, n);
 
     return 0;
 }
