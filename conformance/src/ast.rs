@@ -159,10 +159,12 @@ pub enum InfoField {
     MaxWaiters,
     MaxMessageSize,
     MaxRules,
+    MaxRingPages,
+    NrRingPages,
 }
 
 impl InfoField {
-    pub const ALL: [InfoField; 12] = [
+    pub const ALL: [InfoField; 14] = [
         InfoField::RingMagic,
         InfoField::DataMagic,
         InfoField::Domid,
@@ -175,6 +177,8 @@ impl InfoField {
         InfoField::MaxWaiters,
         InfoField::MaxMessageSize,
         InfoField::MaxRules,
+        InfoField::MaxRingPages,
+        InfoField::NrRingPages,
     ];
 
     pub fn keyword(self) -> &'static str {
@@ -191,6 +195,8 @@ impl InfoField {
             InfoField::MaxWaiters => "max_waiters",
             InfoField::MaxMessageSize => "max_message_size",
             InfoField::MaxRules => "max_rules",
+            InfoField::MaxRingPages => "max_ring_pages",
+            InfoField::NrRingPages => "nr_ring_pages",
         }
     }
 
@@ -212,6 +218,8 @@ impl InfoField {
             InfoField::MaxWaiters => u64::from(i.max_waiters),
             InfoField::MaxMessageSize => u64::from(i.max_message_size),
             InfoField::MaxRules => u64::from(i.max_rules),
+            InfoField::MaxRingPages => u64::from(i.max_ring_pages),
+            InfoField::NrRingPages => u64::from(i.nr_ring_pages),
         }
     }
 }
@@ -425,10 +433,12 @@ pub enum Op {
     Info {
         expect: Expect<Vec<(InfoField, u64)>>,
     },
-    /// `config DOM max_rings=N [pad=N] => R`.
+    /// `config DOM max_rings=N [max_pages=N] [pad=N] => R` (`max_pages` 0, the default, leaves
+    /// the domain's ring page limit as it is).
     Config {
         domain: DomId,
         max_rings: u32,
+        max_pages: u32,
         pad: u16,
         expect: Expect<()>,
     },
@@ -800,10 +810,14 @@ impl Op {
             Op::Config {
                 domain,
                 max_rings,
+                max_pages,
                 pad,
                 ..
             } => {
                 let mut s = format!("config {} max_rings={max_rings}", Dom(*domain));
+                if *max_pages != 0 {
+                    s.push_str(&format!(" max_pages={max_pages}"));
+                }
                 if *pad != 0 {
                     s.push_str(&format!(" pad={pad}"));
                 }

@@ -737,18 +737,23 @@ fn parse_op(word: &str, args: &[String], rhs: Option<&[String]>) -> Res<Op> {
                 return Err("config DOM max_rings=N".into());
             };
             let mut max_rings = None;
+            let mut max_pages = 0;
             let mut pad = 0;
             for t in rest {
                 match kv(t) {
                     Some(("max_rings", v)) => max_rings = Some(u32_of(v, "max_rings")?),
+                    Some(("max_pages", v)) => max_pages = u32_of(v, "max_pages")?,
                     Some(("pad", v)) => pad = u16_of(v, "pad")?,
-                    _ => return Err(format!("`{t}`: max_rings=N or pad=N expected")),
+                    _ => {
+                        return Err(format!("`{t}`: max_rings=N, max_pages=N or pad=N expected"));
+                    }
                 }
             }
             let max_rings = max_rings.ok_or("config needs max_rings=N")?;
             Op::Config {
                 domain: domain(d)?,
                 max_rings,
+                max_pages,
                 pad,
                 expect,
             }

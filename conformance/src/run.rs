@@ -646,6 +646,7 @@ impl World<'_> {
             Op::Config {
                 domain,
                 max_rings,
+                max_pages,
                 pad,
                 expect,
             } => {
@@ -653,6 +654,7 @@ impl World<'_> {
                     domain: *domain,
                     pad: *pad,
                     max_rings: *max_rings,
+                    max_ring_pages: *max_pages,
                 };
                 check_unit(expect, self.hv(me()?)?.config(&c))?;
             }

@@ -305,11 +305,13 @@ fn map_domains(sc: &Scenario, f: &mut dyn FnMut(DomId) -> DomId) -> Scenario {
             Op::Config {
                 domain,
                 max_rings,
+                max_pages,
                 pad,
                 expect,
             } => Op::Config {
                 domain: d(f, *domain),
                 max_rings: *max_rings,
+                max_pages: *max_pages,
                 pad: *pad,
                 expect: expect.clone(),
             },
@@ -542,10 +544,11 @@ impl Local {
                 domain: d,
                 pad: 0,
                 max_rings: abi::DEFAULT_MAX_RINGS,
+                max_ring_pages: abi::DEFAULT_MAX_RING_PAGES,
             };
             self.hv
                 .config(&c)
-                .map_err(|e| format!("resetting domain {d}'s ring limit: {e}"))?;
+                .map_err(|e| format!("resetting domain {d}'s ring limits: {e}"))?;
         }
         Ok(())
     }

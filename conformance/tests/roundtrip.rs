@@ -204,14 +204,15 @@ fn domain_op() -> impl Strategy<Value = Op> {
             0..4
         ))
         .prop_map(|expect| Op::Info { expect }),
-        (dom(), any::<u32>(), any::<u16>(), unit()).prop_map(|(domain, max_rings, pad, expect)| {
-            Op::Config {
+        (dom(), any::<u32>(), any::<u32>(), any::<u16>(), unit()).prop_map(
+            |(domain, max_rings, max_pages, pad, expect)| Op::Config {
                 domain,
                 max_rings,
+                max_pages,
                 pad,
                 expect,
             }
-        }),
+        ),
         (rule(), any::<u32>(), unit()).prop_map(|(rule, position, expect)| Op::AclAdd {
             rule,
             position,

@@ -8,10 +8,14 @@
  * Prints one line per failed check and a final "N passed, M failed".
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sys/wait.h>
 
 /* The ABI; its "xen.h" and "event_channel.h" come from shim/public. */
 #include <public/v4v.h>
@@ -1188,6 +1192,540 @@ static void test_xsm_denials(void)
     }
 }
 
+/*
+ * Finding 1: a register_ring that loses the race with an unregister by
+ * another vCPU (between its two checks) must not start again by recursion.
+ * The hook unregisters the ring while the caller maps it, and registers it
+ * again before the caller (if it started over) would look it up: on the old
+ * code each round added a stack frame (1,000 rounds, 1,001 deep).
+ */
+struct race {
+    v4v_ring_t *ring;
+    unsigned int rounds, max_rounds, header_reads;
+    bool gone;
+};
+
+static void race_hook(unsigned int point, const void *addr, int lock_free,
+                      void *arg)
+{
+    struct race *rc = arg;
+
+    if ( !lock_free || addr != rc->ring )
+        return;
+    if ( point == V4VH_POINT_COPY_FROM )
+    {
+        rc->header_reads++;
+        if ( rc->gone && rc->rounds < rc->max_rounds )
+        {
+            /* Another vCPU registers it again before the lookup. */
+            EQ(hc(1, V4VOP_register_ring, rc->ring, NULL, 0, 0), 0);
+            rc->gone = false;
+        }
+    }
+    else if ( point == V4VH_POINT_RING_PAGE && !rc->gone &&
+              rc->rounds < rc->max_rounds )
+    {
+        /* ... and unregisters it while this one maps the pages. */
+        EQ(hc(1, V4VOP_unregister_ring, rc->ring, NULL, 0, 0), 0);
+        rc->gone = true;
+        rc->rounds++;
+    }
+}
+
+static void test_register_race_no_recursion(void)
+{
+    struct race race = { .max_rounds = 1000 };
+    unsigned int i, total = 0;
+
+    setup();
+    race.ring = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, race.ring, NULL, 0, 0), 0);
+
+    v4vh_set_preempt(race_hook, &race);
+    EQ(hc(1, V4VOP_register_ring, race.ring, NULL, 0, 0), 0);
+    /* One pass: the header read once, one race lost, no second attempt. */
+    EQ(race.header_reads, 1);
+    EQ(race.rounds, 1);
+    total += race.rounds;
+
+    /* 999 more lost races, each one call deep. */
+    for ( i = 1; i < 1000; i++ )
+    {
+        race.header_reads = 0;
+        race.rounds = 0;
+        race.gone = false;
+        EQ(hc(1, V4VOP_register_ring, race.ring, NULL, 0, 0), 0);
+        if ( race.header_reads != 1 || race.rounds != 1 )
+            break;
+        total += race.rounds;
+    }
+    EQ(total, 1000);
+    v4vh_set_preempt(NULL, NULL);
+
+    EQ(v4vh_ring_count(), 1);
+    EQ(v4vh_pages_held(), 1);
+    EQ(v4vh_mappings(), 1);
+    EQ(hc(1, V4VOP_unregister_ring, race.ring, NULL, 0, 0), 0);
+    EQ(v4vh_pages_held(), 0);
+    teardown();
+    free(race.ring);
+}
+
+/*
+ * Finding 3: notify follows the ACL as sendv does. Domains the table
+ * rejects learn nothing about the ring (flags 0, max 0, as for no ring) and
+ * take no waiter slot; on the old code 40 of them filled the queue, read
+ * EXISTS and the ring's state, and the allowed sender got no PENDING.
+ */
+static void test_notify_acl(void)
+{
+    v4vtables_rule_t allow = {
+        .src = { .port = V4V_PORT_ANY, .domain = 2 },
+        .dst = { .port = 10, .domain = 1 },
+        .accept = 1,
+    }, deny = {
+        .src = { .port = V4V_PORT_ANY, .domain = V4V_DOMID_ANY },
+        .dst = { .port = 10, .domain = 1 },
+        .accept = 0,
+    }, port_only = {
+        .src = { .port = 5, .domain = 10 },
+        .dst = { .port = 11, .domain = 1 },
+        .accept = 0,
+    };
+    v4v_ring_data_t *rd = ring_data_new(2);
+    v4v_ring_t *r, *r11;
+    uint8_t buf[64] = { 0 };
+    unsigned int d, exists = 0;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    r11 = ring_new(1, 11, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_register_ring, r11, NULL, 0, 0), 0);
+    EQ(send(2, 1, 10, buf, 16), 16);
+    EQ(hc(0, V4VOP_tables_add, &allow, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_tables_add, &deny, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_tables_add, &port_only, NULL, 0, 0), 0);
+
+    rd->nent = 1;
+    rd->data[0].ring.domain = 1;
+    rd->data[0].ring.port = 10;
+    for ( d = 10; d < 50; d++ )
+    {
+        EQ(v4vh_domain_create(d), 0);
+        rd->data[0].space_required = 32;
+        rd->data[0].flags = 0xffff;
+        rd->data[0].max_message_size = 0xffffffffU;
+        EQ(hc(d, V4VOP_notify, rd, NULL, 0, 0), 0);
+        if ( rd->data[0].flags || rd->data[0].max_message_size )
+            exists++;
+        /* A rejected sender still gets -EACCES from sendv, not queued. */
+        EQ(send(d, 1, 10, buf, 32), -EACCES);
+    }
+    EQ(exists, 0);
+    EQ(v4vh_waiter_count(), 0);
+
+    /* The allowed sender is queued. */
+    rd->data[0].space_required = 32;
+    EQ(hc(2, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_PENDING);
+    EQ(rd->data[0].max_message_size, 32);
+    EQ(v4vh_waiter_count(), 1);
+
+    /*
+     * A rule naming a source port does not decide a notify (asked as from
+     * port 0, which only wildcard source ports match).
+     */
+    rd->nent = 2;
+    rd->data[1] = rd->data[0];
+    rd->data[1].ring.port = 11;
+    rd->data[1].space_required = 0;
+    EQ(hc(10, V4VOP_notify, rd, NULL, 0, 0), 0);
+    EQ(rd->data[0].flags, 0);
+    EQ(rd->data[1].flags, V4V_RING_DATA_F_EXISTS | V4V_RING_DATA_F_EMPTY |
+                          V4V_RING_DATA_F_SUFFICIENT);
+    teardown();
+    free(r);
+    free(r11);
+    free(rd);
+}
+
+/*
+ * Finding 7: a payload copy that faults part-way (the sender's page
+ * unmapped by another of its vCPUs after the readability check) leaves no
+ * byte of the message in the ring: header and pointers byte-identical, the
+ * bytes the copy reached zeroed, everything else as it was. On the old code
+ * the first iov's bytes stayed in the ring's free space.
+ */
+static void test_efault_leaves_no_payload(void)
+{
+    v4v_send_addr_t sa = {
+        .src = { .port = 77, .domain = DOMID_SELF },
+        .dst = { .port = 10, .domain = 1 },
+    };
+    uint8_t p0[40], p1[40], before[64 + 256];
+    v4v_iov_t iov[2] = {
+        { .iov_base = (uintptr_t)p0, .iov_len = sizeof(p0) },
+        { .iov_base = (uintptr_t)p1, .iov_len = sizeof(p1) },
+    };
+    v4v_ring_t *r;
+    unsigned int fail_at, i, start, reached;
+    bool rest_same = true, reached_zero = true;
+
+    memset(p0, 0x11, sizeof(p0));
+    memset(p1, 0x22, sizeof(p1));
+    /*
+     * Copies 1 and 2 read the address and the iovs; then the payload in
+     * chunks: iov 0 as 32 bytes up to the end and 8 from the start, iov 1 as
+     * 40. Each of the three faults in turn.
+     */
+    for ( fail_at = 3; fail_at <= 5; fail_at++ )
+    {
+        setup();
+        r = ring_new(1, 10, V4V_DOMID_ANY, 256);
+        /* tx near the end, so the payload wraps. */
+        r->rx_ptr = r->tx_ptr = 208;
+        EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+        memset(r->ring, 0xaa, 256);
+        memcpy(before, r, sizeof(before));
+
+        v4vh_fail_copy(fail_at);
+        EQ(hc(2, V4VOP_sendv, &sa, iov, 2, V4V_PROTO_DGRAM), -EFAULT);
+        v4vh_fail_copy(0);
+
+        CHECK(!memcmp(r, before, 64));
+        EQ(r->tx_ptr, 208);
+        /* Payload starts after the header slot: 224, wrapping at 256. */
+        start = 224;
+        reached = fail_at == 3 ? 32 : fail_at == 4 ? 40 : 80;
+        for ( i = 0; i < 256; i++ )
+        {
+            unsigned int off = (i + 256 - start) % 256;
+
+            if ( off < reached )
+                reached_zero &= r->ring[i] == 0;
+            else
+                rest_same &= r->ring[i] == 0xaa;
+        }
+        CHECK(reached_zero);
+        CHECK(rest_same);
+
+        /* The ring still works, from the same tx. */
+        EQ(send(2, 1, 10, p0, 8), 8);
+        EQ(r->tx_ptr, 240);
+        teardown();
+        free(r);
+    }
+}
+
+/*
+ * Finding 6: the hypercall takes 64-bit registers. Upper bits of cmd, arg3
+ * and arg4 are not dropped: a value that does not fit the op's 32-bit
+ * argument is -EINVAL, before anything is read. On the old code (int cmd,
+ * unsigned int arg3/arg4) each of these was truncated and accepted.
+ */
+static void test_args_not_truncated(void)
+{
+    const unsigned long hi = 1UL << 32;
+    v4v_send_addr_t sa = {
+        .src = { .port = 77, .domain = DOMID_SELF },
+        .dst = { .port = 10, .domain = 1 },
+    };
+    v4vtables_rule_t rule = {
+        .src = { .port = V4V_PORT_ANY, .domain = V4V_DOMID_ANY },
+        .dst = { .port = V4V_PORT_ANY, .domain = V4V_DOMID_ANY },
+        .accept = 1,
+    };
+    v4v_iov_t iov = { .iov_base = (uintptr_t)&sa, .iov_len = 4 };
+    v4v_info_t info;
+    v4v_ring_t *r;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+
+    EQ(v4vh_hypercall_raw(1, hi | V4VOP_info, &info, NULL, 0, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_info, &info, NULL, hi, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_info, &info, NULL, 0, hi), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_register_ring, r, NULL, hi, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(1, V4VOP_notify, NULL, NULL, 0, hi), -EINVAL);
+    /* sendv: niov and message_type are 32-bit */
+    EQ(v4vh_hypercall_raw(2, V4VOP_sendv, &sa, &iov, hi | 1, V4V_PROTO_DGRAM),
+       -EINVAL);
+    EQ(v4vh_hypercall_raw(2, V4VOP_sendv, &sa, &iov, 1,
+                          hi | V4V_PROTO_DGRAM), -EINVAL);
+    EQ(r->tx_ptr, 0);
+    /* tables_add/del: position is 32-bit */
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_add, &rule, NULL, hi, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_del, NULL, NULL,
+                          hi | V4VTABLES_DEL_ALL, 0), -EINVAL);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_add, &rule, NULL, hi | 1, 0),
+       -EINVAL);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_list, NULL, NULL, 0, 0), -EFAULT);
+    /* the same calls in range work */
+    EQ(v4vh_hypercall_raw(2, V4VOP_sendv, &sa, &iov, 1, V4V_PROTO_DGRAM), 4);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_add, &rule, NULL, 1, 0), 0);
+    EQ(v4vh_hypercall_raw(0, V4VOP_tables_del, NULL, NULL, V4VTABLES_DEL_ALL,
+                          0), 0);
+    EQ(v4vh_hypercall_raw(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    teardown();
+    free(r);
+}
+
+/*
+ * Finding 8: the lock rules are checked. Each deliberate violation, in a
+ * child process, must abort with a message naming the broken rule; a harness
+ * whose lock assertions were comments would let the child exit normally.
+ */
+static void test_lock_rules_enforced(void)
+{
+    static const char *const expect[] = {
+        "LOCKING_L2(vd)", "LOCKING_L3(ri)", "LOCKING_Write_L1",
+        "signalled with a V4V spinlock held",
+    };
+    unsigned int which;
+
+    for ( which = 0; which < 4; which++ )
+    {
+        int fds[2], status = 0;
+        char out[4096] = { 0 };
+        size_t got = 0;
+        ssize_t n;
+        pid_t pid;
+
+        EQ(pipe(fds), 0);
+        fflush(NULL);
+        pid = fork();
+        if ( pid == 0 )
+        {
+            v4v_ring_t *r;
+            v4v_info_t info;
+
+            dup2(fds[1], 2);
+            close(fds[0]);
+            v4vh_reset();
+            v4vh_domain_create(1);
+            r = ring_new(1, 10, V4V_DOMID_ANY, 64);
+            if ( hc(1, V4VOP_register_ring, r, NULL, 0, 0) ||
+                 hc(1, V4VOP_info, &info, NULL, 0, 0) )
+                _exit(3);
+            v4vh_break_lock_rule(which, 1, 10);
+            _exit(0);
+        }
+        close(fds[1]);
+        while ( got < sizeof(out) - 1 &&
+                (n = read(fds[0], out + got, sizeof(out) - 1 - got)) > 0 )
+            got += n;
+        close(fds[0]);
+        EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+        CHECK(strstr(out, expect[which]) != NULL);
+    }
+}
+
+/*
+ * Finding 2: a domain's rings may pin at most max_ring_pages pages (default
+ * V4V_DEFAULT_MAX_RING_PAGES, 64 MiB worth), however the rings alias: 16 MiB
+ * rings over one range take 4,097 pages each, so the fourth gets -ENOSPC
+ * and nothing is pinned for it. info reports the limit and the count; dom0
+ * changes the limit with config. On the old code all 128 aliased rings were
+ * accepted (524,416 page references).
+ */
+static void test_ring_page_cap(void)
+{
+    const uint32_t len = V4V_MAX_RING_LEN;
+    const unsigned int per = (V4V_RING_HEADER_SIZE + len + PG - 1) / PG;
+    v4v_config_t cfg = { .domain = 1, .max_rings = V4V_DEFAULT_MAX_RINGS };
+    v4v_info_t info;
+    v4v_ring_t *r, *small;
+    unsigned int port, ok = 0;
+    long rc = 0;
+
+    setup();
+    r = ring_new(1, 1, V4V_DOMID_ANY, len);
+    for ( port = 1; port <= V4V_DEFAULT_MAX_RINGS; port++ )
+    {
+        r->id.addr.port = port;
+        rc = hc(1, V4VOP_register_ring, r, NULL, 0, 0);
+        if ( rc )
+            break;
+        ok++;
+    }
+    EQ(ok, V4V_DEFAULT_MAX_RING_PAGES / per);
+    EQ(rc, -ENOSPC);
+    EQ(v4vh_pages_held(), ok * per);
+    EQ(v4vh_mappings(), ok);
+
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_ring_pages, V4V_DEFAULT_MAX_RING_PAGES);
+    EQ(info.nr_ring_pages, ok * per);
+
+    /* A small ring still fits in what is left; re-registering one in place
+     * needs room for both mappings while it moves. */
+    small = ring_new(1, 500, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, small, NULL, 0, 0), 0);
+    r->id.addr.port = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), -ENOSPC);
+
+    /* dom0 raises the limit; others may not; the limit has a ceiling. */
+    cfg.max_ring_pages = V4V_DEFAULT_MAX_RING_PAGES * 2;
+    EQ(hc(1, V4VOP_config, &cfg, NULL, 0, 0), -EPERM);
+    cfg.max_ring_pages = V4V_MAX_RING_PAGES_LIMIT + 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), -EINVAL);
+    cfg.max_ring_pages = V4V_DEFAULT_MAX_RING_PAGES * 2;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    r->id.addr.port = ok + 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    r->id.addr.port = 1;
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_ring_pages, V4V_DEFAULT_MAX_RING_PAGES * 2);
+    EQ(info.nr_ring_pages, (ok + 1) * per + 1);
+    EQ(info.nr_ring_pages, v4vh_pages_held());
+
+    /* 0 leaves the limit as it is; lowering it keeps what is registered. */
+    cfg.max_ring_pages = 0;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.max_ring_pages, V4V_DEFAULT_MAX_RING_PAGES * 2);
+    cfg.max_ring_pages = 1;
+    EQ(hc(0, V4VOP_config, &cfg, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_unregister_ring, small, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_register_ring, small, NULL, 0, 0), -ENOSPC);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.nr_ring_pages, (ok + 1) * per);
+
+    /* Unregistering and destruction give the pages back. */
+    r->id.addr.port = 2;
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.nr_ring_pages, ok * per);
+    EQ(v4vh_domain_destroy(1), 0);
+    EQ(v4vh_pages_held(), 0);
+    teardown();
+    free(r);
+    free(small);
+}
+
+/*
+ * Finding 4: V4V's event channel port cannot outlive its channel. The port
+ * is Xen-attached: the guest can neither close it nor reset it away, so its
+ * number is never reused for another channel, info always returns a live
+ * port, and signals reach only it. On the old code (a guest port) the guest
+ * closed it, got the same number for a new channel, and V4V's signals went
+ * down that one (test fails).
+ */
+static void test_evtchn_port_lives(void)
+{
+    v4v_info_t info, info2;
+    v4v_ring_t *r;
+    uint8_t buf[16] = { 0 };
+    int other;
+
+    setup();
+    r = ring_new(1, 10, V4V_DOMID_ANY, 256);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    CHECK(info.evtchn != 0);
+
+    /* The guest closes it and allocates a new channel of its own. */
+    EQ(v4vh_evtchn_close(1, info.evtchn), -EINVAL);
+    other = v4vh_evtchn_alloc(1);
+    CHECK(other > 0 && (unsigned int)other != info.evtchn);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    EQ(info2.evtchn, info.evtchn);
+
+    /* ... or resets its channels: V4V's stays, the others go. */
+    EQ(v4vh_evtchn_reset(1), 0);
+    other = v4vh_evtchn_alloc(1);
+    CHECK(other > 0 && (unsigned int)other != info.evtchn);
+
+    /* V4V's signals reach its port, never the guest's new one. */
+    EQ(send(2, 1, 10, buf, 16), 16);
+    EQ(v4vh_evtchn_hits(1, info.evtchn), 1);
+    EQ(v4vh_evtchn_hits(1, other), 0);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    EQ(info2.evtchn, info.evtchn);
+
+    /* Soft reset: V4V frees its port and allocates a fresh one later. */
+    EQ(v4vh_domain_soft_reset(1), 0);
+    EQ(v4vh_evtchn_close(1, info.evtchn), -EINVAL);
+    EQ(hc(1, V4VOP_info, &info2, NULL, 0, 0), 0);
+    CHECK(info2.evtchn != 0 && info2.evtchn != (unsigned int)other);
+    EQ(v4vh_evtchn_close(1, info2.evtchn), -EINVAL);
+    teardown();
+    free(r);
+}
+
+/*
+ * Finding 5: a teardown touches only what refers to the dying domain. Its
+ * work (list entries visited) with 100 other domains of 128 rings each, with
+ * waiters of their own, is the same as with none. On the old code it walked
+ * every domain's every ring (and their waiters) under the global write lock:
+ * over 12,800 more entries (test fails).
+ */
+static unsigned long teardown_work(unsigned int others)
+{
+    v4v_ring_t *mine, **theirs, *victim;
+    uint8_t buf[32] = { 0 };
+    unsigned long before, work;
+    unsigned int d, p;
+
+    setup();
+    /* The dying domain 2: rings, a ring for it alone, waits on others. */
+    mine = ring_new(2, 1, V4V_DOMID_ANY, 64);
+    EQ(hc(2, V4VOP_register_ring, mine, NULL, 0, 0), 0);
+    victim = ring_new(1, 7, 2, 64);
+    EQ(hc(1, V4VOP_register_ring, victim, NULL, 0, 0), 0);
+    EQ(send(2, 1, 7, buf, 32), 32);
+    EQ(send(2, 1, 7, buf, 16), -EAGAIN);
+    EQ(send(1, 2, 1, buf, 32), 32);
+    EQ(send(1, 2, 1, buf, 16), -EAGAIN);
+
+    /* Others: 128 rings each (aliasing one page), full, with a waiter. */
+    theirs = calloc(others + 1, sizeof(*theirs));
+    for ( d = 0; d < others; d++ )
+    {
+        domid_t id = 10 + d;
+
+        EQ(v4vh_domain_create(id), 0);
+        theirs[d] = ring_new(id, 1, d % 2 ? V4V_DOMID_ANY : 300 + d, 64);
+        for ( p = 1; p <= V4V_DEFAULT_MAX_RINGS; p++ )
+        {
+            theirs[d]->id.addr.port = p;
+            EQ(hc(id, V4VOP_register_ring, theirs[d], NULL, 0, 0), 0);
+        }
+        theirs[d]->id.partner = V4V_DOMID_ANY;
+        theirs[d]->id.addr.port = 1000;
+        EQ(hc(id, V4VOP_register_ring, theirs[d], NULL, 0, 0), -ENOSPC);
+        theirs[d]->id.addr.port = 1;
+        EQ(send(1, id, 1, buf, 32), d % 2 ? 32 : -ECONNREFUSED);
+        EQ(send(1, id, 1, buf, 16), d % 2 ? -EAGAIN : -ECONNREFUSED);
+    }
+    EQ(v4vh_ring_count(), 2 + others * V4V_DEFAULT_MAX_RINGS);
+
+    before = v4vh_list_steps();
+    EQ(v4vh_domain_destroy(2), 0);
+    work = v4vh_list_steps() - before;
+
+    EQ(v4vh_ring_count(), others * V4V_DEFAULT_MAX_RINGS);
+    teardown();
+    free(mine);
+    free(victim);
+    for ( d = 0; d < others; d++ )
+        free(theirs[d]);
+    free(theirs);
+
+    return work;
+}
+
+static void test_teardown_work_bounded(void)
+{
+    unsigned long alone = teardown_work(0), crowd = teardown_work(100);
+
+    EQ(crowd, alone);
+}
+
 int main(void)
 {
     test_disabled_and_unknown();
@@ -1206,6 +1744,14 @@ int main(void)
     test_inspect_counts();
     test_xsm_hooks_called();
     test_xsm_denials();
+    test_register_race_no_recursion();
+    test_notify_acl();
+    test_efault_leaves_no_payload();
+    test_args_not_truncated();
+    test_lock_rules_enforced();
+    test_ring_page_cap();
+    test_evtchn_port_lives();
+    test_teardown_work_bounded();
 
     printf("%u passed, %u failed\n", passed, failed);
 

@@ -28,6 +28,8 @@ int v4vh_reset(void);
 /* Create / destroy a domain (0 is the hardware domain; ids < 0x7FF0). */
 int v4vh_domain_create(uint16_t domid);
 int v4vh_domain_destroy(uint16_t domid);
+/* Soft reset (domain_soft_reset): V4V forgets the domain's rings and waits. */
+int v4vh_domain_soft_reset(uint16_t domid);
 
 /*
  * HYPERVISOR_v4v_op(cmd, arg1, arg2, arg3, arg4) issued by domain 'caller'.
@@ -47,6 +49,13 @@ int v4vh_event_test_and_clear(uint16_t domid);
  */
 int v4vh_guest_map(uint16_t domid, void *base, size_t len);
 int v4vh_guest_unmap(uint16_t domid, void *base, size_t len);
+
+/*
+ * The same with the registers as a 64-bit guest passes them: cmd, arg3 and
+ * arg4 are full unsigned longs.
+ */
+long v4vh_hypercall_raw(uint16_t caller, unsigned long cmd, void *arg1,
+                        void *arg2, unsigned long arg3, unsigned long arg4);
 
 /* Page references currently held: 0 once every ring is gone. */
 size_t v4vh_pages_held(void);
@@ -70,10 +79,46 @@ size_t v4vh_allocations(void);
 void v4vh_fail_alloc(unsigned int n);
 /* Make event channel allocation fail while set. */
 void v4vh_fail_evtchn(int fail);
+/*
+ * The guest's own event channel operations on its ports (1..63, lowest free
+ * first): allocate one (returns the port), close one (-EINVAL for a free or
+ * Xen-attached port, as EVTCHNOP_close), reset all it may close
+ * (EVTCHNOP_reset). v4vh_evtchn_hits: signals that reached 'port' since it
+ * was allocated.
+ */
+int v4vh_evtchn_alloc(uint16_t domid);
+int v4vh_evtchn_close(uint16_t domid, unsigned int port);
+int v4vh_evtchn_reset(uint16_t domid);
+long v4vh_evtchn_hits(uint16_t domid, unsigned int port);
 /* Locks currently held (0 outside a hypercall). */
 unsigned int v4vh_locks_held(void);
 /* Mappings (vmap) currently held. */
 size_t v4vh_mappings(void);
+/* List entries v4v.c has visited so far (a measure of the work done). */
+unsigned long v4vh_list_steps(void);
+/*
+ * Make the n-th copy from guest memory from now (1 = the next) fault half
+ * way, as a page unmapped by another vCPU would; 0 disables.
+ */
+void v4vh_fail_copy(unsigned int n);
+/* Make the n-th vmap from now fail (1 = the next); 0 disables. */
+void v4vh_fail_vmap(unsigned int n);
+
+/*
+ * Preemption: v4v.c calls 'fn' each time it reads or writes guest memory
+ * (V4VH_POINT_COPY_*: a copy_{from,to}_guest at 'addr') or translates a page
+ * of a ring (V4VH_POINT_RING_PAGE: the page at 'addr'). The hook may scribble
+ * on guest memory; when 'lock_free' is set (the interrupted CPU holds only
+ * v4v_lock for reading) it may also issue hypercalls, which run as another
+ * CPU, as ops by another vCPU would. Not called from within the hook. NULL
+ * disables (so does v4vh_reset).
+ */
+#define V4VH_POINT_COPY_FROM    1
+#define V4VH_POINT_COPY_TO      2
+#define V4VH_POINT_RING_PAGE    3
+typedef void v4vh_preempt_fn(unsigned int point, const void *addr,
+                             int lock_free, void *arg);
+void v4vh_set_preempt(v4vh_preempt_fn *fn, void *arg);
 
 /*
  * Counts read from v4v.c's own structures (and cross-checked there: a
@@ -111,6 +156,30 @@ unsigned long v4vh_xsm_calls(unsigned int hooks);
  * reset), subject domid and target domid (-1 for hooks without a target).
  */
 unsigned int v4vh_xsm_last(int *subject, int *target);
+
+/* Call fn for every registered ring: owner, header (its address), len. */
+typedef void v4vh_ring_fn(uint16_t owner, void *hdr, uint32_t len, void *arg);
+void v4vh_for_each_ring(v4vh_ring_fn *fn, void *arg);
+
+/*
+ * Check, between hypercalls, what must always hold (abort otherwise): no
+ * lock held; every list agrees with its counter; each ring's tx aligned and
+ * in range and its pages those at its address; page references, page by
+ * page, exactly the registered rings' coverage; one mapping per ring; the
+ * allocations exactly the domains, rings and waiters that exist.
+ */
+void v4vh_check_invariants(void);
+
+/*
+ * Self-test of the lock rules: call a function of v4v.c without the lock it
+ * requires (or with one it must not hold), on domid's ring at 'port' (partner
+ * ANY). The process must abort (a lock assertion or a shim check).
+ */
+#define V4VH_BREAK_FIND_RING_NO_L2      0
+#define V4VH_BREAK_RING_RX_NO_L3        1
+#define V4VH_BREAK_TEARDOWN_READ_L1     2
+#define V4VH_BREAK_SIGNAL_UNDER_L2      3
+void v4vh_break_lock_rule(unsigned int which, uint16_t domid, uint32_t port);
 
 #ifdef __cplusplus
 }

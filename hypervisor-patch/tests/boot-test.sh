@@ -10,7 +10,8 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-shared=$(cd "$repo/../shared/xen-qemu" && pwd)
+# Only needed to set up the host when QEMU, a kernel or xl is missing.
+shared=$(cd "$repo/../shared/xen-qemu" 2>/dev/null && pwd || echo "$repo/../shared/xen-qemu")
 work=${V4V_WORK:-/var/tmp/v4v-work}
 xen=${XEN_IMAGE:-$work/xen/xen/xen}
 out=$work/boot
@@ -62,6 +63,7 @@ check "v4v=1: register_ring"                    "$on" 'V4V-REGISTER rc=0 domain=
 check "v4v=1: sendv to own ring"                "$on" 'V4V-SEND rc=9 tx=32'
 check "v4v=1: message read back"                "$on" "V4V-RECV 'hello-v4v' from d0:99 type 0x3c2c1db8"
 check "v4v=1: notify"                           "$on" 'V4V-NOTIFY rc=0'
+check "v4v=1: 64-bit arguments not truncated"   "$on" 'V4V-WIDE-ARGS cmd=-22 arg3=-22 niov=-22 type=-22 tx=32'
 check "v4v=1: ACL rule added"                   "$on" 'V4V-ACL-ADD rc=0'
 check "v4v=1: ACL rejects with EACCES"          "$on" 'V4V-ACL-SEND rc=-13'
 check "v4v=1: debug key dumps the ring"         "$on" 'XL-DMESG .*V4V  ring port 0x4d2 partner 32756 len 4096 rx 32 tx 32 pages 2 waiters 0'

@@ -13,7 +13,8 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-shared=$(cd "$repo/../shared/xen-qemu" && pwd)
+# Only needed to fetch the source (or set up the host) when the cache is empty.
+shared=$(cd "$repo/../shared/xen-qemu" 2>/dev/null && pwd || echo "$repo/../shared/xen-qemu")
 cache=${V4V_CACHE:-/var/tmp/v4v-cache}
 work=${V4V_WORK:-/var/tmp/v4v-work}
 t0=$(date +%s)

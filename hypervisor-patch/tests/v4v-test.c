@@ -31,16 +31,22 @@ struct privcmd_hypercall {
 
 static int privcmd = -1;
 
-static long v4v_op(int cmd, void *a1, void *a2, uint32_t a3, uint32_t a4)
+/* The full 64-bit registers: the hypervisor must not truncate them. */
+static long v4v_op64(uint64_t cmd, void *a1, void *a2, uint64_t a3,
+                     uint64_t a4)
 {
     struct privcmd_hypercall h = {
         .op = __HYPERVISOR_v4v_op,
-        .arg = { (uint64_t)(unsigned int)cmd, (uintptr_t)a1, (uintptr_t)a2,
-                 a3, a4 },
+        .arg = { cmd, (uintptr_t)a1, (uintptr_t)a2, a3, a4 },
     };
     long rc = ioctl(privcmd, IOCTL_PRIVCMD_HYPERCALL, &h);
 
     return rc < 0 ? -errno : rc;
+}
+
+static long v4v_op(int cmd, void *a1, void *a2, uint32_t a3, uint32_t a4)
+{
+    return v4v_op64((unsigned int)cmd, a1, a2, a3, a4);
 }
 
 int main(int argc, char **argv)
@@ -129,6 +135,16 @@ int main(int argc, char **argv)
             printf("V4V-RECV-ERR nothing in the ring\n");
         rc = v4v_op(V4VOP_notify, NULL, NULL, 0, 0);
         printf("V4V-NOTIFY rc=%ld\n", rc);
+
+        /* Upper register bits are refused, not dropped (all -EINVAL). */
+        printf("V4V-WIDE-ARGS cmd=%ld arg3=%ld niov=%ld type=%ld tx=%u\n",
+               v4v_op64((1ULL << 32) | V4VOP_info, info, NULL, 0, 0),
+               v4v_op64(V4VOP_info, info, NULL, 1ULL << 32, 0),
+               v4v_op64(V4VOP_sendv, sa, iov, (1ULL << 32) | 1,
+                        V4V_PROTO_DGRAM),
+               v4v_op64(V4VOP_sendv, sa, iov, 1,
+                        (1ULL << 32) | V4V_PROTO_DGRAM),
+               ring->tx_ptr);
 
         /* ACL: reject ourselves, then flush */
         rule->src.domain = V4V_DOMID_ANY;

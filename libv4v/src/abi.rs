@@ -39,6 +39,10 @@ pub const MAX_NOTIFY: u32 = 256;
 pub const MAX_WAITERS: u32 = 32;
 pub const DEFAULT_MAX_RINGS: u32 = 128;
 pub const MAX_RINGS_LIMIT: u32 = 4096;
+/// Pages a domain's rings may hold mapped, by default (64 MiB worth).
+pub const DEFAULT_MAX_RING_PAGES: u32 = 16384;
+/// The most ring pages dom0 may allow a domain with `V4VOP_config` (4 GiB worth).
+pub const MAX_RING_PAGES_LIMIT: u32 = 1 << 20;
 pub const MAX_RULES: u32 = 1024;
 
 pub const RING_DATA_F_EMPTY: u16 = 1 << 0;
@@ -173,6 +177,8 @@ pub struct Info {
     pub max_waiters: u32,
     pub max_message_size: u32,
     pub max_rules: u32,
+    pub max_ring_pages: u32,
+    pub nr_ring_pages: u32,
 }
 
 /// `struct v4v_config`.
@@ -182,6 +188,8 @@ pub struct Config {
     pub domain: DomId,
     pub pad: u16,
     pub max_rings: u32,
+    /// 0 leaves the domain's ring page limit as it is.
+    pub max_ring_pages: u32,
 }
 
 /// `struct v4vtables_rule`.

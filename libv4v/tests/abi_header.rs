@@ -93,9 +93,10 @@ fn structs() -> Vec<StructSpec> {
             flex data: RingDataEnt),
         spec!("v4v_info_t" => Info {
             ring_magic, data_magic, evtchn, domid, pad, max_rings, nr_rings, max_ring_len,
-            max_iov, max_notify, max_waiters, max_message_size, max_rules,
+            max_iov, max_notify, max_waiters, max_message_size, max_rules, max_ring_pages,
+            nr_ring_pages,
         }),
-        spec!("v4v_config_t" => Config { domain, pad, max_rings }),
+        spec!("v4v_config_t" => Config { domain, pad, max_rings, max_ring_pages }),
         spec!("v4vtables_rule_t" => TablesRule { src, dst, accept }),
         spec!("v4vtables_list_t" => TablesListHeader { start_rule, nb_rules }
             flex rules: TablesRule),
@@ -124,6 +125,8 @@ fn header_constants() -> Vec<(&'static str, u64)> {
         ("V4V_MAX_WAITERS", MAX_WAITERS.into()),
         ("V4V_DEFAULT_MAX_RINGS", DEFAULT_MAX_RINGS.into()),
         ("V4V_MAX_RINGS_LIMIT", MAX_RINGS_LIMIT.into()),
+        ("V4V_DEFAULT_MAX_RING_PAGES", DEFAULT_MAX_RING_PAGES.into()),
+        ("V4V_MAX_RING_PAGES_LIMIT", MAX_RING_PAGES_LIMIT.into()),
         ("V4V_MAX_RULES", MAX_RULES.into()),
         ("V4V_RING_DATA_F_EMPTY", RING_DATA_F_EMPTY.into()),
         ("V4V_RING_DATA_F_EXISTS", RING_DATA_F_EXISTS.into()),

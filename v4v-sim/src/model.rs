@@ -70,15 +70,33 @@ impl Ring {
     }
 }
 
+/// Pages the hypervisor maps for a ring of `len` data bytes: its header and data area.
+fn ring_pages(len: u32) -> u32 {
+    (abi::RING_HEADER_SIZE + len).div_ceil(PAGE_SIZE as u32)
+}
+
 /// Rings of one domain, keyed by (port, partner).
 type RingKey = (u32, DomId);
 
 #[derive(Debug)]
 struct Domain {
     max_rings: u32,
+    /// The cap on the pages its rings hold (each ring's header and data area, counted once per
+    /// ring however the rings alias).
+    max_ring_pages: u32,
     rings: BTreeMap<RingKey, Ring>,
     event: Arc<EventFd>,
     evtchn: Option<u32>,
+}
+
+impl Domain {
+    /// Pages its rings hold.
+    fn ring_pages(&self) -> u32 {
+        self.rings
+            .values()
+            .map(|r| ring_pages(r.writer.len()))
+            .sum()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +224,7 @@ impl Model {
             domid,
             Domain {
                 max_rings: abi::DEFAULT_MAX_RINGS,
+                max_ring_pages: abi::DEFAULT_MAX_RING_PAGES,
                 rings: BTreeMap::new(),
                 event: event.clone(),
                 evtchn: None,
@@ -349,6 +368,12 @@ impl Hypervisor for ModelDomain {
             None if dom.rings.len() >= dom.max_rings as usize => return Err(HvError::NoSpace),
             _ => {}
         }
+        // A ring moving to new memory holds both mappings while it moves: both count.
+        if u64::from(dom.ring_pages()) + u64::from(ring_pages(h.len))
+            > u64::from(dom.max_ring_pages)
+        {
+            return Err(HvError::NoSpace);
+        }
         let writer =
             RingWriter::new(mem.clone(), offset, h.len).map_err(|_| HvError::BadAddress)?;
         let tx = match existing {
@@ -458,6 +483,12 @@ impl Hypervisor for ModelDomain {
             let target = self.resolve(ent.ring.domain);
             ent.flags = 0;
             ent.max_message_size = 0;
+            // As for no ring, and no waiter, when the ACL would refuse the caller's send (asked
+            // from port 0: a notify names no source port).
+            let src = Addr::new(self.domid, abi::PORT_ANY);
+            if !st.acl_accepts(src, Addr::new(target, ent.ring.port)) {
+                continue;
+            }
             let Some(key) = st.lookup_key(target, ent.ring.port, self.domid) else {
                 continue;
             };
@@ -509,6 +540,8 @@ impl Hypervisor for ModelDomain {
             max_waiters: abi::MAX_WAITERS,
             max_message_size: abi::MAX_MESSAGE_SIZE,
             max_rules: abi::MAX_RULES,
+            max_ring_pages: dom.max_ring_pages,
+            nr_ring_pages: dom.ring_pages(),
         };
         if allocated {
             st.next_evtchn += 1;
@@ -518,10 +551,17 @@ impl Hypervisor for ModelDomain {
 
     fn config(&self, config: &Config) -> Result<(), HvError> {
         let mut st = self.privileged()?;
-        if config.pad != 0 || config.max_rings > abi::MAX_RINGS_LIMIT {
+        if config.pad != 0
+            || config.max_rings > abi::MAX_RINGS_LIMIT
+            || config.max_ring_pages > abi::MAX_RING_PAGES_LIMIT
+        {
             return Err(HvError::Invalid);
         }
-        st.domain_mut(config.domain)?.max_rings = config.max_rings;
+        let dom = st.domain_mut(config.domain)?;
+        dom.max_rings = config.max_rings;
+        if config.max_ring_pages != 0 {
+            dom.max_ring_pages = config.max_ring_pages;
+        }
         Ok(())
     }
 

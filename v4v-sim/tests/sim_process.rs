@@ -229,7 +229,8 @@ fn acl_is_for_dom0_only() {
         a.config(&Config {
             domain: 1,
             pad: 0,
-            max_rings: 1
+            max_rings: 1,
+            max_ring_pages: 0,
         }),
         Err(HvError::NotPermitted)
     );
@@ -253,13 +254,15 @@ fn acl_is_for_dom0_only() {
         domain: 1,
         pad: 0,
         max_rings: 1,
+        max_ring_pages: 0,
     })
     .unwrap();
     assert_eq!(
         dom0.config(&Config {
             domain: 9,
             pad: 0,
-            max_rings: 1
+            max_rings: 1,
+            max_ring_pages: 0,
         }),
         Err(HvError::NoSuchDomain)
     );

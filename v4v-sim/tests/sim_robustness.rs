@@ -239,6 +239,7 @@ fn hostile_frame(rng: &mut Rng) -> (Vec<u8>, Vec<OwnedFd>) {
                     domain: rng.below(8) as u16,
                     pad: 0,
                     max_rings: rng.next() as u32,
+                    max_ring_pages: 0,
                 }),
                 4 => Request::Info,
                 _ => {

@@ -141,25 +141,35 @@ static inline bool list_empty(const struct list_head *l)
     ((type *)((char *)(ptr) - offsetof(type, member)))
 #define list_entry(ptr, type, member) container_of(ptr, type, member)
 
+/* Entries visited by list walks: the work a path does, for the tests. */
+extern unsigned long v4vh_list_visits;
+
 #define list_for_each_entry(pos, head, member)                          \
     for ( (pos) = list_entry((head)->next, __typeof__(*(pos)), member); \
-          &(pos)->member != (head);                                     \
+          &(pos)->member != (head) && (v4vh_list_visits++, 1);          \
           (pos) = list_entry((pos)->member.next, __typeof__(*(pos)), member) )
 
 #define list_for_each_entry_safe(pos, n, head, member)                  \
     for ( (pos) = list_entry((head)->next, __typeof__(*(pos)), member), \
           (n) = list_entry((pos)->member.next, __typeof__(*(pos)), member); \
-          &(pos)->member != (head);                                     \
+          &(pos)->member != (head) && (v4vh_list_visits++, 1);          \
           (pos) = (n),                                                  \
           (n) = list_entry((n)->member.next, __typeof__(*(n)), member) )
 
-/* --- locks: single-threaded, counted, misuse is fatal --- */
+/*
+ * --- locks: single-threaded, but tracked per simulated CPU (v4vh_cpu), so
+ * that an op by "another vCPU" may run at a point where the interrupted one
+ * holds no lock that would make it spin. Misuse is fatal. ---
+ */
 
-typedef struct { int held; } spinlock_t;
-typedef struct { int readers; int writer; } rwlock_t;
+extern unsigned int v4vh_cpu;           /* the CPU running v4v.c now */
 
-#define DEFINE_SPINLOCK(l)  spinlock_t l = { 0 }
-#define DEFINE_RWLOCK(l)    rwlock_t l = { 0, 0 }
+typedef struct { int held; unsigned int cpu; } spinlock_t;
+typedef struct { int readers; int writer; unsigned int reader_cpus;
+                 unsigned int writer_cpu; } rwlock_t;
+
+#define DEFINE_SPINLOCK(l)  spinlock_t l = { 0, 0 }
+#define DEFINE_RWLOCK(l)    rwlock_t l = { 0, 0, 0, 0 }
 
 static inline void spin_lock_init(spinlock_t *l)
 {
@@ -168,34 +178,46 @@ static inline void spin_lock_init(spinlock_t *l)
 
 static inline void spin_lock(spinlock_t *l)
 {
-    if ( l->held )
+    if ( l->held && l->cpu == v4vh_cpu )
         v4vh_fatal(__FILE__, __LINE__, "spin_lock: already held (deadlock)");
+    if ( l->held )
+        v4vh_fatal(__FILE__, __LINE__,
+                   "spin_lock: held by an interrupted CPU (no lock-free point)");
     l->held = 1;
+    l->cpu = v4vh_cpu;
     v4vh_lock_acquired();
 }
 
 static inline void spin_unlock(spinlock_t *l)
 {
-    if ( !l->held )
+    if ( !l->held || l->cpu != v4vh_cpu )
         v4vh_fatal(__FILE__, __LINE__, "spin_unlock: not held");
     l->held = 0;
     v4vh_lock_released();
 }
 
+/* Held by this CPU: what the lock assertions of v4v.c check. */
+static inline bool spin_is_locked(const spinlock_t *l)
+{
+    return l->held && l->cpu == v4vh_cpu;
+}
+
 /* Recursive read locking can deadlock Xen's fair rwlocks: refused too. */
 static inline void read_lock(rwlock_t *l)
 {
-    if ( l->writer || l->readers )
+    if ( l->writer || (l->reader_cpus & (1U << v4vh_cpu)) )
         v4vh_fatal(__FILE__, __LINE__, "read_lock: already held");
     l->readers++;
+    l->reader_cpus |= 1U << v4vh_cpu;
     v4vh_lock_acquired();
 }
 
 static inline void read_unlock(rwlock_t *l)
 {
-    if ( l->readers <= 0 )
+    if ( l->readers <= 0 || !(l->reader_cpus & (1U << v4vh_cpu)) )
         v4vh_fatal(__FILE__, __LINE__, "read_unlock: not held");
     l->readers--;
+    l->reader_cpus &= ~(1U << v4vh_cpu);
     v4vh_lock_released();
 }
 
@@ -204,15 +226,26 @@ static inline void write_lock(rwlock_t *l)
     if ( l->writer || l->readers )
         v4vh_fatal(__FILE__, __LINE__, "write_lock: already held");
     l->writer = 1;
+    l->writer_cpu = v4vh_cpu;
     v4vh_lock_acquired();
 }
 
 static inline void write_unlock(rwlock_t *l)
 {
-    if ( !l->writer )
+    if ( !l->writer || l->writer_cpu != v4vh_cpu )
         v4vh_fatal(__FILE__, __LINE__, "write_unlock: not held");
     l->writer = 0;
     v4vh_lock_released();
+}
+
+static inline bool rw_is_write_locked(const rwlock_t *l)
+{
+    return l->writer && l->writer_cpu == v4vh_cpu;
+}
+
+static inline bool rw_is_locked(const rwlock_t *l)
+{
+    return rw_is_write_locked(l) || (l->reader_cpus & (1U << v4vh_cpu));
 }
 
 /* --- allocation --- */
@@ -232,10 +265,12 @@ struct v4v_domain;
 struct domain {
     domid_t domain_id;
     struct v4v_domain *v4v;
-    /* harness only */
+    /* harness only: the domain's event channel ports, 1 .. 63 */
+#define V4VH_NR_PORTS 64
+    uint8_t evtchn_state[V4VH_NR_PORTS];        /* 0 free, 1 in use */
+    bool evtchn_xen[V4VH_NR_PORTS];             /* Xen-attached */
+    unsigned long evtchn_hits[V4VH_NR_PORTS];   /* signals that reached it */
     bool evtchn_signalled;
-    unsigned int evtchn_next_port;
-    unsigned long evtchn_sends;
 };
 
 struct vcpu {
@@ -277,6 +312,14 @@ int xsm_v4v_admin(xsm_default_t def, const struct domain *d);
 int evtchn_alloc_unbound(evtchn_alloc_unbound_t *alloc, evtchn_port_t port);
 int evtchn_send(struct domain *d, unsigned int port);
 
+typedef void (*xen_event_channel_notification_t)(struct vcpu *v,
+                                                 unsigned int port);
+int alloc_unbound_xen_event_channel(struct domain *ld, unsigned int lvcpu,
+                                    domid_t remote_domid,
+                                    xen_event_channel_notification_t fn);
+void free_xen_event_channel(struct domain *d, int port);
+void notify_via_xen_event_channel(struct domain *ld, int lport);
+
 /* --- memory --- */
 
 typedef struct { unsigned long m; } mfn_t;
@@ -310,24 +353,25 @@ void vunmap(const void *va);
 #define guest_handle_okay(hnd, nr) \
     v4vh_guest_okay((hnd).p, (unsigned long)(nr) * sizeof(*(hnd).p))
 
+/* Guest addresses as integers: a NULL handle plus an offset is no UB here. */
 #define copy_to_guest_offset(hnd, off, ptr, nr) ({              \
     const __typeof__(*(ptr)) *_s = (ptr);                       \
-    char (*_d)[sizeof(*_s)] = (void *)(hnd).p;                  \
-    raw_copy_to_guest(_d + (off), _s, sizeof(*_s) * (nr));      \
+    uintptr_t _d = (uintptr_t)(hnd).p + sizeof(*_s) * (off);    \
+    raw_copy_to_guest((void *)_d, _s, sizeof(*_s) * (nr));      \
 })
 #define copy_from_guest_offset(ptr, hnd, off, nr) ({            \
-    const __typeof__(*(ptr)) *_s = (hnd).p;                     \
     __typeof__(*(ptr)) *_d = (ptr);                             \
-    raw_copy_from_guest(_d, _s + (off), sizeof(*_d) * (nr));    \
+    uintptr_t _s = (uintptr_t)(hnd).p + sizeof(*_d) * (off);    \
+    raw_copy_from_guest(_d, (const void *)_s, sizeof(*_d) * (nr)); \
 })
 #define copy_to_guest(hnd, ptr, nr)     copy_to_guest_offset(hnd, 0, ptr, nr)
 #define copy_from_guest(ptr, hnd, nr)   copy_from_guest_offset(ptr, hnd, 0, nr)
 
 /* --- hypercall and key handler --- */
 
-long do_v4v_op(int cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
+long do_v4v_op(unsigned long cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
                XEN_GUEST_HANDLE_PARAM(void) arg2,
-               unsigned int arg3, unsigned int arg4);
+               unsigned long raw_arg3, unsigned long raw_arg4);
 
 typedef void (keyhandler_fn_t)(unsigned char key);
 void register_keyhandler(unsigned char key, keyhandler_fn_t *fn,

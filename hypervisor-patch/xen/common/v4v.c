@@ -51,29 +51,44 @@
  *     for writing, which excludes all other V4V activity, so those paths
  *     need no other V4V lock. Never taken recursively.
  * L2  v4v_domain.lock (spinlock, one per domain): that domain's ring hash,
- *     nr_rings, max_rings and event channel port. Taken with L1 held.
+ *     nr_rings, max_rings, nr_ring_pages, max_ring_pages and event channel
+ *     port. Taken with L1 held.
  * L3  v4v_ring_info.lock (spinlock, one per ring): the ring's tx, mapping
  *     (frames and header pointer) and waiter queue. Taken with the owner's
  *     L2 held; L2 may then be dropped while L3 is kept (hand-over-hand).
  *     Every path that frees a ring unlinks it under L2 and then acquires
  *     and releases its L3, so no other CPU can still be using it.
  *     At most one L2 and one L3 are held at a time.
+ * L4  v4v_domain.waits_lock (spinlock, one per domain): that domain's list
+ *     of its waits on any ring (v4v_waiter.dom_node). Taken with the ring's
+ *     L3 held; a leaf.
+ * LP  v4v_partner_lock (spinlock, global): the rings registered for each
+ *     partner domid (v4v_partner_rings, v4v_ring_info.partner_node). Taken
+ *     with the owner's L2 held; a leaf.
+ *     Both indexes exist so that tearing a domain down touches only what
+ *     refers to it, never every domain's rings.
  * LA  v4v_acl_lock (rwlock, global): the ACL table. Taken with L1 held for
  *     reading (or with no V4V lock at all); no other V4V lock nests in it.
  *
- * Order: L1 -> L2 -> L3; L1 -> LA. Event channels are signalled with only
- * L1 held (L1 for writing in the destruction paths); the event channel is
- * allocated with L2 held (it takes d->event_lock, which never nests V4V).
+ * Order: L1 -> L2 -> L3 -> L4; L2 -> LP; L1 -> LA. With L1 held for
+ * writing (destruction, soft reset) none of L2, L3, L4, LP is needed.
+ * Event channels are signalled with only L1 held (L1 for writing in the
+ * destruction paths); the event channel is allocated with L2 held, and freed
+ * with L1 held for writing (both take d->event_lock, which never nests
+ * V4V).
  * XSM hooks are called with no V4V lock or with L1 only (FLASK's AVC takes
  * its own locks, which never nest V4V's); the struct domain they are given
  * for a partner or destination is kept alive by L1, as its V4V state is.
  *
- * Event channel: allocated the first time a domain calls V4VOP_info, as an
- * unbound port of the domain with the domain itself as remote end; the
- * guest binds an interdomain channel to it. Signalling sends on that port.
- * On destruction V4V forgets the port: evtchn_destroy() closes it with the
- * domain's other ports. On soft reset evtchn_reset() has closed it already,
- * and V4V forgets it, allocating a new one at the next V4VOP_info.
+ * Event channel: allocated the first time a domain calls V4VOP_info, as a
+ * Xen-attached unbound port of the domain with the domain itself as remote
+ * end (alloc_unbound_xen_event_channel); the guest binds an interdomain
+ * channel to it. Being Xen's, the guest cannot close it (EVTCHNOP_close and
+ * EVTCHNOP_reset refuse), so the number V4V signals (with
+ * notify_via_xen_event_channel) is never another channel's. If the guest
+ * closes its own end, Xen's end is unbound again and signals are dropped
+ * until it binds anew. Destruction and soft reset free it; a new one comes
+ * with the next V4VOP_info.
  */
 
 #include <xen/errno.h>
@@ -85,6 +100,7 @@
 #include <xen/lib.h>
 #include <xen/list.h>
 #include <xen/mm.h>
+#include <xen/nospec.h>
 #include <xen/param.h>
 #include <xen/sched.h>
 #include <xen/spinlock.h>
@@ -110,8 +126,10 @@ boolean_param("v4v", opt_v4v);
 
 /* A sender waiting for space on a ring. */
 struct v4v_waiter {
-    struct list_head node;          /* v4v_ring_info.waiters */
+    struct list_head node;          /* ring's waiters: ring's L3 */
+    struct list_head dom_node;      /* dom->waits: dom's L4 */
     struct v4v_domain *dom;         /* the sender */
+    struct v4v_ring_info *ring;     /* the ring it waits on */
     uint32_t len;                   /* payload bytes it waits for */
 };
 
@@ -124,6 +142,7 @@ struct v4v_ring_map {
 
 struct v4v_ring_info {
     struct list_head node;          /* owner's ring hash: owner's L2 */
+    struct list_head partner_node;  /* v4v_partner_rings (not for ANY): LP */
     struct v4v_domain *owner;
     uint32_t port;
     domid_t partner;
@@ -145,16 +164,53 @@ struct v4v_domain {
     struct list_head rings[V4V_RING_HASH_SIZE];
     unsigned int nr_rings;
     unsigned int max_rings;
+    /*
+     * Pages its rings hold mapped (and pages reserved by registrations in
+     * progress), and the cap on them: what bounds the page references, the
+     * hypervisor address space and the heap (page arrays) a domain costs.
+     */
+    unsigned int nr_ring_pages;
+    unsigned int max_ring_pages;
     evtchn_port_t evtchn;           /* 0 until the first V4VOP_info */
+
+    spinlock_t waits_lock;          /* L4: the list below */
+    struct list_head waits;         /* its waiters, on any ring */
 };
 
 static DEFINE_RWLOCK(v4v_lock);
 static struct list_head v4v_domain_hash[V4V_DOMAIN_HASH_SIZE];
 static bool v4v_hash_ready;
 
+/*
+ * Rings by partner domid (those with a partner other than ANY), whether or
+ * not a domain with that id exists: chunks of V4V_PARTNER_CHUNK lists,
+ * allocated when the first ring for a partner in the chunk is registered and
+ * freed with the last (at most 128 chunks of 4 KiB). LP.
+ */
+#define V4V_PARTNER_CHUNK       255
+#define V4V_PARTNER_CHUNKS \
+    ((DOMID_FIRST_RESERVED + V4V_PARTNER_CHUNK - 1) / V4V_PARTNER_CHUNK)
+struct v4v_partner_chunk {
+    unsigned long nr;               /* rings on the lists below */
+    struct list_head rings[V4V_PARTNER_CHUNK];
+};
+static DEFINE_SPINLOCK(v4v_partner_lock);
+static struct v4v_partner_chunk *v4v_partner_rings[V4V_PARTNER_CHUNKS];
+
 static DEFINE_RWLOCK(v4v_acl_lock);
 static v4vtables_rule_t v4v_rules[V4V_MAX_RULES];
 static unsigned int v4v_nr_rules;
+
+/*
+ * Lock assertions, one per rule of "Locking" above, at the top of every
+ * function that relies on a lock its caller holds. Checked in debug builds,
+ * and by the userspace test harness on every call (its lock shims answer
+ * for the calling CPU, so a rule broken on any path fails the tests).
+ */
+#define LOCKING_Read_L1         (rw_is_locked(&v4v_lock))
+#define LOCKING_Write_L1        (rw_is_write_locked(&v4v_lock))
+#define LOCKING_L2(vd)          (LOCKING_Read_L1 && spin_is_locked(&(vd)->lock))
+#define LOCKING_L3(ri)          (LOCKING_Read_L1 && spin_is_locked(&(ri)->lock))
 
 /* Page references held for rings, over all domains (for the debug key). */
 static atomic_t v4v_pages_pinned;
@@ -167,14 +223,19 @@ static uint64_t roundup16(uint64_t x)
 }
 
 /* The sanitised rx of a ring. L3 held. */
-static uint32_t ring_rx(const struct v4v_ring_info *ri)
+static uint32_t ring_rx(struct v4v_ring_info *ri)
 {
-    uint64_t rx = roundup16(ACCESS_ONCE(ri->map.hdr->rx_ptr));
+    uint64_t rx;
+
+    ASSERT(LOCKING_L3(ri));
+
+    rx = roundup16(ACCESS_ONCE(ri->map.hdr->rx_ptr));
 
     /* Order the read of rx_ptr before any write into the space it frees. */
     smp_mb();
 
-    return rx >= ri->len ? 0 : rx;
+    /* Guest-controlled: bounded, also under speculation. */
+    return rx >= ri->len ? 0 : array_index_nospec(rx, ri->len);
 }
 
 static uint32_t ring_free(uint32_t rx, uint32_t tx, uint32_t len)
@@ -199,6 +260,80 @@ static uint32_t ring_max_message(uint32_t len)
     return len - 32;
 }
 
+/* The rings registered for 'partner', or NULL. LP or L1 for writing. */
+static struct list_head *partner_rings(domid_t partner)
+{
+    struct v4v_partner_chunk *chunk;
+
+    ASSERT(spin_is_locked(&v4v_partner_lock) || LOCKING_Write_L1);
+    ASSERT(partner < DOMID_FIRST_RESERVED);
+
+    chunk = v4v_partner_rings[partner / V4V_PARTNER_CHUNK];
+
+    return chunk ? &chunk->rings[partner % V4V_PARTNER_CHUNK] : NULL;
+}
+
+/* Index a new ring with a partner. Owner's L2 held. */
+static int partner_link(struct v4v_ring_info *ri)
+{
+    struct v4v_partner_chunk **chunk =
+        &v4v_partner_rings[ri->partner / V4V_PARTNER_CHUNK];
+    unsigned int i;
+    int rc = 0;
+
+    ASSERT(LOCKING_L2(ri->owner));
+    ASSERT(ri->partner < DOMID_FIRST_RESERVED);
+
+    spin_lock(&v4v_partner_lock);
+    if ( !*chunk )
+    {
+        *chunk = xmalloc(struct v4v_partner_chunk);
+        if ( *chunk )
+        {
+            (*chunk)->nr = 0;
+            for ( i = 0; i < V4V_PARTNER_CHUNK; i++ )
+                INIT_LIST_HEAD(&(*chunk)->rings[i]);
+        }
+    }
+    if ( *chunk )
+    {
+        list_add_tail(&ri->partner_node, partner_rings(ri->partner));
+        (*chunk)->nr++;
+    }
+    else
+        rc = -ENOMEM;
+    spin_unlock(&v4v_partner_lock);
+
+    return rc;
+}
+
+/* Unindex a ring with a partner. Owner's L2 held, or L1 for writing. */
+static void partner_unlink(struct v4v_ring_info *ri)
+{
+    struct v4v_partner_chunk **chunk =
+        &v4v_partner_rings[ri->partner / V4V_PARTNER_CHUNK];
+    bool locked = !LOCKING_Write_L1;
+
+    ASSERT(LOCKING_L2(ri->owner) || LOCKING_Write_L1);
+
+    if ( locked )
+        spin_lock(&v4v_partner_lock);
+    list_del(&ri->partner_node);
+    if ( !--(*chunk)->nr )
+    {
+        xfree(*chunk);
+        *chunk = NULL;
+    }
+    if ( locked )
+        spin_unlock(&v4v_partner_lock);
+}
+
+/* Pages mapped for a ring of 'len' data bytes: its header and data area. */
+static unsigned int ring_npages(uint32_t len)
+{
+    return PFN_UP(V4V_RING_HEADER_SIZE + (size_t)len);
+}
+
 /* --- lookups --- */
 
 static unsigned int domain_hash(domid_t domid)
@@ -216,6 +351,8 @@ static struct v4v_domain *find_domain(domid_t domid)
 {
     struct v4v_domain *vd;
 
+    ASSERT(LOCKING_Read_L1);
+
     list_for_each_entry ( vd, &v4v_domain_hash[domain_hash(domid)], node )
         if ( vd->domid == domid )
             return vd;
@@ -224,10 +361,12 @@ static struct v4v_domain *find_domain(domid_t domid)
 }
 
 /* L2 of vd held. */
-static struct v4v_ring_info *find_ring(const struct v4v_domain *vd,
+static struct v4v_ring_info *find_ring(struct v4v_domain *vd,
                                        uint32_t port, domid_t partner)
 {
     struct v4v_ring_info *ri;
+
+    ASSERT(LOCKING_L2(vd));
 
     list_for_each_entry ( ri, &vd->rings[ring_hash(port, partner)], node )
         if ( ri->port == port && ri->partner == partner )
@@ -237,11 +376,15 @@ static struct v4v_ring_info *find_ring(const struct v4v_domain *vd,
 }
 
 /* The ring of vd a message from 'sender' to 'port' goes to. L2 held. */
-static struct v4v_ring_info *find_ring_for_sender(const struct v4v_domain *vd,
+static struct v4v_ring_info *find_ring_for_sender(struct v4v_domain *vd,
                                                   uint32_t port,
                                                   domid_t sender)
 {
-    struct v4v_ring_info *ri = find_ring(vd, port, sender);
+    struct v4v_ring_info *ri;
+
+    ASSERT(LOCKING_L2(vd));
+
+    ri = find_ring(vd, port, sender);
 
     return ri ?: find_ring(vd, port, V4V_DOMID_ANY);
 }
@@ -253,8 +396,10 @@ static void signal_domain(struct v4v_domain *vd)
 {
     evtchn_port_t port = ACCESS_ONCE(vd->evtchn);
 
+    ASSERT(LOCKING_Read_L1);
+
     if ( port )
-        evtchn_send(vd->d, port);
+        notify_via_xen_event_channel(vd->d, port);
 }
 
 /* --- ring memory --- */
@@ -350,7 +495,7 @@ static void ring_unmap(struct v4v_ring_map *map)
 static int ring_map(struct domain *d, unsigned long va, uint32_t len,
                     struct v4v_ring_map *map)
 {
-    unsigned int i, npages = PFN_UP(V4V_RING_HEADER_SIZE + (size_t)len);
+    unsigned int i, npages = ring_npages(len);
     mfn_t *mfns;
     int rc = 0;
 
@@ -409,6 +554,8 @@ static int ring_add_waiter(struct v4v_ring_info *ri, struct v4v_domain *dom,
 {
     struct v4v_waiter *w;
 
+    ASSERT(LOCKING_L3(ri));
+
     list_for_each_entry ( w, &ri->waiters, node )
         if ( w->dom == dom )
         {
@@ -424,11 +571,29 @@ static int ring_add_waiter(struct v4v_ring_info *ri, struct v4v_domain *dom,
         return -ENOMEM;
 
     w->dom = dom;
+    w->ring = ri;
     w->len = len;
     list_add_tail(&w->node, &ri->waiters);
     ri->nr_waiters++;
+    spin_lock(&dom->waits_lock);
+    list_add_tail(&w->dom_node, &dom->waits);
+    spin_unlock(&dom->waits_lock);
 
     return 0;
+}
+
+/* Take w off its ring to 'woken', and off its domain's list. L3 held. */
+static void waiter_take(struct v4v_waiter *w, struct list_head *woken)
+{
+    ASSERT(LOCKING_L3(w->ring) || LOCKING_Write_L1);
+
+    list_move_tail(&w->node, woken);
+    w->ring->nr_waiters--;
+    if ( !LOCKING_Write_L1 )
+        spin_lock(&w->dom->waits_lock);
+    list_del(&w->dom_node);
+    if ( !LOCKING_Write_L1 )
+        spin_unlock(&w->dom->waits_lock);
 }
 
 /* Move the waiters whose request fits now to 'woken'. L3 held. */
@@ -436,14 +601,14 @@ static void ring_take_fitting_waiters(struct v4v_ring_info *ri,
                                       struct list_head *woken)
 {
     struct v4v_waiter *w, *tmp;
-    uint32_t free = ring_free(ring_rx(ri), ri->tx, ri->len);
+    uint32_t free;
 
+    ASSERT(LOCKING_L3(ri));
+
+    free = ring_free(ring_rx(ri), ri->tx, ri->len);
     list_for_each_entry_safe ( w, tmp, &ri->waiters, node )
         if ( fits_now(w->len, free) )
-        {
-            list_move_tail(&w->node, woken);
-            ri->nr_waiters--;
-        }
+            waiter_take(w, woken);
 }
 
 /* Move every waiter to 'woken'. L3 held (or L1 for writing). */
@@ -452,15 +617,19 @@ static void ring_take_all_waiters(struct v4v_ring_info *ri,
 {
     struct v4v_waiter *w, *tmp;
 
+    ASSERT(LOCKING_L3(ri) || LOCKING_Write_L1);
+
     list_for_each_entry_safe ( w, tmp, &ri->waiters, node )
-        list_move_tail(&w->node, woken);
-    ri->nr_waiters = 0;
+        waiter_take(w, woken);
+    ASSERT(!ri->nr_waiters);
 }
 
 /* Signal and free the waiters on 'woken'. L1 held, no L2 or L3. */
 static void wake_waiters(struct list_head *woken)
 {
     struct v4v_waiter *w, *tmp;
+
+    ASSERT(LOCKING_Read_L1);
 
     list_for_each_entry_safe ( w, tmp, woken, node )
     {
@@ -484,6 +653,8 @@ static bool acl_accepts(domid_t src, uint32_t src_port, domid_t dst,
 {
     bool accept = true;
     unsigned int i;
+
+    ASSERT(LOCKING_Read_L1);
 
     read_lock(&v4v_acl_lock);
     for ( i = 0; i < v4v_nr_rules; i++ )
@@ -516,6 +687,17 @@ static bool rule_equal(const v4vtables_rule_t *a, const v4vtables_rule_t *b)
 
 /* --- V4VOP_register_ring --- */
 
+/* Give back pages reserved by a registration that failed. L1 held. */
+static void release_ring_pages(struct v4v_domain *vd, unsigned int npages)
+{
+    ASSERT(LOCKING_Read_L1);
+
+    spin_lock(&vd->lock);
+    ASSERT(vd->nr_ring_pages >= npages);
+    vd->nr_ring_pages -= npages;
+    spin_unlock(&vd->lock);
+}
+
 static long v4v_register_ring(struct v4v_domain *vd,
                               XEN_GUEST_HANDLE_PARAM(void) arg)
 {
@@ -525,9 +707,12 @@ static long v4v_register_ring(struct v4v_domain *vd,
     struct v4v_ring_info *ri, *new_ri = NULL;
     struct v4v_ring_map map, old = { NULL, NULL, 0 };
     v4v_ring_t hdr;
+    unsigned int npages;
     uint64_t rx;
     uint32_t tx;
     long rc;
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( va & ~PAGE_MASK )
         return -EINVAL;
@@ -560,30 +745,50 @@ static long v4v_register_ring(struct v4v_domain *vd,
     if ( rc )
         return rc;
 
-    /* Checks before the (possibly long) mapping; repeated after it. */
+    /*
+     * Checks before the (possibly long) mapping; repeated after it. The
+     * pages are reserved now, so that concurrent registrations cannot
+     * together map more than the cap (a moving ring holds both mappings
+     * for a while: both count).
+     */
+    npages = ring_npages(hdr.len);
     spin_lock(&vd->lock);
     ri = find_ring(vd, hdr.id.addr.port, hdr.id.partner);
     if ( ri )
         rc = ri->len != hdr.len ? -EEXIST : 0;
     else
         rc = vd->nr_rings >= vd->max_rings ? -ENOSPC : 0;
+    if ( !rc && npages > vd->max_ring_pages - min(vd->nr_ring_pages,
+                                                  vd->max_ring_pages) )
+        rc = -ENOSPC;
+    if ( !rc )
+        vd->nr_ring_pages += npages;
     spin_unlock(&vd->lock);
     if ( rc )
         return rc;
 
     rc = ring_map(vd->d, va, hdr.len, &map);
     if ( rc )
-        return rc;
-
-    if ( !ri )
     {
-        new_ri = xzalloc(struct v4v_ring_info);
-        if ( !new_ri )
-        {
-            ring_unmap(&map);
-            return -ENOMEM;
-        }
+        release_ring_pages(vd, npages);
+        return rc;
     }
+
+    /*
+     * Allocated even when the id exists now: another vCPU may unregister it
+     * before the second check, which then registers it as new. There is no
+     * second attempt (each would cost a stack frame or a loop a guest could
+     * keep losing).
+     */
+    new_ri = xzalloc(struct v4v_ring_info);
+    if ( !new_ri )
+    {
+        ring_unmap(&map);
+        release_ring_pages(vd, npages);
+        return -ENOMEM;
+    }
+    new_ri->owner = vd;
+    new_ri->partner = hdr.id.partner;
 
     spin_lock(&vd->lock);
     ri = find_ring(vd, hdr.id.addr.port, hdr.id.partner);
@@ -599,18 +804,15 @@ static long v4v_register_ring(struct v4v_domain *vd,
         write_atomic(&map.hdr->tx_ptr, ri->tx);
         spin_unlock(&ri->lock);
     }
-    else if ( !new_ri )
-        /* Unregistered while we mapped it: start again, as a new ring. */
-        rc = -EAGAIN;
     else if ( vd->nr_rings >= vd->max_rings )
         rc = -ENOSPC;
-    else
+    /* A ring with a partner is indexed first (-ENOMEM if that fails). */
+    else if ( hdr.id.partner == V4V_DOMID_ANY ||
+              !(rc = partner_link(new_ri)) )
     {
         ri = new_ri;
         new_ri = NULL;
-        ri->owner = vd;
         ri->port = hdr.id.addr.port;
-        ri->partner = hdr.id.partner;
         ri->len = hdr.len;
         spin_lock_init(&ri->lock);
         INIT_LIST_HEAD(&ri->waiters);
@@ -622,7 +824,7 @@ static long v4v_register_ring(struct v4v_domain *vd,
         tx = hdr.tx_ptr;
         if ( tx % V4V_RING_ALIGN || tx >= hdr.len )
             tx = rx;
-        ri->tx = tx;
+        ri->tx = array_index_nospec(tx, hdr.len);
 
         write_atomic(&map.hdr->id.addr.domain, vd->domid);
         write_atomic(&map.hdr->tx_ptr, tx);
@@ -631,6 +833,8 @@ static long v4v_register_ring(struct v4v_domain *vd,
                       &vd->rings[ring_hash(ri->port, ri->partner)]);
         vd->nr_rings++;
     }
+    /* Failed: the reservation goes; moved: the old mapping's pages go. */
+    vd->nr_ring_pages -= rc ? npages : old.npages;
     spin_unlock(&vd->lock);
 
     if ( rc )
@@ -638,13 +842,6 @@ static long v4v_register_ring(struct v4v_domain *vd,
     else
         ring_unmap(&old);
     xfree(new_ri);
-
-    /*
-     * The ring went away between the two checks (another vCPU of the same
-     * domain): as if the call had come after that, register it as new.
-     */
-    if ( rc == -EAGAIN )
-        return v4v_register_ring(vd, arg);
 
     return rc;
 }
@@ -658,6 +855,8 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
     struct v4v_ring_info *ri;
     v4v_ring_t hdr;
     LIST_HEAD(woken);
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( (unsigned long)arg.p & ~PAGE_MASK )
         return -EINVAL;
@@ -673,6 +872,9 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
     }
     list_del(&ri->node);
     vd->nr_rings--;
+    vd->nr_ring_pages -= ring_npages(ri->len);
+    if ( ri->partner != V4V_DOMID_ANY )
+        partner_unlink(ri);
     spin_lock(&ri->lock);
     ring_take_all_waiters(ri, &woken);
     spin_unlock(&ri->lock);
@@ -687,6 +889,26 @@ static long v4v_unregister_ring(struct v4v_domain *vd,
 /* --- V4VOP_sendv --- */
 
 /*
+ * Zero the data area from 'from' up to 'to' (exclusive, wrapping; nothing
+ * when equal): what a payload copy that faulted may have written, so that no
+ * byte of a message that was not sent stays in the ring. L3 held.
+ */
+static void ring_clear(struct v4v_ring_info *ri, uint32_t from, uint32_t to)
+{
+    uint8_t *data = ri->map.hdr->ring;
+
+    ASSERT(LOCKING_L3(ri));
+
+    if ( from <= to )
+        memset(data + from, 0, to - from);
+    else
+    {
+        memset(data + from, 0, ri->len - from);
+        memset(data, 0, to);
+    }
+}
+
+/*
  * Insert a message into the ring, all or nothing. L3 held.
  * Returns the payload length or a negative error.
  */
@@ -699,6 +921,8 @@ static long ring_insert(struct v4v_ring_info *ri, struct v4v_domain *src,
     uint32_t free, pos, tx = ri->tx;
     unsigned int i;
     int rc;
+
+    ASSERT(LOCKING_L3(ri));
 
     if ( len > ring_max_message(ri->len) )
         return -EMSGSIZE;
@@ -735,7 +959,11 @@ static long ring_insert(struct v4v_ring_info *ri, struct v4v_domain *src,
             uint32_t chunk = min(iovs[i].iov_len - done, ri->len - pos);
 
             if ( copy_from_guest_offset(data + pos, h, done, chunk) )
+            {
+                ring_clear(ri, (tx + V4V_MESSAGE_HEADER_SIZE) % ri->len,
+                           (pos + chunk) % ri->len);
                 return -EFAULT;
+            }
             done += chunk;
             pos = (pos + chunk) % ri->len;
         }
@@ -773,6 +1001,8 @@ static long v4v_sendv(struct v4v_domain *vd,
     domid_t dst;
     unsigned int i;
     long rc;
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( copy_from_guest(&sa, ahnd, 1) )
         return -EFAULT;
@@ -864,10 +1094,18 @@ static void notify_entry(struct v4v_domain *vd, v4v_ring_data_ent_t *ent)
     struct v4v_ring_info *ri;
     uint32_t rx, free, max_msg;
 
+    ASSERT(LOCKING_Read_L1);
+
     ent->flags = 0;
     ent->max_message_size = 0;
 
-    /* Nothing about the rings of a domain the caller may not send to. */
+    /*
+     * Nothing about a ring the caller may not send to, and no waiter: the
+     * ACL (asked as for a send from port 0, since a notify names no source
+     * port), then XSM, as sendv asks them.
+     */
+    if ( !acl_accepts(vd->domid, V4V_PORT_ANY, dst, ent->ring.port) )
+        return;
     if ( !dvd || xsm_v4v_send(XSM_HOOK, vd->d, dvd->d) )
         return;
 
@@ -909,6 +1147,8 @@ static long v4v_notify(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     unsigned int i;
     LIST_HEAD(woken);
     long rc = 0;
+
+    ASSERT(LOCKING_Read_L1);
 
     if ( !guest_handle_is_null(arg) )
     {
@@ -982,22 +1222,27 @@ static long v4v_info(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     };
     long rc = 0;
 
+    ASSERT(LOCKING_Read_L1);
+
     spin_lock(&vd->lock);
     if ( !vd->evtchn )
     {
-        evtchn_alloc_unbound_t alloc = {
-            .dom = vd->domid,
-            .remote_dom = vd->domid,
-        };
+        /*
+         * Xen-attached, so the guest can neither close it nor lose it to
+         * EVTCHNOP_reset, and its number is never reused while V4V holds it.
+         */
+        int port = alloc_unbound_xen_event_channel(vd->d, 0, vd->domid, NULL);
 
-        if ( evtchn_alloc_unbound(&alloc, 0) )
+        if ( port < 0 )
             rc = -ENOMEM;
         else
-            write_atomic(&vd->evtchn, alloc.port);
+            write_atomic(&vd->evtchn, port);
     }
     info.evtchn = vd->evtchn;
     info.max_rings = vd->max_rings;
     info.nr_rings = vd->nr_rings;
+    info.max_ring_pages = vd->max_ring_pages;
+    info.nr_ring_pages = vd->nr_ring_pages;
     spin_unlock(&vd->lock);
 
     if ( rc )
@@ -1016,12 +1261,15 @@ static long v4v_config(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
     v4v_config_t cfg;
     long rc;
 
+    ASSERT(LOCKING_Read_L1);
+
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
         return rc;
     if ( copy_from_guest(&cfg, hnd, 1) )
         return -EFAULT;
-    if ( cfg.pad || cfg.max_rings > V4V_MAX_RINGS_LIMIT )
+    if ( cfg.pad || cfg.max_rings > V4V_MAX_RINGS_LIMIT ||
+         cfg.max_ring_pages > V4V_MAX_RING_PAGES_LIMIT )
         return -EINVAL;
 
     tvd = find_domain(cfg.domain == DOMID_SELF ? vd->domid : cfg.domain);
@@ -1030,6 +1278,8 @@ static long v4v_config(struct v4v_domain *vd, XEN_GUEST_HANDLE_PARAM(void) arg)
 
     spin_lock(&tvd->lock);
     tvd->max_rings = cfg.max_rings;
+    if ( cfg.max_ring_pages )
+        tvd->max_ring_pages = cfg.max_ring_pages;
     spin_unlock(&tvd->lock);
 
     return 0;
@@ -1046,6 +1296,8 @@ static long v4v_tables_add(struct v4v_domain *vd,
     v4vtables_rule_t rule;
     long rc = 0;
 
+    ASSERT(LOCKING_Read_L1);
+
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
         return rc;
@@ -1060,7 +1312,8 @@ static long v4v_tables_add(struct v4v_domain *vd,
     else
     {
         unsigned int at = (position == 0 || position > v4v_nr_rules)
-                          ? v4v_nr_rules : position - 1;
+                          ? v4v_nr_rules
+                          : array_index_nospec(position - 1, v4v_nr_rules);
 
         memmove(&v4v_rules[at + 1], &v4v_rules[at],
                 (v4v_nr_rules - at) * sizeof(v4v_rules[0]));
@@ -1081,6 +1334,8 @@ static long v4v_tables_del(struct v4v_domain *vd,
     v4vtables_rule_t rule;
     unsigned int at;
     long rc = 0;
+
+    ASSERT(LOCKING_Read_L1);
 
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
@@ -1116,6 +1371,7 @@ static long v4v_tables_del(struct v4v_domain *vd,
         rc = -ENOENT;
     else
     {
+        at = array_index_nospec(at, v4v_nr_rules);
         memmove(&v4v_rules[at], &v4v_rules[at + 1],
                 (v4v_nr_rules - at - 1) * sizeof(v4v_rules[0]));
         v4v_nr_rules--;
@@ -1138,6 +1394,8 @@ static long v4v_tables_list(struct v4v_domain *vd,
     unsigned int n = 0, total;
     long rc;
 
+    ASSERT(LOCKING_Read_L1);
+
     rc = xsm_v4v_admin(XSM_OTHER, vd->d);
     if ( rc )
         return rc;
@@ -1159,7 +1417,8 @@ static long v4v_tables_list(struct v4v_domain *vd,
     if ( list.start_rule < total )
         n = min(list.nb_rules, total - list.start_rule);
     if ( n )
-        memcpy(copy, &v4v_rules[list.start_rule], n * sizeof(*copy));
+        memcpy(copy, &v4v_rules[array_index_nospec(list.start_rule, total)],
+               n * sizeof(*copy));
     read_unlock(&v4v_acl_lock);
 
     list.nb_rules = n;
@@ -1177,15 +1436,25 @@ static long v4v_tables_list(struct v4v_domain *vd,
 
 /* --- the hypercall --- */
 
-long do_v4v_op(int cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
+/*
+ * The registers as a 64-bit guest passes them: nothing is truncated. cmd,
+ * arg3 and arg4 are 32-bit values in the ABI; one with upper bits set is
+ * refused (-EINVAL), as an unknown command is, so that no check passes on a
+ * truncated value.
+ */
+long do_v4v_op(unsigned long cmd, XEN_GUEST_HANDLE_PARAM(void) arg1,
                XEN_GUEST_HANDLE_PARAM(void) arg2,
-               unsigned int arg3, unsigned int arg4)
+               unsigned long raw_arg3, unsigned long raw_arg4)
 {
+    unsigned int arg3 = raw_arg3, arg4 = raw_arg4;
     struct v4v_domain *vd;
     long rc;
 
     if ( !opt_v4v )
         return -ENOSYS;
+
+    if ( arg3 != raw_arg3 || arg4 != raw_arg4 )
+        return -EINVAL;
 
     /* Unknown commands, and the arguments each command reserves. */
     switch ( cmd )
@@ -1306,9 +1575,12 @@ int v4v_init(struct domain *d)
     vd->d = d;
     vd->domid = d->domain_id;
     spin_lock_init(&vd->lock);
+    spin_lock_init(&vd->waits_lock);
+    INIT_LIST_HEAD(&vd->waits);
     for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
         INIT_LIST_HEAD(&vd->rings[i]);
     vd->max_rings = V4V_DEFAULT_MAX_RINGS;
+    vd->max_ring_pages = V4V_DEFAULT_MAX_RING_PAGES;
 
     write_lock(&v4v_lock);
     v4v_hash_init();
@@ -1328,72 +1600,72 @@ int v4v_init(struct domain *d)
 
 /*
  * Drop everything V4V holds for or on behalf of vd. L1 held for writing,
- * which excludes every other V4V path: no L2 or L3 needed.
+ * which excludes every other V4V path: no L2, L3, L4 or LP needed. Touches
+ * only vd's rings, vd's waits and the rings registered for vd (the
+ * indexes), so its cost does not grow with other domains' state.
  */
 static void v4v_teardown(struct v4v_domain *vd)
 {
     struct v4v_ring_info *ri, *rtmp;
     struct v4v_waiter *w, *wtmp;
-    struct v4v_domain *other;
-    unsigned int i, h;
+    struct list_head *partner;
+    unsigned int i;
     LIST_HEAD(woken);
 
-    /* 1. Its own rings; those waiting on them are signalled. */
+    ASSERT(LOCKING_Write_L1);
+
+    /* 1. Its waits, on any ring (its own included): never signalled. */
+    list_for_each_entry_safe ( w, wtmp, &vd->waits, dom_node )
+    {
+        list_del(&w->node);
+        w->ring->nr_waiters--;
+        list_del(&w->dom_node);
+        xfree(w);
+    }
+
+    /* 2. Its own rings; those waiting on them are signalled. */
     for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
         list_for_each_entry_safe ( ri, rtmp, &vd->rings[i], node )
         {
             list_del(&ri->node);
+            if ( ri->partner != V4V_DOMID_ANY )
+                partner_unlink(ri);
             ring_take_all_waiters(ri, &woken);
             ring_info_free(ri);
         }
     vd->nr_rings = 0;
+    vd->nr_ring_pages = 0;
 
-    /* Its own waits on its rings went with them; never signal vd itself. */
-    list_for_each_entry_safe ( w, wtmp, &woken, node )
-        if ( w->dom == vd )
-        {
-            list_del(&w->node);
-            xfree(w);
-        }
+    /*
+     * 3. Other domains' rings registered for it alone; owners signalled.
+     * (Not list_for_each_entry_safe: the last unlink frees the list head.)
+     */
+    while ( (partner = partner_rings(vd->domid)) != NULL &&
+            !list_empty(partner) )
+    {
+        struct v4v_domain *owner;
+
+        ri = list_entry(partner->next, struct v4v_ring_info,
+                        partner_node);
+        owner = ri->owner;
+
+        partner_unlink(ri);
+        list_del(&ri->node);
+        owner->nr_rings--;
+        owner->nr_ring_pages -= ring_npages(ri->len);
+        ring_take_all_waiters(ri, &woken);
+        ring_info_free(ri);
+        signal_domain(owner);
+    }
     wake_waiters(&woken);
 
-    for ( h = 0; h < V4V_DOMAIN_HASH_SIZE; h++ )
-        list_for_each_entry ( other, &v4v_domain_hash[h], node )
-        {
-            bool signal_owner = false;
-
-            if ( other == vd )
-                continue;
-
-            for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
-                list_for_each_entry_safe ( ri, rtmp, &other->rings[i], node )
-                {
-                    /* 2. Its waits on other domains' rings. */
-                    list_for_each_entry_safe ( w, wtmp, &ri->waiters, node )
-                        if ( w->dom == vd )
-                        {
-                            list_del(&w->node);
-                            ri->nr_waiters--;
-                            xfree(w);
-                        }
-
-                    /* 3. Rings registered for it alone. */
-                    if ( ri->partner == vd->domid )
-                    {
-                        list_del(&ri->node);
-                        other->nr_rings--;
-                        ring_take_all_waiters(ri, &woken);
-                        ring_info_free(ri);
-                        signal_owner = true;
-                    }
-                }
-
-            if ( signal_owner )
-                signal_domain(other);
-        }
-    wake_waiters(&woken);
-
-    /* 4. The event channel: closed by evtchn_destroy()/evtchn_reset(). */
+    /*
+     * 4. The event channel: freed here (on destruction, before
+     * evtchn_destroy(); on soft reset, which evtchn_reset() does not close
+     * a Xen-attached port for); a fresh one comes with the next info.
+     */
+    if ( vd->evtchn )
+        free_xen_event_channel(vd->d, vd->evtchn);
     vd->evtchn = 0;
 }
 
@@ -1445,8 +1717,9 @@ static void cf_check v4v_dump_state(unsigned char key)
         list_for_each_entry ( vd, &v4v_domain_hash[h], node )
         {
             spin_lock(&vd->lock);
-            printk("V4V d%u: evtchn %u, rings %u/%u\n", vd->domid,
-                   vd->evtchn, vd->nr_rings, vd->max_rings);
+            printk("V4V d%u: evtchn %u, rings %u/%u, pages %u/%u\n",
+                   vd->domid, vd->evtchn, vd->nr_rings, vd->max_rings,
+                   vd->nr_ring_pages, vd->max_ring_pages);
             for ( i = 0; i < V4V_RING_HASH_SIZE; i++ )
                 list_for_each_entry ( ri, &vd->rings[i], node )
                 {

@@ -85,6 +85,13 @@
 #define V4V_MAX_WAITERS                     32U
 #define V4V_DEFAULT_MAX_RINGS               128U
 #define V4V_MAX_RINGS_LIMIT                 4096U
+/*
+ * Pages a domain's rings may hold mapped (header and data area of each, the
+ * same page counted once per ring that covers it): 64 MiB worth by default,
+ * changed by the hardware domain with V4VOP_config up to 4 GiB worth.
+ */
+#define V4V_DEFAULT_MAX_RING_PAGES          16384U
+#define V4V_MAX_RING_PAGES_LIMIT            (1U << 20)
 #define V4V_MAX_RULES                       1024U
 
 /* Ring-data entry flags, filled in by V4VOP_notify. */
@@ -198,6 +205,8 @@ typedef struct v4v_info {
     uint32_t max_waiters;       /* V4V_MAX_WAITERS */
     uint32_t max_message_size;  /* V4V_MAX_MESSAGE_SIZE */
     uint32_t max_rules;         /* V4V_MAX_RULES */
+    uint32_t max_ring_pages;    /* ring pages the caller may hold mapped */
+    uint32_t nr_ring_pages;     /* ring pages the caller holds mapped */
 } v4v_info_t;
 DEFINE_XEN_GUEST_HANDLE(v4v_info_t);
 
@@ -206,6 +215,7 @@ typedef struct v4v_config {
     domid_t domain;
     uint16_t pad;
     uint32_t max_rings;         /* 0 .. V4V_MAX_RINGS_LIMIT */
+    uint32_t max_ring_pages;    /* 0 (unchanged) .. V4V_MAX_RING_PAGES_LIMIT */
 } v4v_config_t;
 DEFINE_XEN_GUEST_HANDLE(v4v_config_t);
 
@@ -238,8 +248,9 @@ typedef struct v4v_stream_header {
  * HYPERVISOR_v4v_op(cmd, arg1, arg2, arg3, arg4)
  *
  * Every op returns -ENOSYS when V4V is not enabled ("v4v=1" on Xen's command
- * line), and -EINVAL for an unknown cmd or a non-zero argument the op
- * reserves (listed as 0 or NULL below). -EFAULT means a guest address could
+ * line), and -EINVAL for arg3 or arg4 above 0xffffffff (the registers are
+ * taken whole, never truncated), an unknown cmd (upper bits set included) or
+ * a non-zero argument the op reserves (listed as 0 or NULL below). -EFAULT means a guest address could
  * not be read or written. Checks are made in the order listed.
  */
 
@@ -259,7 +270,9 @@ typedef struct v4v_stream_header {
  *  -EPERM      id.addr.domain neither the caller nor DOMID_SELF
  *  -EFAULT     the header or data area is not mapped writable
  *  -EEXIST     the id is registered with a different len
- *  -ENOSPC     the caller has max_rings rings already
+ *  -ENOSPC     the caller has max_rings rings already, or its rings would
+ *              hold more than max_ring_pages pages mapped (a ring moving to
+ *              new memory holds both while it moves)
  *  -ENOMEM     the hypervisor is out of memory
  */
 #define V4VOP_register_ring                 1
@@ -279,7 +292,9 @@ typedef struct v4v_stream_header {
  *
  * First wakes (signals) every domain waiting on one of the caller's rings
  * whose request now fits. Then, for each entry of 'data', finds the ring the
- * caller would send to (as V4VOP_sendv does) and sets EXISTS, EMPTY, and
+ * caller would send to (as V4VOP_sendv does; an entry the ACL table would
+ * reject, asked as for a send from port 0, reads as no ring and queues
+ * nothing) and sets EXISTS, EMPTY, and
  * SUFFICIENT when space_required bytes of payload fit now; otherwise queues
  * the caller to be signalled when they do and sets PENDING (not when the
  * ring's waiter queue is full, or space_required could never fit).
@@ -295,8 +310,9 @@ typedef struct v4v_stream_header {
  * Sends one message, the concatenation of the iovs, from (caller,
  * addr->src.port) to addr->dst. Looks for the destination's ring registered
  * for the caller first, then for V4V_DOMID_ANY. All or nothing: either the
- * whole message is in the ring or the ring is unchanged. Returns the payload
- * length.
+ * whole message is in the ring or tx_ptr and the messages are unchanged (on
+ * a fault part-way through the payload, the free space it reached is zeroed).
+ * Returns the payload length.
  *  -EINVAL     pad not zero; dst.domain is V4V_DOMID_ANY; dst.port is 0
  *  -EPERM      src.domain neither the caller nor DOMID_SELF
  *  -E2BIG      niov above V4V_MAX_IOV
@@ -314,7 +330,10 @@ typedef struct v4v_stream_header {
 /*
  * V4VOP_info(v4v_info_t *info, NULL, 0, 0)
  *
- * Fills in 'info'. Allocates the caller's V4V event channel on first use.
+ * Fills in 'info'. Allocates the caller's V4V event channel on first use: a
+ * Xen-attached port of the caller's, to which it binds an interdomain
+ * channel (remote domain itself, remote port info->evtchn). The guest cannot
+ * close it; it lasts until the domain is destroyed or soft reset.
  *  -ENOMEM     no event channel could be allocated
  */
 #define V4VOP_info                          6
@@ -322,10 +341,12 @@ typedef struct v4v_stream_header {
 /*
  * V4VOP_config(v4v_config_t *config, NULL, 0, 0)
  *
- * Sets how many rings config->domain may register. Rings it holds above the
- * new limit stay registered.
+ * Sets how many rings config->domain may register, and (unless
+ * max_ring_pages is 0) how many pages they may hold mapped. Rings it holds
+ * above the new limits stay registered.
  *  -EPERM      the caller is not the hardware domain
- *  -EINVAL     pad not zero; max_rings above V4V_MAX_RINGS_LIMIT
+ *  -EINVAL     pad not zero; max_rings above V4V_MAX_RINGS_LIMIT;
+ *              max_ring_pages above V4V_MAX_RING_PAGES_LIMIT
  *  -ESRCH      no such domain
  */
 #define V4VOP_config                        7

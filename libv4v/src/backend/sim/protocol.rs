@@ -653,6 +653,7 @@ impl Writer {
         self.u16(c.domain);
         self.u16(c.pad);
         self.u32(c.max_rings);
+        self.u32(c.max_ring_pages);
     }
     fn rule(&mut self, r: &TablesRule) {
         self.addr(&r.src);
@@ -674,6 +675,8 @@ impl Writer {
             i.max_waiters,
             i.max_message_size,
             i.max_rules,
+            i.max_ring_pages,
+            i.nr_ring_pages,
         ] {
             self.u32(v);
         }
@@ -752,6 +755,7 @@ impl<'a> Reader<'a> {
             domain: self.u16()?,
             pad: self.u16()?,
             max_rings: self.u32()?,
+            max_ring_pages: self.u32()?,
         })
     }
     fn rule(&mut self) -> Result<TablesRule, ProtocolError> {
@@ -776,6 +780,8 @@ impl<'a> Reader<'a> {
             max_waiters: self.u32()?,
             max_message_size: self.u32()?,
             max_rules: self.u32()?,
+            max_ring_pages: self.u32()?,
+            nr_ring_pages: self.u32()?,
         })
     }
 }
@@ -990,6 +996,7 @@ mod tests {
             domain: 4,
             pad: 1,
             max_rings: 9,
+            max_ring_pages: 77,
         }));
         round_trip(Request::TablesAdd { rule, position: 3 });
         round_trip(Request::TablesDel {
