@@ -24,7 +24,7 @@ use thiserror::Error;
 pub use admin::{acl_change, acl_list, acl_load};
 pub use datagram::Datagram;
 pub use proto::SockAddr;
-pub use stream::{Incoming, Listener, Stream};
+pub use stream::{Connecting, Incoming, Listener, Stream};
 
 /// What went wrong talking V4V through the daemon.
 #[derive(Debug, Error)]
