@@ -1042,6 +1042,9 @@ impl Daemon {
         let Some(&owner) = self.conns.get(&key) else {
             match seg {
                 Segment::Rst | Segment::Ping | Segment::Pong => {}
+                // Credit for a connection that just ended orderly here: the peer sent it before
+                // our FIN reached it. A RST would reset a stream whose data is all on its way.
+                Segment::Ack { .. } => {}
                 _ => {
                     self.stats.dropped += 1;
                     self.send_rst(port, src, conid);
