@@ -18,7 +18,9 @@
 //!
 //! Our copy stays in blocking mode while the child runs: the file status flags are shared, and
 //! a child expects ordinary blocking stdin and stdout. Past `--max-children` nothing more is
-//! accepted; new connections wait in the daemon's backlog.
+//! accepted; new connections wait in the daemon's backlog. At most as many streams as
+//! `--max-children` drain at once; past that a finished stream is closed at once (a reset if
+//! the peer's data is still unread).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -125,9 +127,21 @@ impl Server {
                 Err(v4v::client::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(());
                 }
-                Err(e) => {
+                Err(
+                    e @ (v4v::client::Error::Protocol(_)
+                    | v4v::client::Error::DaemonUnreachable { .. }),
+                ) => {
                     let port = self.listener.local_port();
                     return Err(Failure::client(&format!("accept on port {port}"), e));
+                }
+                Err(e) => {
+                    // One connection could not be taken (the daemon's per-user limit, say):
+                    // the listener goes on.
+                    eprintln!(
+                        "v4v-cli listen: accept on port {}: {e}",
+                        self.listener.local_port()
+                    );
+                    return Ok(());
                 }
             };
             let child = match self.spawn(&stream, peer) {

@@ -309,7 +309,13 @@ impl Listening {
                     Ok((Sock::V4v(s), format!("v4v:{peer}")))
                 }
                 Err(v4v::client::Error::Io(e)) => Err(AcceptError::Io(e)),
-                Err(e) => Err(AcceptError::V4v(e)),
+                Err(
+                    e @ (v4v::client::Error::Protocol(_)
+                    | v4v::client::Error::DaemonUnreachable { .. }),
+                ) => Err(AcceptError::V4v(e)),
+                // One connection could not be taken (the daemon's per-user limit, say): the
+                // listener goes on.
+                Err(e) => Err(AcceptError::Io(std::io::Error::other(e))),
             },
         }
     }
