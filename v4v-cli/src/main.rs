@@ -107,11 +107,14 @@ enum Command {
     },
     /// Relay every connection accepted on LISTEN to a new connection to TARGET, both ways
     ///
-    /// LISTEN: tcp-listen:[HOST:]PORT (HOST defaults to 127.0.0.1), unix-listen:PATH or
-    /// v4v-listen:PORT. TARGET: tcp:HOST:PORT, unix:PATH or v4v:DOM:PORT.
+    /// Half-closes and resets are passed on; a refused target resets the accepted connection.
+    /// One log line per connection on stderr.
     Forward {
+        /// tcp-listen:PORT, tcp-listen:HOST:PORT (HOST defaults to 127.0.0.1),
+        /// unix-listen:PATH or v4v-listen:PORT
         #[arg(value_name = "LISTEN")]
         listen: forward::ListenAddr,
+        /// tcp:HOST:PORT, unix:PATH or v4v:DOM:PORT
         #[arg(value_name = "TARGET")]
         target: forward::TargetAddr,
         /// At most N connections at once; more wait in the listener's backlog
