@@ -759,3 +759,76 @@ fn which(p: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+#[test]
+fn unix_sockets_on_both_ends_and_a_stale_socket_file_is_replaced() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let s = Stack::start(&[0, 1]);
+    // The target: a Unix echo server next to domain 0.
+    let target = s.dir.join("echo.sock");
+    let l = UnixListener::bind(&target).expect("bind");
+    std::thread::spawn(move || {
+        for mut c in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().expect("clone");
+                let _ = std::io::copy(&mut c, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    let _b = Fwd::start(
+        &s,
+        0,
+        &["v4v-listen:89", &format!("unix:{}", target.display())],
+    );
+    s.wait_port(0, 89, "listen");
+    // The listener's path holds a socket file nobody listens on (a forward that was killed).
+    let front = s.dir.join("front.sock");
+    drop(UnixListener::bind(&front).expect("bind"));
+    assert!(front.exists());
+    let a = Fwd::start(
+        &s,
+        1,
+        &[&format!("unix-listen:{}", front.display()), "v4v:0:89"],
+    );
+    let mut c = UnixStream::connect(&front).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut data = vec![0u8; 1 << 20];
+    fill_pattern(&mut data, &mut 7);
+    let mut w = c.try_clone().expect("clone");
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).expect("write");
+        w.shutdown(Shutdown::Write).expect("shutdown");
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).expect("echo to the end");
+    writer.join().expect("writer");
+    assert!(back == data, "{} bytes back, or corrupted", back.len());
+    let line = a.wait_log(&["closed"]);
+    assert!(
+        line.contains(&format!("unix:{} (pid ", front.display())),
+        "{line}"
+    );
+    // A path in use by a live listener is not taken over.
+    let o = s.run(
+        1,
+        &[
+            "forward",
+            &format!("unix-listen:{}", front.display()),
+            "v4v:0:89",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
