@@ -608,6 +608,8 @@ fn a_thousand_forwarded_connections_in_bounded_memory() {
     let st0 = s.status(0);
     assert_eq!(st0["streams"], N.to_string(), "{st0:?}");
     let idle = (rss_kib(a.pid()), rss_kib(b.pid()));
+    // One event loop: no thread (or process) per connection.
+    assert_eq!((threads(a.pid()), threads(b.pid())), (1, 1));
     // Every connection pushes 256 KiB nobody reads yet: all of them stall with data in flight.
     for c in &mut clients {
         c.set_nonblocking(true).expect("nonblocking");
@@ -831,4 +833,13 @@ fn unix_sockets_on_both_ends_and_a_stale_socket_file_is_replaced() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The number of threads of a process.
+fn threads(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads")
 }
