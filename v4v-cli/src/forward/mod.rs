@@ -197,8 +197,6 @@ enum Step {
 enum TargetState {
     Connecting(Pending),
     Up(Sock),
-    /// Only while being moved from one state to the next.
-    Gone,
 }
 
 struct Conn {
@@ -374,15 +372,6 @@ fn token(slot: usize, side: Side) -> Token {
     Token(slot * 2 + usize::from(side == Side::Target))
 }
 
-/// `1.2 KiB`-style byte counts for the log.
-struct Bytes(u64);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} B", self.0)
-    }
-}
-
 impl Forwarder {
     fn log(&self, msg: fmt::Arguments<'_>) {
         if !self.quiet {
@@ -491,18 +480,16 @@ impl Forwarder {
         let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if let TargetState::Connecting(_) = c.target {
-            let TargetState::Connecting(p) = std::mem::replace(&mut c.target, TargetState::Gone)
-            else {
-                unreachable!("matched above")
-            };
-            match p.poll() {
+        // Moved out of the connection, and back in if it goes on.
+        let mut t = match c.target {
+            TargetState::Up(t) => t,
+            TargetState::Connecting(p) => match p.poll() {
+                Ok(Ok(t)) => t,
                 Ok(Err(p)) => {
                     c.target = TargetState::Connecting(p);
                     self.conns[slot] = Some(c);
                     return;
                 }
-                Ok(Ok(s)) => c.target = TargetState::Up(s),
                 Err(why) => {
                     self.log(format_args!(
                         "{} -> {}: refused: {why}; connection reset",
@@ -512,22 +499,19 @@ impl Forwarder {
                     self.release(slot);
                     return;
                 }
-            }
-        }
-        let TargetState::Up(t) = &mut c.target else {
-            unreachable!("connected above")
+            },
         };
         let r = pump(
             &mut c.client,
             Side::Client,
-            t,
+            &mut t,
             Side::Target,
             &mut c.up,
             &mut self.scratch,
         )
         .and_then(|a| {
             pump(
-                t,
+                &mut t,
                 Side::Target,
                 &mut c.client,
                 Side::Client,
@@ -539,11 +523,11 @@ impl Forwarder {
         match r {
             Ok(_) if c.up.shut && c.down.shut => {
                 self.log(format_args!(
-                    "{} -> {}: closed, client sent {}, target sent {}, {:.1} s",
+                    "{} -> {}: closed, client sent {} B, target sent {} B, {:.1} s",
                     c.client_name,
                     self.target_name,
-                    Bytes(c.up.bytes),
-                    Bytes(c.down.bytes),
+                    c.up.bytes,
+                    c.down.bytes,
                     c.started.elapsed().as_secs_f64()
                 ));
                 self.release(slot);
@@ -552,22 +536,20 @@ impl Forwarder {
                 if again {
                     self.again.push_back(slot);
                 }
+                c.target = TargetState::Up(t);
                 self.conns[slot] = Some(c);
             }
             Err(Fault::Side(side, e)) => {
-                let TargetState::Up(t) = c.target else {
-                    unreachable!("connected above")
-                };
                 let (which, other) = match side {
                     Side::Client => ("client", t),
                     Side::Target => ("target", c.client),
                 };
                 self.log(format_args!(
-                    "{} -> {}: {which} failed: {e}; reset, client sent {}, target sent {}, {:.1} s",
+                    "{} -> {}: {which} failed: {e}; reset, client sent {} B, target sent {} B, {:.1} s",
                     c.client_name,
                     self.target_name,
-                    Bytes(c.up.bytes),
-                    Bytes(c.down.bytes),
+                    c.up.bytes,
+                    c.down.bytes,
                     c.started.elapsed().as_secs_f64()
                 ));
                 other.reset();
