@@ -19,7 +19,9 @@ macro_rules! out {
 
 mod acl;
 mod dgram;
+mod exec;
 mod exit;
+mod forward;
 mod status;
 mod stream;
 
@@ -87,12 +89,44 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
-    /// Accept stream connections on PORT: stdin to the peer, the peer to stdout
+    /// Accept stream connections on PORT: stdin to the peer, the peer to stdout (or, with
+    /// --exec, a command per connection with the stream as its stdin and stdout)
     Listen {
         port: u32,
         /// Serve one connection, then exit
-        #[arg(long)]
+        #[arg(long, conflicts_with = "exec")]
         once: bool,
+        /// With --exec: at most N commands at once; more connections wait [default: 64]
+        #[arg(long, value_name = "N", requires = "exec")]
+        max_children: Option<usize>,
+        /// Run CMD [ARGS...] for each connection (inetd style); must come last: everything
+        /// after it is the command
+        #[arg(
+            long,
+            value_name = "CMD",
+            num_args = 1..,
+            allow_hyphen_values = true
+        )]
+        exec: Option<Vec<String>>,
+    },
+    /// Relay every connection accepted on LISTEN to a new connection to TARGET, both ways
+    ///
+    /// Half-closes and resets are passed on; a refused target resets the accepted connection.
+    /// One log line per connection on stderr.
+    Forward {
+        /// tcp-listen:PORT, tcp-listen:HOST:PORT (HOST defaults to 127.0.0.1),
+        /// unix-listen:PATH or v4v-listen:PORT
+        #[arg(value_name = "LISTEN")]
+        listen: forward::ListenAddr,
+        /// tcp:HOST:PORT, unix:PATH or v4v:DOM:PORT
+        #[arg(value_name = "TARGET")]
+        target: forward::TargetAddr,
+        /// At most N connections at once; more wait in the listener's backlog
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        max_connections: usize,
+        /// No log line per connection
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Open a stream to DOM:PORT: stdin to the peer, the peer to stdout
     Connect {
@@ -171,7 +205,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 verbose,
             },
         ),
-        Command::Listen { port, once } => stream::listen(&socket, port, once),
+        Command::Listen {
+            port,
+            exec: Some(cmd),
+            max_children,
+            ..
+        } => exec::run(
+            &socket,
+            port,
+            cmd,
+            max_children.unwrap_or(exec::DEFAULT_MAX_CHILDREN),
+        ),
+        Command::Listen { port, once, .. } => stream::listen(&socket, port, once),
+        Command::Forward {
+            listen,
+            target,
+            max_connections,
+            quiet,
+        } => forward::run(
+            &socket,
+            forward::Opts {
+                listen,
+                target,
+                max_connections,
+                quiet,
+            },
+        ),
         Command::Connect { dest } => stream::connect(&socket, dest),
         Command::Status { json } => status::status(&socket, json),
         Command::Acl(cmd) => acl::run(&socket, cmd),

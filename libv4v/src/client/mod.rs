@@ -2,7 +2,8 @@
 //! The client API: talk V4V through the local daemon (v4vd), shaped like `std::net`.
 //!
 //! - [`Datagram`]: `bind` / `send_to` / `recv_from`, message boundaries kept.
-//! - [`Stream`]: `connect`, [`std::io::Read`] / [`std::io::Write`], `shutdown`.
+//! - [`Stream`]: `connect`, [`std::io::Read`] / [`std::io::Write`], `shutdown`;
+//!   [`Stream::connect_start`] and [`Connecting`] connect without waiting, for event loops.
 //! - [`Listener`]: `bind`, `accept`, `incoming`.
 //!
 //! Every type wraps a Unix connection to the daemon (path from `V4V_SOCKET`, else
@@ -27,7 +28,7 @@ pub use admin::{acl_change, acl_list, acl_load};
 pub use datagram::Datagram;
 pub use proto::SockAddr;
 pub use proto::Status;
-pub use stream::{Incoming, Listener, Stream};
+pub use stream::{Connecting, Incoming, Listener, Stream};
 
 /// What went wrong talking V4V through the daemon.
 #[derive(Debug, Error)]

@@ -149,6 +149,120 @@ impl Stream {
     }
 }
 
+/// A [`Stream`] being set up without blocking ([`Stream::connect_start`]): the request is
+/// sent, the daemon's answer (which comes when the peer accepted, or says why not) is still to
+/// be read. Its descriptor polls readable when the answer is there; then [`Connecting::poll`]
+/// returns the stream. For event loops that must not wait up to the 10 s connect timeout.
+#[derive(Debug)]
+pub struct Connecting {
+    /// Taken by the [`Stream`] once connected (the same descriptor, so an event loop's
+    /// registration carries over).
+    sock: Option<UnixStream>,
+    peer: SockAddr,
+    daemon: PathBuf,
+    line: Vec<u8>,
+}
+
+impl Stream {
+    /// Starts connecting to `addr` through the daemon at `daemon`. Reaching the local daemon
+    /// and sending the request do not wait for the peer; the answer is read by
+    /// [`Connecting::poll`].
+    pub fn connect_start(daemon: &Path, addr: SockAddr) -> Result<Connecting, Error> {
+        let mut sock = UnixStream::connect(daemon).map_err(|source| Error::DaemonUnreachable {
+            path: daemon.to_path_buf(),
+            source,
+        })?;
+        // One short line into an empty socket buffer: this write does not wait for the peer.
+        if let Err(e) = sock.write_all(format!("{}\n", Request::Connect(addr)).as_bytes()) {
+            // A daemon refusing the client (too many connections) has answered already.
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+            return match super::read_line(&mut sock) {
+                Ok(line) => Err(Connecting::reply_error(&line)),
+                Err(_) => Err(e.into()),
+            };
+        }
+        sock.set_nonblocking(true)?;
+        Ok(Connecting {
+            sock: Some(sock),
+            peer: addr,
+            daemon: daemon.to_path_buf(),
+            line: Vec::new(),
+        })
+    }
+}
+
+impl Connecting {
+    fn reply_error(line: &str) -> Error {
+        match super::proto::Reply::parse(line) {
+            Ok(super::proto::Reply::Err { code, reason }) => Error::from_reply(&code, &reason),
+            Ok(super::proto::Reply::Ok(args)) => {
+                Error::Protocol(format!("unexpected CONNECT reply {args:?}"))
+            }
+            Err(e) => Error::Protocol(e.to_string()),
+        }
+    }
+
+    /// Reads what has come of the answer: `Ok(None)` while the daemon has not answered,
+    /// `Ok(Some(stream))` once connected (the stream is in non-blocking mode and has the
+    /// descriptor this value had), or why the connection failed ([`Error::Refused`],
+    /// [`Error::TimedOut`], [`Error::Denied`], ...). After either, it is spent: further calls
+    /// fail with [`Error::Protocol`].
+    pub fn poll(&mut self) -> Result<Option<Stream>, Error> {
+        let Some(sock) = self.sock.as_mut() else {
+            return Err(Error::Protocol("the connection attempt is over".into()));
+        };
+        let mut b = [0u8; 1];
+        loop {
+            // Byte by byte: whatever follows the newline is the stream and stays unread.
+            match sock.read(&mut b) {
+                Ok(0) => {
+                    return Err(Error::Protocol(
+                        "the daemon closed the connection during the handshake".into(),
+                    ));
+                }
+                Ok(_) if b[0] == b'\n' => break,
+                Ok(_) => self.line.push(b[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.line.len() > super::proto::MAX_LINE {
+                return Err(Error::Protocol("reply line too long".into()));
+            }
+        }
+        let Some(sock) = self.sock.take() else {
+            return Err(Error::Protocol("the connection attempt is over".into()));
+        };
+        let line = String::from_utf8(std::mem::take(&mut self.line))
+            .map_err(|_| Error::Protocol("reply is not UTF-8".into()))?;
+        match super::proto::Reply::parse(&line).map_err(|e| Error::Protocol(e.to_string()))? {
+            super::proto::Reply::Ok(args) => {
+                let (local_port, id) = reply_with_id(&args, "CONNECT")?;
+                Ok(Some(Stream::new(
+                    sock,
+                    local_port,
+                    self.peer,
+                    id,
+                    &self.daemon,
+                )))
+            }
+            super::proto::Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
+        }
+    }
+
+    /// The address being connected to.
+    pub fn peer_addr(&self) -> SockAddr {
+        self.peer
+    }
+}
+
+impl AsRawFd for Connecting {
+    /// The descriptor to poll (-1 once [`Connecting::poll`] gave its answer).
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.sock.read(buf) {

@@ -53,6 +53,13 @@ impl Stack {
             .spawn()
             .expect("spawn v4v-sim");
         wait_for_path(&sim_sock);
+        // The socket file exists from bind(2) on, but connects are refused until listen(2):
+        // on a loaded machine a daemon started in between fails at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&sim_sock).is_err() {
+            assert!(Instant::now() < deadline, "v4v-sim never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut s = Stack {
             dir,
             sim,
