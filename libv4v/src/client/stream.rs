@@ -177,7 +177,7 @@ impl Stream {
             // A daemon refusing the client (too many connections) has answered already.
             sock.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
             return match super::read_line(&mut sock) {
-                Ok(line) => Err(Connecting::reply_error(&line)),
+                Ok(line) => Err(Connecting::reply_error(addr, &line)),
                 Err(_) => Err(e.into()),
             };
         }
@@ -192,12 +192,11 @@ impl Stream {
 }
 
 impl Connecting {
-    fn reply_error(line: &str) -> Error {
-        match super::proto::Reply::parse(line) {
-            Ok(super::proto::Reply::Err { code, reason }) => Error::from_reply(&code, &reason),
-            Ok(super::proto::Reply::Ok(args)) => {
-                Error::Protocol(format!("unexpected CONNECT reply {args:?}"))
-            }
+    /// The error a CONNECT reply line stands for (an `OK` here is out of place).
+    fn reply_error(peer: SockAddr, line: &str) -> Error {
+        match Reply::parse(&Request::Connect(peer), line) {
+            Ok(Reply::Err { code, reason }) => Error::from_reply(&code, &reason),
+            Ok(other) => unexpected(&other, "CONNECT"),
             Err(e) => Error::Protocol(e.to_string()),
         }
     }
@@ -235,18 +234,18 @@ impl Connecting {
         };
         let line = String::from_utf8(std::mem::take(&mut self.line))
             .map_err(|_| Error::Protocol("reply is not UTF-8".into()))?;
-        match super::proto::Reply::parse(&line).map_err(|e| Error::Protocol(e.to_string()))? {
-            super::proto::Reply::Ok(args) => {
-                let (local_port, id) = reply_with_id(&args, "CONNECT")?;
-                Ok(Some(Stream::new(
-                    sock,
-                    local_port,
-                    self.peer,
-                    id,
-                    &self.daemon,
-                )))
-            }
-            super::proto::Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
+        match Reply::parse(&Request::Connect(self.peer), &line)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            Reply::Connected { local_port, id } => Ok(Some(Stream::new(
+                sock,
+                local_port,
+                self.peer,
+                id,
+                &self.daemon,
+            ))),
+            Reply::Err { code, reason } => Err(Error::from_reply(&code, &reason)),
+            other => Err(unexpected(&other, "CONNECT")),
         }
     }
 

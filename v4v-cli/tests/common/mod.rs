@@ -349,6 +349,7 @@ pub fn dom0_with_max_rings(s: &Stack, domid: u16, max_rings: u32) -> Box<dyn v4v
         domain: domid,
         pad: 0,
         max_rings,
+        max_ring_pages: 0,
     })
     .expect("config");
     dom0
