@@ -68,7 +68,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 println!(
                     "v4v-sim {} (protocol version {})",
                     env!("CARGO_PKG_VERSION"),
-                    v4v::sim_protocol::VERSION
+                    v4v::backend::sim::protocol::VERSION
                 );
                 return Ok(None);
             }

@@ -9,7 +9,7 @@
 //! that guest's end. A connection that closes is a destroyed domain. `docs/sim.md` specifies it all.
 //!
 //! Nothing a guest sends can stop the loop or reach another domain: frames are decoded by the
-//! checked codec in [`v4v::sim_protocol`], descriptors are vetted before they are mapped, every
+//! checked codec in [`v4v::backend::sim::protocol`], descriptors are vetted before they are mapped, every
 //! read and write is non-blocking, a guest that stops reading its replies is disconnected after
 //! [`ServerConfig::reply_timeout`], and a panic while serving one request (a model bug) costs
 //! only that guest its connection.
@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 use v4v::abi::{self, DOMID_FIRST_RESERVED, DomId, errno};
-use v4v::shmem::{PAGE_SIZE, RingMemory};
-use v4v::sim_protocol::{
+use v4v::backend::sim::protocol::{
     self as proto, FRAME_HEADER_SIZE, FrameHeader, KIND_FATAL, Reply, ReplyData, Request, fdpass,
 };
+use v4v::shmem::{PAGE_SIZE, RingMemory};
 use v4v::{HvError, Hypervisor};
 
 use crate::model::{Model, ModelDomain, ModelError};

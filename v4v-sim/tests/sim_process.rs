@@ -15,10 +15,10 @@ use v4v::abi::{
     self, Addr, Config, DOMID_ANY, DOMID_SELF, PROTO_DGRAM, PROTO_STREAM, RING_DATA_F_EMPTY,
     RING_DATA_F_EXISTS, RING_DATA_F_SUFFICIENT, RingDataEnt, SendAddr, TablesRule,
 };
+use v4v::backend::sim::protocol::{self as proto, CLAIM_ANY};
 use v4v::backend::{self, BackendError};
 use v4v::ring::RingReader;
 use v4v::shmem::{PAGE_SIZE, RingMemory};
-use v4v::sim_protocol::{self as proto, CLAIM_ANY};
 
 #[test]
 fn two_guests_exchange_messages_through_shared_memory() {
@@ -293,7 +293,7 @@ fn domid_claims() {
     // Any free id: the lowest from 1.
     let any = backend::open(&sim.spec(None)).unwrap();
     assert_eq!(any.info().unwrap().domid, 2);
-    let sim_any = v4v::backend::SimHypervisor::connect(sim.path(), Some(CLAIM_ANY)).unwrap();
+    let sim_any = v4v::backend::sim::SimHypervisor::connect(sim.path(), Some(CLAIM_ANY)).unwrap();
     assert_eq!(sim_any.domid(), 3);
     // The refused claims did not disturb the holder.
     assert_eq!(a.info().unwrap().domid, 1);

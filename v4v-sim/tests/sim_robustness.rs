@@ -15,11 +15,11 @@ use v4v::abi::{
     self, Addr, Config, DOMID_ANY, DOMID_SELF, RingDataEnt, RingHeader, RingId, SendAddr,
     TablesRule,
 };
-use v4v::backend::sim::sealed_ring_memory;
-use v4v::shmem::{PAGE_SIZE, RingMemory};
-use v4v::sim_protocol::{
+use v4v::backend::sim::protocol::{
     self as proto, FRAME_HEADER_SIZE, FrameHeader, KIND_FATAL, Reply, Request, fdpass, kind,
 };
+use v4v::backend::sim::sealed_ring_memory;
+use v4v::shmem::{PAGE_SIZE, RingMemory};
 
 /// xorshift64*: a seeded generator, so that a failure can be replayed.
 struct Rng(u64);

@@ -5,13 +5,20 @@
 //!
 //! - `sim:PATH` connects to a `v4v-sim` simulator listening on the Unix socket `PATH` and claims
 //!   the lowest free guest domid; `sim:PATH?domid=N` claims domain `N` (`0` is the privileged
-//!   domain). See [`sim`] and `docs/sim.md`.
+//!   domain). See `docs/sim.md`. The simulator's client is built only with libv4v's `sim` cargo
+//!   feature (v4vd, v4v-sim and the conformance runner enable it); without it `sim:` specs parse
+//!   but [`open`] answers [`BackendError::SimNotBuilt`], so an application linking libv4v does not
+//!   compile the simulator.
 //! - `xen` is real Xen through `/dev/xen/privcmd`, `/dev/xen/hypercall` and `/dev/xen/evtchn`
 //!   (see [`crate::xen`]); when it cannot start, the error says what is missing.
 //!
 //! Everything above this module (ring reader, client API) is the same over every backend: the
 //! ring reader works on whatever [`crate::shmem::RingMemory`] the backend allocated.
 
+// Hidden: applications reach the simulator through `open("sim:PATH")`; only the `v4v-sim` crate
+// (the server end of the protocol, and its tests) names the codec and `SimHypervisor` directly.
+#[cfg(feature = "sim")]
+#[doc(hidden)]
 pub mod sim;
 
 use std::path::PathBuf;
@@ -20,9 +27,10 @@ use thiserror::Error;
 
 use crate::abi::DomId;
 use crate::hypervisor::Hypervisor;
-use crate::sim_protocol::ProtocolError;
-
-pub use sim::SimHypervisor;
+#[cfg(feature = "sim")]
+use sim::SimHypervisor;
+#[cfg(feature = "sim")]
+use sim::protocol::ProtocolError;
 
 /// Why a backend could not be opened.
 #[derive(Debug, Error)]
@@ -41,14 +49,19 @@ pub enum BackendError {
     ClaimRefused { domid: DomId, errno: i32 },
     #[error("simulator speaks protocol version {theirs}, this library {ours}")]
     Version { ours: u16, theirs: u16 },
+    #[cfg(feature = "sim")]
     #[error("simulator protocol error: {0}")]
     Protocol(#[from] ProtocolError),
+    #[error(
+        "{spec:?} names the simulator, but this build of libv4v has no simulator backend (cargo feature `sim`)"
+    )]
+    SimNotBuilt { spec: String },
     #[error("simulator connection: {0}")]
     Io(#[from] std::io::Error),
 }
 
 fn claim_name(domid: DomId) -> String {
-    if domid == crate::sim_protocol::CLAIM_ANY {
+    if domid == crate::abi::DOMID_ANY {
         "any free domid".to_string()
     } else {
         format!("domid {domid}")
@@ -57,7 +70,7 @@ fn claim_name(domid: DomId) -> String {
 
 fn errno_text(errno: i32) -> String {
     match errno {
-        crate::sim_protocol::errno::EADDRINUSE => "already claimed by a connected guest".into(),
+        libc::EADDRINUSE => "already claimed by a connected guest".into(),
         e => format!("{} (errno {e})", std::io::Error::from_raw_os_error(e)),
     }
 }
@@ -112,7 +125,12 @@ impl BackendSpec {
 /// Opens the backend named by `spec` (see the module documentation).
 pub fn open(spec: &str) -> Result<Box<dyn Hypervisor>, BackendError> {
     match BackendSpec::parse(spec)? {
+        #[cfg(feature = "sim")]
         BackendSpec::Sim { path, domid } => Ok(Box::new(SimHypervisor::connect(&path, domid)?)),
+        #[cfg(not(feature = "sim"))]
+        BackendSpec::Sim { .. } => Err(BackendError::SimNotBuilt {
+            spec: spec.to_string(),
+        }),
         BackendSpec::Xen => Ok(Box::new(crate::xen::open()?)),
     }
 }
@@ -120,6 +138,15 @@ pub fn open(spec: &str) -> Result<Box<dyn Hypervisor>, BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Run by `cargo test -p libv4v --lib` (scripts/test), which builds libv4v alone, as an
+    /// application would get it: a `sim:` spec parses but the simulator is not there.
+    #[cfg(not(feature = "sim"))]
+    #[test]
+    fn sim_is_not_built_by_default() {
+        let e = open("sim:/nonexistent/sim.sock").err();
+        assert!(matches!(e, Some(BackendError::SimNotBuilt { .. })), "{e:?}");
+    }
 
     #[test]
     fn specs_parse() {

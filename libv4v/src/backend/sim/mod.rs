@@ -24,10 +24,12 @@ use crate::abi::{Config, DomId, Info, RingDataEnt, SendAddr, TablesRule};
 use crate::backend::BackendError;
 use crate::hypervisor::{HvError, Hypervisor, TablesPage};
 use crate::shmem::{RingMemory, page_round};
-use crate::sim_protocol::{
+use protocol::{
     self as proto, FRAME_HEADER_SIZE, FrameHeader, ProtocolError, Reply, ReplyData, Request,
     fdpass, kind,
 };
+
+pub mod protocol;
 
 const EPIPE: i32 = libc::EPIPE;
 
