@@ -264,3 +264,34 @@ impl AsFd for Datagram {
         self.sock.as_fd()
     }
 }
+
+#[cfg(feature = "tokio")]
+/// What a [`Datagram`] is made of, for the async wrapper of this crate.
+pub(crate) struct DatagramParts {
+    pub(crate) sock: UnixStream,
+    pub(crate) local_port: u32,
+    pub(crate) inbuf: Vec<u8>,
+    pub(crate) queued: VecDeque<(SockAddr, Vec<u8>)>,
+}
+
+#[cfg(feature = "tokio")]
+impl Datagram {
+    pub(crate) fn into_parts(self) -> DatagramParts {
+        DatagramParts {
+            sock: self.sock,
+            local_port: self.local_port,
+            inbuf: self.inbuf,
+            queued: self.queued,
+        }
+    }
+
+    pub(crate) fn from_parts(p: DatagramParts) -> Self {
+        Datagram {
+            sock: p.sock,
+            local_port: p.local_port,
+            nonblocking: false,
+            inbuf: p.inbuf,
+            queued: p.queued,
+        }
+    }
+}

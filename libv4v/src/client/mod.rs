@@ -12,8 +12,8 @@
 pub mod proto;
 
 mod admin;
-mod datagram;
-mod stream;
+pub(crate) mod datagram;
+pub(crate) mod stream;
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -71,7 +71,7 @@ impl Error {
         }
     }
 
-    fn from_errno(e: i32, what: &str) -> Self {
+    pub(crate) fn from_errno(e: i32, what: &str) -> Self {
         match e {
             crate::abi::errno::ECONNREFUSED => {
                 Error::Refused(format!("connection refused: no ring bound at {what}"))
