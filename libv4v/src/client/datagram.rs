@@ -49,16 +49,21 @@ pub(crate) fn wait_fd_until(
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Ok(false);
+                    // Past the deadline, still look once: a zero timeout takes what is there.
+                    0
+                } else {
+                    // Round up so that a wake-up before the deadline is never a busy loop.
+                    i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
                 }
-                // Round up so that a wake-up before the deadline is never a busy loop.
-                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
             }
         };
         // SAFETY: `p` is one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r > 0 {
             return Ok(true);
+        }
+        if r == 0 && ms == 0 {
+            return Ok(false);
         }
         if r < 0 {
             let e = io::Error::last_os_error();

@@ -384,6 +384,12 @@ impl Stream {
     pub fn end_of(daemon: &Path, id: u64) -> io::Result<()> {
         query_end(daemon, id).into_result()
     }
+
+    /// Aborts the stream with daemon id `id` (as [`Stream::abort`]), for a program that holds
+    /// only its descriptor.
+    pub fn abort_by_id(daemon: &Path, id: u64) -> Result<(), Error> {
+        handshake(daemon, &Request::Reset(id)).map(|_| ())
+    }
 }
 
 /// The descriptor of the Unix connection that carries the stream's bytes (the stream's id is
