@@ -75,6 +75,15 @@ static void test_datagrams(const char *d1, const char *d2)
     CHECK(rc == 10 && memcmp(got, "0123", 4) == 0, "truncated: %d", rc);
     rc = v4v_dgram_recv(rx, got, sizeof(got), NULL, 0);
     CHECK(rc == -EAGAIN, "nothing there: %d", rc);
+
+    /* Timeout 0 takes a datagram that is there. */
+    CHECK(v4v_dgram_send(tx, "now", 3, dst, 0) == 3, "send now");
+    {
+        struct pollfd p = { .fd = v4v_dgram_fd(rx), .events = POLLIN };
+        CHECK(poll(&p, 1, 10000) == 1, "readable");
+    }
+    rc = v4v_dgram_recv(rx, got, sizeof(got), NULL, 0);
+    CHECK(rc == 3 && memcmp(got, "now", 3) == 0, "timeout 0 takes it: %d", rc);
     rc = v4v_dgram_recv(rx, got, sizeof(got), NULL, 50);
     CHECK(rc == -EAGAIN, "nothing in 50 ms: %d", rc);
 
