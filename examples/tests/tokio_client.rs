@@ -339,3 +339,44 @@ fn hyper_serves_and_fetches_http_over_v4v() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// `connect` waits for the peer's daemon without holding the runtime's only thread: with the
+/// peer's daemon frozen, a timer task on a current-thread runtime keeps ticking while the connect
+/// is pending.
+#[test]
+fn connect_does_not_block_the_runtime() {
+    let stack = Stack::start(&[1, 2]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let l = Listener::bind_with(&stack.sock(2), 0)
+            .await
+            .expect("listen");
+        let addr = SockAddr::new(2, l.local_port());
+        stack.signal_daemon(2, libc::SIGSTOP);
+        let ticker = tokio::spawn(async {
+            let mut ticks = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ticks += 1;
+            }
+            ticks
+        });
+        let sock = stack.sock(1);
+        let r = timeout(
+            Duration::from_millis(600),
+            Stream::connect_with(&sock, addr),
+        )
+        .await;
+        stack.signal_daemon(2, libc::SIGCONT);
+        assert!(r.is_err(), "the frozen peer cannot have accepted: {r:?}");
+        assert_eq!(
+            ticker.await.expect("ticker"),
+            10,
+            "the runtime kept running"
+        );
+        drop(l);
+    });
+}

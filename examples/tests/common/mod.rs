@@ -46,7 +46,9 @@ pub fn example(name: &str) -> PathBuf {
 
 pub struct Stack {
     pub dir: PathBuf,
+    /// The simulator, then the daemons in the order of `domids`.
     children: Vec<Child>,
+    domids: Vec<u16>,
 }
 
 impl Stack {
@@ -70,6 +72,7 @@ impl Stack {
         let mut s = Stack {
             dir,
             children: vec![sim],
+            domids: domids.to_vec(),
         };
         wait_for_path(&sim_sock);
         for &d in domids {
@@ -101,6 +104,18 @@ impl Stack {
 
     pub fn sock(&self, domid: u16) -> PathBuf {
         self.dir.join(format!("d{domid}.sock"))
+    }
+
+    /// Sends `sig` to the daemon of `domid` (SIGSTOP freezes it, SIGCONT resumes it).
+    pub fn signal_daemon(&self, domid: u16, sig: i32) {
+        let i = self
+            .domids
+            .iter()
+            .position(|&d| d == domid)
+            .expect("a domain of the stack");
+        let pid = self.children[i + 1].id() as i32;
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe { libc::kill(pid, sig) };
     }
 }
 
