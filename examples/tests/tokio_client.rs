@@ -380,3 +380,79 @@ fn connect_does_not_block_the_runtime() {
         drop(l);
     });
 }
+
+/// Dropped futures leave a `Datagram` usable: a `recv` given up on loses nothing, and a
+/// `send_to` given up on while the destination ring is full does not confuse the next send's
+/// answer with its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_datagram_futures_lose_nothing() {
+    let stack = Stack::start(&[1, 2]);
+    let mut slow = Datagram::bind_with(&stack.sock(2), 0, None)
+        .await
+        .expect("bind");
+    let mut other = Datagram::bind_with(&stack.sock(2), 0, None)
+        .await
+        .expect("bind");
+    let mut tx = Datagram::bind_with(&stack.sock(1), 0, None)
+        .await
+        .expect("bind");
+    let to_slow = SockAddr::new(2, slow.local_port());
+    let to_other = SockAddr::new(2, other.local_port());
+
+    assert!(
+        timeout(Duration::from_millis(50), other.recv())
+            .await
+            .is_err()
+    );
+
+    // Fill the slow receiver's ring until a send has to wait, and give up on that one.
+    let big = vec![7u8; 60_000];
+    let mut sent = 0;
+    let mut gave_up = false;
+    for _ in 0..1000 {
+        match timeout(Duration::from_millis(300), tx.send_to(&big, to_slow)).await {
+            Ok(r) => {
+                r.expect("send");
+                sent += 1;
+            }
+            Err(_) => {
+                gave_up = true;
+                break;
+            }
+        }
+    }
+    assert!(gave_up, "the ring never filled ({sent} sent)");
+    // The daemon holds the port's sends behind the waiting one, so drain the slow receiver: it
+    // gets every datagram, the given-up one too (its frame was sent), each whole.
+    let drain = tokio::spawn(async move {
+        for _ in 0..=sent {
+            let (got, _) = timeout(LIMIT, slow.recv())
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(got.len(), 60_000);
+        }
+        timeout(Duration::from_millis(200), slow.recv())
+            .await
+            .is_err()
+    });
+    // The next send's answer is its own (refused), not the given-up one's (delivered).
+    let nowhere = SockAddr::new(2, 59997);
+    let r = timeout(LIMIT, tx.send_to(b"next", nowhere))
+        .await
+        .expect("in time");
+    assert!(matches!(r, Err(Error::Refused(_))), "{r:?}");
+    assert!(drain.await.expect("drain"), "nothing beyond what was sent");
+    let r = timeout(LIMIT, tx.send_to(b"after", to_other))
+        .await
+        .expect("in time");
+    assert_eq!(r.expect("send"), 5);
+    let (got, from) = timeout(LIMIT, other.recv())
+        .await
+        .expect("in time")
+        .expect("recv");
+    assert_eq!(
+        (got.as_slice(), from),
+        (&b"after"[..], SockAddr::new(1, tx.local_port()))
+    );
+}
