@@ -280,6 +280,14 @@ async fn blocking_and_async_streams_convert_both_ways() {
     tokio::task::block_in_place(|| bs.read_exact(&mut got)).expect("read");
     assert_eq!(&got, b"ping");
     drop(bs); // orderly close from the blocking side
+    // Through a bare descriptor and back, knowing the stream's id: the end still reads as
+    // orderly.
+    let std_c = c.into_std().expect("to blocking");
+    let (id, peer, lp) = (std_c.id(), std_c.peer_addr(), std_c.local_port());
+    let fd = std::os::fd::OwnedFd::from(std_c);
+    let mut c = Stream::try_from(client::Stream::from_fd(fd, &stack.sock(1), id, peer, lp))
+        .expect("from the descriptor");
+    assert_eq!((c.id(), c.peer_addr(), c.local_port()), (id, addr, lp));
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).await.expect("end of file");
     assert!(rest.is_empty());

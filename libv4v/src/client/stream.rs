@@ -385,6 +385,20 @@ impl Stream {
         query_end(daemon, id).into_result()
     }
 
+    /// The stream whose bytes `fd` carries (from `OwnedFd::from(stream)`, possibly in another
+    /// process), given what the stream's owner knew of it: the daemon's socket, the stream's id,
+    /// its peer and local port. Reads and writes then tell an orderly close from a reset as
+    /// usual.
+    pub fn from_fd(
+        fd: std::os::fd::OwnedFd,
+        daemon: &Path,
+        id: u64,
+        peer: SockAddr,
+        local_port: u32,
+    ) -> Self {
+        Stream::new(UnixStream::from(fd), local_port, peer, id, daemon)
+    }
+
     /// Aborts the stream with daemon id `id` (as [`Stream::abort`]), for a program that holds
     /// only its descriptor.
     pub fn abort_by_id(daemon: &Path, id: u64) -> Result<(), Error> {

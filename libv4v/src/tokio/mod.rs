@@ -12,8 +12,11 @@
 //! Each type owns the same Unix connection to v4vd as its blocking twin in [`crate::client`]
 //! (speaking the protocol of `docs/protocol.md`), registered with tokio's reactor; `TryFrom` the
 //! blocking type and `into_std` convert both ways, and the descriptor is available as
-//! [`AsFd`](std::os::fd::AsFd) and, through the blocking type, as an
-//! [`OwnedFd`](std::os::fd::OwnedFd).
+//! [`AsFd`](std::os::fd::AsFd). A stream also converts to and from an
+//! [`OwnedFd`](std::os::fd::OwnedFd) through the blocking type (`OwnedFd::from(s.into_std()?)`,
+//! and [`client::Stream::from_fd`](crate::client::Stream::from_fd) with the stream's id, which
+//! telling a reset from an orderly close needs); the datagram and listener connections carry
+//! framing and announcements that the types buffer, so they are not handed over bare.
 //!
 //! **End of a stream.** As in the blocking API, an orderly close reads as end of file and a reset
 //! as an error of kind `ConnectionReset` (or `PermissionDenied`, `HostUnreachable`, `TimedOut`,
