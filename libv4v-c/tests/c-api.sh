@@ -13,9 +13,11 @@ bin=${CARGO_TARGET_DIR:-$root/target}/debug
 work=$(mktemp -d /tmp/v4v-c-api.XXXXXX)
 pids=()
 cleanup() {
-  # Daemons before the simulator (it goes first in the list).
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Daemons before the simulator (it goes first in the list), so none reports losing it.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
