@@ -9,6 +9,7 @@
 //! - [`hypervisor`]: the [`Hypervisor`] trait every backend (model, simulator, Xen) implements.
 //! - [`backend`]: backends chosen at run time (`sim:PATH` with the `sim` feature, `xen`).
 //! - [`xen`]: the Xen backend (privcmd, hypercall buffers, event channel).
+//! - `tokio` (cargo feature `tokio`, off by default): the client API on the tokio runtime.
 //!
 //! Cargo feature `sim` (off by default) builds the client of the `v4v-sim` simulator and its wire
 //! protocol (`backend::sim`); v4vd, v4v-sim and the conformance runner enable it. Modules that
@@ -30,6 +31,8 @@ pub mod hypervisor;
 pub mod raw;
 pub mod ring;
 pub mod shmem;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod xen;
 
 pub use hypervisor::{HvError, Hypervisor};

@@ -49,16 +49,21 @@ pub(crate) fn wait_fd_until(
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Ok(false);
+                    // Past the deadline, still look once: a zero timeout takes what is there.
+                    0
+                } else {
+                    // Round up so that a wake-up before the deadline is never a busy loop.
+                    i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
                 }
-                // Round up so that a wake-up before the deadline is never a busy loop.
-                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
             }
         };
         // SAFETY: `p` is one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r > 0 {
             return Ok(true);
+        }
+        if r == 0 && ms == 0 {
+            return Ok(false);
         }
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -105,26 +110,7 @@ impl Datagram {
 
     /// Sends one datagram; returns its length once the hypervisor took it.
     pub fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
-        if dst.port == 0 {
-            return Err(Error::Invalid("port 0 is not a destination".into()));
-        }
-        let too_big = || {
-            Error::MessageTooBig(format!(
-                "{} bytes, more than the V4V maximum of {MAX_DGRAM}",
-                buf.len()
-            ))
-        };
-        let len = u32::try_from(buf.len()).map_err(|_| too_big())?;
-        if len > MAX_DGRAM {
-            return Err(too_big());
-        }
-        let h = FrameHeader {
-            len,
-            kind: FRAME_SEND,
-            domain: dst.domid,
-            port: dst.port,
-            aux: if self.nonblocking { SEND_F_NOWAIT } else { 0 },
-        };
+        let h = send_header(buf, dst, self.nonblocking)?;
         self.write_all(&h.encode())
             .and_then(|()| self.write_all(buf))
             .map_err(|e| match e {
@@ -136,12 +122,7 @@ impl Datagram {
                 .next_frame(true)?
                 .ok_or_else(|| Error::Protocol("no status for a send".into()))?;
             match h.kind {
-                FRAME_STATUS if h.aux == 0 => return Ok(buf.len()),
-                FRAME_STATUS => {
-                    // A status may carry the daemon's reason (sizes, limits) as its payload.
-                    let reason = String::from_utf8_lossy(&payload);
-                    return Err(Error::from_errno(h.aux as i32, &dst.to_string(), &reason));
-                }
+                FRAME_STATUS => return send_status(&h, &payload, dst).map(|()| buf.len()),
                 FRAME_DATA => self.queued.push_back((h.addr(), payload)),
                 k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
             }
@@ -275,5 +256,74 @@ impl AsRawFd for Datagram {
 impl AsFd for Datagram {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+#[cfg(feature = "tokio")]
+/// What a [`Datagram`] is made of, for the async wrapper of this crate.
+pub(crate) struct DatagramParts {
+    pub(crate) sock: UnixStream,
+    pub(crate) local_port: u32,
+    pub(crate) inbuf: Vec<u8>,
+    pub(crate) queued: VecDeque<(SockAddr, Vec<u8>)>,
+}
+
+#[cfg(feature = "tokio")]
+impl Datagram {
+    pub(crate) fn into_parts(self) -> DatagramParts {
+        DatagramParts {
+            sock: self.sock,
+            local_port: self.local_port,
+            inbuf: self.inbuf,
+            queued: self.queued,
+        }
+    }
+
+    pub(crate) fn from_parts(p: DatagramParts) -> Self {
+        Datagram {
+            sock: p.sock,
+            local_port: p.local_port,
+            nonblocking: false,
+            inbuf: p.inbuf,
+            queued: p.queued,
+        }
+    }
+}
+
+/// The SEND frame header for `buf` to `dst`, or why it cannot be sent at all. Shared by the
+/// blocking and the async datagram types, so both refuse the same sends with the same words.
+pub(crate) fn send_header(buf: &[u8], dst: SockAddr, nowait: bool) -> Result<FrameHeader, Error> {
+    if dst.port == 0 {
+        return Err(Error::Invalid("port 0 is not a destination".into()));
+    }
+    let too_big = || {
+        Error::MessageTooBig(format!(
+            "{} bytes, more than the V4V maximum of {MAX_DGRAM}",
+            buf.len()
+        ))
+    };
+    let len = u32::try_from(buf.len()).map_err(|_| too_big())?;
+    if len > MAX_DGRAM {
+        return Err(too_big());
+    }
+    Ok(FrameHeader {
+        len,
+        kind: FRAME_SEND,
+        domain: dst.domid,
+        port: dst.port,
+        aux: if nowait { SEND_F_NOWAIT } else { 0 },
+    })
+}
+
+/// What a send's STATUS frame says: success, or the error with the daemon's reason (sizes,
+/// limits), which a failed status carries as its payload.
+pub(crate) fn send_status(h: &FrameHeader, payload: &[u8], dst: SockAddr) -> Result<(), Error> {
+    match h.aux {
+        0 => Ok(()),
+        e => Err(Error::from_errno(
+            e as i32,
+            &dst.to_string(),
+            &String::from_utf8_lossy(payload),
+        )),
     }
 }

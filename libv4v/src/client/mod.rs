@@ -13,8 +13,8 @@
 pub mod proto;
 
 mod admin;
-mod datagram;
-mod stream;
+pub(crate) mod datagram;
+pub(crate) mod stream;
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -92,7 +92,7 @@ impl Error {
     }
 
     /// A datagram send's status `e` (a positive errno), with the daemon's reason if it gave one.
-    fn from_errno(e: i32, what: &str, reason: &str) -> Self {
+    pub(crate) fn from_errno(e: i32, what: &str, reason: &str) -> Self {
         match e {
             crate::abi::errno::ECONNREFUSED if reason.is_empty() => {
                 Error::Refused(format!("connection refused: no ring bound at {what}"))

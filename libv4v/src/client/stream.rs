@@ -31,8 +31,9 @@ pub struct Stream {
     ended: Option<End>,
 }
 
+/// How a stream ended, as `CLOSED ID` answered.
 #[derive(Debug, Clone)]
-enum End {
+pub(crate) enum End {
     Eof,
     Reset(io::ErrorKind, String),
 }
@@ -60,35 +61,7 @@ impl Stream {
         if let Some(e @ End::Reset(..)) = &self.ended {
             return e.clone();
         }
-        let e = match handshake(&self.daemon, &Request::Closed(self.id)) {
-            Ok((_, Reply::Closed(StreamEnd::Eof))) => End::Eof,
-            // The peer has not finished; the connection ended on our side.
-            Ok((_, Reply::Closed(StreamEnd::Open))) => End::Reset(
-                io::ErrorKind::ConnectionAborted,
-                "the daemon ended the stream".into(),
-            ),
-            Ok((_, Reply::Closed(StreamEnd::Reset { code, reason }))) => {
-                let kind = match code.as_str() {
-                    "EACCES" => io::ErrorKind::PermissionDenied,
-                    "EHOSTUNREACH" => io::ErrorKind::HostUnreachable,
-                    "ETIMEDOUT" => io::ErrorKind::TimedOut,
-                    "ECONNABORTED" => io::ErrorKind::ConnectionAborted,
-                    _ => io::ErrorKind::ConnectionReset,
-                };
-                let why = if reason.is_empty() { code } else { reason };
-                End::Reset(kind, format!("reset: {why}"))
-            }
-            Ok((_, other)) => End::Reset(
-                io::ErrorKind::InvalidData,
-                format!("unexpected CLOSED reply {other}"),
-            ),
-            // No answer to the question: the daemon is gone (refused), or dying (the connection
-            // was reset or closed before a reply).
-            Err(_) => End::Reset(
-                io::ErrorKind::NotConnected,
-                format!("the v4v daemon at {} went away", self.daemon.display()),
-            ),
-        };
+        let e = query_end(&self.daemon, self.id);
         self.ended = Some(e.clone());
         e
     }
@@ -390,15 +363,9 @@ impl Listener {
             let Some(id) = self.next_incoming()? else {
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
             };
-            match handshake(&self.daemon, &Request::Accept(self.port, Some(id))) {
-                Ok((sock, Reply::Accepted { peer, id: sid })) => {
-                    let s = Stream::new(sock, self.port, peer, sid, &self.daemon);
-                    return Ok((s, peer));
-                }
-                Ok((_, other)) => return Err(unexpected(&other, "ACCEPT")),
-                // Taken by another acceptor, or reset before we came: try the next one.
-                Err(Error::Daemon { code, .. }) if code == "ENOENT" => continue,
-                Err(e) => return Err(e),
+            // None: taken by another acceptor, or reset before we came: try the next one.
+            if let Some(accepted) = accept_announced(&self.daemon, self.port, id)? {
+                return Ok(accepted);
             }
         }
     }
@@ -430,5 +397,171 @@ impl AsRawFd for Listener {
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ctl.as_fd()
+    }
+}
+
+/// Asks the daemon at `daemon` how stream `id` ended (`CLOSED ID`), once its connection reached
+/// its end.
+pub(crate) fn query_end(daemon: &Path, id: u64) -> End {
+    match handshake(daemon, &Request::Closed(id)) {
+        Ok((_, Reply::Closed(StreamEnd::Eof))) => End::Eof,
+        // The peer has not finished; the connection ended on our side.
+        Ok((_, Reply::Closed(StreamEnd::Open))) => End::Reset(
+            io::ErrorKind::ConnectionAborted,
+            "the daemon ended the stream".into(),
+        ),
+        Ok((_, Reply::Closed(StreamEnd::Reset { code, reason }))) => {
+            let kind = match code.as_str() {
+                "EACCES" => io::ErrorKind::PermissionDenied,
+                "EHOSTUNREACH" => io::ErrorKind::HostUnreachable,
+                "ETIMEDOUT" => io::ErrorKind::TimedOut,
+                "ECONNABORTED" => io::ErrorKind::ConnectionAborted,
+                _ => io::ErrorKind::ConnectionReset,
+            };
+            let why = if reason.is_empty() { code } else { reason };
+            End::Reset(kind, format!("reset: {why}"))
+        }
+        Ok((_, other)) => End::Reset(
+            io::ErrorKind::InvalidData,
+            format!("unexpected CLOSED reply {other}"),
+        ),
+        // No answer to the question: the daemon is gone (refused), or dying (the connection
+        // was reset or closed before a reply).
+        Err(_) => End::Reset(
+            io::ErrorKind::NotConnected,
+            format!("the v4v daemon at {} went away", daemon.display()),
+        ),
+    }
+}
+
+impl End {
+    /// The outcome as a read reports it: `Ok` for an orderly end, the reset as an error.
+    pub(crate) fn into_result(self) -> io::Result<()> {
+        match self {
+            End::Eof => Ok(()),
+            End::Reset(kind, msg) => Err(io::Error::new(kind, msg)),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+/// What a [`Stream`] is made of, for the async wrapper of this crate.
+pub(crate) struct StreamParts {
+    pub(crate) sock: UnixStream,
+    pub(crate) local_port: u32,
+    pub(crate) peer: SockAddr,
+    pub(crate) id: u64,
+    pub(crate) daemon: PathBuf,
+    pub(crate) ended: Option<End>,
+}
+
+#[cfg(feature = "tokio")]
+impl Stream {
+    pub(crate) fn into_parts(self) -> StreamParts {
+        StreamParts {
+            sock: self.sock,
+            local_port: self.local_port,
+            peer: self.peer,
+            id: self.id,
+            daemon: self.daemon,
+            ended: self.ended,
+        }
+    }
+
+    pub(crate) fn from_parts(p: StreamParts) -> Self {
+        Stream {
+            sock: p.sock,
+            local_port: p.local_port,
+            peer: p.peer,
+            id: p.id,
+            daemon: p.daemon,
+            ended: p.ended,
+        }
+    }
+}
+
+impl Stream {
+    /// How the stream with daemon id `id` ended, for a program that holds only its descriptor
+    /// (one handed to C, or to another process): ask after a read returned end of file or a
+    /// write failed with `EPIPE`. `Ok` is an orderly close; a reset is an error of the same kind
+    /// and message as [`Stream`]'s reads give.
+    pub fn end_of(daemon: &Path, id: u64) -> io::Result<()> {
+        query_end(daemon, id).into_result()
+    }
+
+    /// The stream whose bytes `fd` carries (from `OwnedFd::from(stream)`, possibly in another
+    /// process), given what the stream's owner knew of it: the daemon's socket, the stream's id,
+    /// its peer and local port. Reads and writes then tell an orderly close from a reset as
+    /// usual.
+    pub fn from_fd(
+        fd: std::os::fd::OwnedFd,
+        daemon: &Path,
+        id: u64,
+        peer: SockAddr,
+        local_port: u32,
+    ) -> Self {
+        Stream::new(UnixStream::from(fd), local_port, peer, id, daemon)
+    }
+
+    /// Aborts the stream with daemon id `id` (as [`Stream::abort`]), for a program that holds
+    /// only its descriptor.
+    pub fn abort_by_id(daemon: &Path, id: u64) -> Result<(), Error> {
+        handshake(daemon, &Request::Reset(id)).map(|_| ())
+    }
+}
+
+/// The descriptor of the Unix connection that carries the stream's bytes (the stream's id is
+/// needed to tell an orderly close from a reset afterwards: [`Stream::end_of`]).
+impl From<Stream> for std::os::fd::OwnedFd {
+    fn from(s: Stream) -> Self {
+        s.sock.into()
+    }
+}
+
+#[cfg(feature = "tokio")]
+/// What a [`Listener`] is made of, for the async wrapper of this crate.
+pub(crate) struct ListenerParts {
+    pub(crate) ctl: UnixStream,
+    pub(crate) port: u32,
+    pub(crate) daemon: PathBuf,
+    pub(crate) line: Vec<u8>,
+}
+
+#[cfg(feature = "tokio")]
+impl Listener {
+    pub(crate) fn into_parts(self) -> ListenerParts {
+        ListenerParts {
+            ctl: self.ctl,
+            port: self.port,
+            daemon: self.daemon,
+            line: self.line,
+        }
+    }
+
+    pub(crate) fn from_parts(p: ListenerParts) -> Self {
+        Listener {
+            ctl: p.ctl,
+            port: p.port,
+            daemon: p.daemon,
+            nonblocking: false,
+            line: p.line,
+        }
+    }
+}
+
+/// Takes the announced connection `id` waiting on `port` (`ACCEPT PORT ID`); `None` when another
+/// acceptor took it or it was reset before we came.
+pub(crate) fn accept_announced(
+    daemon: &Path,
+    port: u32,
+    id: u64,
+) -> Result<Option<(Stream, SockAddr)>, Error> {
+    match handshake(daemon, &Request::Accept(port, Some(id))) {
+        Ok((sock, Reply::Accepted { peer, id: sid })) => {
+            Ok(Some((Stream::new(sock, port, peer, sid, daemon), peer)))
+        }
+        Ok((_, other)) => Err(unexpected(&other, "ACCEPT")),
+        Err(Error::Daemon { code, .. }) if code == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
     }
 }
