@@ -584,3 +584,55 @@ fn table(figs: &[Figure], env: &Value) -> String {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+    }
+
+    #[test]
+    fn targets_point_the_right_way() {
+        let fig = |v4v: f64, unix: Option<f64>, target: f64, higher: bool, absolute: bool| Figure {
+            key: String::new(),
+            label: String::new(),
+            unit: "",
+            v4v,
+            unix,
+            target: Some(target),
+            higher_better: higher,
+            absolute,
+            samples: Value::Null,
+        };
+        // A rate: the ratio must reach the target.
+        assert_eq!(fig(30.0, Some(100.0), 0.3, true, false).met(), Some(true));
+        assert_eq!(fig(29.0, Some(100.0), 0.3, true, false).met(), Some(false));
+        // A time: the ratio must stay under it.
+        assert_eq!(fig(80.0, Some(10.0), 8.0, false, false).met(), Some(true));
+        assert_eq!(fig(81.0, Some(10.0), 8.0, false, false).met(), Some(false));
+        // A bound on V4V itself, without a baseline.
+        assert_eq!(fig(0.3, None, 0.2, false, true).met(), Some(false));
+        assert_eq!(fig(0.1, None, 0.2, false, true).ratio(), None);
+    }
+
+    #[test]
+    fn arguments() {
+        let a = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let o = a(&["--quick", "--pairs", "3", "--streams", "7"]).unwrap();
+        assert_eq!((o.plan.pairs, o.plan.idle_streams), (3, 7));
+        assert_eq!(o.plan.stream_bytes, Plan::quick().stream_bytes);
+        let o = a(&["--sockets", "/a,/b", "--domids", "0,5", "--pids", "10,11"]).unwrap();
+        let (sock, dom, pids) = o.given.unwrap();
+        assert_eq!(sock, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!((dom, pids), ([0, 5], vec![10, 11]));
+        assert!(a(&["--sockets", "/a,/b"]).is_err());
+        assert!(a(&["--pairs"]).is_err());
+        assert!(a(&["--pairs", "x"]).is_err());
+        assert!(a(&["--bogus"]).is_err());
+    }
+}

@@ -117,8 +117,10 @@ fn recv_bytes(r: &mut impl Read, total: u64) -> Result<(), String> {
 
 /// The nearest-rank percentile `q` (0..1) of sorted `v`, in microseconds.
 fn percentile(v: &[Duration], q: f64) -> f64 {
-    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i].as_secs_f64() * 1e6
+    // The rank is ceil(q·n); the tolerance keeps a product like 0.999 × 1000 from rounding up
+    // past its exact value.
+    let i = ((q * v.len() as f64 - 1e-9).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_nanos() as f64 / 1e3
 }
 
 impl Bench<'_> {
@@ -481,5 +483,22 @@ impl Bench<'_> {
             refused,
             procs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        assert_eq!(percentile(&v, 0.50), 500.0);
+        assert_eq!(percentile(&v, 0.99), 990.0);
+        assert_eq!(percentile(&v, 0.999), 999.0);
+        assert_eq!(percentile(&v, 1.0), 1000.0);
+        // One sample is every percentile.
+        assert_eq!(percentile(&v[..1], 0.999), 1.0);
+        assert_eq!(percentile(&v[..1], 0.0), 1.0);
     }
 }
