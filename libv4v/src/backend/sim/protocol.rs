@@ -46,6 +46,8 @@ pub const REPLY_BIT: u16 = 0x8000;
 /// cannot parse any more (a length past [`MAX_BODY`], too many descriptors). Its body is the
 /// `i64` negative errno.
 pub const KIND_FATAL: u16 = 0xffff;
+/// The largest errno a fatal frame may carry (Linux's `MAX_ERRNO`).
+const MAX_FATAL_ERRNO: i32 = 4095;
 
 /// Request kinds. The hypercall ops keep their `V4VOP_*` numbers.
 pub mod kind {
@@ -110,6 +112,8 @@ pub enum ProtocolError {
     BadElision,
     #[error("reply kind {got:#x} does not answer request kind {want:#x}")]
     UnexpectedReply { got: u16, want: u16 },
+    #[error("fatal frame carries {0}, not a negative errno")]
+    BadFatal(i64),
 }
 
 impl ProtocolError {
@@ -524,7 +528,11 @@ impl Reply {
         if kind == KIND_FATAL {
             let ret = r.i64()?;
             r.end()?;
-            return Ok(Reply::error(i32::try_from(-ret).unwrap_or(errno::EPROTO)));
+            // Only a failure may be fatal: a value that is no errno would read as a success.
+            return match ret.checked_neg().and_then(|e| i32::try_from(e).ok()) {
+                Some(e) if (1..=MAX_FATAL_ERRNO).contains(&e) => Ok(Reply::error(e)),
+                _ => Err(ProtocolError::BadFatal(ret)),
+            };
         }
         if kind != req_kind | REPLY_BIT {
             return Err(ProtocolError::UnexpectedReply {
@@ -1110,6 +1118,26 @@ mod tests {
         assert!(Request::decode(kind::INFO, 1, &[]).is_err());
         assert!(Request::decode(kind::REGISTER_RING, 0, &[0; 8]).is_err());
         assert!(Request::decode(kind::REGISTER_RING, 1, &[0; 7]).is_err());
+    }
+
+    /// Found by the `sim_protocol` fuzz target: a fatal frame carrying a non-negative value was
+    /// decoded as a successful reply (ret 10 to INFO, with no info in it), and `i64::MIN`
+    /// overflowed its negation (a panic in a debug build).
+    #[test]
+    fn a_fatal_frame_is_a_failure_or_refused() {
+        for v in [10i64, 0, -5000, i64::MIN] {
+            let body = v.to_le_bytes();
+            assert_eq!(
+                Reply::decode(kind::INFO, KIND_FATAL, 0, &body),
+                Err(ProtocolError::BadFatal(v)),
+                "{v}"
+            );
+        }
+        let body = (-i64::from(abi::errno::EPERM)).to_le_bytes();
+        assert_eq!(
+            Reply::decode(kind::INFO, KIND_FATAL, 0, &body),
+            Ok(Reply::error(abi::errno::EPERM))
+        );
     }
 
     proptest! {
