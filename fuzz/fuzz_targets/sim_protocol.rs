@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use v4v::sim_protocol::{FRAME_HEADER_SIZE, FrameHeader, Reply, Request};
+use v4v::backend::sim::protocol::{FRAME_HEADER_SIZE, FrameHeader, Reply, Request};
 
 /// The request kinds a reply can answer (the selector byte picks one).
 const REQUEST_KINDS: [u16; 10] = [1, 2, 4, 5, 6, 7, 8, 9, 10, 0x40];
