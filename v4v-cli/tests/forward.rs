@@ -589,7 +589,7 @@ fn a_thousand_forwarded_connections_in_bounded_memory() {
     let s = Stack::start(&[0, 1]);
     let (a, b) = pair(&s, srv, 88, &["--max-connections", "2000"]);
     let base = (rss_kib(a.pid()), rss_kib(b.pid()));
-    // One after another: a burst of 1,000 connects would overflow the V4V backlog (128).
+    // One after another: a burst of 1,000 connects would fill the V4V backlog (1,024).
     let mut clients = Vec::new();
     let mut servers = Vec::new();
     for i in 0..N {

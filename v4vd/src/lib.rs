@@ -99,7 +99,7 @@ impl Default for Config {
             conn_window: 256 * 1024,
             chunk: 32 * 1024,
             dgram_buffer: 1024 * 1024,
-            backlog: 128,
+            backlog: 1024,
             max_clients: 65536,
             max_clients_per_user: 4096,
             max_rings_per_user: None,
