@@ -342,8 +342,9 @@ impl Reply {
                 let reason = args
                     .strip_prefix("reset ")
                     .and_then(|r| r.strip_prefix(code))
-                    .unwrap_or("")
-                    .trim_start_matches(' ');
+                    .unwrap_or("");
+                // One space separates code and reason; the reason's own spaces are its own.
+                let reason = reason.strip_prefix(' ').unwrap_or(reason);
                 Ok(Reply::Closed(StreamEnd::Reset {
                     code: code.to_string(),
                     reason: reason.to_string(),
