@@ -6,7 +6,10 @@
 . /test/lib.sh
 G=$(xenstore-read domid)
 KD=/local/domain/$G/data/e2e
-echo "E2E-GUEST-BEGIN domid=$G"
+# Xen's guest type as Linux sees it (PV, PVH or HVM), for the host's check.
+gtype=$(cat /sys/hypervisor/guest_type 2>/dev/null)
+[ -n "$gtype" ] || { dmesg | grep -q 'Booting kernel on Xen PVH' && gtype=PVH || gtype=unknown; }
+echo "E2E-GUEST-BEGIN domid=$G type=$gtype"
 
 # Linux restricts /dev/xen/privcmd in unprivileged domains since XSA-482: V4V needs it
 # unrestricted. On the way, what v4vd says without the driver, and with it restricted.
