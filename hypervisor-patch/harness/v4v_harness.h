@@ -28,6 +28,8 @@ int v4vh_reset(void);
 /* Create / destroy a domain (0 is the hardware domain; ids < 0x7FF0). */
 int v4vh_domain_create(uint16_t domid);
 int v4vh_domain_destroy(uint16_t domid);
+/* domain_soft_reset() (kexec in the guest): its ports closed, then v4v_soft_reset. */
+int v4vh_domain_soft_reset(uint16_t domid);
 
 /*
  * HYPERVISOR_v4v_op(cmd, arg1, arg2, arg3, arg4) issued by domain 'caller'.
@@ -50,6 +52,16 @@ int v4vh_guest_unmap(uint16_t domid, void *base, size_t len);
 
 /* Page references currently held: 0 once every ring is gone. */
 size_t v4vh_pages_held(void);
+/*
+ * Log-dirty mode of a domain (as during live migration) and what V4V marked
+ * dirty in it: v4vh_dirty_marks(domid, base, page) is how many times the
+ * page'th page of the guest memory at 'base' was marked (0 after
+ * v4vh_guest_map); -1 for an unknown region.
+ */
+int v4vh_set_log_dirty(uint16_t domid, int on);
+long v4vh_dirty_marks(uint16_t domid, void *base, unsigned long page);
+/* Xen's is_shutting_down (a suspend for save or migration included). */
+int v4vh_set_shutting_down(uint16_t domid, int on);
 
 /* Run the debug-key handler ('4'), printing to stderr. */
 void v4vh_debug_dump(void);

@@ -232,7 +232,9 @@ struct v4v_domain;
 struct domain {
     domid_t domain_id;
     struct v4v_domain *v4v;
+    bool is_shutting_down;
     /* harness only */
+    bool log_dirty;
     bool evtchn_signalled;
     unsigned int evtchn_next_port;
     unsigned long evtchn_sends;
@@ -287,6 +289,7 @@ struct page_info {
     unsigned long mfn;          /* the page's address >> PAGE_SHIFT */
     unsigned int count;         /* general references */
     unsigned int type_count;    /* writable type references */
+    unsigned int dirty;         /* times marked dirty in log-dirty mode */
 };
 
 #define page_to_mfn(pg) _mfn((pg)->mfn)
