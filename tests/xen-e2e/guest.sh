@@ -59,6 +59,45 @@ await acl-cleared 60 >/dev/null
 v4v-cli send 0:5002 "restored" 2>/tmp/e; put acl-restored "rc=$? $(head -c 200 /tmp/e)"
 v4v-cli acl add 'reject *:* -> *:*' 2>/tmp/e; put acl-edit "rc=$? $(head -c 200 /tmp/e)"
 
+# 4b. dom0 saves and restores us, then migrates us to the same host: each time we come back as a
+#     new domain (a new domid, so a new $KD), and this script, v4vd and the clients carry on.
+#     A datagram port (5100), a listening port (6200), a stream from dom0 to it and one to dom0.
+v4v-cli recv 5100 --verbose >/tmp/dg 2>&1 &
+v4v-cli listen 6200 </dev/null >/tmp/l6200 2>/tmp/l6200.err &
+until_true 20 has_port 5100; until_true 20 has_port 6200
+await listen6300 60 >/dev/null
+sleep 100000 | v4v-cli connect 0:6300 >/dev/null 2>/tmp/c6300.err &
+cp=$!
+put resume-ready yes
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# new_domain WHAT: wait until we are a new domain, then say how long v4vd took to serve as it
+# (its STATUS names the new domain, with both ports), measured from when this script noticed.
+new_domain() {
+  old=$G
+  until_true 900 sh -c "[ \"\$(xenstore-read domid)\" != $old ]"
+  G=$(xenstore-read domid); KD=/local/domain/$G/data/e2e; t0=$(uptime_s)
+  until_true 30 sh -c "v4v-cli status 2>/dev/null | grep -qx 'domain $G' && v4v-cli status | grep -q ' 5100/dgram' && v4v-cli status | grep -q ' 6200/listen'"
+  ok=$?; t1=$(uptime_s)
+  echo "E2E-GUEST $1: domain $old is now $G"
+  put "$1" "rc=$ok secs=$(echo "$t0 $t1" | awk '{ printf "%.1f", $2 - $1 }') $(v4v-cli status 2>&1 | tr -s ' \n' ' ' | head -c 300)"
+}
+new_domain restored
+wait $cp; put c6300 "rc=$? $(head -c 300 /tmp/c6300.err)"
+await dgram-after-restore 60 >/dev/null
+until_true 20 grep -q after-restore /tmp/dg
+put dg "$(tr '\t\n' ' ;' </tmp/dg | head -c 300)"
+await stream-after-restore 60 >/dev/null
+until_true 20 grep -q after-restore-stream /tmp/l6200
+put l6200 "out: $(head -c 200 /tmp/l6200 | tr '\n' ' ') err: $(head -c 300 /tmp/l6200.err | tr '\n' ' ')"
+await migrate 60 >/dev/null
+new_domain migrated
+await flow-done 300 >/dev/null
+sleep 2
+# Every datagram of the flow, as received: its number if its payload is intact, else "bad".
+awk -F'\t' '$2 ~ /^mig-/ { p = $2; sub(/^mig-/, "", p); n = p; sub(/-.*/, "", n); sub(/^[0-9]*-/, "", p)
+  if (length(p) != 3000 || p ~ /[^x]/) print "bad"; else print n }' /tmp/dg >/tmp/flow-ids
+put flow "bad=$(grep -c bad /tmp/flow-ids) ids=$(grep -v bad /tmp/flow-ids | sort -n | ranges)"
+
 # 5. rings and a pending send, then dom0 destroys us: a stream listener (dom0's daemon then has a
 #    ring for us alone), and datagrams into a dom0 port nobody reads until a send blocks.
 sleep 100000 | v4v-cli listen 6100 >/dev/null 2>&1 &

@@ -31,3 +31,9 @@ start_v4vd() {
   V4VD_PID=$!
   until_true 30 v4vd_up
 }
+# ranges: sorted numbers on stdin as "1-5 7 9-12" (a repeated number breaks a range).
+ranges() {
+  awk 'NR == 1 { s = e = $1; next } $1 == e + 1 { e = $1; next }
+       { printf "%s ", (s == e ? s : s "-" e); s = e = $1 }
+       END { if (NR) printf "%s", (s == e ? s : s "-" e) }'
+}

@@ -46,6 +46,11 @@ impl Tx {
         }
     }
 
+    /// The domain we send as changed (restored or migrated).
+    pub fn set_domid(&mut self, domid: DomId) {
+        self.domid = domid;
+    }
+
     /// Parks client `t` until space may have come.
     pub fn park(&mut self, t: usize) {
         self.parked.insert(t);
