@@ -29,6 +29,8 @@ put agent "rc=$rc"
 await conformance-checked 120 >/dev/null  # dom0 looks for leftovers before we register more
 
 # 2. v4vd, and datagrams both ways.
+# The resume module says when it registers the rings again (section 4b reports it).
+export V4VD_LOG=warn,v4vd::daemon::resume=info
 if start_v4vd; then
   v4v-cli status >/tmp/status 2>&1; echo "E2E-GUEST v4v-cli status exit $?:"; cat /tmp/status
   put v4vd "ok $(tr -s ' \n' ' ' </tmp/status)"
@@ -63,7 +65,8 @@ v4v-cli acl add 'reject *:* -> *:*' 2>/tmp/e; put acl-edit "rc=$? $(head -c 200 
 #     new domain (a new domid, so a new $KD), and this script, v4vd and the clients carry on.
 #     A datagram port (5100), a listening port (6200), a stream from dom0 to it and one to dom0.
 v4v-cli recv 5100 --verbose >/tmp/dg 2>&1 &
-v4v-cli listen 6200 </dev/null >/tmp/l6200 2>/tmp/l6200.err &
+# (stdin never ends: the streams stay open from this side, as an idle server's do)
+sleep 100000 | v4v-cli listen 6200 >/tmp/l6200 2>/tmp/l6200.err &
 until_true 20 has_port 5100; until_true 20 has_port 6200
 await listen6300 60 >/dev/null
 sleep 100000 | v4v-cli connect 0:6300 >/dev/null 2>/tmp/c6300.err &
@@ -72,17 +75,23 @@ put resume-ready yes
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 # new_domain WHAT: wait until we are a new domain, then say how long v4vd took to serve as it
 # (its STATUS names the new domain, with both ports), measured from when this script noticed.
+serves_as_new() { # v4vd's STATUS names domain $G and has both ports
+  _s=$(v4v-cli status 2>/dev/null | tr -s ' \n' ' ')
+  case "$_s" in "domain $G "*) ;; *) return 1 ;; esac
+  case "$_s" in *" 5100/dgram"*) ;; *) return 1 ;; esac
+  case "$_s" in *" 6200/listen"*) return 0 ;; *) return 1 ;; esac
+}
 new_domain() {
   old=$G
   until_true 900 sh -c "[ \"\$(xenstore-read domid)\" != $old ]"
   G=$(xenstore-read domid); KD=/local/domain/$G/data/e2e; t0=$(uptime_s)
-  until_true 30 sh -c "v4v-cli status 2>/dev/null | grep -qx 'domain $G' && v4v-cli status | grep -q ' 5100/dgram' && v4v-cli status | grep -q ' 6200/listen'"
+  until_true 30 serves_as_new
   ok=$?; t1=$(uptime_s)
   echo "E2E-GUEST $1: domain $old is now $G"
-  put "$1" "rc=$ok secs=$(echo "$t0 $t1" | awk '{ printf "%.1f", $2 - $1 }') $(v4v-cli status 2>&1 | tr -s ' \n' ' ' | head -c 300)"
+  put "$1" "rc=$ok secs=$(echo "$t0 $t1" | awk '{ printf "%.1f", $2 - $1 }') $(v4v-cli status 2>&1 | tr -s ' \n' ' ' | head -c 300) v4vd: $(grep -a 'resume' /tmp/v4vd.log | tail -n 2 | tr '\n' ' ' | head -c 400)"
 }
 new_domain restored
-wait $cp; put c6300 "rc=$? $(head -c 300 /tmp/c6300.err)"
+exit_of 60 $cp; put c6300 "rc=$? $(head -c 300 /tmp/c6300.err)"
 await dgram-after-restore 60 >/dev/null
 until_true 20 grep -q after-restore /tmp/dg
 put dg "$(tr '\t\n' ' ;' </tmp/dg | head -c 300)"

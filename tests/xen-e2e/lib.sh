@@ -37,3 +37,8 @@ ranges() {
        { printf "%s ", (s == e ? s : s "-" e); s = e = $1 }
        END { if (NR) printf "%s", (s == e ? s : s "-" e) }'
 }
+# exit_of SECONDS PID: PID's exit status once it ended, or 124 (and it is killed) after SECONDS.
+exit_of() {
+  if until_true "$1" sh -c "! kill -0 $2 2>/dev/null"; then wait "$2"; return; fi
+  kill "$2" 2>/dev/null; wait "$2" 2>/dev/null; return 124
+}
