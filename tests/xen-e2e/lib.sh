@@ -37,8 +37,12 @@ ranges() {
        { printf "%s ", (s == e ? s : s "-" e); s = e = $1 }
        END { if (NR) printf "%s", (s == e ? s : s "-" e) }'
 }
+# ended PID: the process is gone or a zombie (kill -0 succeeds on a child not waited for yet).
+ended() {
+  ! kill -0 "$1" 2>/dev/null || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" = Z ]
+}
 # exit_of SECONDS PID: PID's exit status once it ended, or 124 (and it is killed) after SECONDS.
 exit_of() {
-  if until_true "$1" sh -c "! kill -0 $2 2>/dev/null"; then wait "$2"; return; fi
+  if until_true "$1" ended "$2"; then wait "$2"; return; fi
   kill "$2" 2>/dev/null; wait "$2" 2>/dev/null; return 124
 }
