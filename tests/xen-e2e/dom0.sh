@@ -112,11 +112,12 @@ expect "the guest's ACL edit is refused" ok
 # 4b. Save and restore, then a localhost migration, of the guest while its v4vd holds a datagram
 #     port (5100), a listening port (6200) and streams both ways. Each time the guest comes back
 #     as a new domain: $G and $KD follow it.
-sleep 100000 | v4v-cli listen 6300 --once >/dev/null 2>/tmp/l6300.err &
+held_stdin
+v4v-cli listen 6300 --once </tmp/held >/dev/null 2>/tmp/l6300.err &
 l3=$!
 until_true 20 has_port 6300; put listen6300 yes
 await resume-ready 60 >/dev/null
-sleep 100000 | v4v-cli connect "$G:6200" >/dev/null 2>/tmp/c6200.err &
+v4v-cli connect "$G:6200" </tmp/held >/dev/null 2>/tmp/c6200.err &
 c2=$!
 v4v-cli send "$G:5100" "before-save"
 until_true 30 sh -c "v4v-cli status | grep -q 'streams 2'"

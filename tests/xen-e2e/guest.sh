@@ -66,10 +66,11 @@ v4v-cli acl add 'reject *:* -> *:*' 2>/tmp/e; put acl-edit "rc=$? $(head -c 200 
 #     A datagram port (5100), a listening port (6200), a stream from dom0 to it and one to dom0.
 v4v-cli recv 5100 --verbose >/tmp/dg 2>&1 &
 # (stdin never ends: the streams stay open from this side, as an idle server's do)
-sleep 100000 | v4v-cli listen 6200 >/tmp/l6200 2>/tmp/l6200.err &
+held_stdin
+v4v-cli listen 6200 </tmp/held >/tmp/l6200 2>/tmp/l6200.err &
 until_true 20 has_port 5100; until_true 20 has_port 6200
 await listen6300 60 >/dev/null
-sleep 100000 | v4v-cli connect 0:6300 >/dev/null 2>/tmp/c6300.err &
+v4v-cli connect 0:6300 </tmp/held >/dev/null 2>/tmp/c6300.err &
 cp=$!
 put resume-ready yes
 uptime_s() { cut -d' ' -f1 /proc/uptime; }

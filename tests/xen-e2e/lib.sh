@@ -46,3 +46,9 @@ exit_of() {
   if until_true "$1" ended "$2"; then wait "$2"; return; fi
   kill "$2" 2>/dev/null; wait "$2" 2>/dev/null; return 124
 }
+# A stdin that never ends, for clients that must keep their side of a stream open: a FIFO
+# held open by a writer that writes nothing. (Not `sleep | client`: ash's `wait PID` waits for
+# the whole pipeline, sleep included.)
+held_stdin() {
+  [ -p /tmp/held ] || { mkfifo /tmp/held; sleep 100000 >/tmp/held & }
+}
