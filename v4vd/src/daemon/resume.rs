@@ -130,6 +130,9 @@ impl Daemon {
                 Err(e) => warn!(port, "registering the ring again failed: {e}"),
             }
         }
+        // Remove the reset clients now: the keepalive that follows would otherwise probe their
+        // peers from the old addresses, be refused, and record "peer gone" over our reason.
+        self.reap();
         info!(
             old,
             new,
