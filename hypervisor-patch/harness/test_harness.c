@@ -537,6 +537,84 @@ static void test_send_receive_wrap(void)
     teardown();
 }
 
+/*
+ * Live migration and save: in log-dirty mode, the pages a send writes (the
+ * header's tx_ptr, the message header and payload, wrapping) are marked
+ * dirty, and nothing else; a domain shutting down (suspended) takes no
+ * message, and takes them again when the suspend is cancelled.
+ */
+static void test_log_dirty_and_suspend(void)
+{
+    static char buf[8192], out[8192];
+    v4v_ring_t *r;
+    long marks[3];
+    unsigned int i;
+
+#define MARKS(a, b, c) do {                                             \
+        for ( i = 0; i < 3; i++ )                                       \
+            marks[i] = v4vh_dirty_marks(1, r, i);                       \
+        EQ(marks[0], (a));                                              \
+        EQ(marks[1], (b));                                              \
+        EQ(marks[2], (c));                                              \
+    } while ( 0 )
+
+    setup();
+    /* 64 header bytes + 8192 data bytes: three pages */
+    r = ring_new(1, 10, V4V_DOMID_ANY, 8192);
+    EQ(hc(1, V4VOP_register_ring, r, NULL, 0, 0), 0);
+
+    /* not in log-dirty mode: nothing is marked */
+    EQ(send(2, 1, 10, buf, 32), 32);
+    MARKS(0, 0, 0);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 32);
+
+    EQ(v4vh_set_log_dirty(1, 1), 0);
+    /* data bytes [48, 4160): header page, and page 1 from offset 4096 */
+    EQ(send(2, 1, 10, buf, 4096), 4096);
+    MARKS(1, 1, 0);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 4096);
+    /* [4160, 8176): pages 1 and 2, and the header page for tx_ptr */
+    EQ(send(2, 1, 10, buf, 4000), 4000);
+    MARKS(2, 2, 1);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 4000);
+    /* the message header in the last slot (page 2), the payload wraps to
+     * the start of the data area (page 0) */
+    EQ(r->tx_ptr, 8176);
+    EQ(send(2, 1, 10, buf, 100), 100);
+    MARKS(3, 2, 2);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 100);
+    /* data [112, 8128): pages 0 and 1; then a send that does not fit
+     * marks nothing */
+    EQ(send(2, 1, 10, buf, 8000), 8000);
+    MARKS(4, 3, 2);
+    EQ(send(2, 1, 10, buf, 8000), -EAGAIN);
+    MARKS(4, 3, 2);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 8000);
+
+    /* suspended: refused as if there were no ring, nothing written */
+    EQ(v4vh_set_shutting_down(1, 1), 0);
+    i = r->tx_ptr;
+    EQ(send(2, 1, 10, buf, 16), -ECONNREFUSED);
+    EQ(send(1, 1, 10, buf, 16), -ECONNREFUSED);
+    EQ(r->tx_ptr, i);
+    MARKS(4, 3, 2);
+    /* the suspend cancelled: messages are taken again */
+    EQ(v4vh_set_shutting_down(1, 0), 0);
+    EQ(send(2, 1, 10, buf, 16), 16);
+    EQ(ring_recv(r, out, sizeof(out), NULL), 16);
+    /* data [8128, 8160): page 2 */
+    MARKS(5, 3, 3);
+
+    EQ(v4vh_set_log_dirty(1, 0), 0);
+    EQ(send(2, 1, 10, buf, 16), 16);
+    MARKS(5, 3, 3);
+#undef MARKS
+
+    EQ(hc(1, V4VOP_unregister_ring, r, NULL, 0, 0), 0);
+    guest_mem_free(1, r, ring_bytes(8192));
+    teardown();
+}
+
 static void test_waiters_notify(void)
 {
     v4v_ring_t *r;
@@ -833,6 +911,66 @@ static void test_destroy(void)
     EQ(v4vh_domain_destroy(0), -ESRCH);
     free(r0any);
     free(rd);
+    teardown();
+}
+
+/*
+ * Soft reset (kexec in the guest): the domain keeps its id and its memory,
+ * but V4V forgets it as if it had died (rings, waits, partner rings of
+ * others, event channel); it can start again at once.
+ */
+static void test_soft_reset(void)
+{
+    v4v_ring_t *r1, *r0p, *r0any;
+    v4v_info_t info;
+    char buf[64] = { 0 };
+
+    setup();
+    EQ(hc(0, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(hc(2, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    r1 = ring_new(1, 10, V4V_DOMID_ANY, 64);
+    r0p = ring_new(0, 20, 1, 4096);
+    r0any = ring_new(0, 21, V4V_DOMID_ANY, 64);
+    EQ(hc(1, V4VOP_register_ring, r1, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_register_ring, r0p, NULL, 0, 0), 0);
+    EQ(hc(0, V4VOP_register_ring, r0any, NULL, 0, 0), 0);
+    EQ(send(2, 1, 10, buf, 32), 32);
+    EQ(send(2, 1, 10, buf, 32), -EAGAIN);        /* dom2 waits on dom1 */
+    EQ(send(1, 0, 21, buf, 32), 32);
+    EQ(send(1, 0, 21, buf, 1), -EAGAIN);         /* dom1 waits on dom0 */
+    EQ(v4vh_waiter_count(), 2);
+    v4vh_event_test_and_clear(0);
+    v4vh_event_test_and_clear(2);
+
+    EQ(v4vh_domain_soft_reset(1), 0);
+    EQ(v4vh_event_test_and_clear(2), 1);         /* its ring went away */
+    EQ(v4vh_event_test_and_clear(0), 1);         /* partner ring dropped */
+    EQ(v4vh_waiter_count(), 0);
+    EQ(v4vh_pages_held(), 1);                    /* r0any only */
+    EQ(send(1, 0, 20, buf, 1), -ECONNREFUSED);
+    EQ(send(2, 1, 10, buf, 1), -ECONNREFUSED);
+
+    /* the same domain starts again: a new event channel, its ring again */
+    EQ(hc(1, V4VOP_info, &info, NULL, 0, 0), 0);
+    EQ(info.domid, 1);
+    EQ(info.nr_rings, 0);
+    CHECK(info.evtchn != 0);
+    EQ(hc(1, V4VOP_register_ring, r1, NULL, 0, 0), 0);
+    /* registered again in the same memory, the ring still holds what it
+     * held (tx from the header): the unread message, then room again */
+    EQ(r1->tx_ptr, 48);
+    EQ(send(2, 1, 10, buf, 8), -EAGAIN);
+    EQ(ring_recv(r1, buf, sizeof(buf), NULL), 32);
+    EQ(send(2, 1, 10, buf, 8), 8);
+    EQ(v4vh_event_test_and_clear(1), 1);
+
+    EQ(v4vh_domain_destroy(1), 0);
+    EQ(v4vh_domain_destroy(0), 0);
+    EQ(v4vh_pages_held(), 0);
+    free(r1);
+    free(r0p);
+    free(r0any);
     teardown();
 }
 
@@ -1735,11 +1873,13 @@ int main(void)
     test_big_ring();
     test_sendv_errors();
     test_send_receive_wrap();
+    test_log_dirty_and_suspend();
     test_waiters_notify();
     test_one_slot_free();
     test_tables();
     test_config();
     test_destroy();
+    test_soft_reset();
     test_alloc_failures_everywhere();
     test_inspect_counts();
     test_xsm_hooks_called();

@@ -333,6 +333,48 @@ struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va)
     return pg;
 }
 
+bool v4v_log_dirty(const struct domain *d);
+bool v4v_log_dirty(const struct domain *d)
+{
+    return d->log_dirty;
+}
+
+void v4v_mark_page_dirty(struct domain *d, struct page_info *pg);
+void v4v_mark_page_dirty(struct domain *d, struct page_info *pg)
+{
+    if ( !d->log_dirty )
+        v4vh_fatal(__FILE__, __LINE__, "page marked dirty outside log-dirty mode");
+    if ( !pg->count )
+        v4vh_fatal(__FILE__, __LINE__, "unreferenced page marked dirty");
+    pg->dirty++;
+}
+
+int v4vh_set_log_dirty(uint16_t domid, int on)
+{
+    if ( domid >= DOMID_FIRST_RESERVED || !domains[domid] )
+        return -ESRCH;
+    domains[domid]->log_dirty = on;
+    return 0;
+}
+
+int v4vh_set_shutting_down(uint16_t domid, int on)
+{
+    if ( domid >= DOMID_FIRST_RESERVED || !domains[domid] )
+        return -ESRCH;
+    domains[domid]->is_shutting_down = on;
+    return 0;
+}
+
+long v4vh_dirty_marks(uint16_t domid, void *base, unsigned long page)
+{
+    struct region *r = find_region(domid, (unsigned long)base);
+
+    if ( !r || r->base != (unsigned long)base || page >= r->len >> PAGE_SHIFT )
+        return -1;
+
+    return r->pages[page].dirty;
+}
+
 void put_page_and_type(struct page_info *pg)
 {
     if ( !pg->count || !pg->type_count || !page_refs || !type_refs )

@@ -59,6 +59,16 @@ long v4vh_hypercall_raw(uint16_t caller, unsigned long cmd, void *arg1,
 
 /* Page references currently held: 0 once every ring is gone. */
 size_t v4vh_pages_held(void);
+/*
+ * Log-dirty mode of a domain (as during live migration) and what V4V marked
+ * dirty in it: v4vh_dirty_marks(domid, base, page) is how many times the
+ * page'th page of the guest memory at 'base' was marked (0 after
+ * v4vh_guest_map); -1 for an unknown region.
+ */
+int v4vh_set_log_dirty(uint16_t domid, int on);
+long v4vh_dirty_marks(uint16_t domid, void *base, unsigned long page);
+/* Xen's is_shutting_down (a suspend for save or migration included). */
+int v4vh_set_shutting_down(uint16_t domid, int on);
 
 /* Run the debug-key handler ('4'), printing to stderr. */
 void v4vh_debug_dump(void);

@@ -3,7 +3,7 @@
 #
 # Build a V4V-patched Xen 4.17 hypervisor:
 #   1. Debian's Xen 4.17 source, unpacked once into $V4V_CACHE/xen-pristine
-#      (default /var/tmp/v4v-cache) by ../shared/xen-qemu/fetch-xen-source.sh;
+#      (default /var/tmp/v4v-cache) by tests/xen-qemu/fetch-xen-source.sh;
 #   2. copied to $V4V_WORK/xen (default /var/tmp/v4v-work), patched with
 #      hypervisor-patch/apply; the mkseries mail is checked to apply with
 #      git am and patch -p1 to the same result (check-series.sh);
@@ -13,8 +13,7 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-# Only needed to fetch the source (or set up the host) when the cache is empty.
-shared=$(cd "$repo/../shared/xen-qemu" 2>/dev/null && pwd || echo "$repo/../shared/xen-qemu")
+qemu_dir=$repo/tests/xen-qemu
 cache=${V4V_CACHE:-/var/tmp/v4v-cache}
 work=${V4V_WORK:-/var/tmp/v4v-work}
 t0=$(date +%s)
@@ -22,11 +21,11 @@ t0=$(date +%s)
 if [ ! -f "$cache/xen-pristine/xen/Makefile" ]; then
   command -v apt-get >/dev/null || { echo "need apt-get to fetch the source" >&2; exit 1; }
   if ! apt-cache showsrc xen >/dev/null 2>&1 || ! command -v bison >/dev/null; then
-    sh "$shared/setup-host.sh"
+    sh "$qemu_dir/setup-host.sh"
   fi
   mkdir -p "$cache"
   rm -rf "$cache/xen-pristine.tmp"
-  sh "$shared/fetch-xen-source.sh" "$cache/xen-pristine.tmp"
+  sh "$qemu_dir/fetch-xen-source.sh" "$cache/xen-pristine.tmp"
   mv "$cache/xen-pristine.tmp" "$cache/xen-pristine"
 fi
 t1=$(date +%s)

@@ -202,6 +202,15 @@ pub trait Hypervisor: Send + Sync {
 
     /// Consumes the pending event, if any: returns whether one was pending. Does not block.
     fn take_event(&self) -> Result<bool, HvError>;
+
+    /// After the domain was saved and restored or migrated, it is a new domain (see
+    /// `docs/abi.md`, "Save, restore, live migration") and the binding to the old domain's event
+    /// channel is dead: bind the new domain's channel instead. [`Hypervisor::event_fd`] may
+    /// return another descriptor afterwards. Backends whose domains are never restored (the
+    /// simulator) have nothing to do.
+    fn rebind_event(&mut self) -> Result<(), HvError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,13 @@ pub trait RawHypercall: Send + Sync {
 
     /// Consumes the pending event: whether one was pending.
     fn take_event(&self) -> Result<bool, HvError>;
+
+    /// Binds V4V's event channel `port` of domain `domid` (as `V4VOP_info` now reports them) in
+    /// place of the current binding; see [`Hypervisor::rebind_event`].
+    fn rebind_event(&mut self, domid: u16, port: u32) -> Result<(), HvError> {
+        let _ = (domid, port);
+        Ok(())
+    }
 }
 
 /// A [`Hypervisor`] over a [`RawHypercall`].
@@ -281,5 +288,10 @@ impl<R: RawHypercall> Hypervisor for AbiHypervisor<R> {
 
     fn take_event(&self) -> Result<bool, HvError> {
         self.raw.take_event()
+    }
+
+    fn rebind_event(&mut self) -> Result<(), HvError> {
+        let info = self.info()?;
+        self.raw.rebind_event(info.domid, info.evtchn)
     }
 }

@@ -161,6 +161,8 @@ pub struct XenRaw {
     privcmd: File,
     hypercall_buf: Option<File>,
     evtchn: Option<File>,
+    /// Bindings of domains this one was before a restore, never closed (see `rebind_event`).
+    stale_evtchn: Vec<File>,
     /// The local port of our binding to the V4V event channel.
     local_port: u32,
     options: XenOptions,
@@ -383,6 +385,25 @@ impl RawHypercall for XenRaw {
         }
     }
 
+    fn rebind_event(&mut self, domid: DomId, port: u32) -> Result<(), HvError> {
+        let (evtchn, local) = bind_evtchn(domid, port).map_err(|e| match e {
+            XenError::Bind { source, .. } | XenError::Open { source, .. } => {
+                HvError::Other(source.raw_os_error().unwrap_or(libc::EIO))
+            }
+            _ => HvError::Other(libc::ENODEV),
+        })?;
+        // The old descriptor must stay open. Linux zaps every event channel binding on resume,
+        // but its evtchn driver still lists the old local port, and closing the descriptor
+        // unbinds "that port" by number: in the new domain the same number may be the binding
+        // just made (measured: its interrupt was disabled and no event came any more), or
+        // none (a BUG_ON). One descriptor per restore is kept for the life of the process.
+        if let Some(old) = self.evtchn.replace(evtchn) {
+            self.stale_evtchn.push(old);
+        }
+        self.local_port = local;
+        Ok(())
+    }
+
     fn take_event(&self) -> Result<bool, HvError> {
         let Some(f) = &self.evtchn else {
             return Ok(false);
@@ -463,6 +484,7 @@ pub fn open_with(options: XenOptions) -> Result<XenHypervisor, XenError> {
         privcmd,
         hypercall_buf,
         evtchn: None,
+        stale_evtchn: Vec::new(),
         local_port: 0,
         options,
         guards: Mutex::new(Vec::new()),
@@ -477,31 +499,46 @@ pub fn open_with(options: XenOptions) -> Result<XenHypervisor, XenError> {
         Err(e) => return Err(XenError::Info(e)),
     };
     let mut raw = hv.into_raw();
+    let (evtchn, port) = bind_evtchn(info.domid, info.evtchn)?;
+    raw.local_port = port;
+    raw.evtchn = Some(evtchn);
+    Ok(AbiHypervisor::new(raw))
+}
+
+/// A new `/dev/xen/evtchn` descriptor bound to V4V's event channel `port` of `domid` (our own
+/// domain), and the local port of that binding.
+fn bind_evtchn(domid: DomId, port: u32) -> Result<(File, u32), XenError> {
     if !Path::new(EVTCHN).exists() {
         return Err(XenError::NoEvtchn);
     }
-    let evtchn = rw(EVTCHN, libc::O_NONBLOCK)?;
+    let evtchn = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(EVTCHN)
+        .map_err(|source| XenError::Open {
+            path: EVTCHN,
+            source,
+        })?;
     let mut bind = BindInterdomain {
-        remote_domain: u32::from(info.domid),
-        remote_port: info.evtchn,
+        remote_domain: u32::from(domid),
+        remote_port: port,
     };
     // SAFETY: the ioctl reads an ioctl_evtchn_bind_interdomain from a live struct.
-    let port = unsafe {
+    let local = unsafe {
         libc::ioctl(
             evtchn.as_raw_fd(),
             IOCTL_EVTCHN_BIND_INTERDOMAIN,
             &mut bind as *mut BindInterdomain,
         )
     };
-    if port < 0 {
+    if local < 0 {
         return Err(XenError::Bind {
-            port: info.evtchn,
+            port,
             source: std::io::Error::last_os_error(),
         });
     }
-    raw.local_port = port as u32;
-    raw.evtchn = Some(evtchn);
-    Ok(AbiHypervisor::new(raw))
+    Ok((evtchn, local as u32))
 }
 
 /// The domain id V4V reports for this domain.

@@ -109,6 +109,103 @@ v=$(await acl-edit 60); detail="guest acl add: $v (9: not permitted); table now:
 ok() { [ "$(rc_of "$v")" = 9 ] && ! v4v-cli acl list | grep -q reject; }
 expect "the guest's ACL edit is refused" ok
 
+# 4b. Save and restore, then a localhost migration, of the guest while its v4vd holds a datagram
+#     port (5100), a listening port (6200) and streams both ways. Each time the guest comes back
+#     as a new domain: $G and $KD follow it.
+held_stdin
+v4v-cli listen 6300 --once </tmp/held >/dev/null 2>/tmp/l6300.err &
+l3=$!
+until_true 20 has_port 6300; put listen6300 yes
+await resume-ready 60 >/dev/null
+v4v-cli connect "$G:6200" </tmp/held >/dev/null 2>/tmp/c6200.err &
+c2=$!
+v4v-cli send "$G:5100" "before-save"
+until_true 30 sh -c "v4v-cli status | grep -q 'streams 2'"
+echo "E2E-DOM0 before save: $(v4v-cli status | tr -s ' \n' ' ')"
+mkdir -p /save && mount -t tmpfs -o size=400m tmpfs /save   # the whole guest memory goes there
+t0=$(date +%s)
+xl save guest1 /save/guest1 >/tmp/save.log 2>&1; svrc=$?
+t1=$(date +%s)
+xl restore /save/guest1 >/tmp/restore.log 2>&1; rsrc=$?
+t2=$(date +%s)
+rm -f /save/guest1
+OLD=$G; G=$(xl domid guest1); KD=/local/domain/$G/data/e2e
+echo "E2E-DOM0 xl save exit $svrc ($((t1 - t0)) s), xl restore exit $rsrc ($((t2 - t1)) s): domain $OLD is now $G"
+[ $svrc = 0 ] && [ $rsrc = 0 ] || { tail -n 5 /tmp/save.log /tmp/restore.log; }
+v=$(await restored 120); detail="xl save exit $svrc, restore exit $rsrc, domain $OLD -> ${G:-?}; guest: $v"
+secs=$(echo "$v" | sed -n 's/^rc=0 secs=\([0-9.]*\).*/\1/p')
+ok() { [ $svrc = 0 ] && [ $rsrc = 0 ] && [ -n "$G" ] && [ "$G" != "$OLD" ] && [ -n "$secs" ] &&
+       awk -v s="$secs" 'BEGIN { exit !(s < 2) }'; }
+expect "save/restore: the restored guest's v4vd registers its ports again within 2 s (5100/dgram, 6200/listen)" ok
+exit_of 60 $c2; c2rc=$?; exit_of 60 $l3; l3rc=$?
+v=$(await c6300 60)
+detail="guest: connect to 0:6300 $v; dom0: connect to $OLD:6200 exit $c2rc: $(head -c 200 /tmp/c6200.err), listener on 6300 exit $l3rc: $(head -c 200 /tmp/l6300.err)"
+ok() { echo "$v" | grep -q 'the domain was restored' && [ $c2rc != 0 ] && grep -q 'reset' /tmp/c6200.err &&
+       [ $l3rc != 0 ] && grep -q 'reset' /tmp/l6300.err; }
+expect "save/restore: open streams end with a reset and its reason on both sides" ok
+v4v-cli send "$G:5100" "after-restore"; src=$?
+put dgram-after-restore yes
+v=$(await dg 60); detail="send exit $src; the guest's receiver (started before the save) got: $v"
+ok() { [ $src = 0 ] && echo "$v" | grep -q '0:[0-9]* before-save;0:[0-9]* after-restore;'; }
+expect "save/restore: the datagram port works again, its client never reconnected" ok
+# The guest's side never closes (its listener's stdin never ends): the connect is ended here.
+(echo after-restore-stream; sleep 100000) | v4v-cli connect "$G:6200" >/dev/null 2>/tmp/c6200b.err &
+cb=$!
+put stream-after-restore yes
+v=$(await l6200 60); detail="connect to $G:6200: $(head -c 100 /tmp/c6200b.err); guest listener $v"
+kill $cb 2>/dev/null
+ok() { echo "$v" | grep -q 'out: after-restore-stream' && echo "$v" | grep -q 'the domain was restored'; }
+expect "save/restore: the listening port accepts again, its listener never reconnected" ok
+dump AFTER-RESTORE
+held=$(sed -n 's/^V4V page references held: \([0-9]*\).*/\1/p' /tmp/AFTER-RESTORE)
+pages=$(sed -n 's/.* pages \([0-9]*\) .*/\1/p' /tmp/AFTER-RESTORE | awk '{s += $1} END {print s + 0}')
+left=$(grep -cE "^V4V d$OLD:|waiter d$OLD |partner $OLD " /tmp/AFTER-RESTORE)
+st=$(v4v-cli status | tr -s ' \n' ' ')
+detail="lines naming d$OLD: $left; page references held $held, pages of live rings $pages; dom0: $st"
+ok() { [ "$left" = 0 ] && [ "$held" = "$pages" ] && ! echo "$st" | grep -q "/peer$OLD" &&
+       grep -q "^V4V  ring port 0x13ec partner 32756" /tmp/AFTER-RESTORE; }
+expect "save/restore: nothing of the old domain is left, dom0's v4vd forgot it (debug key 4)" ok
+
+# Live migration to this host while dom0 sends datagrams to the guest, ~3 KB each, without
+# waiting for space: each accepted one must arrive whole, the flow must go on afterwards.
+head -c 3000 /dev/zero | tr '\0' x >/tmp/pad
+rm -f /tmp/flow /tmp/flow-stop
+(i=0; while [ ! -e /tmp/flow-stop ] && [ $i -lt 600 ]; do
+   i=$((i + 1)); d=$(xl domid guest1 2>/dev/null)
+   { printf 'mig-%d-' $i; cat /tmp/pad; } | v4v-cli send --nowait "$d:5100" >/dev/null 2>&1
+   echo "$i $? $d" >>/tmp/flow
+ done) &
+fp=$!
+until_true 30 sh -c '[ "$(grep -c " 0 " /tmp/flow 2>/dev/null)" -ge 5 ]'
+put migrate yes
+OLD=$G; t0=$(date +%s)
+xl migrate -s '' guest1 'xl migrate-receive' >/tmp/migrate.log 2>&1; mrc=$?
+t1=$(date +%s)
+G=$(xl domid guest1); KD=/local/domain/$G/data/e2e
+echo "E2E-DOM0 xl migrate exit $mrc ($((t1 - t0)) s): domain $OLD is now $G"
+[ $mrc = 0 ] || tail -n 5 /tmp/migrate.log
+v=$(await migrated 120)
+until_true 60 sh -c "[ \"\$(grep -c ' 0 $G\$' /tmp/flow 2>/dev/null)\" -ge 10 ]"
+touch /tmp/flow-stop; wait $fp
+put flow-done yes
+v2=$(await flow 120)
+sent_old=$(grep -c " 0 $OLD\$" /tmp/flow); sent_new=$(grep -c " 0 $G\$" /tmp/flow)
+refused=$(grep -vc ' 0 ' /tmp/flow)
+want=$(awk '$2 == 0 { print $1 }' /tmp/flow | sort -n | ranges)
+got=$(echo "$v2" | sed 's/^bad=[0-9]* ids=//')
+bad=$(echo "$v2" | sed -n 's/^bad=\([0-9]*\).*/\1/p')
+detail="xl migrate exit $mrc ($((t1 - t0)) s), domain $OLD -> $G; guest: $v"
+ok() { [ $mrc = 0 ] && [ "$G" != "$OLD" ] && echo "$v" | grep -q '^rc=0 '; }
+expect "migration: xl migrate to localhost succeeds and the guest's v4vd serves as the new domain" ok
+detail="accepted by domain $OLD: $sent_old, by domain $G: $sent_new, not accepted: $refused; corrupted: ${bad:-?}; accepted: $want; received intact: $got"
+ok() { [ "$bad" = 0 ] && [ "$want" = "$got" ] && [ "$sent_old" -ge 5 ] && [ "$sent_new" -ge 10 ]; }
+expect "migration: datagrams flow again afterwards, none accepted is lost or corrupted" ok
+dump AFTER-MIGRATE
+left=$(grep -cE "^V4V d$OLD:|waiter d$OLD |partner $OLD " /tmp/AFTER-MIGRATE)
+detail="lines naming d$OLD: $left"
+ok() { [ "$left" = 0 ] && grep -q "^V4V d$G: .*rings [1-9]" /tmp/AFTER-MIGRATE; }
+expect "migration: nothing of the old domain is left, the new one has its rings (debug key 4)" ok
+
 # 5. destroy the guest while it has rings and a pending send.
 v4v-cli recv 7000 --verbose 2>/dev/null | sleep 100000 &
 until_true 20 has_port 7000

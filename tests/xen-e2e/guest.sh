@@ -6,7 +6,10 @@
 . /test/lib.sh
 G=$(xenstore-read domid)
 KD=/local/domain/$G/data/e2e
-echo "E2E-GUEST-BEGIN domid=$G"
+# Xen's guest type as Linux sees it (PV, PVH or HVM), for the host's check.
+gtype=$(cat /sys/hypervisor/guest_type 2>/dev/null)
+[ -n "$gtype" ] || { dmesg | grep -q 'Booting kernel on Xen PVH' && gtype=PVH || gtype=unknown; }
+echo "E2E-GUEST-BEGIN domid=$G type=$gtype"
 
 # Linux restricts /dev/xen/privcmd in unprivileged domains since XSA-482: V4V needs it
 # unrestricted. On the way, what v4vd says without the driver, and with it restricted.
@@ -26,6 +29,8 @@ put agent "rc=$rc"
 await conformance-checked 120 >/dev/null  # dom0 looks for leftovers before we register more
 
 # 2. v4vd, and datagrams both ways.
+# The resume module says when it registers the rings again (section 4b reports it).
+export V4VD_LOG=warn,v4vd::daemon::resume=info
 if start_v4vd; then
   v4v-cli status >/tmp/status 2>&1; echo "E2E-GUEST v4v-cli status exit $?:"; cat /tmp/status
   put v4vd "ok $(tr -s ' \n' ' ' </tmp/status)"
@@ -55,6 +60,53 @@ v4v-cli send 0:5002 "while-denied" 2>/tmp/e; put acl-denied "rc=$? $(head -c 200
 await acl-cleared 60 >/dev/null
 v4v-cli send 0:5002 "restored" 2>/tmp/e; put acl-restored "rc=$? $(head -c 200 /tmp/e)"
 v4v-cli acl add 'reject *:* -> *:*' 2>/tmp/e; put acl-edit "rc=$? $(head -c 200 /tmp/e)"
+
+# 4b. dom0 saves and restores us, then migrates us to the same host: each time we come back as a
+#     new domain (a new domid, so a new $KD), and this script, v4vd and the clients carry on.
+#     A datagram port (5100), a listening port (6200), a stream from dom0 to it and one to dom0.
+v4v-cli recv 5100 --verbose >/tmp/dg 2>&1 &
+# (stdin never ends: the streams stay open from this side, as an idle server's do)
+held_stdin
+v4v-cli listen 6200 </tmp/held >/tmp/l6200 2>/tmp/l6200.err &
+until_true 20 has_port 5100; until_true 20 has_port 6200
+await listen6300 60 >/dev/null
+v4v-cli connect 0:6300 </tmp/held >/dev/null 2>/tmp/c6300.err &
+cp=$!
+put resume-ready yes
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# new_domain WHAT: wait until we are a new domain, then say how long v4vd took to serve as it
+# (its STATUS names the new domain, with both ports), measured from when this script noticed.
+serves_as_new() { # v4vd's STATUS names domain $G and has both ports
+  _s=$(v4v-cli status 2>/dev/null | tr -s ' \n' ' ')
+  case "$_s" in "domain $G "*) ;; *) return 1 ;; esac
+  case "$_s" in *" 5100/dgram"*) ;; *) return 1 ;; esac
+  case "$_s" in *" 6200/listen"*) return 0 ;; *) return 1 ;; esac
+}
+new_domain() {
+  old=$G
+  until_true 900 sh -c "[ \"\$(xenstore-read domid)\" != $old ]"
+  G=$(xenstore-read domid); KD=/local/domain/$G/data/e2e; t0=$(uptime_s)
+  until_true 30 serves_as_new
+  ok=$?; t1=$(uptime_s)
+  echo "E2E-GUEST $1: domain $old is now $G"
+  put "$1" "rc=$ok secs=$(echo "$t0 $t1" | awk '{ printf "%.1f", $2 - $1 }') $(v4v-cli status 2>&1 | tr -s ' \n' ' ' | head -c 300) v4vd: $(grep -a 'resume' /tmp/v4vd.log | tail -n 2 | tr '\n' ' ' | head -c 400)"
+}
+new_domain restored
+exit_of 60 $cp; put c6300 "rc=$? $(head -c 300 /tmp/c6300.err)"
+await dgram-after-restore 60 >/dev/null
+until_true 20 grep -q after-restore /tmp/dg
+put dg "$(tr '\t\n' ' ;' </tmp/dg | head -c 300)"
+await stream-after-restore 60 >/dev/null
+until_true 20 grep -q after-restore-stream /tmp/l6200
+put l6200 "out: $(head -c 200 /tmp/l6200 | tr '\n' ' ') err: $(head -c 300 /tmp/l6200.err | tr '\n' ' ')"
+await migrate 60 >/dev/null
+new_domain migrated
+await flow-done 300 >/dev/null
+sleep 2
+# Every datagram of the flow, as received: its number if its payload is intact, else "bad".
+awk -F'\t' '$2 ~ /^mig-/ { p = $2; sub(/^mig-/, "", p); n = p; sub(/-.*/, "", n); sub(/^[0-9]*-/, "", p)
+  if (length(p) != 3000 || p ~ /[^x]/) print "bad"; else print n }' /tmp/dg >/tmp/flow-ids
+put flow "bad=$(grep -c bad /tmp/flow-ids) ids=$(grep -v bad /tmp/flow-ids | sort -n | ranges)"
 
 # 5. rings and a pending send, then dom0 destroys us: a stream listener (dom0's daemon then has a
 #    ring for us alone), and datagrams into a dom0 port nobody reads until a send blocks.

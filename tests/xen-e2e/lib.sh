@@ -31,3 +31,24 @@ start_v4vd() {
   V4VD_PID=$!
   until_true 30 v4vd_up
 }
+# ranges: sorted numbers on stdin as "1-5 7 9-12" (a repeated number breaks a range).
+ranges() {
+  awk 'NR == 1 { s = e = $1; next } $1 == e + 1 { e = $1; next }
+       { printf "%s ", (s == e ? s : s "-" e); s = e = $1 }
+       END { if (NR) printf "%s", (s == e ? s : s "-" e) }'
+}
+# ended PID: the process is gone or a zombie (kill -0 succeeds on a child not waited for yet).
+ended() {
+  ! kill -0 "$1" 2>/dev/null || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" = Z ]
+}
+# exit_of SECONDS PID: PID's exit status once it ended, or 124 (and it is killed) after SECONDS.
+exit_of() {
+  if until_true "$1" ended "$2"; then wait "$2"; return; fi
+  kill "$2" 2>/dev/null; wait "$2" 2>/dev/null; return 124
+}
+# A stdin that never ends, for clients that must keep their side of a stream open: a FIFO
+# held open by a writer that writes nothing. (Not `sleep | client`: ash's `wait PID` waits for
+# the whole pipeline, sleep included.)
+held_stdin() {
+  [ -p /tmp/held ] || { mkfifo /tmp/held; sleep 100000 >/tmp/held & }
+}

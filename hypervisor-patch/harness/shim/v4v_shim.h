@@ -265,7 +265,10 @@ struct v4v_domain;
 struct domain {
     domid_t domain_id;
     struct v4v_domain *v4v;
-    /* harness only: the domain's event channel ports, 1 .. 63 */
+    bool is_shutting_down;
+    /* harness only */
+    bool log_dirty;
+    /* the domain's event channel ports, 1 .. 63 */
 #define V4VH_NR_PORTS 64
     uint8_t evtchn_state[V4VH_NR_PORTS];        /* 0 free, 1 in use */
     bool evtchn_xen[V4VH_NR_PORTS];             /* Xen-attached */
@@ -330,6 +333,7 @@ struct page_info {
     unsigned long mfn;          /* the page's address >> PAGE_SHIFT */
     unsigned int count;         /* general references */
     unsigned int type_count;    /* writable type references */
+    unsigned int dirty;         /* times marked dirty in log-dirty mode */
 };
 
 #define page_to_mfn(pg) _mfn((pg)->mfn)

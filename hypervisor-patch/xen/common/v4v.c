@@ -467,9 +467,27 @@ static struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va)
 
     return page;
 }
+
+/*
+ * Log-dirty mode (live migration; xl save of a live guest): a page the
+ * hypervisor writes through its own mapping is not seen by the p2m or
+ * shadow code, so it must be marked dirty, or the copy on the other side
+ * would keep the page as it was when it was last sent.
+ */
+static bool v4v_log_dirty(const struct domain *d)
+{
+    return paging_mode_log_dirty(d);
+}
+
+static void v4v_mark_page_dirty(struct domain *d, struct page_info *page)
+{
+    paging_mark_dirty(d, page_to_mfn(page));
+}
 #else
 /* Provided elsewhere (by the userspace test harness). */
 struct page_info *v4v_get_ring_page(struct domain *d, unsigned long va);
+bool v4v_log_dirty(const struct domain *d);
+void v4v_mark_page_dirty(struct domain *d, struct page_info *page);
 #endif
 
 static void ring_unmap(struct v4v_ring_map *map)
@@ -534,6 +552,34 @@ static int ring_map(struct domain *d, unsigned long va, uint32_t len,
         ring_unmap(map);
 
     return rc;
+}
+
+/*
+ * Mark dirty, in log-dirty mode, the pages of the ring's header (tx_ptr)
+ * and of the 'bytes' data bytes from offset 'from' (wrapping). L3 held.
+ */
+static void ring_mark_dirty(struct v4v_ring_info *ri, uint32_t from,
+                            uint32_t bytes)
+{
+    struct domain *d = ri->owner->d;
+    unsigned int first, last;
+    uint32_t chunk;
+
+    if ( !v4v_log_dirty(d) )
+        return;
+
+    v4v_mark_page_dirty(d, ri->map.pages[0]);
+    while ( bytes )
+    {
+        chunk = min(bytes, ri->len - from);
+        first = (V4V_RING_HEADER_SIZE + from) >> PAGE_SHIFT;
+        last = (V4V_RING_HEADER_SIZE + from + chunk - 1) >> PAGE_SHIFT;
+        for ( ; first <= last; first++ )
+            if ( first )
+                v4v_mark_page_dirty(d, ri->map.pages[first]);
+        bytes -= chunk;
+        from = 0;
+    }
 }
 
 static void ring_info_free(struct v4v_ring_info *ri)
@@ -918,7 +964,7 @@ static long ring_insert(struct v4v_ring_info *ri, struct v4v_domain *src,
 {
     uint8_t *data = ri->map.hdr->ring;
     v4v_ring_message_header_t mh;
-    uint32_t free, pos, tx = ri->tx;
+    uint32_t free, pos, mh_pos, tx = ri->tx;
     unsigned int i;
     int rc;
 
@@ -975,12 +1021,14 @@ static long ring_insert(struct v4v_ring_info *ri, struct v4v_domain *src,
     mh.source.domain = src->domid;
     mh.source.pad = 0;
     memcpy(data + tx, &mh, sizeof(mh));
+    mh_pos = tx;
 
     tx = roundup16((uint64_t)tx + V4V_MESSAGE_HEADER_SIZE + len) % ri->len;
 
     smp_wmb();
     ri->tx = tx;
     write_atomic(&ri->map.hdr->tx_ptr, tx);
+    ring_mark_dirty(ri, mh_pos, V4V_MESSAGE_HEADER_SIZE + len);
 
     return len;
 }
@@ -1049,8 +1097,14 @@ static long v4v_sendv(struct v4v_domain *vd,
         goto out;
     }
 
+    /*
+     * A domain shutting down (suspended for xl save or migration included)
+     * takes no message: its memory is being copied, and it comes back, if
+     * at all, as a new domain without rings. A suspend that is cancelled
+     * (domain_resume) accepts messages again.
+     */
     dvd = find_domain(dst);
-    if ( !dvd )
+    if ( !dvd || ACCESS_ONCE(dvd->d->is_shutting_down) )
     {
         rc = -ECONNREFUSED;
         goto out;

@@ -16,6 +16,7 @@
 //! | `stats` | `stats::Stats` and the one place `STATUS` is rendered |
 //! | `creds` | every libc call (peer credentials, hang-up checks) |
 //! | `acl` | ACL requests and dom0's rules file |
+//! | `resume` | noticing that the domain was restored or migrated, and serving as the new one |
 //!
 //! Nothing is shared with other threads except the [`DaemonHandle`]'s stop flag and waker.
 //!
@@ -55,6 +56,7 @@ mod dgram;
 mod explore;
 mod ports;
 mod requests;
+mod resume;
 mod session;
 mod stats;
 mod streams;
@@ -270,6 +272,7 @@ impl Daemon {
             }
             if self.next_keepalive <= now {
                 self.next_keepalive = now + KEEPALIVE;
+                self.check_resumed();
                 self.keepalive(now);
                 self.expire_handshakes(now);
                 self.unpace();

@@ -51,6 +51,9 @@ pub enum CloseReason {
     Stopping,
     /// This side's client went away or failed.
     LocalAbort,
+    /// This domain was saved and restored, or migrated: it is a new domain, and streams do not
+    /// survive that.
+    Restored,
 }
 
 impl CloseReason {
@@ -79,6 +82,7 @@ impl CloseReason {
             CloseReason::TimedOut => "reset ETIMEDOUT the peer did not answer",
             CloseReason::Stopping => "reset ECONNABORTED the local v4vd stopped",
             CloseReason::LocalAbort => "reset ECONNABORTED the local client aborted",
+            CloseReason::Restored => "reset ENETRESET the domain was restored (or migrated)",
         }
     }
 }

@@ -71,6 +71,11 @@ impl Tx {
         }
     }
 
+    /// The domain we send as changed (restored or migrated).
+    pub fn set_domid(&mut self, domid: DomId) {
+        self.domid = domid;
+    }
+
     /// Parks client `t` until `dst`'s ring may have room for its message of `len` bytes.
     pub fn park(&mut self, t: usize, dst: Addr, len: usize) {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
