@@ -26,11 +26,14 @@ use super::session::ClientState;
 use super::streams::CloseReason;
 use super::{Daemon, TOKEN_HV};
 
-/// Whether `info` describes another domain than the one this daemon registered `rings` rings
-/// in as `domid`. A new domid is the certain sign (a restore or a migration on the same host);
-/// no ring left at all while we hold some covers a migration that kept the number.
-pub(super) fn is_new_domain(domid: DomId, rings: usize, info: &Info) -> bool {
-    info.domid != domid || (rings > 0 && info.nr_rings == 0)
+/// Whether `info` describes another domain than the one this daemon registered `lasting`
+/// rings in as `domid`, counting only rings that nothing but this domain's own end removes
+/// (partner any domain): a ring bound to one partner goes when that partner dies, which is no
+/// sign of our own restore. A new domid is the certain sign (a restore or a migration on the
+/// same host); no ring left at all while we hold lasting ones covers a migration that kept
+/// the number.
+pub(super) fn is_new_domain(domid: DomId, lasting: usize, info: &Info) -> bool {
+    info.domid != domid || (lasting > 0 && info.nr_rings == 0)
 }
 
 impl Daemon {
@@ -44,9 +47,25 @@ impl Daemon {
                 return;
             }
         };
-        if is_new_domain(self.domid, self.ports.len(), &info) {
+        if is_new_domain(self.domid, self.lasting_rings(), &info) {
             self.resume(info.domid);
         }
+    }
+
+    /// Our rings that only our own domain's end can remove: datagram and listening rings open
+    /// to any partner.
+    fn lasting_rings(&self) -> usize {
+        self.ports
+            .ports()
+            .into_iter()
+            .filter_map(|port| self.ports.get(port))
+            .filter(|p| {
+                !matches!(p.kind, PortKind::Peer(_))
+                    && p.reader
+                        .id()
+                        .is_ok_and(|i| i.partner == v4v::abi::DOMID_ANY)
+            })
+            .count()
     }
 
     fn resume(&mut self, new: DomId) {
@@ -172,5 +191,7 @@ mod tests {
         assert!(is_new_domain(1, 3, &info(7, 4)));
         // Migrated to a host that gave it the same domid: all our rings are gone.
         assert!(is_new_domain(1, 3, &info(1, 0)));
+        // Only rings bound to one peer, gone with that peer (its daemon killed): no restore.
+        assert!(!is_new_domain(1, 0, &info(1, 0)));
     }
 }
