@@ -120,7 +120,7 @@ await resume-ready 60 >/dev/null
 v4v-cli connect "$G:6200" </tmp/held >/dev/null 2>/tmp/c6200.err &
 c2=$!
 v4v-cli send "$G:5100" "before-save"
-until_true 30 sh -c "v4v-cli status | grep -q 'streams 2'"
+until_true 30 status_has '^streams +2$'
 echo "E2E-DOM0 before save: $(v4v-cli status | tr -s ' \n' ' ')"
 mkdir -p /save && mount -t tmpfs -o size=400m tmpfs /save   # the whole guest memory goes there
 t0=$(date +%s)
@@ -212,7 +212,7 @@ until_true 20 has_port 7000
 put fill-ready yes
 await listen6100 60 >/dev/null
 sleep 100000 | v4v-cli connect "$G:6100" >/dev/null 2>&1 &
-until_true 30 sh -c "v4v-cli status | grep -q '/peer$G'"
+until_true 30 status_has "^ +[0-9]+ +peer +$G "
 await pending 60 >/dev/null
 # a port of dom0's own, bound before the destroy and used after it
 v4v-cli recv 7100 --count 1 --timeout 120 --verbose >/tmp/r4 2>&1 &

@@ -77,10 +77,10 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 # new_domain WHAT: wait until we are a new domain, then say how long v4vd took to serve as it
 # (its STATUS names the new domain, with both ports), measured from when this script noticed.
 serves_as_new() { # v4vd's STATUS names domain $G and has both ports
-  _s=$(v4v-cli status 2>/dev/null | tr -s ' \n' ' ')
-  case "$_s" in "domain $G "*) ;; *) return 1 ;; esac
-  case "$_s" in *" 5100/dgram"*) ;; *) return 1 ;; esac
-  case "$_s" in *" 6200/listen"*) return 0 ;; *) return 1 ;; esac
+  _s=$(v4v-cli status 2>/dev/null)
+  printf '%s\n' "$_s" | grep -Eq "^domain +$G\$" || return 1
+  printf '%s\n' "$_s" | grep -Eq '^ +5100 +dgram ' || return 1
+  printf '%s\n' "$_s" | grep -Eq '^ +6200 +listen '
 }
 new_domain() {
   old=$G

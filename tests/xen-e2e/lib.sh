@@ -23,7 +23,10 @@ until_true() {
   while [ "$_n" -gt 0 ]; do "$@" && return 0; sleep 0.2; _n=$((_n - 1)); done
   return 1
 }
-has_port() { v4v-cli status 2>/dev/null | grep -q "^ports .* $1/"; }
+# v4v-cli status's text view has a line matching the extended regex $1.
+status_has() { v4v-cli status 2>/dev/null | grep -Eq "$1"; }
+# Port $1 is bound (a row of the ports table: PORT KIND PEER OWNER).
+has_port() { status_has "^ +$1 +(dgram|listen|peer) "; }
 # The daemon's socket answers.
 v4vd_up() { v4v-cli status >/dev/null 2>&1; }
 start_v4vd() {
