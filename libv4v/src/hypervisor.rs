@@ -156,6 +156,14 @@ pub struct TablesPage {
     pub total: u32,
 }
 
+/// One send of a [`Hypervisor::sendv_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSend<'a> {
+    pub addr: SendAddr,
+    pub iov: &'a [IoSlice<'a>],
+    pub message_type: u32,
+}
+
 /// The V4V operations of one domain. See `docs/abi.md` for each operation's exact semantics and
 /// the order of its checks; implementations must agree byte for byte.
 pub trait Hypervisor: Send + Sync {
@@ -176,6 +184,19 @@ pub trait Hypervisor: Send + Sync {
         iov: &[IoSlice<'_>],
         message_type: u32,
     ) -> Result<u32, HvError>;
+
+    /// Several `V4VOP_sendv`s in one call, like a Xen multicall: each is attempted in order,
+    /// whatever became of the ones before it, and `results` (cleared first) gets one result per
+    /// send. A backend whose calls are expensive (the simulator, a round trip to another process)
+    /// makes it one call; the default issues one `sendv` each.
+    fn sendv_batch(&self, sends: &[BatchSend<'_>], results: &mut Vec<Result<u32, HvError>>) {
+        results.clear();
+        results.extend(
+            sends
+                .iter()
+                .map(|s| self.sendv(&s.addr, s.iov, s.message_type)),
+        );
+    }
 
     /// `V4VOP_notify`; `None` passes NULL (only wake waiters on our rings). The hypervisor fills
     /// in each entry's flags and max_message_size.

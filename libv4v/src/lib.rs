@@ -35,4 +35,4 @@ pub mod shmem;
 pub mod tokio;
 pub mod xen;
 
-pub use hypervisor::{HvError, Hypervisor};
+pub use hypervisor::{BatchSend, HvError, Hypervisor};
