@@ -93,6 +93,13 @@ out=$(/tmp/v4v-echo send 1:7000 "hello from the package" 2>/tmp/send.err)
 [ "$out" = "hello from the package" ] || { cat /tmp/send.err; fail "v4v-echo: got '$out'"; }
 wait "$server" || { cat /tmp/serve.err; fail "v4v-echo serve"; }
 
+# A user refused a privileged port: a warning with the user's uid and the port as fields.
+setpriv --reuid=nobody --regid=nogroup --clear-groups v4v-cli recv 80 --timeout 1 2>/dev/null &&
+  fail "nobody bound port 80"
+wait_for "the refusal in the journal" grep -aq "^MESSAGE=privileged port refused" /tmp/journal.log
+grep -aq "^V4V_UID=65534$" /tmp/journal.log || fail "no V4V_UID field"
+grep -aq "^V4V_PORT=80$" /tmp/journal.log || fail "no V4V_PORT field"
+grep -aq "^PRIORITY=4$" /tmp/journal.log || fail "no PRIORITY=4 entry"
 # Journal entries: priorities, the identifier, fields; nothing on stderr.
 grep -aq "^PRIORITY=6$" /tmp/journal.log || fail "no PRIORITY=6 entry"
 grep -aq "^SYSLOG_IDENTIFIER=v4vd$" /tmp/journal.log || fail "no SYSLOG_IDENTIFIER"
@@ -120,4 +127,4 @@ done </tmp/listed
 [ -e /etc/v4v ] && fail "/etc/v4v is left after purge"
 snapshot >/tmp/after
 diff /tmp/before /tmp/after || fail "the purge did not restore the root"
-echo "in the clean root: install, v4vd --version, $(echo "$pages" | wc -l) man pages, systemd-analyze verify, completions, the stack (READY, journal), the C example, purge: all passed"
+echo "in the clean root: install, v4vd --version, $(echo "$pages" | wc -l) man pages, systemd-analyze verify, completions, the stack (READY, journal fields V4V_UID and V4V_PORT), the C example, purge: all passed"

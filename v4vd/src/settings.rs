@@ -10,10 +10,11 @@
 //!
 //! Before TOML, the file was `key = value` lines with bare values (`hypervisor = xen`) and
 //! `#` comments anywhere on a line. The rule, documented in v4vd.conf(5): a file that is not
-//! valid TOML but whose every line is blank, a comment or `key = value` is rewritten line by line
-//! into TOML (a value of digits stays a number, except `socket_mode`, which is octal and becomes a
-//! string; any other value becomes a quoted string; `-` in a key becomes `_`) and read as that, with a
-//! warning; `v4vd --migrate-config FILE` prints the rewrite. Line numbers are kept, so errors
+//! valid TOML for v4vd but whose every line is blank, a comment or `key = value` is rewritten
+//! line by line into TOML (a value of digits stays a number, except `socket_mode`, which is octal
+//! and becomes a string; `true` and `false` stay booleans; any other value becomes a quoted
+//! string; `-` in a key becomes `_`) and read as that, with a warning; `v4vd --migrate-config
+//! FILE` prints the rewrite. Line numbers are kept, so errors
 //! still point at the user's line.
 
 use std::path::{Path, PathBuf};
@@ -233,15 +234,15 @@ pub fn migrate_legacy(text: &str) -> Option<String> {
             return None;
         }
         let v = v.trim();
-        let value =
-            if key != "socket_mode" && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-                v.to_string()
-            } else if v.starts_with('"') {
-                // Already a TOML string (a file half way through its migration).
-                v.to_string()
-            } else {
-                toml::Value::String(v.to_string()).to_string()
-            };
+        let number = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        let value = if (number && key != "socket_mode") || v == "true" || v == "false" {
+            v.to_string()
+        } else if v.starts_with('"') {
+            // Already a TOML string (a file half way through its migration).
+            v.to_string()
+        } else {
+            toml::Value::String(v.to_string()).to_string()
+        };
         out.push_str(&format!("{key} = {value}"));
         if !comment.is_empty() {
             out.push(' ');
@@ -332,6 +333,11 @@ mod tests {
         assert_eq!(new.lines().count(), old.lines().count());
         assert!(new.contains("hypervisor = \"xen\" # the default"), "{new}");
         assert_eq!(read(&new).expect("TOML"), (s, Format::Toml));
+        assert_eq!(
+            migrate_legacy("a-flag = true\nmode = x y\n").as_deref(),
+            Some("a_flag = true\nmode = \"x y\"\n")
+        );
+        assert_eq!(migrate_legacy("no equals sign\n"), None);
     }
 
     #[test]
