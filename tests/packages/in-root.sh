@@ -86,12 +86,24 @@ gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -o /tmp/v4v-echo v4v-echo.c \
   $(pkg-config --cflags --libs libv4v) || fail "compiling against libv4v-dev"
 ldd /tmp/v4v-echo | grep -Eq "libv4v.so.0 => (/usr)?/lib/x86_64-linux-gnu/libv4v.so.0" ||
   fail "not linked to the installed libv4v.so.0: $(ldd /tmp/v4v-echo)"
+[ "$(pkg-config --modversion libv4v)" = 0.1.0 ] || fail "pkg-config --modversion libv4v"
+# shellcheck disable=SC2046
+gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -o /tmp/v4v-echo-static v4v-echo.c \
+  $(pkg-config --cflags libv4v) /usr/lib/x86_64-linux-gnu/libv4v.a \
+  $(pkg-config --static --libs-only-l libv4v | sed 's/-lv4v //') || fail "linking libv4v.a"
+ldd /tmp/v4v-echo-static | grep -q libv4v && fail "the static build links libv4v.so"
 V4V_SOCKET=/run/v4v/d1.sock /tmp/v4v-echo serve 7000 1 2>/tmp/serve.err &
 server=$!
 wait_for "v4v-echo listening" sh -c 'v4v-cli --socket /run/v4v/d1.sock status --json | grep -q 7000'
 out=$(/tmp/v4v-echo send 1:7000 "hello from the package" 2>/tmp/send.err)
 [ "$out" = "hello from the package" ] || { cat /tmp/send.err; fail "v4v-echo: got '$out'"; }
 wait "$server" || { cat /tmp/serve.err; fail "v4v-echo serve"; }
+V4V_SOCKET=/run/v4v/d1.sock /tmp/v4v-echo-static serve 7001 1 2>/tmp/serve.err &
+server=$!
+wait_for "static v4v-echo listening" sh -c 'v4v-cli --socket /run/v4v/d1.sock status --json | grep -q 7001'
+out=$(/tmp/v4v-echo-static send 1:7001 "static" 2>/tmp/send.err)
+[ "$out" = "static" ] || { cat /tmp/send.err; fail "static v4v-echo: got '$out'"; }
+wait "$server" || { cat /tmp/serve.err; fail "static v4v-echo serve"; }
 
 # A user refused a privileged port: a warning with the user's uid and the port as fields.
 setpriv --reuid=nobody --regid=nogroup --clear-groups v4v-cli recv 80 --timeout 1 2>/dev/null &&
