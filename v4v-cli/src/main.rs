@@ -237,7 +237,77 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Writes v4v-cli(1), a page per command (v4v-cli-send(1), v4v-cli-acl-add(1), ...), and the
+/// bash, zsh and fish completions under `dir` (`man/`, `completions/`).
+fn generate_assets(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir.join("man"))?;
+    std::fs::create_dir_all(dir.join("completions"))?;
+    let source = concat!("v4v ", env!("CARGO_PKG_VERSION"));
+    let mut cmd = Cli::command();
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone()).source(source);
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    page.extend_from_slice(include_str!("../../docs/man/v4v-cli.1.sections").as_bytes());
+    man.render_version_section(&mut page)?;
+    std::fs::write(dir.join("man/v4v-cli.1"), page)?;
+    // One page per command, named like git's: the words of the command joined by `-`.
+    fn pages(
+        cmd: &clap::Command,
+        prefix: &str,
+        dir: &std::path::Path,
+        source: &str,
+    ) -> std::io::Result<()> {
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            let name = format!("{prefix}-{}", sub.get_name());
+            let sub = sub.clone().name(name.clone());
+            let mut page = Vec::new();
+            clap_mangen::Man::new(sub.clone())
+                .source(source.to_string())
+                .render(&mut page)?;
+            std::fs::write(dir.join(format!("man/{name}.1")), page)?;
+            pages(&sub, &name, dir, source)?;
+        }
+        Ok(())
+    }
+    pages(&cmd, "v4v-cli", dir, source)?;
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "v4v-cli"),
+        (clap_complete::Shell::Zsh, "_v4v-cli"),
+        (clap_complete::Shell::Fish, "v4v-cli.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "v4v-cli", &mut out);
+        std::fs::write(dir.join("completions").join(name), out)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    // scripts/package's hook (`v4v-cli --generate-assets DIR`), outside the clap definition so
+    // that no page or completion shows it.
+    let argv: Vec<_> = std::env::args_os().skip(1).collect();
+    if let [flag, dir] = &argv[..]
+        && flag == "--generate-assets"
+    {
+        let dir = std::path::Path::new(dir);
+        return match generate_assets(dir) {
+            Ok(()) => Exit::Ok.into(),
+            Err(e) => {
+                eprintln!("v4v-cli: {}: {e}", dir.display());
+                Exit::Failure.into()
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -41,6 +41,8 @@
 //! default) and the shared ring is always drained.
 
 pub mod daemon;
+pub mod settings;
+pub mod systemd;
 pub mod wire;
 
 use thiserror::Error;

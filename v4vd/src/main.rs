@@ -1,155 +1,85 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! `v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] [--config FILE]
-//!       [--ring-size BYTES] [--acl-file PATH] [--acl-group GROUP]`
+//! `v4vd`: the V4V daemon's command line (clap), config file (TOML, `v4vd::settings`), systemd
+//! integration (`v4vd::systemd`) and signals; the daemon itself is `v4vd::Daemon`.
 //!
-//! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
-//! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
-//! `privileged_group` (besides root, may use ports 1-1023),
-//! `max_clients_per_user` (default 4096; root is not limited), `max_rings_per_user` (default a
-//! quarter of the domain's ring limit; root is not limited), `max_buffer_per_user` (bytes, default
-//! 64 MiB; root is not limited), `handshake_timeout` (seconds a
-//! client may take to send its request line, default 10).
-//! Command-line options win over the file.
+//! Every setting is a config file key and a command-line option of the same name
+//! (`v4vd::settings::Settings`); command-line options win over the file. The manual is
+//! v4vd(8) and v4vd.conf(5) (`docs/man/`; `v4vd --generate-assets DIR`, which scripts/package runs, writes the
+//! generated pages and the shell completions).
 //!
 //! Signals: SIGTERM and SIGINT stop the daemon (streams are reset, rings unregistered, the
-//! socket removed); SIGHUP reloads the ACL file in dom0.
+//! socket removed unless systemd owns it); SIGHUP reloads the ACL file in dom0.
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
+use v4vd::settings::{Format, Settings};
 use v4vd::{Config, Daemon};
 
-#[derive(Debug, Default)]
-struct Opts {
-    hypervisor: Option<String>,
-    domid: Option<u16>,
-    socket: Option<PathBuf>,
-    ring_size: Option<u32>,
-    window: Option<u32>,
-    acl_file: Option<PathBuf>,
-    acl_group: Option<String>,
-    privileged_group: Option<String>,
-    socket_mode: Option<u32>,
-    max_clients_per_user: Option<usize>,
-    max_rings_per_user: Option<u32>,
-    max_buffer_per_user: Option<u32>,
-    handshake_timeout: Option<u32>,
+/// The V4V daemon: one per domain, the only user of the domain's V4V hypercalls; serves local
+/// programs (v4v-cli, libv4v) on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "v4vd", version, after_help = AFTER_HELP)]
+struct Args {
+    /// Read settings from FILE (TOML; see v4vd.conf(5)); options given here win over it
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print FILE, an old-format (`key = value`) config file, as TOML and exit
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    migrate_config: Option<PathBuf>,
+    /// Check the settings (the config file and options), print them as TOML and exit
+    #[arg(long)]
+    check_config: bool,
+    #[command(flatten)]
+    settings: Settings,
 }
 
-const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
-                     [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
-                     [--acl-group GROUP] [--privileged-group GROUP] [--max-clients-per-user N] \
-                     [--max-rings-per-user N] [--max-buffer-per-user BYTES] \
-                     [--handshake-timeout SECS]";
+const AFTER_HELP: &str = "Signals: SIGTERM/SIGINT stop, SIGHUP reloads the ACL file (dom0). \
+                          Logging: V4VD_LOG (e.g. debug). See v4vd(8), v4vd.conf(5).";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
 const DEFAULT_ACL_FILE: &str = "/etc/v4v/acl.rules";
 
-fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
-    let num = |v: &str| -> Result<u32, String> {
-        v.parse::<u32>()
-            .map_err(|_| format!("{key}: {v:?} is not a number"))
+/// The settings in force: the config file's, with the command line's over them.
+fn settings(args: &Args) -> Result<Settings, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let (s, format) = Settings::from_file(path).map_err(|e| e.to_string())?;
+            if format == Format::Legacy {
+                warn!(
+                    "config {}: the old `key = value` format, read by the rule in v4vd.conf(5); \
+                     `v4vd --migrate-config {}` prints it as TOML",
+                    path.display(),
+                    path.display()
+                );
+            }
+            s
+        }
+        None => Settings::default(),
     };
-    match key {
-        "hypervisor" => o.hypervisor = Some(val.to_string()),
-        "domid" => {
-            o.domid = Some(
-                val.parse()
-                    .map_err(|_| format!("domid: {val:?} is not a domain id"))?,
-            )
-        }
-        "socket" => o.socket = Some(PathBuf::from(val)),
-        "ring_size" | "ring-size" => o.ring_size = Some(num(val)?),
-        "window" => o.window = Some(num(val)?),
-        "max_clients_per_user" | "max-clients-per-user" => {
-            o.max_clients_per_user = Some(num(val)? as usize)
-        }
-        "max_rings_per_user" | "max-rings-per-user" => o.max_rings_per_user = Some(num(val)?),
-        "max_buffer_per_user" | "max-buffer-per-user" => o.max_buffer_per_user = Some(num(val)?),
-        "handshake_timeout" | "handshake-timeout" => match num(val)? {
-            0 => return Err("handshake_timeout: must be at least 1 second".into()),
-            n => o.handshake_timeout = Some(n),
-        },
-        "acl_file" | "acl-file" => o.acl_file = Some(PathBuf::from(val)),
-        "acl_group" | "acl-group" => o.acl_group = Some(val.to_string()),
-        "privileged_group" | "privileged-group" => o.privileged_group = Some(val.to_string()),
-        "socket_mode" | "socket-mode" => {
-            o.socket_mode = Some(
-                u32::from_str_radix(val, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| format!("socket_mode: {val:?} is not an octal mode"))?,
-            )
-        }
-        _ => return Err(format!("unknown option {key:?}\n{USAGE}")),
-    }
-    Ok(())
+    let s = file.overridden_by(&args.settings);
+    s.check()?;
+    Ok(s)
 }
 
-fn read_config(path: &Path, o: &mut Opts) -> Result<(), String> {
+fn migrate(path: &Path) -> Result<(), String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| format!("config {}:{}: expected key = value", path.display(), n + 1))?;
-        set(o, k.trim(), v.trim())?;
-    }
-    Ok(())
-}
-
-fn parse_args() -> Result<Opts, String> {
-    let mut cli = Opts::default();
-    let mut config = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "-h" || a == "--help" {
-            return Err(USAGE.to_string());
-        }
-        let Some(key) = a.strip_prefix("--") else {
-            return Err(format!("unexpected argument {a:?}\n{USAGE}"));
-        };
-        let (key, val) = match key.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (
-                key.to_string(),
-                args.next()
-                    .ok_or_else(|| format!("--{key} needs a value"))?,
-            ),
-        };
-        if key == "config" {
-            config = Some(PathBuf::from(val));
-        } else {
-            set(&mut cli, &key, &val)?;
+    let (_, format) = Settings::from_file_text(path, &text).map_err(|e| e.to_string())?;
+    match format {
+        Format::Toml => Err(format!("config {}: already TOML", path.display())),
+        Format::Legacy => {
+            let toml = v4vd::settings::migrate_legacy(&text).expect("read as the old format");
+            print!("{toml}");
+            Ok(())
         }
     }
-    let mut o = Opts::default();
-    if let Some(c) = config {
-        read_config(&c, &mut o)?;
-    }
-    o.hypervisor = cli.hypervisor.or(o.hypervisor);
-    o.domid = cli.domid.or(o.domid);
-    o.socket = cli.socket.or(o.socket);
-    o.ring_size = cli.ring_size.or(o.ring_size);
-    o.window = cli.window.or(o.window);
-    o.acl_file = cli.acl_file.or(o.acl_file);
-    o.acl_group = cli.acl_group.or(o.acl_group);
-    o.privileged_group = cli.privileged_group.or(o.privileged_group);
-    o.socket_mode = cli.socket_mode.or(o.socket_mode);
-    o.max_clients_per_user = cli.max_clients_per_user.or(o.max_clients_per_user);
-    o.handshake_timeout = cli.handshake_timeout.or(o.handshake_timeout);
-    o.max_rings_per_user = cli.max_rings_per_user.or(o.max_rings_per_user);
-    o.max_buffer_per_user = cli.max_buffer_per_user.or(o.max_buffer_per_user);
-    Ok(o)
 }
 
 /// The group id of `name` (or a number), through the system's group database.
@@ -201,8 +131,15 @@ fn raise_fd_limit() {
     }
 }
 
-fn run() -> Result<(), String> {
-    let o = parse_args()?;
+fn run(args: Args, activated: Option<UnixListener>) -> Result<(), String> {
+    if let Some(path) = &args.migrate_config {
+        return migrate(path);
+    }
+    let o = settings(&args)?;
+    if args.check_config {
+        print!("{}", o.to_toml());
+        return Ok(());
+    }
     raise_fd_limit();
     let mut spec = o.hypervisor.unwrap_or_else(|| "xen".to_string());
     if let Some(d) = o.domid
@@ -218,26 +155,33 @@ fn run() -> Result<(), String> {
             return Err(format!("--domid {d}, but this is domain {}", info.domid));
         }
     }
-    let socket = o
-        .socket
-        .or_else(|| std::env::var_os(v4v::client::proto::SOCKET_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(v4v::client::proto::DEFAULT_SOCKET));
-    if let Some(dir) = socket.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    // A stale socket from a dead daemon: remove it only if nobody answers on it.
-    if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        let _ = std::fs::remove_file(&socket);
-    }
-    let listener =
-        UnixListener::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
-    // Every local user may use V4V by default: the daemon checks each request itself (ports are
-    // owned by the connection that bound them; ACL changes need privilege).
-    let mode = o.socket_mode.unwrap_or(0o666);
-    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+    // Under socket activation systemd made and owns the socket (its path and mode are the
+    // unit's); otherwise v4vd binds it, and removes it when it stops.
+    let (listener, socket, owned) = match activated {
+        Some(l) => {
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_default();
+            if o.socket.as_ref().is_some_and(|s| *s != path) || o.socket_mode.is_some() {
+                info!("socket activation: the socket and its mode are v4vd.socket's");
+            }
+            (l, path, false)
+        }
+        None => {
+            let socket = o
+                .socket
+                .clone()
+                .or_else(|| std::env::var_os(v4v::client::proto::SOCKET_ENV).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(v4v::client::proto::DEFAULT_SOCKET));
+            (
+                bind(&socket, o.socket_mode.map_or(0o666, |m| m.0))?,
+                socket,
+                true,
+            )
+        }
+    };
     let mut cfg = Config::default();
     if let Some(r) = o.ring_size {
         cfg.ring_len = r;
@@ -267,7 +211,12 @@ fn run() -> Result<(), String> {
         cfg.privileged_group =
             Some(group_id(g).map_err(|e| e.replace("acl_group", "privileged_group"))?);
     }
-    let daemon = Daemon::new(hv, listener, cfg).map_err(|e| e.to_string())?;
+    let mut daemon = Daemon::new(hv, listener, cfg).map_err(|e| e.to_string())?;
+    match v4vd::systemd::Notifier::from_env() {
+        Ok(Some(n)) => daemon.set_notifier(n, v4vd::systemd::watchdog_interval()),
+        Ok(None) => {}
+        Err(e) => warn!("NOTIFY_SOCKET: {e}"),
+    }
     let handle = daemon.handle();
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -284,19 +233,116 @@ fn run() -> Result<(), String> {
     });
     info!(domid = daemon.domid(), socket = %socket.display(), "listening");
     let r = daemon.run().map_err(|e| e.to_string());
-    let _ = std::fs::remove_file(&socket);
+    if owned {
+        let _ = std::fs::remove_file(&socket);
+    }
     r
 }
 
+/// Binds the clients' socket at `socket` with permissions `mode`.
+fn bind(socket: &Path, mode: u32) -> Result<UnixListener, String> {
+    if let Some(dir) = socket.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    // A stale socket from a dead daemon: remove it only if nobody answers on it.
+    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
+        let _ = std::fs::remove_file(socket);
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    // Every local user may use V4V by default: the daemon checks each request itself (ports are
+    // owned by the connection that bound them; ACL changes need privilege).
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Logging: to the journal (native fields, priorities) when stderr is the journal, else plain
+/// lines on stderr. `V4VD_LOG` filters (default `info`).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_env("V4VD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if v4vd::systemd::stderr_is_journal() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(v4vd::systemd::JournalLayer::new())
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(filter)
+            .init();
+    }
+}
+
+/// `v4vd --generate-assets DIR`: for packaging only.
+const GENERATE_ASSETS: &str = "--generate-assets";
+
+/// Writes v4vd(8) and the bash, zsh and fish completions under `dir` (`man/`, `completions/`).
+fn generate_assets(dir: &Path) -> std::io::Result<()> {
+    let cmd = Args::command();
+    std::fs::create_dir_all(dir.join("man"))?;
+    std::fs::create_dir_all(dir.join("completions"))?;
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .manual("System Administration")
+        .source(concat!("v4v ", env!("CARGO_PKG_VERSION")));
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    page.extend_from_slice(include_str!("../../docs/man/v4vd.8.sections").as_bytes());
+    man.render_version_section(&mut page)?;
+    std::fs::write(dir.join("man/v4vd.8"), page)?;
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "v4vd"),
+        (clap_complete::Shell::Zsh, "_v4vd"),
+        (clap_complete::Shell::Fish, "v4vd.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "v4vd", &mut out);
+        std::fs::write(dir.join("completions").join(name), out)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_env("V4VD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    match run() {
+    // Before any thread exists: the passed socket, and the variables that named it, which are
+    // for this process only.
+    let activated = v4vd::systemd::listen_fd();
+    // SAFETY: no other thread exists yet (logging and signal threads start later), so nothing
+    // reads the environment while it changes.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    // scripts/package's hook, outside the clap definition so that no page or completion
+    // shows it.
+    let argv: Vec<_> = std::env::args_os().skip(1).collect();
+    if let [flag, dir] = &argv[..]
+        && flag == GENERATE_ASSETS
+    {
+        return match generate_assets(Path::new(dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("v4vd: {}: {e}", Path::new(dir).display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Args::parse();
+    init_logging();
+    let r = activated
+        .map_err(|e| e.to_string())
+        .and_then(|l| run(args, l));
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -156,6 +156,15 @@ pub struct Daemon {
     lost: Option<HvError>,
     /// The domain's ring limit when the daemon started.
     max_rings: u32,
+    /// The service manager to tell of readiness and stopping, and how often the watchdog
+    /// wants `WATCHDOG=1` with the next time it is due.
+    notifier: Option<Notifier>,
+}
+
+/// The service manager's notify socket and its watchdog, as the loop uses them.
+struct Notifier {
+    socket: crate::systemd::Notifier,
+    watchdog: Option<(std::time::Duration, Instant)>,
 }
 
 impl Daemon {
@@ -214,6 +223,7 @@ impl Daemon {
             waker,
             lost: None,
             max_rings: info.max_rings,
+            notifier: None,
         };
         // dom0's rules apply before any client is served.
         d.load_acl_file(true)?;
@@ -234,16 +244,59 @@ impl Daemon {
         }
     }
 
+    /// Tells the service manager behind `socket` (systemd's `$NOTIFY_SOCKET`) `READY=1` when
+    /// [`Daemon::run`] starts serving, `WATCHDOG=1` every `watchdog` from the event loop (so a
+    /// loop that stops turning stops the pings), and `STOPPING=1` on the way out.
+    pub fn set_notifier(
+        &mut self,
+        socket: crate::systemd::Notifier,
+        watchdog: Option<std::time::Duration>,
+    ) {
+        self.notifier = Some(Notifier {
+            socket,
+            watchdog: watchdog.map(|d| (d, Instant::now())),
+        });
+    }
+
+    fn notify(&self, state: &str) {
+        if let Some(n) = &self.notifier
+            && let Err(e) = n.socket.notify(state)
+        {
+            warn!("telling the service manager {state:?}: {e}");
+        }
+    }
+
+    /// Sends `WATCHDOG=1` when it is due; the next time it is due.
+    fn watchdog(&mut self, now: Instant) -> Option<Instant> {
+        let n = self.notifier.as_mut()?;
+        let (every, due) = n.watchdog.as_mut()?;
+        if *due <= now {
+            *due = now + *every;
+            if let Err(e) = n.socket.notify("WATCHDOG=1") {
+                warn!("watchdog keep-alive: {e}");
+            }
+        }
+        Some(*due)
+    }
+
     /// Runs until stopped. Resets all streams and unregisters every ring on the way out.
     pub fn run(mut self) -> Result<(), DaemonError> {
         let mut events = Events::with_capacity(256);
         // Anything that arrived before we registered.
         self.on_hv_event();
+        // The ACL file is applied (in `new`) and the socket listens: clients may come.
+        self.notify(&format!(
+            "READY=1\nSTATUS=serving domain {} ({} clients max)",
+            self.domid, self.cfg.max_clients
+        ));
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             let mut deadline = self.next_keepalive;
             if let Some(b) = self.tx.deadline() {
                 deadline = deadline.min(b);
+            }
+            if let Some(w) = self.watchdog(now) {
+                deadline = deadline.min(w);
             }
             let timeout = deadline.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -297,6 +350,7 @@ impl Daemon {
 
     fn shutdown(&mut self) {
         info!("v4vd stopping");
+        self.notify("STOPPING=1");
         let tokens = self.clients.tokens();
         for t in tokens {
             self.abort_client(t, true, CloseReason::Stopping);
