@@ -8,7 +8,9 @@
 //! `max_clients_per_user` (default 4096; root is not limited), `max_rings_per_user` (default a
 //! quarter of the domain's ring limit; root is not limited), `max_buffer_per_user` (bytes, default
 //! 64 MiB; root is not limited), `handshake_timeout` (seconds a
-//! client may take to send its request line, default 10).
+//! client may take to send its request line, default 10), `name` (the name this domain goes by:
+//! claimed on the simulator, checked against the toolstack's on Xen), `publish_names` (dom0: the
+//! names guests may resolve, separated by spaces or commas; none by default).
 //! Command-line options win over the file.
 //!
 //! Signals: SIGTERM and SIGINT stop the daemon (streams are reset, rings unregistered, the
@@ -39,13 +41,15 @@ struct Opts {
     max_rings_per_user: Option<u32>,
     max_buffer_per_user: Option<u32>,
     handshake_timeout: Option<u32>,
+    name: Option<String>,
+    publish_names: Option<Vec<String>>,
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
                      [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
                      [--acl-group GROUP] [--privileged-group GROUP] [--max-clients-per-user N] \
                      [--max-rings-per-user N] [--max-buffer-per-user BYTES] \
-                     [--handshake-timeout SECS]";
+                     [--handshake-timeout SECS] [--name NAME] [--publish-names 'NAME ...']";
 
 /// Where dom0's daemon reads its ACL rules unless told otherwise.
 const DEFAULT_ACL_FILE: &str = "/etc/v4v/acl.rules";
@@ -85,6 +89,21 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
                     .filter(|m| *m <= 0o777)
                     .ok_or_else(|| format!("socket_mode: {val:?} is not an octal mode"))?,
             )
+        }
+        "name" => {
+            v4v::names::validate(val).map_err(|e| format!("name: {e}"))?;
+            o.name = Some(val.to_string())
+        }
+        "publish_names" | "publish-names" => {
+            let names: Vec<String> = val
+                .split([' ', ',', '\t'])
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+            for n in &names {
+                v4v::names::validate(n).map_err(|e| format!("publish_names: {e}"))?;
+            }
+            o.publish_names = Some(names)
         }
         _ => return Err(format!("unknown option {key:?}\n{USAGE}")),
     }
@@ -149,6 +168,8 @@ fn parse_args() -> Result<Opts, String> {
     o.handshake_timeout = cli.handshake_timeout.or(o.handshake_timeout);
     o.max_rings_per_user = cli.max_rings_per_user.or(o.max_rings_per_user);
     o.max_buffer_per_user = cli.max_buffer_per_user.or(o.max_buffer_per_user);
+    o.name = cli.name.or(o.name);
+    o.publish_names = cli.publish_names.or(o.publish_names);
     Ok(o)
 }
 
@@ -255,6 +276,8 @@ fn run() -> Result<(), String> {
     if let Some(t) = o.handshake_timeout {
         cfg.handshake_timeout = std::time::Duration::from_secs(u64::from(t));
     }
+    cfg.name = o.name;
+    cfg.publish_names = o.publish_names.unwrap_or_default();
     cfg.acl_file_required = o.acl_file.is_some();
     cfg.acl_file = Some(
         o.acl_file
