@@ -166,8 +166,9 @@ impl Daemon {
             return;
         }
         let old = self.names.by_name.clone();
-        self.refresh_names();
-        if self.domid == 0 {
+        // A watch fires for every write under /local/domain: only a change of names matters.
+        let differs = self.refresh_names();
+        if self.domid == 0 && (differs || force || self.names_dirty) {
             self.sync_names(&old);
         }
     }
