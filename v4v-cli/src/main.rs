@@ -100,7 +100,8 @@ enum Command {
         #[arg(long, value_name = "N", requires = "exec")]
         max_children: Option<usize>,
         /// Run CMD [ARGS...] for each connection (inetd style); must come last: everything
-        /// after it is the command
+        /// after it is the command. Its environment: V4V_PEER_DOMAIN, V4V_PEER_PORT,
+        /// V4V_PEER_NAME (the peer domain's name, when this domain may see it), V4V_LOCAL_PORT
         #[arg(
             long,
             value_name = "CMD",

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! `v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] [--config FILE]
-//!       [--ring-size BYTES] [--acl-file PATH] [--acl-group GROUP]`
+//!       [--ring-size BYTES] [--acl-file PATH] [--acl-group GROUP] [--name NAME]
+//!       [--publish-names 'NAME ...']`
 //!
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
 //! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
