@@ -150,11 +150,12 @@ impl Xenstore {
                     return Ok(Some((ty, req, payload)));
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            if !self.poll(deadline - now)? {
+            // Polled even when the time is up (a zero timeout still reads what has arrived).
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !self.poll(left)? {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
                 continue;
             }
             let mut buf = [0u8; 8192];
