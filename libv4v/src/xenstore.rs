@@ -102,6 +102,18 @@ impl Xenstore {
         })
     }
 
+    /// A connection over an already connected stream (tests: a xenstored stand-in).
+    #[cfg(test)]
+    fn over(conn: UnixStream) -> Self {
+        Xenstore {
+            conn: File::from(OwnedFd::from(conn)),
+            inbuf: Vec::new(),
+            next_req: 1,
+            events: 0,
+            watched: Vec::new(),
+        }
+    }
+
     /// The connection's descriptor: readable when a watch event (or a reply) arrived.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.conn.as_fd()
@@ -369,6 +381,22 @@ impl XenNames {
         })
     }
 
+    #[cfg(test)]
+    fn over(domid: DomId, xs: Xenstore, mut watch: Xenstore) -> Result<Self, XsError> {
+        if domid == 0 {
+            watch.watch("/local/domain")?;
+        } else {
+            watch.watch(PUBLISHED_DIR)?;
+        }
+        let watch_fd = watch.fd().as_raw_fd();
+        Ok(XenNames {
+            domid,
+            xs: Mutex::new(xs),
+            watch: Mutex::new(watch),
+            watch_fd,
+        })
+    }
+
     fn xs(&self) -> std::sync::MutexGuard<'_, Xenstore> {
         self.xs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -484,5 +512,231 @@ impl NameDirectory for XenNames {
     fn changed(&self) -> Result<bool, DirectoryError> {
         let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         w.take_events().map(|n| n > 0).map_err(transport)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a small xenstored stand-in speaking the same wire protocol over a socket
+    //! pair: one tree shared by every connection, per-node permissions (`r0`: read for all, owner
+    //! dom0), watches that fire on writes below the watched path.
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Store {
+        nodes: BTreeMap<String, (String, Vec<String>)>,
+        /// (connection, path) for every watch.
+        watches: Vec<(usize, String)>,
+        conns: Vec<Arc<Mutex<UnixStream>>>,
+    }
+
+    fn send(c: &Mutex<UnixStream>, ty: u32, req: u32, body: &[u8]) {
+        let mut m = Vec::new();
+        for w in [ty, req, 0, body.len() as u32] {
+            m.extend_from_slice(&w.to_ne_bytes());
+        }
+        m.extend_from_slice(body);
+        let _ = c.lock().unwrap().write_all(&m);
+    }
+
+    /// Serves one connection of domain `dom` until it closes.
+    fn serve(store: Arc<Mutex<Store>>, me: usize, dom: u16, mut rd: UnixStream) {
+        loop {
+            let mut h = [0u8; 16];
+            if rd.read_exact(&mut h).is_err() {
+                return;
+            }
+            let w = |i: usize| u32::from_ne_bytes(h[i * 4..i * 4 + 4].try_into().unwrap());
+            let (ty, req, len) = (w(0), w(1), w(3) as usize);
+            let mut body = vec![0u8; len];
+            rd.read_exact(&mut body).unwrap();
+            let mut parts = body
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            let path = parts.next().unwrap_or_default();
+            let mut st = store.lock().unwrap();
+            let me_conn = st.conns[me].clone();
+            let readable = |st: &Store, p: &str| {
+                dom == 0
+                    || st
+                        .nodes
+                        .get(p)
+                        .is_some_and(|(_, perms)| perms.first().is_some_and(|x| x.starts_with('r')))
+            };
+            let reply: Result<Vec<u8>, &str> = match ty {
+                XS_READ if !st.nodes.contains_key(&path) => Err("ENOENT"),
+                XS_READ if !readable(&st, &path) => Err("EACCES"),
+                XS_READ => Ok(st.nodes[&path].0.clone().into_bytes()),
+                XS_DIRECTORY if !readable(&st, &path) && st.nodes.contains_key(&path) => {
+                    Err("EACCES")
+                }
+                XS_DIRECTORY => {
+                    let prefix = format!("{path}/");
+                    let mut kids: Vec<String> = st
+                        .nodes
+                        .keys()
+                        .filter_map(|k| k.strip_prefix(&prefix))
+                        .map(|k| k.split('/').next().unwrap().to_string())
+                        .collect();
+                    kids.dedup();
+                    Ok(kids
+                        .iter()
+                        .flat_map(|k| format!("{k}\0").into_bytes())
+                        .collect())
+                }
+                XS_WRITE | XS_SET_PERMS | XS_RM if dom != 0 => Err("EACCES"),
+                XS_WRITE => {
+                    let value = body[path.len() + 1..].to_vec();
+                    let e = st
+                        .nodes
+                        .entry(path.clone())
+                        .or_insert((String::new(), vec!["n0".into()]));
+                    e.0 = String::from_utf8_lossy(&value).into_owned();
+                    Ok(Vec::new())
+                }
+                XS_SET_PERMS => {
+                    let perms: Vec<String> = parts.filter(|p| !p.is_empty()).collect();
+                    match st.nodes.get_mut(&path) {
+                        Some(n) => {
+                            n.1 = perms;
+                            Ok(Vec::new())
+                        }
+                        None => Err("ENOENT"),
+                    }
+                }
+                XS_RM => {
+                    st.nodes
+                        .retain(|k, _| k != &path && !k.starts_with(&format!("{path}/")));
+                    Ok(Vec::new())
+                }
+                XS_WATCH => {
+                    st.watches.push((me, path.clone()));
+                    Ok(Vec::new())
+                }
+                _ => Err("EINVAL"),
+            };
+            match reply {
+                Ok(b) => send(&me_conn, ty, req, &b),
+                Err(e) => send(&me_conn, XS_ERROR, req, format!("{e}\0").as_bytes()),
+            }
+            if ty == XS_WATCH {
+                // xenstored fires every new watch once.
+                send(
+                    &me_conn,
+                    XS_WATCH_EVENT,
+                    0,
+                    format!("{path}\0v4v\0").as_bytes(),
+                );
+            }
+            if matches!(ty, XS_WRITE | XS_RM) {
+                for (c, wpath) in st.watches.clone() {
+                    if path == wpath || path.starts_with(&format!("{wpath}/")) {
+                        let conn = st.conns[c].clone();
+                        send(
+                            &conn,
+                            XS_WATCH_EVENT,
+                            0,
+                            format!("{path}\0v4v\0").as_bytes(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new connection of domain `dom` to the stand-in.
+    fn connect(store: &Arc<Mutex<Store>>, dom: u16) -> Xenstore {
+        let (client, server) = UnixStream::pair().unwrap();
+        let me = {
+            let mut st = store.lock().unwrap();
+            st.conns
+                .push(Arc::new(Mutex::new(server.try_clone().unwrap())));
+            st.conns.len() - 1
+        };
+        let store = store.clone();
+        std::thread::spawn(move || serve(store, me, dom, server));
+        Xenstore::over(client)
+    }
+
+    #[test]
+    fn requests_watches_and_errors() {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let mut a = connect(&store, 0);
+        let mut w = connect(&store, 0);
+        w.watch("/local/domain").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut first = 0;
+        while first == 0 && Instant::now() < deadline {
+            first = w.take_events().unwrap();
+        }
+        assert_eq!(first, 1, "a new watch fires once");
+        assert_eq!(w.take_events().unwrap(), 0);
+        a.write("/local/domain/3/name", "web").unwrap();
+        a.write("/local/domain/3/data/x", "1").unwrap();
+        a.write("/elsewhere", "1").unwrap();
+        assert_eq!(
+            a.read("/local/domain/3/name").unwrap().as_deref(),
+            Some("web")
+        );
+        assert_eq!(a.read("/nope").unwrap(), None);
+        assert_eq!(a.directory("/local/domain").unwrap(), ["3"]);
+        // Events arrive without a request on the watching connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut n = 0;
+        while n < 2 && Instant::now() < deadline {
+            n += w.take_events().unwrap();
+        }
+        assert_eq!(n, 2, "two writes below /local/domain, none elsewhere");
+        let mut guest = connect(&store, 3);
+        let e = guest.write("/local/domain/3/name", "evil").unwrap_err();
+        assert_eq!(e.refused(), Some("EACCES"));
+        assert_eq!(
+            a.read("/local/domain/3/name").unwrap().as_deref(),
+            Some("web")
+        );
+    }
+
+    #[test]
+    fn names_from_xenstore_and_the_published_directory() {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let mut admin = connect(&store, 0);
+        admin.write("/local/domain/0/name", "Domain-0").unwrap();
+        admin.write("/local/domain/3/name", "web").unwrap();
+        admin.write("/local/domain/5/name", "no way").unwrap(); // not a V4V name: left out
+        admin.write("/local/domain/7/name", "db").unwrap();
+        let dom0 = XenNames::over(0, connect(&store, 0), connect(&store, 0)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dom0.changed().unwrap() {
+            assert!(Instant::now() < deadline, "a new watch fires once");
+        }
+        let all = dom0.domain_names().unwrap();
+        let shown: Vec<(u16, &str)> = all.iter().map(|e| (e.domid, e.name.as_str())).collect();
+        assert_eq!(shown, [(0, "Domain-0"), (3, "web"), (7, "db")]);
+        // Publishing: readable by guests, written by dom0 only.
+        let publish = [NameEntry {
+            domid: 3,
+            name: "web".into(),
+        }];
+        dom0.publish(&publish).unwrap();
+        let guest = XenNames::over(7, connect(&store, 7), connect(&store, 7)).unwrap();
+        assert_eq!(guest.published().unwrap(), publish);
+        // A guest reads its own name only (its entry is not readable here: the stand-in's
+        // /local/domain nodes are dom0's, as xenstored's are without the toolstack's perms).
+        assert!(guest.domain_names().unwrap().is_empty());
+        assert!(guest.publish(&[]).is_err());
+        // Unpublishing removes the entry; the guest's watch sees it.
+        while guest.changed().unwrap() {}
+        dom0.publish(&[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !guest.changed().unwrap() {
+            assert!(Instant::now() < deadline, "the guest's watch never fired");
+        }
+        assert!(guest.published().unwrap().is_empty());
+        assert!(
+            dom0.claim_name("x").is_err(),
+            "on Xen the toolstack names domains"
+        );
     }
 }
