@@ -192,3 +192,11 @@ proptest! {
         let _ = v4v::client::parse_listed(&t);
     }
 }
+
+#[test]
+fn the_example_rules_file_parses_with_its_names() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/acl.rules");
+    let text = std::fs::read_to_string(path).expect("examples/acl.rules");
+    let specs = acl::parse_rule_specs("examples/acl.rules", &text).expect("parses");
+    assert!(specs.iter().any(|s| s.names().any(|n| n == "backup")));
+}
