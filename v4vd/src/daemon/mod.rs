@@ -292,7 +292,11 @@ impl Daemon {
                     Source::Listener => self.accept_clients(),
                     Source::Hypervisor => self.on_hv_event(),
                     Source::Waker => {}
-                    Source::Names => self.check_names(false),
+                    // A restore fires every watch: serve as the new domain before anything else.
+                    Source::Names => {
+                        self.check_resumed();
+                        self.check_names(false);
+                    }
                     Source::Client(t) => self.pump_client(t),
                 }
                 self.run_ready();

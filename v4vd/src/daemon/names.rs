@@ -110,6 +110,32 @@ impl Daemon {
         Ok(())
     }
 
+    /// After a restore or migration (a new domain id): xenstore connections for the new domain,
+    /// its own entries and its watches.
+    pub(super) fn reopen_names(&mut self) {
+        use mio::unix::SourceFd;
+        if !matches!(self.name_source, NameSource::Xen(_)) {
+            return;
+        }
+        if let Some(fd) = self.names_watch_fd() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        self.name_source = match XenNames::open(self.domid) {
+            Ok(x) => NameSource::Xen(Box::new(x)),
+            Err(e) => NameSource::Unavailable(format!("domain names are not available here ({e})")),
+        };
+        if let Some(fd) = self.names_watch_fd()
+            && let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                super::TOKEN_NAMES,
+                mio::Interest::READABLE,
+            )
+        {
+            warn!("watching names: {e}");
+        }
+        self.refresh_names();
+    }
+
     /// The watch descriptor to register with the loop, if the directory has one.
     pub(super) fn names_watch_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
