@@ -12,8 +12,10 @@ use v4v::client::SockAddr;
 use v4v::client::proto::{FRAME_HEADER_SIZE, FrameHeader, Incoming, Reply, Request, Status};
 
 /// Requests a reply can answer, so that reply lines are parsed in every context.
-fn contexts() -> [Request; 5] {
+fn contexts() -> [Request; 7] {
     [
+        Request::Resolve("web".into()),
+        Request::NameOf(7),
         Request::Version,
         Request::Dgram(0, None),
         Request::Connect(SockAddr::new(1, 5000)),

@@ -103,6 +103,7 @@ fn errno_of(e: &Error) -> c_int {
         Error::Invalid(_) => libc::EINVAL,
         Error::AddrInUse(_) => libc::EADDRINUSE,
         Error::Denied => libc::EACCES,
+        Error::UnknownName(_) => libc::ENOENT,
         Error::Daemon { code, .. } => match code.as_str() {
             "EINVAL" => libc::EINVAL,
             "ENOENT" => libc::ENOENT,

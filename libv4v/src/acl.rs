@@ -162,6 +162,7 @@ impl Endpoint {
     pub fn validate(&self) -> Result<(), RuleError> {
         if let Some(d) = self.domain
             && d >= DOMID_FIRST_RESERVED
+            && d != DOMID_UNBOUND
         {
             return Err(RuleError::DomainRange(d.to_string()));
         }
@@ -184,7 +185,7 @@ impl Endpoint {
         }
         let domain = match addr.domain {
             DOMID_ANY => None,
-            d if d < DOMID_FIRST_RESERVED => Some(d),
+            d if d < DOMID_FIRST_RESERVED || d == DOMID_UNBOUND => Some(d),
             d => return Err(TableRuleError::ReservedDomain(side, d)),
         };
         let port = (addr.port != PORT_ANY).then_some(addr.port);
@@ -192,9 +193,25 @@ impl Endpoint {
     }
 
     fn parse_side(side: Side, text: &str) -> Result<Self, RuleError> {
+        let spec = EndpointSpec::parse_side(side, text)?;
+        match spec.domain {
+            DomainSpec::Any => Ok(Endpoint::new(None, spec.port)),
+            DomainSpec::Id(d) => Ok(Endpoint::new(Some(d), spec.port)),
+            DomainSpec::Name(n) => Err(RuleError::Named(n)),
+        }
+    }
+}
+
+impl EndpointSpec {
+    fn parse_side(side: Side, text: &str) -> Result<Self, RuleError> {
         let not_endpoint = || RuleError::NotEndpoint {
             side,
             text: text.to_string(),
+        };
+        // `name:NAME:PORT`: the prefix is part of the domain.
+        let (named, text) = match text.strip_prefix("name:") {
+            Some(rest) => (true, rest),
+            None => (false, text),
         };
         let (dom, port) = text.split_once(':').ok_or_else(not_endpoint)?;
         if port.contains(':') {
@@ -215,14 +232,23 @@ impl Endpoint {
                 side,
             });
         }
-        if dom.is_empty() {
+        if dom.is_empty() && !named {
             return Err(RuleError::MissingDomain(side));
         }
         if port.is_empty() {
             return Err(RuleError::MissingPort(side));
         }
-        Ok(Endpoint {
-            domain: parse_domain(dom)?,
+        let domain = if named {
+            crate::names::validate(dom).map_err(RuleError::BadName)?;
+            DomainSpec::Name(dom.to_string())
+        } else {
+            match parse_domain(dom)? {
+                None => DomainSpec::Any,
+                Some(d) => DomainSpec::Id(d),
+            }
+        };
+        Ok(EndpointSpec {
+            domain,
             port: parse_port(port)?,
         })
     }
@@ -232,6 +258,10 @@ impl Endpoint {
 fn parse_domain(text: &str) -> Result<Option<DomId>, RuleError> {
     if text == "*" {
         return Ok(None);
+    }
+    if text == "unbound" {
+        // What `ACL LIST` shows for a name no domain had when the table was written.
+        return Ok(Some(DOMID_UNBOUND));
     }
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(RuleError::BadDomain(text.to_string()));
@@ -271,6 +301,7 @@ fn parse_port(text: &str) -> Result<Option<u32>, RuleError> {
 impl Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.domain {
+            Some(DOMID_UNBOUND) => f.write_str("unbound:")?,
             Some(d) => write!(f, "{d}:")?,
             None => f.write_str("*:")?,
         }
@@ -291,6 +322,127 @@ impl FromStr for Endpoint {
             return Err(RuleError::MissingEndpoint(Side::Source));
         }
         Endpoint::parse_side(Side::Source, s)
+    }
+}
+
+/// The domain id a rule holds in the hypervisor's table for a name that has no domain now
+/// (`DOMID_IDLE`): no send comes from it or goes to it, so the rule matches nothing and keeps
+/// its place. Shown as `unbound`.
+pub const DOMID_UNBOUND: DomId = 0x7fff;
+
+/// A rule's domain as the admin wrote it: `*`, an id, or a name (`name:web`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DomainSpec {
+    Any,
+    Id(DomId),
+    Name(String),
+}
+
+/// A rule's address as the admin wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    pub domain: DomainSpec,
+    pub port: Option<u32>,
+}
+
+impl EndpointSpec {
+    fn resolve(&self, lookup: &dyn Fn(&str) -> Option<DomId>) -> Endpoint {
+        let domain = match &self.domain {
+            DomainSpec::Any => None,
+            DomainSpec::Id(d) => Some(*d),
+            DomainSpec::Name(n) => Some(lookup(n).unwrap_or(DOMID_UNBOUND)),
+        };
+        Endpoint::new(domain, self.port)
+    }
+}
+
+impl From<Endpoint> for EndpointSpec {
+    fn from(e: Endpoint) -> Self {
+        EndpointSpec {
+            domain: match e.domain {
+                None => DomainSpec::Any,
+                Some(d) => DomainSpec::Id(d),
+            },
+            port: e.port,
+        }
+    }
+}
+
+impl Display for EndpointSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.domain {
+            DomainSpec::Name(n) => write!(f, "name:{n}:")?,
+            DomainSpec::Id(d) => write!(f, "{d}:")?,
+            DomainSpec::Any => f.write_str("*:")?,
+        }
+        match self.port {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("*"),
+        }
+    }
+}
+
+/// A rule as the admin wrote it, domains possibly by name (`accept name:web:* -> 0:80`). The
+/// hypervisor's table holds its [`RuleSpec::resolve`]d form: names as the domain ids they stand
+/// for now, and [`DOMID_UNBOUND`] for a name no domain has, so the rule matches nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RuleSpec {
+    pub action: Action,
+    pub src: EndpointSpec,
+    pub dst: EndpointSpec,
+}
+
+impl RuleSpec {
+    /// The names the rule uses, source first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [&self.src.domain, &self.dst.domain]
+            .into_iter()
+            .filter_map(|d| match d {
+                DomainSpec::Name(n) => Some(n.as_str()),
+                _ => None,
+            })
+    }
+
+    /// The rule for the hypervisor's table, names looked up with `lookup`.
+    pub fn resolve(&self, lookup: &dyn Fn(&str) -> Option<DomId>) -> Rule {
+        Rule {
+            action: self.action,
+            src: self.src.resolve(lookup),
+            dst: self.dst.resolve(lookup),
+        }
+    }
+
+    /// The rule itself when it names no domain.
+    pub fn to_rule(&self) -> Result<Rule, RuleError> {
+        match self.names().next() {
+            Some(n) => Err(RuleError::Named(n.to_string())),
+            None => Ok(self.resolve(&|_| None)),
+        }
+    }
+}
+
+impl From<Rule> for RuleSpec {
+    fn from(r: Rule) -> Self {
+        RuleSpec {
+            action: r.action,
+            src: r.src.into(),
+            dst: r.dst.into(),
+        }
+    }
+}
+
+impl Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> {}", self.action, self.src, self.dst)
+    }
+}
+
+impl FromStr for RuleSpec {
+    type Err = RuleError;
+
+    /// Parses one rule that may name domains; a trailing `# comment` is allowed.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_line_spec(s)?.ok_or(RuleError::Empty)
     }
 }
 
@@ -421,6 +573,12 @@ pub enum RuleError {
     PortRange(String),
     #[error("port 0 is not a port: write * for any port")]
     PortZero,
+    #[error("{0}")]
+    BadName(crate::names::NameError),
+    #[error(
+        "domain name:{0} here: names in rules are resolved by dom0's v4vd (v4v-cli acl, its rules file)"
+    )]
+    Named(String),
 }
 
 /// Why a raw table rule has no [`Rule`] form. The hypervisor refuses the first two; the third it
@@ -437,6 +595,11 @@ pub enum TableRuleError {
 
 /// Parses one line of a rules file: `None` for a blank or comment-only line.
 fn parse_line(line: &str) -> Result<Option<Rule>, RuleError> {
+    parse_line_spec(line)?.map(|s| s.to_rule()).transpose()
+}
+
+/// Parses one line of a rules file that may name domains.
+fn parse_line_spec(line: &str) -> Result<Option<RuleSpec>, RuleError> {
     let text = line.split_once('#').map_or(line, |(rule, _)| rule).trim();
     if text.is_empty() {
         return Ok(None);
@@ -456,10 +619,10 @@ fn parse_line(line: &str) -> Result<Option<Rule>, RuleError> {
         if text.is_empty() {
             Err(RuleError::MissingEndpoint(side))
         } else {
-            Endpoint::parse_side(side, text)
+            EndpointSpec::parse_side(side, text)
         }
     };
-    Ok(Some(Rule {
+    Ok(Some(RuleSpec {
         action,
         src: endpoint(Side::Source, src)?,
         dst: endpoint(Side::Destination, dst)?,
@@ -507,6 +670,20 @@ impl std::error::Error for RulesFileError {}
 /// `#` comments ignored. Reports every bad line, and the line of the 1025th rule if there are more
 /// than the table holds.
 pub fn parse_rules(file_name: &str, text: &str) -> Result<Vec<Rule>, RulesFileError> {
+    parse_rules_with(file_name, text, parse_line)
+}
+
+/// [`parse_rules`] for rules that may name domains (`name:web:*`): dom0's v4vd reads its rules
+/// file and `ACL` requests with it.
+pub fn parse_rule_specs(file_name: &str, text: &str) -> Result<Vec<RuleSpec>, RulesFileError> {
+    parse_rules_with(file_name, text, parse_line_spec)
+}
+
+fn parse_rules_with<T>(
+    file_name: &str,
+    text: &str,
+    parse_line: fn(&str) -> Result<Option<T>, RuleError>,
+) -> Result<Vec<T>, RulesFileError> {
     let mut rules = Vec::new();
     let mut problems = Vec::new();
     let mut rule_lines = 0usize;

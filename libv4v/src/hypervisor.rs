@@ -232,6 +232,13 @@ pub trait Hypervisor: Send + Sync {
     fn rebind_event(&mut self) -> Result<(), HvError> {
         Ok(())
     }
+
+    /// The domain-name directory that comes with this backend: the simulator models one on the
+    /// same connection. `None` when names live elsewhere (on Xen, in xenstore:
+    /// [`crate::xenstore::XenNames`]).
+    fn names(&self) -> Option<&dyn crate::names::NameDirectory> {
+        None
+    }
 }
 
 #[cfg(test)]

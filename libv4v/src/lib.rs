@@ -26,6 +26,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod event;
 pub mod hypervisor;
+pub mod names;
 // Hidden: typed operations marshalled into `v4v.h` structures for raw hypercalls, shared by the
 // Xen backend and the conformance runner's Xen and C-harness backends.
 #[doc(hidden)]
@@ -35,5 +36,6 @@ pub mod shmem;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 pub mod xen;
+pub mod xenstore;
 
 pub use hypervisor::{BatchSend, HvError, Hypervisor};

@@ -54,8 +54,10 @@ ok() { [ "$rings" = 0 ] && [ "$held" = 0 ]; }
 expect "conformance leaves no ring or page reference behind (debug key 4)" ok
 put conformance-checked yes
 
-# 2. v4vd in both domains, datagrams both ways.
-if start_v4vd; then detail="$(v4v-cli status | tr -s ' \n' ' ')"; result ok "v4vd serves in dom0" "$detail"
+# 2. v4vd in both domains, datagrams both ways. dom0 publishes its own name and the guest's for
+#    guests (section 4a); its audit lines about names are kept in the log.
+export V4VD_LOG=warn,v4vd::daemon::names=info
+if start_v4vd --publish-names "Domain-0 guest1"; then detail="$(v4v-cli status | tr -s ' \n' ' ')"; result ok "v4vd serves in dom0" "$detail"
 else result fail "v4vd serves in dom0" "$(tail -n 5 /tmp/v4vd.log | tr '\n' ' ')"; fi
 v=$(await v4vd 120); detail=$v
 ok() { [ "${v%% *}" = ok ] && echo "$v" | grep -q "domain $G "; }
@@ -108,6 +110,39 @@ expect "removing the rule restores guest -> dom0" ok
 v=$(await acl-edit 60); detail="guest acl add: $v (9: not permitted); table now: $(v4v-cli acl list | tr '\n' ' ')"
 ok() { [ "$(rc_of "$v")" = 9 ] && ! v4v-cli acl list | grep -q reject; }
 expect "the guest's ACL edit is refused" ok
+
+# 4a. Domains by name, both ways; a rule by name; and a stream through the guest's v4v-cli forward.
+v4v-cli recv 5201 --count 1 --timeout 90 --verbose >/tmp/r5 2>&1 &
+rp=$!
+until_true 20 has_port 5201
+put names-ready yes
+await names-recv-ready 60 >/dev/null
+v4v-cli send guest1:5200 "by-name-from-dom0" 2>/tmp/e5; nsrc=$?
+exit_of 90 $rp; rrc=$?
+v=$(await names 120)
+detail="dom0: send guest1:5200 exit $nsrc $(head -c 100 /tmp/e5), recv exit $rrc: $(cat /tmp/r5); guest: $v"
+ok() { [ $nsrc = 0 ] && [ $rrc = 0 ] && grep -q "^$G:[0-9]*	by-name-from-guest\$" /tmp/r5 &&
+       echo "$v" | grep -q "recv rc=0 0:[0-9]* by-name-from-dom0"; }
+expect "names: guest1 and Domain-0 resolve in dom0 and in the guest (v4v-cli send NAME:PORT)" ok
+v4v-cli acl add "reject name:guest1:* -> 0:7300"; narc=$?
+v4v-cli acl check guest1:1 0:7300 >/tmp/chk; ncrc=$?
+detail="acl add exit $narc; check exit $ncrc: $(cat /tmp/chk); table: $(v4v-cli acl list | tr -s ' \n' ' ')"
+ok() { [ $narc = 0 ] && [ $ncrc = 6 ] && v4v-cli acl list | grep -q "guest1 = domain $G)"; }
+expect "names: a rule by name is in the hypervisor's table as the guest's id" ok
+v4v-cli listen 6500 --once </dev/null >/tmp/fwd.out 2>/tmp/fwd.err &
+lp=$!
+until_true 20 has_port 6500; put fwd-ready yes
+await fwd-listening 60 >/dev/null
+seq -w 0 131071 >/tmp/fwd.in
+v4v-cli connect guest1:6600 </tmp/fwd.in >/dev/null 2>/tmp/fwdc.err; fcrc=$?
+exit_of 60 $lp; flrc=$?
+put fwd-done yes
+v=$(await fwd-log 60)
+a=$(sha256sum </tmp/fwd.in | cut -d' ' -f1); b=$(sha256sum </tmp/fwd.out | cut -d' ' -f1)
+detail="connect guest1:6600 exit $fcrc $(head -c 100 /tmp/fwdc.err), listen exit $flrc, $(wc -c </tmp/fwd.out) of $(wc -c </tmp/fwd.in) bytes, sha256 $a / $b; guest's forward: $v"
+ok() { [ $fcrc = 0 ] && [ $flrc = 0 ] && [ "$a" = "$b" ]; }
+expect "forward: a 1 MiB stream dom0 -> the guest's v4v-cli forward -> dom0, checksums match" ok
+rm -f /tmp/fwd.in /tmp/fwd.out
 
 # 4b. Save and restore, then a localhost migration, of the guest while its v4vd holds a datagram
 #     port (5100), a listening port (6200) and streams both ways. Each time the guest comes back
@@ -258,5 +293,29 @@ missing=$(grep -vxF -f /tmp/rings-after /tmp/rings-before | tr '\n' ';')
 detail="dom0 rings before: $(tr '\n' ';' </tmp/rings-before) missing after: ${missing:-none}"
 ok() { [ -s /tmp/rings-before ] && [ -z "$missing" ]; }
 expect "after xl destroy: dom0's own rings intact" ok
+
+# 6. The guest created again under its name is a new domain id: dom0's rule by name (section 4a)
+#    matches nothing while no domain is guest1, then applies to the new id.
+v4v-cli acl list >/tmp/acl-gone 2>&1
+v4v-cli recv 7300 --timeout 400 >/dev/null 2>&1 &
+r7300=$!
+v4v-cli recv 7301 --count 1 --timeout 400 --verbose >/tmp/r7301 2>&1 &
+r7301=$!
+until_true 20 has_port 7300; until_true 20 has_port 7301
+OLD=$G
+sed 's/^extra = "/extra = "e2e=names /' /etc/xen/guest1.cfg >/tmp/guest1-names.cfg
+xl create /tmp/guest1-names.cfg >/tmp/create2.log 2>&1; x2rc=$?
+G=$(xl domid guest1); KD=/local/domain/$G/data/e2e
+echo "E2E-DOM0 guest1 created again (exit $x2rc): domain $G"
+until_true 60 sh -c "v4v-cli acl list | grep -q 'guest1 = domain $G)'"; bound=$?
+v1=$(await named-ok 400); v2=$(await named-denied 60)
+exit_of 60 $r7301; r1rc=$?
+kill $r7300 2>/dev/null
+audit=$(grep -a 'name guest1' /tmp/v4vd.log | tail -n 3 | sed 's/^.*INFO //' | tr '\n' ';')
+detail="while gone: $(grep guest1 /tmp/acl-gone | tr -s ' ' ' '); xl create exit $x2rc, domain $OLD -> $G, table bound: $bound; guest: 0:7301 $v1, 0:7300 $v2 (6: denied); dom0 recv: $(cat /tmp/r7301); audit: $audit"
+ok() { grep -q "no domain is named guest1" /tmp/acl-gone && [ $x2rc = 0 ] && [ "$G" != "$OLD" ] &&
+       [ $bound = 0 ] && [ "$(rc_of "$v1")" = 0 ] && [ "$(rc_of "$v2")" = 6 ] && [ $r1rc = 0 ] &&
+       grep -q "^$G:[0-9]*	named-$G" /tmp/r7301 && echo "$audit" | grep -q "name guest1 is now domain $G"; }
+expect "names: after xl destroy and xl create the rule by name applies to the guest's new id (audited)" ok
 echo "E2E-DOM0 v4vd log:"; tail -n 20 /tmp/v4vd.log
 echo "E2E-DOM0-END"

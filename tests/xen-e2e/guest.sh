@@ -21,6 +21,17 @@ insmod /lib/modules/xen-privcmd.ko unrestricted=1 && insmod /lib/modules/xenfs.k
   mount -t xenfs xenfs /proc/xen || echo "E2E-GUEST cannot reload xen-privcmd unrestricted"
 put guest-up "$G"
 
+# Re-created by dom0 under the same name (dom0.sh section 6, kernel argument e2e=names): only
+# the check that dom0's rule by name applies to this new domain id.
+if grep -q 'e2e=names' /proc/cmdline; then
+  start_v4vd || put named-v4vd "failed: $(tail -n 3 /tmp/v4vd.log | tr '\n' ' ')"
+  # Domain-0 resolves once dom0's v4vd has published it for us.
+  until_true 60 v4v-cli send Domain-0:7301 "named-$G" 2>/tmp/e; put named-ok "rc=$? $(head -c 200 /tmp/e)"
+  v4v-cli send Domain-0:7300 "named-$G" 2>/tmp/e; put named-denied "rc=$? $(head -c 200 /tmp/e)"
+  echo "E2E-GUEST-END (re-created)"
+  exit 0
+fi
+
 # 1. conformance: the agent runs the guest's steps for dom0's runner.
 v4v-conformance --backend xen --xen-agent /scenarios 2>/tmp/agent.log
 rc=$?
@@ -60,6 +71,23 @@ v4v-cli send 0:5002 "while-denied" 2>/tmp/e; put acl-denied "rc=$? $(head -c 200
 await acl-cleared 60 >/dev/null
 v4v-cli send 0:5002 "restored" 2>/tmp/e; put acl-restored "rc=$? $(head -c 200 /tmp/e)"
 v4v-cli acl add 'reject *:* -> *:*' 2>/tmp/e; put acl-edit "rc=$? $(head -c 200 /tmp/e)"
+
+# 4a. Domains by name: Domain-0, as dom0's v4vd publishes it for us, both ways; and v4v-cli
+#     forward relaying a stream from dom0 back to dom0 through this domain.
+await names-ready 120 >/dev/null
+v4v-cli recv 5200 --count 1 --timeout 60 --verbose >/tmp/r5 2>&1 &
+rp=$!
+until_true 20 has_port 5200; put names-recv-ready yes
+until_true 30 v4v-cli send Domain-0:5201 by-name-from-guest 2>/tmp/e5; src=$?
+exit_of 90 $rp; rrc=$?
+put names "send rc=$src $(head -c 100 /tmp/e5); recv rc=$rrc $(tr '\t' ' ' </tmp/r5)"
+await fwd-ready 120 >/dev/null
+v4v-cli forward v4v-listen:6600 v4v:Domain-0:6500 2>/tmp/fwd.log &
+fp=$!
+until_true 20 has_port 6600; put fwd-listening yes
+await fwd-done 300 >/dev/null
+kill $fp 2>/dev/null
+put fwd-log "$(head -c 300 /tmp/fwd.log | tr '\n' ' ')"
 
 # 4b. dom0 saves and restores us, then migrates us to the same host: each time we come back as a
 #     new domain (a new domid, so a new $KD), and this script, v4vd and the clients carry on.

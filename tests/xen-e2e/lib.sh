@@ -29,8 +29,8 @@ status_has() { v4v-cli status 2>/dev/null | grep -Eq "$1"; }
 has_port() { status_has "^ +$1 +(dgram|listen|peer) "; }
 # The daemon's socket answers.
 v4vd_up() { v4v-cli status >/dev/null 2>&1; }
-start_v4vd() {
-  v4vd >/tmp/v4vd.log 2>&1 &
+start_v4vd() { # [V4VD-ARGS...]
+  v4vd "$@" >/tmp/v4vd.log 2>&1 &
   V4VD_PID=$!
   until_true 30 v4vd_up
 }

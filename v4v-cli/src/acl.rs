@@ -10,21 +10,24 @@ use std::path::Path;
 use clap::Subcommand;
 use serde_json::json;
 use v4v::abi::Addr;
-use v4v::acl::{self, Endpoint, Rule};
+use v4v::acl::{self, Endpoint, RuleSpec};
 use v4v::client::proto::AclRequest;
-use v4v::client::{SockAddr, acl_change, acl_list, acl_load};
+use v4v::client::{ListedRule, acl_change, acl_list, acl_load};
+
+use crate::names::Dest;
 
 use crate::exit::{Exit, Failure};
 
 #[derive(Debug, Subcommand)]
 pub enum AclCommand {
-    /// Numbered rules, as the hypervisor holds them
+    /// Numbered rules, as the hypervisor holds them; a rule by name shows the domain id the
+    /// name stands for now
     List {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
-    /// Append RULE (quote it: 'reject 3:* -> 0:22')
+    /// Append RULE (quote it: 'reject 3:* -> 0:22', 'accept name:web:* -> 0:80')
     Add {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "RULE")]
         rule: Vec<String>,
@@ -49,16 +52,17 @@ pub enum AclCommand {
     },
     /// Print the table as a rules file that `acl load` reads back unchanged
     Save,
-    /// Which rule decides a send from SRC to DST (exit 0 if accepted, 6 if rejected)
+    /// Which rule decides a send from SRC to DST, ids or names (exit 0 if accepted, 6 if
+    /// rejected)
     Check {
         #[arg(value_name = "SRC")]
-        src: SockAddr,
+        src: Dest,
         #[arg(value_name = "DST")]
-        dst: SockAddr,
+        dst: Dest,
     },
 }
 
-fn rule_arg(words: &[String]) -> Result<Rule, Failure> {
+fn rule_arg(words: &[String]) -> Result<RuleSpec, Failure> {
     let text = words.join(" ");
     text.parse()
         .map_err(|e| Failure::new(Exit::Usage, format!("rule \"{text}\": {e}")))
@@ -84,13 +88,19 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
                 let v: Vec<_> = rules
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| {
+                    .map(|(i, l)| {
+                        let names: serde_json::Map<String, serde_json::Value> = l
+                            .bindings
+                            .iter()
+                            .map(|(n, d)| (n.clone(), json!(d)))
+                            .collect();
                         json!({
                             "position": i + 1,
-                            "action": r.action.to_string(),
-                            "src": endpoint_json(&r.src),
-                            "dst": endpoint_json(&r.dst),
-                            "rule": r.to_string(),
+                            "action": l.rule.action.to_string(),
+                            "src": endpoint_json(&l.rule.src),
+                            "dst": endpoint_json(&l.rule.dst),
+                            "rule": l.spec.to_string(),
+                            "names": names,
                         })
                     })
                     .collect();
@@ -98,8 +108,8 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
             } else if rules.is_empty() {
                 outln!("(no rules: every send is accepted)");
             } else {
-                for (i, r) in rules.iter().enumerate() {
-                    outln!("{:>4}  {r}", i + 1);
+                for (i, l) in rules.iter().enumerate() {
+                    outln!("{:>4}  {}{}", i + 1, l.spec, bindings_text(l));
                 }
             }
             Ok(())
@@ -141,7 +151,7 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
                     .map_err(|e| Failure::new(Exit::Usage, format!("{file}: {e}")))?;
                 (file.clone(), t)
             };
-            let rules = acl::parse_rules(&name, &text).map_err(|e| {
+            let rules = acl::parse_rule_specs(&name, &text).map_err(|e| {
                 // One FILE:LINE line per problem; the table was not touched.
                 let mut f = Failure::new(
                     Exit::Usage,
@@ -153,11 +163,14 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
             acl_load(socket, &rules).map_err(|e| Failure::client(&format!("acl load {name}"), e))
         }
         AclCommand::Save => {
-            out!("{}", acl::format_rules(&list()?));
+            let specs: Vec<RuleSpec> = list()?.into_iter().map(|l| l.spec).collect();
+            out!("{}", format_specs(&specs));
             Ok(())
         }
         AclCommand::Check { src, dst } => {
-            let rules = list()?;
+            let (src, dst) = (src.resolve(socket)?, dst.resolve(socket)?);
+            let listed = list()?;
+            let rules: Vec<acl::Rule> = listed.iter().map(|l| l.rule).collect();
             let (s, d) = (
                 Addr::new(src.domid, src.port),
                 Addr::new(dst.domid, dst.port),
@@ -165,7 +178,11 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
             let dec = acl::decide(&rules, s, d);
             let verdict = if dec.accepted { "accepted" } else { "rejected" };
             match dec.rule {
-                Some(i) => outln!("{src} -> {dst}: {verdict} by rule {} ({})", i + 1, rules[i]),
+                Some(i) => outln!(
+                    "{src} -> {dst}: {verdict} by rule {} ({})",
+                    i + 1,
+                    listed[i].spec
+                ),
                 None => outln!("{src} -> {dst}: {verdict}: no rule matches (the default)"),
             }
             if dec.accepted {
@@ -176,4 +193,34 @@ pub fn run(socket: &Path, cmd: AclCommand) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// What a rule's names stand for now, for `acl list`.
+fn bindings_text(l: &ListedRule) -> String {
+    let parts: Vec<String> = l
+        .bindings
+        .iter()
+        .map(|(n, d)| match d {
+            Some(d) => format!("{n} = domain {d}"),
+            None => format!("no domain is named {n}: the rule matches nothing"),
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("    ({})", parts.join(", "))
+    }
+}
+
+/// A rules file that `acl load` reads back as `specs` (names kept).
+fn format_specs(specs: &[RuleSpec]) -> String {
+    let mut out = String::from(
+        "# V4V ACL rules: the first rule matching a send decides; no match accepts.\n\
+         # accept|reject DOM:PORT -> DOM:PORT, * for any, name:NAME for a domain by name.\n",
+    );
+    for s in specs {
+        out.push_str(&s.to_string());
+        out.push('\n');
+    }
+    out
 }

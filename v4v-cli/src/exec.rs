@@ -107,8 +107,18 @@ impl Server {
     fn spawn(&self, stream: &Stream, peer: SockAddr) -> io::Result<Child> {
         let stdin = stream.as_fd().try_clone_to_owned()?;
         let stdout = stream.as_fd().try_clone_to_owned()?;
-        Command::new(&self.cmd[0])
-            .args(&self.cmd[1..])
+        // The peer's name when this domain may see one (dom0 sees all, a guest what dom0
+        // publishes); never inherited from our own environment.
+        let name = v4v::client::name_of(&self.socket, peer.domid).unwrap_or_else(|e| {
+            self.log(peer, format_args!("cannot look up the peer's name: {e}"));
+            None
+        });
+        let mut cmd = Command::new(&self.cmd[0]);
+        match name {
+            Some(n) => cmd.env("V4V_PEER_NAME", n),
+            None => cmd.env_remove("V4V_PEER_NAME"),
+        };
+        cmd.args(&self.cmd[1..])
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::inherit())

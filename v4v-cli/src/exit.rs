@@ -31,6 +31,8 @@ pub enum Exit {
     /// A limit was reached: a per-user quota, the domain's rings, the daemon's clients (the
     /// message names the limit and its value).
     Limit = 10,
+    /// A domain name that no domain has, or none this domain may see.
+    UnknownName = 11,
 }
 
 impl From<Exit> for ExitCode {
@@ -46,7 +48,8 @@ Exit status:
   2 bad usage or input    7 stream reset (peer aborted or gone)
   3 daemon unreachable    8 message too big
   4 connection refused    9 not permitted (ACLs are edited from dom0, by root)
-                         10 a limit was reached (the message names it)";
+                         10 a limit was reached (the message names it)
+                         11 unknown domain name (none, or not published to this domain)";
 
 /// A failed command: its exit status and the one line for stderr.
 #[derive(Debug)]
@@ -76,6 +79,7 @@ impl Failure {
             }
             Error::MessageTooBig(_) => Exit::TooBig,
             Error::Denied => Exit::Denied,
+            Error::UnknownName(_) => Exit::UnknownName,
             Error::Invalid(_) => Exit::Usage,
             Error::AddrInUse(_) | Error::Protocol(_) => Exit::Failure,
             Error::Daemon { code, .. } if code == "EPERM" => Exit::NotPermitted,

@@ -22,6 +22,7 @@ mod dgram;
 mod exec;
 mod exit;
 mod forward;
+mod names;
 mod status;
 mod stream;
 
@@ -29,7 +30,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use v4v::client::SockAddr;
 
 use exit::{Exit, Failure};
 
@@ -57,9 +57,9 @@ struct Cli {
 enum Command {
     /// Send one datagram (MESSAGE, or stdin when it is absent)
     Send {
-        /// Destination
+        /// Destination: DOM a domain id or name (web:5000, name:web:5000)
         #[arg(value_name = "DOM:PORT")]
-        dest: SockAddr,
+        dest: names::Dest,
         /// The payload; stdin is read to its end when absent
         message: Option<String>,
         /// Send from this port (default: an ephemeral one)
@@ -79,9 +79,9 @@ enum Command {
         /// and exit 0)
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
-        /// Accept datagrams from this domain only (the hypervisor enforces it)
-        #[arg(long, value_name = "DOM", value_parser = domain)]
-        from: Option<u16>,
+        /// Accept datagrams from this domain only, an id or a name (the hypervisor enforces it)
+        #[arg(long, value_name = "DOM", value_parser = names::parse_domain)]
+        from: Option<v4v::names::DomainRef>,
         /// Write payloads as they are, with no separator
         #[arg(long, conflicts_with = "verbose")]
         raw: bool,
@@ -100,7 +100,8 @@ enum Command {
         #[arg(long, value_name = "N", requires = "exec")]
         max_children: Option<usize>,
         /// Run CMD [ARGS...] for each connection (inetd style); must come last: everything
-        /// after it is the command
+        /// after it is the command. Its environment: V4V_PEER_DOMAIN, V4V_PEER_PORT,
+        /// V4V_PEER_NAME (the peer domain's name, when this domain may see it), V4V_LOCAL_PORT
         #[arg(
             long,
             value_name = "CMD",
@@ -118,7 +119,7 @@ enum Command {
         /// unix-listen:PATH or v4v-listen:PORT
         #[arg(value_name = "LISTEN")]
         listen: forward::ListenAddr,
-        /// tcp:HOST:PORT, unix:PATH or v4v:DOM:PORT
+        /// tcp:HOST:PORT, unix:PATH or v4v:DOM:PORT (DOM a domain id or name)
         #[arg(value_name = "TARGET")]
         target: forward::TargetAddr,
         /// At most N connections at once; more wait in the listener's backlog
@@ -128,10 +129,10 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Open a stream to DOM:PORT: stdin to the peer, the peer to stdout
+    /// Open a stream to DOM:PORT (DOM a domain id or name): stdin to the peer, the peer to stdout
     Connect {
         #[arg(value_name = "DOM:PORT")]
-        dest: SockAddr,
+        dest: names::Dest,
     },
     /// Show the daemon's state: domain, rings, ports, clients, counters
     Status {
@@ -152,10 +153,6 @@ fn handshake_secs(v: &str) -> Result<Timeout, String> {
     v4v::client::parse_secs(v)
         .map(Timeout)
         .ok_or_else(|| format!("{v:?} is not a number of seconds"))
-}
-
-fn domain(v: &str) -> Result<u16, String> {
-    v4v::client::proto::parse_domain(v).map_err(|e| e.to_string())
 }
 
 fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
@@ -186,7 +183,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             message,
             from_port,
             nowait,
-        } => dgram::send(&socket, dest, message, from_port, nowait),
+        } => dgram::send(&socket, dest.resolve(&socket)?, message, from_port, nowait),
         Command::Recv {
             port,
             count,
@@ -200,7 +197,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 port,
                 count,
                 timeout,
-                from,
+                from: from
+                    .map(|d| names::resolve_domain(&socket, &d))
+                    .transpose()?,
                 raw,
                 verbose,
             },
@@ -231,7 +230,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 quiet,
             },
         ),
-        Command::Connect { dest } => stream::connect(&socket, dest),
+        Command::Connect { dest } => stream::connect(&socket, dest.resolve(&socket)?),
         Command::Status { json } => status::status(&socket, json),
         Command::Acl(cmd) => acl::run(&socket, cmd),
     }

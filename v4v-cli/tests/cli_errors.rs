@@ -139,6 +139,12 @@ fn every_documented_exit_status_with_its_message() {
         let o = expect(&mut s.cli(3, &["recv", "0"]), 10, "max_rings 128");
         assert!(!stderr(&o).contains("(ENOSPC) (ENOSPC)"), "{}", stderr(&o));
     }
+    // 11: a domain name no domain has (names: tests/names.rs).
+    expect(
+        &mut s.cli(1, &["send", "nosuch:5000", "x"]),
+        11,
+        "no domain named nosuch",
+    );
 }
 
 /// Fails on the main before this change: `recv 0` never said which port it bound.

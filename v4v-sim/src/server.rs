@@ -95,6 +95,8 @@ pub struct Server {
     model: Model,
     conns: BTreeMap<u64, Conn>,
     domids: HashMap<DomId, u64>,
+    /// The name directory (`docs/sim.md`, "Names").
+    names: NameDir,
     next_token: u64,
     scratch: Vec<u8>,
 }
@@ -230,6 +232,7 @@ impl Server {
             model,
             conns: BTreeMap::new(),
             domids: HashMap::new(),
+            names: NameDir::default(),
             next_token: 0,
             scratch: vec![0u8; READ_CHUNK],
         })
@@ -487,9 +490,16 @@ impl Server {
         trace!("{label}: request {:?}", RequestSummary(&req));
         let model = &self.model;
         let domids = &mut self.domids;
+        let names = &mut self.names;
         let guest = &mut c.guest;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            dispatch(model, domids, token, guest, req, fds)
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req {
+            Request::NameClaim { .. } | Request::Names { .. } | Request::NamePublish { .. } => {
+                match guest {
+                    Some(g) => (names.serve(g.domid, req), Vec::new()),
+                    None => (Reply::error(proto::errno::ENOTCONN), Vec::new()),
+                }
+            }
+            req => dispatch(model, domids, token, guest, req, fds),
         }));
         match result {
             Ok(r) => r,
@@ -536,6 +546,7 @@ impl Server {
                     g.domid
                 );
                 self.domids.remove(&g.domid);
+                self.names.domain_gone(g.domid);
                 if let Err(e) = self.model.destroy_domain(g.domid) {
                     error!("destroying domain {}: {e}", g.domid);
                 }
@@ -658,6 +669,9 @@ fn dispatch(
         Request::Config(c) => status(dom.config(&c)),
         Request::TablesAdd { rule, position } => status(dom.tables_add(&rule, position)),
         Request::TablesDel { rule, position } => status(dom.tables_del(rule.as_ref(), position)),
+        Request::NameClaim { .. } | Request::Names { .. } | Request::NamePublish { .. } => {
+            Reply::error(errno::EINVAL)
+        }
         Request::TablesList { start, max } => match dom.tables_list(start, max) {
             Ok(mut page) => {
                 page.rules.truncate(proto::MAX_WIRE_RULES);
@@ -920,6 +934,102 @@ impl std::fmt::Debug for RequestSummary<'_, '_> {
                 payload.is_none()
             ),
             other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// The simulator's name directory: what xenstore holds for names on Xen. A domain's name is
+/// claimed by the domain itself (`NAME_CLAIM`, standing in for the toolstack writing
+/// `/local/domain/N/name`) and released when its connection closes; dom0 sees every name, a
+/// guest only its own; dom0 alone publishes names for guests (`NAME_PUBLISH`, Xen's
+/// `/v4v/names`). Every change moves the generation.
+#[derive(Debug, Default)]
+struct NameDir {
+    domains: BTreeMap<DomId, String>,
+    published: Vec<v4v::names::NameEntry>,
+    generation: u64,
+}
+
+impl NameDir {
+    fn serve(&mut self, caller: DomId, req: Request<'_>) -> Reply {
+        match req {
+            Request::NameClaim { name } => {
+                let Some(name) = std::str::from_utf8(name)
+                    .ok()
+                    .filter(|n| v4v::names::validate(n).is_ok())
+                else {
+                    return Reply::error(errno::EINVAL);
+                };
+                if self.domains.contains_key(&caller) {
+                    info!("refusing a second name {name:?} for domain {caller}");
+                    return Reply::error(proto::errno::EISCONN);
+                }
+                if let Some((holder, _)) = self.domains.iter().find(|(_, n)| *n == name) {
+                    info!("refusing the name {name:?} for domain {caller}: domain {holder} has it");
+                    return Reply::error(proto::errno::EADDRINUSE);
+                }
+                info!("domain {caller} is named {name:?}");
+                self.domains.insert(caller, name.to_string());
+                self.generation += 1;
+                Reply::ok(0, ReplyData::None)
+            }
+            Request::Names { which } => {
+                let entries = if which == proto::NAMES_PUBLISHED {
+                    self.published.clone()
+                } else {
+                    self.domains
+                        .iter()
+                        .filter(|(d, _)| caller == 0 || **d == caller)
+                        .map(|(d, n)| v4v::names::NameEntry {
+                            domid: *d,
+                            name: n.clone(),
+                        })
+                        .collect()
+                };
+                Reply::ok(
+                    0,
+                    ReplyData::Names {
+                        generation: self.generation,
+                        entries,
+                    },
+                )
+            }
+            Request::NamePublish { entries } => {
+                if caller != 0 {
+                    info!("refusing domain {caller}'s publication of names: dom0's only");
+                    return Reply::error(errno::EPERM);
+                }
+                let mut out = Vec::with_capacity(entries.len());
+                for (domid, name) in entries {
+                    let Some(name) = std::str::from_utf8(name)
+                        .ok()
+                        .filter(|n| v4v::names::validate(n).is_ok())
+                    else {
+                        return Reply::error(errno::EINVAL);
+                    };
+                    out.push(v4v::names::NameEntry {
+                        domid,
+                        name: name.to_string(),
+                    });
+                }
+                out.sort();
+                if out != self.published {
+                    self.published = out;
+                    self.generation += 1;
+                }
+                Reply::ok(0, ReplyData::None)
+            }
+            _ => Reply::error(errno::EINVAL),
+        }
+    }
+
+    /// A destroyed domain's name is free again; what dom0 published for it goes too (dom0
+    /// republishes; meanwhile no guest resolves the dead id).
+    fn domain_gone(&mut self, domid: DomId) {
+        let before = self.published.len();
+        self.published.retain(|e| e.domid != domid);
+        if self.domains.remove(&domid).is_some() || self.published.len() != before {
+            self.generation += 1;
         }
     }
 }

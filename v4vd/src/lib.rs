@@ -87,6 +87,11 @@ pub struct Config {
     /// Besides root, members of this group may bind, listen on and send from the privileged
     /// ports (1 to [`MAX_PRIVILEGED_PORT`]).
     pub privileged_group: Option<u32>,
+    /// The name this domain goes by (`--name`): claimed from the simulator's directory; on Xen
+    /// the toolstack names domains, and it must agree.
+    pub name: Option<String>,
+    /// dom0: the names guests may resolve (published where guests' daemons read them).
+    pub publish_names: Vec<String>,
 }
 
 /// Ports 1 to 1023 are privileged, as in TCP/IP: only root (or the configured
@@ -111,6 +116,8 @@ impl Default for Config {
             acl_file_required: false,
             acl_group: None,
             privileged_group: None,
+            name: None,
+            publish_names: Vec::new(),
         }
     }
 }
@@ -123,6 +130,9 @@ impl Config {
                 "ring size {} must be a multiple of 16 in 4096..=16 MiB",
                 self.ring_len
             )));
+        }
+        for n in self.name.iter().chain(&self.publish_names) {
+            v4v::names::validate(n).map_err(|e| DaemonError::Config(e.to_string()))?;
         }
         if self.conn_window < 4096 || self.chunk == 0 || self.dgram_buffer == 0 {
             return Err(DaemonError::Config(

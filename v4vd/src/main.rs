@@ -199,6 +199,8 @@ fn run(args: Args, activated: Option<UnixListener>) -> Result<(), String> {
     if let Some(t) = o.handshake_timeout {
         cfg.handshake_timeout = std::time::Duration::from_secs(u64::from(t));
     }
+    cfg.name = o.name.clone();
+    cfg.publish_names = o.publish_names.clone().unwrap_or_default().0;
     cfg.acl_file_required = o.acl_file.is_some();
     cfg.acl_file = Some(
         o.acl_file

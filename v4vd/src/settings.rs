@@ -128,6 +128,49 @@ pub struct Settings {
     #[arg(long, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<u32>,
+    /// The name this domain goes by: claimed on the simulator, checked against the toolstack's
+    /// name on Xen
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// dom0: the domain names guests may resolve, published in xenstore under /v4v/names
+    /// (separated by spaces or commas; a list in the file) [default: none]
+    #[arg(long, value_name = "NAMES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_names: Option<NameList>,
+}
+
+/// A list of domain names: a TOML list, or (on the command line, and as the old format wrote
+/// it) one string of names separated by spaces or commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct NameList(pub Vec<String>);
+
+impl std::str::FromStr for NameList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(NameList(
+            s.split([' ', ',', '\t'])
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for NameList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum List {
+            Names(Vec<String>),
+            Text(String),
+        }
+        match List::deserialize(d)? {
+            List::Names(v) => Ok(NameList(v)),
+            List::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// A config file that could not be used; the message names the file and the line.
@@ -205,6 +248,12 @@ impl Settings {
     pub fn check(&self) -> Result<(), String> {
         if self.handshake_timeout == Some(0) {
             return Err("handshake_timeout: must be at least 1 second".into());
+        }
+        if let Some(n) = &self.name {
+            v4v::names::validate(n).map_err(|e| format!("name: {e}"))?;
+        }
+        for n in self.publish_names.iter().flat_map(|l| &l.0) {
+            v4v::names::validate(n).map_err(|e| format!("publish_names: {e}"))?;
         }
         Ok(())
     }
@@ -338,6 +387,23 @@ mod tests {
             Some("a_flag = true\nmode = \"x y\"\n")
         );
         assert_eq!(migrate_legacy("no equals sign\n"), None);
+    }
+
+    #[test]
+    fn names_are_a_list_or_a_string_of_names_and_are_checked() {
+        let want = Some(NameList(vec!["web".into(), "backup".into()]));
+        let (s, f) = read("name = \"db\"\npublish_names = [\"web\", \"backup\"]\n").unwrap();
+        assert_eq!(
+            (s.name.as_deref(), &s.publish_names, f),
+            (Some("db"), &want, Format::Toml)
+        );
+        let (s, f) = read("publish_names = web backup\n").unwrap();
+        assert_eq!((&s.publish_names, f), (&want, Format::Legacy));
+        assert_eq!("web, backup".parse::<NameList>().ok(), want);
+        let (s, _) = read("publish_names = [\"web\", \"no/slash\"]\n").unwrap();
+        assert!(s.check().unwrap_err().starts_with("publish_names: "));
+        let (s, _) = read("name = \"\"\n").unwrap();
+        assert!(s.check().unwrap_err().starts_with("name: "));
     }
 
     #[test]

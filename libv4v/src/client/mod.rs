@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-pub use admin::{acl_change, acl_list, acl_load};
+pub use admin::{
+    ListedRule, acl_change, acl_list, acl_load, format_bindings, name_of, parse_listed, resolve,
+};
 pub use datagram::Datagram;
 pub use proto::SockAddr;
 pub use proto::Status;
@@ -58,6 +60,9 @@ pub enum Error {
     AddrInUse(String),
     #[error("denied by the V4V ACL")]
     Denied,
+    /// No domain has this name, or none this domain may see (the text says which name).
+    #[error("{0}")]
+    UnknownName(String),
     /// An argument no request can carry (port 0 as a destination, ...), found before asking.
     #[error("{0}")]
     Invalid(String),
@@ -138,6 +143,7 @@ impl From<Error> for io::Error {
             Error::AddrInUse(_) => io::Error::new(io::ErrorKind::AddrInUse, e),
             Error::Denied => io::Error::new(io::ErrorKind::PermissionDenied, e),
             Error::Invalid(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
+            Error::UnknownName(_) => io::Error::new(io::ErrorKind::NotFound, e),
             other => io::Error::other(other),
         }
     }

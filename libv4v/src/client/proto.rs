@@ -45,6 +45,41 @@ impl SockAddr {
     pub const fn new(domid: DomId, port: u32) -> Self {
         SockAddr { domid, port }
     }
+
+    /// Parses `DOM:PORT` where DOM is an id or a name (`web:80`, `name:web:80`); a name is asked
+    /// of the daemon (`V4V_SOCKET`, else the default; see [`crate::client::resolve`]), an id is
+    /// never looked up. A name no domain has, or one this domain may not see, is
+    /// [`crate::client::Error::UnknownName`].
+    pub fn resolve(text: &str) -> Result<Self, crate::client::Error> {
+        Self::resolve_with(&crate::client::socket_path(), text)
+    }
+
+    /// [`SockAddr::resolve`] through the daemon at `daemon`.
+    pub fn resolve_with(
+        daemon: &std::path::Path,
+        text: &str,
+    ) -> Result<Self, crate::client::Error> {
+        let (dom, port) =
+            parse_named(text).map_err(|e| crate::client::Error::Invalid(e.to_string()))?;
+        let domid = match dom {
+            crate::names::DomainRef::Id(d) => d,
+            crate::names::DomainRef::Name(n) => crate::client::resolve(daemon, &n)?,
+        };
+        Ok(SockAddr { domid, port })
+    }
+}
+
+/// Parses `DOM:PORT`, `NAME:PORT` or `name:NAME:PORT` without resolving: the domain as written
+/// and the port.
+pub fn parse_named(text: &str) -> Result<(crate::names::DomainRef, u32), ParseError> {
+    let bad = || ParseError::BadAddr(text.chars().take(64).collect());
+    let (d, p) = crate::names::split_addr(text).ok_or_else(bad)?;
+    let port = p.parse().map_err(|_| bad())?;
+    let dom = crate::names::DomainRef::parse(d).map_err(|e| match e {
+        crate::names::NameError::ReservedDomain(d) => ParseError::ReservedDomain(d),
+        e => ParseError::BadName(e.to_string()),
+    })?;
+    Ok((dom, port))
 }
 
 impl fmt::Display for SockAddr {
@@ -74,6 +109,8 @@ pub enum ParseError {
     BadReply(String),
     #[error("bad STATUS JSON: {0}")]
     BadStatus(String),
+    #[error("{0}")]
+    BadName(String),
 }
 
 /// Parses a domain id as requests and addresses carry it: decimal, below
@@ -126,6 +163,12 @@ pub enum Request {
     Reset(u64),
     /// `ACL ...`: read or edit the hypervisor's ACL table (dom0; edits need privilege).
     Acl(AclRequest),
+    /// `RESOLVE NAME`: the id of the domain called NAME, as this domain may see it (`OK DOMID`,
+    /// or `ERR ENOENT`).
+    Resolve(String),
+    /// `NAMEOF DOMID`: the name of domain DOMID, when this domain may see it (`OK NAME`, or
+    /// `ERR ENOENT`).
+    NameOf(DomId),
 }
 
 /// The `ACL` requests. Rules are in the text form of [`crate::acl`] (`reject 3:* -> 0:22`).
@@ -219,6 +262,13 @@ impl Request {
             ("ACL", _) => Ok(Request::Acl(parse_acl(
                 line.trim_start().strip_prefix("ACL").unwrap_or(""),
             )?)),
+            ("RESOLVE", [n]) => {
+                crate::names::validate(n).map_err(|_| ParseError::BadArgs("RESOLVE"))?;
+                Ok(Request::Resolve(n.to_string()))
+            }
+            ("RESOLVE", _) => Err(ParseError::BadArgs("RESOLVE")),
+            ("NAMEOF", [d]) => Ok(Request::NameOf(parse_domain(d)?)),
+            ("NAMEOF", _) => Err(ParseError::BadArgs("NAMEOF")),
             ("STATUS", []) => Ok(Request::Status),
             ("VERSION", []) => Ok(Request::Version),
             ("STATUS" | "VERSION", _) => Err(ParseError::BadArgs("STATUS/VERSION")),
@@ -241,6 +291,8 @@ impl fmt::Display for Request {
             Request::Closed(id) => write!(f, "CLOSED {id}"),
             Request::Reset(id) => write!(f, "RESET {id}"),
             Request::Acl(a) => a.fmt(f),
+            Request::Resolve(n) => write!(f, "RESOLVE {n}"),
+            Request::NameOf(d) => write!(f, "NAMEOF {d}"),
         }
     }
 }
@@ -268,6 +320,10 @@ pub enum Reply {
     Status { len: u32 },
     /// `OK` to `RESET` and the ACL edits.
     Done,
+    /// `OK DOMID` to `RESOLVE`.
+    Domain(DomId),
+    /// `OK NAME` to `NAMEOF`.
+    Name(String),
     /// `ERR CODE REASON`: `code` is an errno name (`EINVAL`, `EDQUOT`, ...; the hypervisor's
     /// errnos pass through, so the set is open), `reason` one line of text for people.
     Err { code: String, reason: String },
@@ -354,6 +410,10 @@ impl Reply {
                 Ok(Reply::Rules(num(n)?))
             }
             (Request::Status, [n]) => Ok(Reply::Status { len: num(n)? }),
+            (Request::Resolve(_), [d]) => Ok(Reply::Domain(parse_domain(d).map_err(|_| bad())?)),
+            (Request::NameOf(_), [n]) if crate::names::validate(n).is_ok() => {
+                Ok(Reply::Name(n.to_string()))
+            }
             (Request::Reset(_) | Request::Acl(_), [""]) => Ok(Reply::Done),
             _ => Err(bad()),
         }
@@ -373,6 +433,8 @@ impl fmt::Display for Reply {
             }
             Reply::Status { len } => write!(f, "OK {len}"),
             Reply::Done => write!(f, "OK"),
+            Reply::Domain(d) => write!(f, "OK {d}"),
+            Reply::Name(n) => write!(f, "OK {n}"),
             Reply::Err { code, reason } => write!(f, "ERR {code} {reason}"),
         }
     }

@@ -33,6 +33,8 @@ pub enum TargetAddr {
     Unix(PathBuf),
     /// `v4v:DOM:PORT`.
     V4v(SockAddr),
+    /// `v4v:NAME:PORT` (or `v4v:name:NAME:PORT`): resolved through the daemon at start.
+    V4vNamed { name: String, port: u32 },
 }
 
 /// The host a TCP listener binds when the address names none.
@@ -183,13 +185,19 @@ impl FromStr for TargetAddr {
                 Ok(TargetAddr::Tcp { host, port })
             }
             "unix" => Ok(TargetAddr::Unix(parse_path(s, rest)?)),
-            "v4v" => rest.parse::<SockAddr>().map(TargetAddr::V4v).map_err(|_| {
-                AddrError::BadV4v(
+            "v4v" => match v4v::client::proto::parse_named(rest) {
+                Ok((v4v::names::DomainRef::Id(d), port)) => {
+                    Ok(TargetAddr::V4v(SockAddr::new(d, port)))
+                }
+                Ok((v4v::names::DomainRef::Name(name), port)) => {
+                    Ok(TargetAddr::V4vNamed { name, port })
+                }
+                Err(_) => Err(AddrError::BadV4v(
                     quote(s),
-                    "expected v4v:DOM:PORT, DOM a domain id below 32752, PORT a 32-bit number"
+                    "expected v4v:DOM:PORT, DOM a domain id below 32752 or a domain name, PORT a 32-bit number"
                         .into(),
-                )
-            }),
+                )),
+            },
             "tcp-listen" | "unix-listen" | "v4v-listen" => {
                 Err(AddrError::ListenerAsTarget(quote(s)))
             }
@@ -214,6 +222,7 @@ impl fmt::Display for TargetAddr {
             TargetAddr::Tcp { host, port } => write!(f, "tcp:{}:{port}", show_host(host)),
             TargetAddr::Unix(p) => write!(f, "unix:{}", p.display()),
             TargetAddr::V4v(a) => write!(f, "v4v:{a}"),
+            TargetAddr::V4vNamed { name, port } => write!(f, "v4v:{name}:{port}"),
         }
     }
 }
@@ -274,6 +283,14 @@ mod tests {
         );
         assert_eq!(t("unix:rel/path"), Ok(TargetAddr::Unix("rel/path".into())));
         assert_eq!(t("v4v:0:80"), Ok(TargetAddr::V4v(SockAddr::new(0, 80))));
+        let web = TargetAddr::V4vNamed {
+            name: "web".into(),
+            port: 80,
+        };
+        assert_eq!(t("v4v:web:80"), Ok(web.clone()));
+        assert_eq!(t("v4v:name:web:80"), Ok(web));
+        assert!(t("v4v:we b:80").is_err());
+        assert!(t("v4v:web:").is_err());
         // A Unix path may hold colons.
         assert_eq!(t("unix:/tmp/a:b"), Ok(TargetAddr::Unix("/tmp/a:b".into())));
     }

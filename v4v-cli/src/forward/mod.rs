@@ -610,7 +610,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn resolve(t: &TargetAddr) -> Result<Resolved, Failure> {
+fn resolve(socket: &Path, t: &TargetAddr) -> Result<Resolved, Failure> {
     Ok(match t {
         TargetAddr::Tcp { host, port } => {
             let addrs: Vec<SocketAddr> = (host.as_str(), *port)
@@ -627,6 +627,10 @@ fn resolve(t: &TargetAddr) -> Result<Resolved, Failure> {
         }
         TargetAddr::Unix(p) => Resolved::Unix(p.clone()),
         TargetAddr::V4v(a) => Resolved::V4v(*a),
+        TargetAddr::V4vNamed { name, port } => Resolved::V4v(v4v::client::SockAddr::new(
+            crate::names::resolve_domain(socket, &v4v::names::DomainRef::Name(name.clone()))?,
+            *port,
+        )),
     })
 }
 
@@ -687,7 +691,7 @@ pub fn run(socket: &Path, opts: Opts) -> Result<(), Failure> {
         ));
     }
     raise_fd_limit();
-    let target = resolve(&opts.target)?;
+    let target = resolve(socket, &opts.target)?;
     let (listener, listen_name) = bind(socket, &opts.listen)?;
     let poll = Poll::new().map_err(|e| Failure::io("creating the event loop", &e))?;
     poll.registry()

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 
 use tracing::{debug, info, warn};
 use v4v::HvError;
-use v4v::acl::{self, AclError, Rule};
+use v4v::acl::{self, AclError, Rule, RuleSpec};
 use v4v::client::proto::{AclRequest, MAX_LINE, Reply};
 
 use super::{ClientState, Daemon, DaemonError};
@@ -45,14 +45,26 @@ impl Daemon {
         let Some((cred, admin)) = self.clients.get(t).map(|c| (c.cred, c.acl_admin)) else {
             return;
         };
+        self.reconcile_acl();
         if req == AclRequest::List {
             match acl::read_table(&*self.hv) {
                 Ok(rules) => {
-                    let n = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+                    // dom0's v4vd knows the rules as written (names); elsewhere the table is all.
+                    let lines: Vec<String> = match &self.acl_specs {
+                        Some(specs) if specs.len() == rules.len() => specs
+                            .iter()
+                            .map(|s| match self.bindings(s) {
+                                b if b.is_empty() => s.to_string(),
+                                b => format!("{s}  {}", v4v::client::format_bindings(&b)),
+                            })
+                            .collect(),
+                        _ => rules.iter().map(|r| r.to_string()).collect(),
+                    };
+                    let n = u32::try_from(lines.len()).unwrap_or(u32::MAX);
                     self.set_state(t, ClientState::Closing, &Reply::Rules(n));
                     if let Some(c) = self.clients.get_mut(t) {
-                        for r in &rules {
-                            c.queue_line(&r.to_string());
+                        for l in &lines {
+                            c.queue_line(l);
                         }
                     }
                 }
@@ -95,31 +107,64 @@ impl Daemon {
             }
             return self.pump_acl_load(t);
         }
-        let parse = |text: &str| -> Result<Rule, (String, String)> {
+        let parse = |text: &str| -> Result<RuleSpec, (String, String)> {
             text.parse()
                 .map_err(|e| ("EINVAL".to_string(), format!("{e}")))
         };
         let r: Result<(), (String, String)> = match &req {
-            AclRequest::Add(text) => {
-                parse(text).and_then(|r| acl::add(&*self.hv, &r).map_err(|e| self.acl_err(&e)))
-            }
-            AclRequest::Insert(n, text) => parse(text)
-                .and_then(|r| acl::insert(&*self.hv, *n, &r).map_err(|e| self.acl_err(&e))),
-            AclRequest::DeleteAt(n) => {
-                acl::delete_at(&*self.hv, *n).map_err(|e| match e.hv_error() {
-                    Some(HvError::NotFound) => ("ENOENT".into(), format!("there is no rule {n}")),
-                    _ => self.acl_err(&e),
-                })
-            }
-            AclRequest::DeleteRule(text) => parse(text).and_then(|r| {
-                acl::delete_rule(&*self.hv, &r).map_err(|e| match e.hv_error() {
-                    Some(HvError::NotFound) => {
-                        ("ENOENT".into(), format!("no rule \"{r}\" in the table"))
-                    }
-                    _ => self.acl_err(&e),
-                })
+            AclRequest::Add(text) => parse(text).and_then(|s| {
+                let r = self.resolve_spec(&s);
+                acl::add(&*self.hv, &r).map_err(|e| self.acl_err(&e))?;
+                self.mirror(|specs, written| {
+                    specs.push(s);
+                    written.push(r);
+                });
+                Ok(())
             }),
-            AclRequest::Flush => acl::flush(&*self.hv).map_err(|e| self.acl_err(&e)),
+            AclRequest::Insert(n, text) => parse(text).and_then(|s| {
+                let r = self.resolve_spec(&s);
+                acl::insert(&*self.hv, *n, &r).map_err(|e| self.acl_err(&e))?;
+                let at = (*n as usize).saturating_sub(1);
+                self.mirror(|specs, written| {
+                    specs.insert(at.min(specs.len()), s);
+                    written.insert(at.min(written.len()), r);
+                });
+                Ok(())
+            }),
+            AclRequest::DeleteAt(n) => self.delete_at(*n),
+            AclRequest::DeleteRule(text) => parse(text).and_then(|s| {
+                // By the rule as written: `delete name:web:* -> 0:22` is that rule, not a rule
+                // that happens to name web's id now.
+                match self
+                    .acl_specs
+                    .as_ref()
+                    .map(|v| v.iter().position(|x| *x == s))
+                {
+                    Some(Some(i)) => self.delete_at(i as u32 + 1),
+                    Some(None) => Err(("ENOENT".into(), format!("no rule \"{s}\" in the table"))),
+                    None => {
+                        let r = s
+                            .to_rule()
+                            .map_err(|e| ("EINVAL".to_string(), e.to_string()))?;
+                        acl::delete_rule(&*self.hv, &r).map_err(|e| match e.hv_error() {
+                            Some(HvError::NotFound) => {
+                                ("ENOENT".into(), format!("no rule \"{r}\" in the table"))
+                            }
+                            _ => self.acl_err(&e),
+                        })
+                    }
+                }
+            }),
+            AclRequest::Flush => {
+                let r = acl::flush(&*self.hv).map_err(|e| self.acl_err(&e));
+                if r.is_ok() {
+                    self.mirror(|specs, written| {
+                        specs.clear();
+                        written.clear();
+                    });
+                }
+                r
+            }
             AclRequest::List | AclRequest::Load(_) => Ok(()),
         };
         match r {
@@ -178,7 +223,7 @@ impl Daemon {
         }
         let cred = c.cred;
         let text = load.lines.join("\n");
-        let rules = match acl::parse_rules("request", &text) {
+        let specs = match acl::parse_rule_specs("request", &text) {
             Ok(r) => r,
             Err(e) => {
                 let first = e
@@ -188,6 +233,7 @@ impl Daemon {
                 return self.reply_err(t, "EINVAL", &first.unwrap_or_else(|| e.to_string()));
             }
         };
+        let rules: Vec<Rule> = specs.iter().map(|s| self.resolve_spec(s)).collect();
         match acl::replace_table(&*self.hv, &rules) {
             Ok(()) => {
                 info!(
@@ -196,6 +242,10 @@ impl Daemon {
                     rules = rules.len(),
                     "ACL table replaced"
                 );
+                self.mirror(|s, w| {
+                    *s = specs;
+                    *w = rules.clone();
+                });
                 let n = u32::try_from(rules.len()).unwrap_or(u32::MAX);
                 self.set_state(t, ClientState::Closing, &Reply::Rules(n));
             }
@@ -205,6 +255,7 @@ impl Daemon {
                     pid = cred.pid,
                     "ACL table replacement failed: {e}"
                 );
+                self.note_acl_table();
                 let (code, reason) = self.acl_err(&e);
                 self.reply_err(t, &code, &reason);
             }
@@ -229,10 +280,28 @@ impl Daemon {
             }
             Err(e) => return Err(DaemonError::Acl(format!("{}: {e}", path.display()))),
         };
-        let rules = acl::parse_rules(&path.display().to_string(), &text)
+        let specs = acl::parse_rule_specs(&path.display().to_string(), &text)
             .map_err(|e| DaemonError::Acl(e.to_string()))?;
-        acl::replace_table(&*self.hv, &rules)
-            .map_err(|e| DaemonError::Acl(format!("{}: {e}", path.display())))?;
+        let rules: Vec<Rule> = specs.iter().map(|s| self.resolve_spec(s)).collect();
+        self.reconcile_acl();
+        if let Err(e) = acl::replace_table(&*self.hv, &rules) {
+            self.note_acl_table();
+            return Err(DaemonError::Acl(format!("{}: {e}", path.display())));
+        }
+        for s in &specs {
+            for (n, d) in self.bindings(s) {
+                match d {
+                    Some(d) => info!(name = %n, domid = d, "rule {s}: name {n} is domain {d}"),
+                    None => {
+                        info!(name = %n, "rule {s}: no domain is named {n}: the rule matches nothing until one is")
+                    }
+                }
+            }
+        }
+        self.mirror(|s, w| {
+            *s = specs;
+            *w = rules.clone();
+        });
         info!(
             file = %path.display(),
             rules = rules.len(),
@@ -240,6 +309,81 @@ impl Daemon {
             if at_start { "loaded" } else { "reloaded" }
         );
         Ok(())
+    }
+
+    /// A rule as the hypervisor's table holds it now: names as their domain ids.
+    fn resolve_spec(&mut self, s: &RuleSpec) -> Rule {
+        let names: Vec<String> = s.names().map(str::to_string).collect();
+        let ids: Vec<(String, Option<v4v::abi::DomId>)> = names
+            .into_iter()
+            .map(|n| {
+                let d = self.lookup_name(&n);
+                (n, d)
+            })
+            .collect();
+        s.resolve(&|n| ids.iter().find(|(m, _)| m == n).and_then(|(_, d)| *d))
+    }
+
+    /// Edits the mirror of the table (dom0: the rules as written, and as written to the table).
+    fn mirror(&mut self, edit: impl FnOnce(&mut Vec<RuleSpec>, &mut Vec<Rule>)) {
+        if let Some(specs) = &mut self.acl_specs {
+            edit(specs, &mut self.acl_written);
+        }
+    }
+
+    fn delete_at(&mut self, n: u32) -> Result<(), (String, String)> {
+        acl::delete_at(&*self.hv, n).map_err(|e| match e.hv_error() {
+            Some(HvError::NotFound) => ("ENOENT".into(), format!("there is no rule {n}")),
+            _ => self.acl_err(&e),
+        })?;
+        let i = n as usize - 1;
+        self.mirror(|specs, written| {
+            if i < specs.len() {
+                specs.remove(i);
+            }
+            if i < written.len() {
+                written.remove(i);
+            }
+        });
+        Ok(())
+    }
+
+    /// After a failed replacement: what the table holds now is what v4vd wrote (its rules as
+    /// written stay, to be applied again).
+    pub(super) fn note_acl_table(&mut self) {
+        if let Ok(t) = acl::read_table(&*self.hv) {
+            self.acl_written = t;
+        }
+    }
+
+    /// dom0: checks that the table is what v4vd last wrote. If someone else edited it (through
+    /// the hypervisor directly), its rules are taken as they are, and the names are forgotten.
+    /// Returns false when the table cannot be read.
+    pub(super) fn reconcile_acl(&mut self) -> bool {
+        if self.acl_specs.is_none() {
+            return true;
+        }
+        match acl::read_table(&*self.hv) {
+            Ok(have) if have == self.acl_written => true,
+            Ok(have) => {
+                if self
+                    .acl_specs
+                    .as_ref()
+                    .is_some_and(|s| s.iter().any(|r| r.names().next().is_some()))
+                {
+                    warn!(
+                        "the ACL table was changed other than through v4vd: its rules are taken as they are, rules by name are forgotten"
+                    );
+                }
+                self.acl_specs = Some(have.iter().copied().map(RuleSpec::from).collect());
+                self.acl_written = have;
+                true
+            }
+            Err(e) => {
+                debug!("ACL table: {e}");
+                false
+            }
+        }
     }
 
     pub(super) fn reload_acl_file(&mut self) {

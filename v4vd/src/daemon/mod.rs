@@ -16,6 +16,7 @@
 //! | `stats` | `stats::Stats` and the one place `STATUS` is rendered |
 //! | `creds` | every libc call (peer credentials, hang-up checks) |
 //! | `acl` | ACL requests and dom0's rules file |
+//! | `names` | the names this domain sees, `RESOLVE`/`NAMEOF`, dom0's upkeep of rules by name |
 //! | `resume` | noticing that the domain was restored or migrated, and serving as the new one |
 //!
 //! Nothing is shared with other threads except the [`DaemonHandle`]'s stop flag and waker.
@@ -54,6 +55,7 @@ mod creds;
 mod dgram;
 #[cfg(test)]
 mod explore;
+mod names;
 mod ports;
 mod requests;
 mod resume;
@@ -83,6 +85,8 @@ enum Source {
     Hypervisor,
     /// [`DaemonHandle::stop`].
     Waker,
+    /// The name directory's watch (xenstore).
+    Names,
     /// One client connection.
     Client(usize),
 }
@@ -90,6 +94,7 @@ enum Source {
 const TOKEN_LISTENER: Token = Token(0);
 const TOKEN_HV: Token = Token(1);
 const TOKEN_WAKER: Token = Token(2);
+const TOKEN_NAMES: Token = Token(3);
 const FIRST_CLIENT: usize = 16;
 
 impl Source {
@@ -98,6 +103,7 @@ impl Source {
             TOKEN_LISTENER => Source::Listener,
             TOKEN_HV => Source::Hypervisor,
             TOKEN_WAKER => Source::Waker,
+            TOKEN_NAMES => Source::Names,
             Token(n) => Source::Client(n),
         }
     }
@@ -156,6 +162,15 @@ pub struct Daemon {
     lost: Option<HvError>,
     /// The domain's ring limit when the daemon started.
     max_rings: u32,
+    /// Where names come from, and the names this domain sees (`names.rs`).
+    name_source: names::NameSource,
+    names: names::NameView,
+    /// dom0: a change of names is not in the table or the published directory yet.
+    names_dirty: bool,
+    /// dom0: the ACL rules as written (names kept), in table order; `None` elsewhere.
+    acl_specs: Option<Vec<v4v::acl::RuleSpec>>,
+    /// dom0: the table as v4vd last wrote it (`acl_specs` resolved then).
+    acl_written: Vec<v4v::acl::Rule>,
     /// The service manager to tell of readiness and stopping, and how often the watchdog
     /// wants `WATCHDOG=1` with the next time it is due.
     notifier: Option<Notifier>,
@@ -223,10 +238,30 @@ impl Daemon {
             waker,
             lost: None,
             max_rings: info.max_rings,
+            name_source: names::NameSource::Unavailable(String::new()),
+            names: names::NameView::default(),
+            names_dirty: false,
+            acl_specs: None,
+            acl_written: Vec::new(),
             notifier: None,
         };
+        d.open_names()?;
+        if let Some(fd) = d.names_watch_fd() {
+            d.poll
+                .registry()
+                .register(&mut SourceFd(&fd), TOKEN_NAMES, Interest::READABLE)?;
+        }
+        if d.domid == 0
+            && let Ok(t) = v4v::acl::read_table(&*d.hv)
+        {
+            d.acl_specs = Some(t.iter().copied().map(v4v::acl::RuleSpec::from).collect());
+            d.acl_written = t;
+        }
         // dom0's rules apply before any client is served.
         d.load_acl_file(true)?;
+        if d.domid == 0 {
+            d.check_names(true);
+        }
         Ok(d)
     }
 
@@ -310,6 +345,11 @@ impl Daemon {
                     Source::Listener => self.accept_clients(),
                     Source::Hypervisor => self.on_hv_event(),
                     Source::Waker => {}
+                    // A restore fires every watch: serve as the new domain before anything else.
+                    Source::Names => {
+                        self.check_resumed();
+                        self.check_names(false);
+                    }
                     Source::Client(t) => self.pump_client(t),
                 }
                 self.run_ready();
@@ -326,6 +366,7 @@ impl Daemon {
             if self.next_keepalive <= now {
                 self.next_keepalive = now + KEEPALIVE;
                 self.check_resumed();
+                self.check_names(false);
                 self.keepalive(now);
                 self.expire_handshakes(now);
                 self.unpace();

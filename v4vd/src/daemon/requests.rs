@@ -234,6 +234,8 @@ impl Daemon {
                 None => self.reply_err(t, "ENOENT", &format!("no open stream {id} of yours")),
             },
             Request::Acl(req) => self.acl_request(t, req),
+            Request::Resolve(name) => self.resolve_request(t, &name),
+            Request::NameOf(domid) => self.name_of_request(t, domid),
         }
     }
 

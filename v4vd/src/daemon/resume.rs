@@ -49,6 +49,8 @@ impl Daemon {
         };
         if is_new_domain(self.domid, self.lasting_rings(), &info) {
             self.resume(info.domid);
+            // Our xenstore entries are the new domain's now.
+            self.reopen_names();
         }
     }
 

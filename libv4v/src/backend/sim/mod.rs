@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::abi::{Config, DomId, Info, RingDataEnt, SendAddr, TablesRule};
 use crate::backend::BackendError;
 use crate::hypervisor::{HvError, Hypervisor, TablesPage};
+use crate::names::{DirectoryError, NameDirectory, NameEntry};
 use crate::shmem::{RingMemory, page_round};
 use protocol::{
     self as proto, FRAME_HEADER_SIZE, FrameHeader, ProtocolError, Reply, ReplyData, Request,
@@ -40,6 +41,9 @@ pub struct SimHypervisor {
     event: OwnedFd,
     domid: DomId,
     path: PathBuf,
+    /// The name directory's generation when [`NameDirectory::changed`] last looked (`u64::MAX`:
+    /// never).
+    names_seen: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -148,6 +152,7 @@ impl SimHypervisor {
             event,
             domid,
             path: path.to_path_buf(),
+            names_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -367,6 +372,10 @@ impl Hypervisor for SimHypervisor {
         self.event.as_fd()
     }
 
+    fn names(&self) -> Option<&dyn NameDirectory> {
+        Some(self)
+    }
+
     fn take_event(&self) -> Result<bool, HvError> {
         let mut buf = [0u8; 64];
         let mut pending = false;
@@ -400,5 +409,89 @@ impl Hypervisor for SimHypervisor {
                 _ => return Err(HvError::Other(e.raw_os_error().unwrap_or(EPIPE))),
             }
         }
+    }
+}
+
+fn directory_error(what: &str, e: HvError) -> DirectoryError {
+    if e.is_interface_lost() {
+        return DirectoryError::Transport(format!(
+            "{what}: the simulator connection is lost ({e})"
+        ));
+    }
+    DirectoryError::Refused {
+        what: what.to_string(),
+        errno_name: e.name(),
+    }
+}
+
+impl SimHypervisor {
+    fn names_request(&self, which: u32) -> Result<(u64, Vec<NameEntry>), DirectoryError> {
+        match self.request(&Request::Names { which }, &[]) {
+            Ok(Reply {
+                data:
+                    ReplyData::Names {
+                        generation,
+                        entries,
+                    },
+                ..
+            }) => Ok((generation, entries)),
+            Ok(_) => Err(DirectoryError::Transport(
+                "the simulator answered names with something else".into(),
+            )),
+            Err(e) => Err(directory_error("reading the simulator's names", e)),
+        }
+    }
+}
+
+/// The simulator's model of the toolstack's names and dom0's published directory
+/// (`docs/sim.md`).
+impl NameDirectory for SimHypervisor {
+    fn claim_name(&self, name: &str) -> Result<(), DirectoryError> {
+        crate::names::validate(name)?;
+        self.request(
+            &Request::NameClaim {
+                name: name.as_bytes(),
+            },
+            &[],
+        )
+        .map(drop)
+        .map_err(|e| {
+            let what = format!("naming domain {} {name:?}", self.domid);
+            match e.errno() {
+                proto::errno::EADDRINUSE => DirectoryError::Refused {
+                    what: format!("{what}: another domain has that name"),
+                    errno_name: "EADDRINUSE".into(),
+                },
+                proto::errno::EISCONN => DirectoryError::Refused {
+                    what: format!("{what}: the domain has a name already"),
+                    errno_name: "EISCONN".into(),
+                },
+                _ => directory_error(&what, e),
+            }
+        })
+    }
+
+    fn domain_names(&self) -> Result<Vec<NameEntry>, DirectoryError> {
+        self.names_request(proto::NAMES_DOMAINS).map(|(_, e)| e)
+    }
+
+    fn published(&self) -> Result<Vec<NameEntry>, DirectoryError> {
+        self.names_request(proto::NAMES_PUBLISHED).map(|(_, e)| e)
+    }
+
+    fn publish(&self, entries: &[NameEntry]) -> Result<(), DirectoryError> {
+        let entries = entries
+            .iter()
+            .map(|e| (e.domid, e.name.as_bytes()))
+            .collect();
+        self.request(&Request::NamePublish { entries }, &[])
+            .map(drop)
+            .map_err(|e| directory_error("publishing names", e))
+    }
+
+    fn changed(&self) -> Result<bool, DirectoryError> {
+        use std::sync::atomic::Ordering;
+        let (generation, _) = self.names_request(proto::NAMES_PUBLISHED)?;
+        Ok(self.names_seen.swap(generation, Ordering::Relaxed) != generation)
     }
 }

@@ -18,6 +18,7 @@ use std::io::IoSlice;
 use thiserror::Error;
 
 use crate::abi::{self, Addr, Config, DomId, Info, RingDataEnt, SendAddr, TablesRule};
+use crate::names::NameEntry;
 
 /// `"V4VS"`: the first field of a hello.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"V4VS");
@@ -62,7 +63,22 @@ pub mod kind {
     pub const TABLES_LIST: u16 = 10;
     /// Claims a domain id; must be the first request.
     pub const HELLO: u16 = 0x40;
+    /// Names the caller's domain (the toolstack's part, modelled: `v4vd --name`).
+    pub const NAME_CLAIM: u16 = 0x41;
+    /// Reads the name directory: domains' names or the published ones.
+    pub const NAMES: u16 = 0x42;
+    /// dom0: replaces the published names.
+    pub const NAME_PUBLISH: u16 = 0x43;
 }
+
+/// `Names { which }`: the domains' own names (dom0 sees all, a guest its own).
+pub const NAMES_DOMAINS: u32 = 0;
+/// `Names { which }`: the names dom0 published for guests.
+pub const NAMES_PUBLISHED: u32 = 1;
+/// The most entries a names request or reply carries.
+pub const MAX_WIRE_NAMES: usize = 4096;
+/// The longest name on the wire (the simulator checks names with [`crate::names::validate`]).
+pub const MAX_WIRE_NAME: usize = 255;
 
 /// Sendv flag: the payload bytes are not on the wire. Allowed only when the hypervisor is bound
 /// to refuse the send before reading any payload (more than [`abi::MAX_IOV`] iovs, or more than
@@ -219,6 +235,17 @@ pub enum Request<'a> {
         start: u32,
         max: u32,
     },
+    /// The name the caller's domain goes by, as bytes (the simulator validates it).
+    NameClaim {
+        name: &'a [u8],
+    },
+    /// [`NAMES_DOMAINS`] or [`NAMES_PUBLISHED`].
+    Names {
+        which: u32,
+    },
+    NamePublish {
+        entries: Vec<(DomId, &'a [u8])>,
+    },
 }
 
 impl Request<'_> {
@@ -234,6 +261,9 @@ impl Request<'_> {
             Request::TablesAdd { .. } => kind::TABLES_ADD,
             Request::TablesDel { .. } => kind::TABLES_DEL,
             Request::TablesList { .. } => kind::TABLES_LIST,
+            Request::NameClaim { .. } => kind::NAME_CLAIM,
+            Request::Names { .. } => kind::NAMES,
+            Request::NamePublish { .. } => kind::NAME_PUBLISH,
         }
     }
 
@@ -303,6 +333,15 @@ impl Request<'_> {
             Request::TablesList { start, max } => {
                 w.u32(*start);
                 w.u32(*max);
+            }
+            Request::NameClaim { name } => w.name(name),
+            Request::Names { which } => w.u32(*which),
+            Request::NamePublish { entries } => {
+                w.u32(entries.len() as u32);
+                for (d, n) in entries {
+                    w.u16(*d);
+                    w.name(n);
+                }
             }
         }
         w.finish()
@@ -408,6 +447,25 @@ impl Request<'_> {
                 start: r.u32()?,
                 max: r.u32()?,
             },
+            kind::NAME_CLAIM => Request::NameClaim { name: r.name()? },
+            kind::NAMES => match r.u32()? {
+                which @ (NAMES_DOMAINS | NAMES_PUBLISHED) => Request::Names { which },
+                _ => return Err(ProtocolError::Reserved),
+            },
+            kind::NAME_PUBLISH => {
+                let n = r.u32()?;
+                if n as usize > MAX_WIRE_NAMES {
+                    return Err(ProtocolError::TooMany {
+                        count: u64::from(n),
+                        max: MAX_WIRE_NAMES,
+                    });
+                }
+                let mut entries = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    entries.push((r.u16()?, r.name()?));
+                }
+                Request::NamePublish { entries }
+            }
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         r.end()?;
@@ -469,6 +527,11 @@ pub enum ReplyData {
         total: u32,
         rules: Vec<TablesRule>,
     },
+    /// The directory's generation (it changes whenever any name does) and the entries asked for.
+    Names {
+        generation: u64,
+        entries: Vec<NameEntry>,
+    },
 }
 
 /// A reply: the hypervisor's return value (negative errno on failure) and, on success, its data.
@@ -516,6 +579,17 @@ impl Reply {
                 w.u32(rules.len() as u32);
                 for r in rules {
                     w.rule(r);
+                }
+            }
+            ReplyData::Names {
+                generation,
+                entries,
+            } => {
+                w.u64(*generation);
+                w.u32(entries.len() as u32);
+                for e in entries {
+                    w.u16(e.domid);
+                    w.name(e.name.as_bytes());
                 }
             }
         }
@@ -594,6 +668,28 @@ impl Reply {
                 }
                 ReplyData::TablesList { total, rules }
             }
+            kind::NAMES => {
+                let generation = r.u64()?;
+                let n = r.u32()?;
+                if n as usize > MAX_WIRE_NAMES {
+                    return Err(ProtocolError::TooMany {
+                        count: u64::from(n),
+                        max: MAX_WIRE_NAMES,
+                    });
+                }
+                let mut entries = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let domid = r.u16()?;
+                    let name = std::str::from_utf8(r.name()?)
+                        .map_err(|_| ProtocolError::Reserved)?
+                        .to_string();
+                    entries.push(NameEntry { domid, name });
+                }
+                ReplyData::Names {
+                    generation,
+                    entries,
+                }
+            }
             _ => ReplyData::None,
         };
         r.end()?;
@@ -631,6 +727,12 @@ impl Writer {
     }
     fn u16(&mut self, v: u16) {
         self.bytes(&v.to_le_bytes());
+    }
+    /// A name: `u16` length and the bytes (cut at [`MAX_WIRE_NAME`]).
+    fn name(&mut self, n: &[u8]) {
+        let n = &n[..n.len().min(MAX_WIRE_NAME)];
+        self.u16(n.len() as u16);
+        self.bytes(n);
     }
     fn u32(&mut self, v: u32) {
         self.bytes(&v.to_le_bytes());
@@ -710,6 +812,23 @@ impl<'a> Reader<'a> {
                 needed: N - self.buf.len(),
             }),
         }
+    }
+    fn name(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let n = usize::from(self.u16()?);
+        if n > MAX_WIRE_NAME {
+            return Err(ProtocolError::TooMany {
+                count: n as u64,
+                max: MAX_WIRE_NAME,
+            });
+        }
+        if self.buf.len() < n {
+            return Err(ProtocolError::Truncated {
+                needed: n - self.buf.len(),
+            });
+        }
+        let (b, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(b)
     }
     fn u16(&mut self) -> Result<u16, ProtocolError> {
         Ok(u16::from_le_bytes(self.take()?))
