@@ -4,7 +4,7 @@
 //! socket it would replace, in the same run.
 //!
 //! ```text
-//! v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR]
+//! v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR] [--warmup]
 //!           [--bytes V4V,UNIX] [--dgrams V4V,UNIX] [--rounds V4V,UNIX]
 //!           [--sockets SEND,RECV --domids SEND,RECV | --peer-at DOM:PORT [--socket PATH]]
 //!           [--pids PID,...]
@@ -49,6 +49,9 @@ struct Plan {
     rtt_rounds: [usize; 2],
     idle_streams: usize,
     idle: Duration,
+    /// A first pair at a quarter of the sizes, not counted: an emulator (QEMU's TCG) translates
+    /// code the first time it runs, and the first runs pay for it.
+    warmup: bool,
 }
 
 impl Plan {
@@ -60,6 +63,7 @@ impl Plan {
             rtt_rounds: [5_000, 50_000],
             idle_streams: 10_000,
             idle: Duration::from_secs(5),
+            warmup: false,
         }
     }
     fn quick() -> Plan {
@@ -70,6 +74,7 @@ impl Plan {
             rtt_rounds: [300, 3_000],
             idle_streams: 50,
             idle: Duration::from_millis(500),
+            warmup: false,
         }
     }
     fn of(&self, side: Side) -> usize {
@@ -102,7 +107,7 @@ struct Opts {
     pids: Vec<u32>,
 }
 
-const USAGE: &str = "usage: v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR] \
+const USAGE: &str = "usage: v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR] [--warmup] \
                      [--bytes V4V,UNIX] [--dgrams V4V,UNIX] [--rounds V4V,UNIX] \
                      [--sockets SEND,RECV --domids SEND,RECV | --peer-at DOM:PORT [--socket PATH]] \
                      [--pids PID,...]\n       v4v-bench serve --port N [--socket PATH] [--pids PID,...]";
@@ -114,6 +119,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     let (mut sockets, mut domids, mut pids) = (None, None, Vec::new());
     let (mut peer_at, mut socket) = (None, None);
     let (mut bytes, mut dgrams, mut rounds) = (None, None, None);
+    let mut warmup = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -138,6 +144,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         };
         match a.as_str() {
             "--quick" => plan = Plan::quick(),
+            "--warmup" => warmup = true,
             "--json" => json = true,
             "--pairs" => pairs = Some(num(&val()?)? as usize),
             "--streams" => streams = Some(num(&val()?)? as usize),
@@ -166,6 +173,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     }
     plan.pairs = pairs.unwrap_or(plan.pairs).max(1);
     plan.idle_streams = streams.unwrap_or(plan.idle_streams);
+    plan.warmup = warmup;
     plan.stream_bytes = bytes.unwrap_or(plan.stream_bytes);
     plan.dgrams = dgrams.unwrap_or(plan.dgrams);
     if let Some([v, u]) = rounds {
@@ -405,6 +413,20 @@ fn measure_all(
             .filter(|&(_, pinned)| pinned_rows || !pinned)
             .map(|k| (k, Runs::default()))
             .collect();
+    if p.warmup {
+        progress("warm-up pair (not counted)");
+        let q = |n: u64| (n / 4).max(1);
+        for side in [Side::V4v, Side::Unix] {
+            let i = p.of(side);
+            b.stream(side, q(p.stream_bytes[i]), 64 << 10)?;
+            b.stream(side, q(p.stream_bytes[i]), 4 << 10)?;
+            b.dgrams(side, q(p.dgrams[i]), 64)?;
+            b.dgrams(side, q(p.dgrams[i]), 4 << 10)?;
+            for &((stream, pinned), _) in &rtts {
+                b.rtt(side, stream, q(p.rtt_rounds[i] as u64) as usize, pinned)?;
+            }
+        }
+    }
     for pair in 0..p.pairs {
         progress(&format!(
             "pair {} of {} (load {})",
@@ -577,6 +599,7 @@ fn measure_all(
         "load_before": load_before,
         "load_after": load_after,
         "pairs": p.pairs,
+        "warmup": p.warmup,
         "stream_bytes": {"v4v": p.stream_bytes[0], "unix": p.stream_bytes[1]},
         "dgrams": {"v4v": p.dgrams[0], "unix": p.dgrams[1]},
         "rtt_rounds": {"v4v": p.rtt_rounds[0], "unix": p.rtt_rounds[1]},
@@ -789,6 +812,8 @@ mod tests {
         assert_eq!(o.plan.dgrams, [3, 4]);
         assert_eq!(o.plan.rtt_rounds, [5, 6]);
         assert_eq!(o.plan.pairs, 1);
+        assert!(!o.plan.warmup);
+        assert!(a(&["--warmup"]).unwrap().plan.warmup);
         for bad in ["1", "1,2,3", "0,5", "5,0", "a,b", ""] {
             assert!(a(&["--bytes", bad]).is_err(), "--bytes {bad:?}");
         }

@@ -130,7 +130,13 @@ fn quick_run_with_the_peers_in_another_domain() {
 
     let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_v4v-bench"))
-        .args(["--quick", "--json", "--peer-at", &format!("1:{port}")])
+        .args([
+            "--quick",
+            "--warmup",
+            "--json",
+            "--peer-at",
+            &format!("1:{port}"),
+        ])
         .arg("--socket")
         .arg(&socks[1])
         .args(["--pids", &format!("{},{}", pids[0], pids[2])])
@@ -147,6 +153,8 @@ fn quick_run_with_the_peers_in_another_domain() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v["env"]["remote_peer"], "1:7700");
+    // The warm-up pair ran (a quarter of the sizes) but is not among the samples.
+    assert_eq!(v["env"]["warmup"], true);
     let rows = v["rows"].as_array().expect("rows");
     let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
     // No pinned round trips (the peer's CPU is not ours to pin) and no idle rows.
@@ -171,6 +179,13 @@ fn quick_run_with_the_peers_in_another_domain() {
     }
     let row = |k: &str| rows.iter().find(|r| r["key"] == k).unwrap();
     let s = &row("stream_64k")["samples"]["v4v"][0];
+    assert_eq!(
+        row("stream_64k")["samples"]["v4v"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(s["bytes"], 2097152);
     assert_eq!(row("dgram_64")["samples"]["unix"][0]["msgs"], 3000);
     // The V4V side's CPU: this process, the peer and its daemon (reported by the server), and
