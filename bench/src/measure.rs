@@ -3,7 +3,8 @@
 //! end, a [`crate::peer`] process the other. Each run returns what it measured, with the CPU
 //! time every process involved used over the run.
 //!
-//! Owns the peer process and the sockets of one run; borrows the [`Stack`].
+//! Owns the peer process (or, for a remote peer, the control stream to its server) and the
+//! sockets of one run; borrows the [`Stack`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -558,6 +559,39 @@ impl Bench<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_answers() {
+        let ok = remote_answer(br#"{"ok":true,"exit":"exit status: 0","stderr":"","cpu":{"peer":0.5,"remote pid 7":0.25}}"#).unwrap();
+        assert_eq!(
+            ok,
+            vec![
+                ("peer".to_string(), Duration::from_millis(500)),
+                ("remote pid 7".to_string(), Duration::from_millis(250))
+            ]
+        );
+        let e = remote_answer(
+            br#"{"ok":false,"exit":"exit status: 1","stderr":"v4v-bench: refused\n"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("exit status: 1") && e.contains("v4v-bench: refused"),
+            "{e}"
+        );
+        for bad in [
+            &br#"{"ok":true}"#[..],
+            br#"{"ok":true,"cpu":{"peer":-1}}"#,
+            br#"{"ok":true,"cpu":{"peer":"x"}}"#,
+            b"",
+            b"not json",
+        ] {
+            assert!(
+                remote_answer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
