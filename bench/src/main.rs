@@ -4,13 +4,19 @@
 //! socket it would replace, in the same run.
 //!
 //! ```text
-//! v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR]
-//!           [--sockets SEND,RECV --domids SEND,RECV [--pids PID,...]]
+//! v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR] [--warmup]
+//!           [--bytes V4V,UNIX] [--dgrams V4V,UNIX] [--rounds V4V,UNIX]
+//!           [--sockets SEND,RECV --domids SEND,RECV | --peer-at DOM:PORT [--socket PATH]]
+//!           [--pids PID,...]
+//! v4v-bench serve --port N [--socket PATH] [--pids PID,...]
 //! ```
 //!
 //! Without `--sockets` it starts its own stack from `--bin-dir` (default: the directory of
 //! this executable): `v4v-sim` and a `v4vd` for domains 1 and 2. With `--sockets` it uses two
 //! running daemons (the first sends, the second receives) and counts the CPU time of `--pids`.
+//! With `--peer-at` the V4V peers run in another domain, started there by `v4v-bench serve`
+//! ([`serve`]) listening on DOM:PORT, and this process receives through its own daemon
+//! (`--socket`); the baselines stay on this machine (dom0 ↔ guest on Xen).
 //! Each row runs V4V and then its baseline, or the other way round, alternately, `--pairs`
 //! times (default 5; `--quick`: 1, and small sizes); the table shows medians. See
 //! `docs/bench.md`.
@@ -20,6 +26,7 @@
 
 mod measure;
 mod peer;
+mod serve;
 mod stack;
 mod sys;
 
@@ -29,6 +36,7 @@ use std::time::Duration;
 
 use measure::{Bench, Cpu, Rtt, Side, Xfer};
 use serde_json::{Value, json};
+use v4v::client::SockAddr;
 
 /// Sizes of one run of each row.
 #[derive(Debug, Clone)]
@@ -41,6 +49,9 @@ struct Plan {
     rtt_rounds: [usize; 2],
     idle_streams: usize,
     idle: Duration,
+    /// A first pair at a quarter of the sizes, not counted: an emulator (QEMU's TCG) translates
+    /// code the first time it runs, and the first runs pay for it.
+    warmup: bool,
 }
 
 impl Plan {
@@ -52,6 +63,7 @@ impl Plan {
             rtt_rounds: [5_000, 50_000],
             idle_streams: 10_000,
             idle: Duration::from_secs(5),
+            warmup: false,
         }
     }
     fn quick() -> Plan {
@@ -62,6 +74,7 @@ impl Plan {
             rtt_rounds: [300, 3_000],
             idle_streams: 50,
             idle: Duration::from_millis(500),
+            warmup: false,
         }
     }
     fn of(&self, side: Side) -> usize {
@@ -72,21 +85,41 @@ impl Plan {
     }
 }
 
+/// Where the stack under test comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    /// Started here: `v4v-sim` and two daemons.
+    Start,
+    /// Two running daemons: the peer sends through the first, this process receives through
+    /// the second.
+    Given { sock: [PathBuf; 2], domid: [u16; 2] },
+    /// The peers run in another domain, through `v4v-bench serve` at `at`; this process
+    /// receives through the daemon at `sock`.
+    Remote { at: SockAddr, sock: PathBuf },
+}
+
 struct Opts {
     plan: Plan,
     json: bool,
     bin_dir: Option<PathBuf>,
-    given: Option<([PathBuf; 2], [u16; 2], Vec<u32>)>,
+    mode: Mode,
+    /// Processes of a given stack whose CPU time counts.
+    pids: Vec<u32>,
 }
 
-const USAGE: &str = "usage: v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR] \
-                     [--sockets SEND,RECV --domids SEND,RECV [--pids PID,...]]";
+const USAGE: &str = "usage: v4v-bench [--quick] [--json] [--pairs N] [--streams N] [--bin-dir DIR] [--warmup] \
+                     [--bytes V4V,UNIX] [--dgrams V4V,UNIX] [--rounds V4V,UNIX] \
+                     [--sockets SEND,RECV --domids SEND,RECV | --peer-at DOM:PORT [--socket PATH]] \
+                     [--pids PID,...]\n       v4v-bench serve --port N [--socket PATH] [--pids PID,...]";
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut plan = Plan::full();
     let (mut json, mut bin_dir) = (false, None);
     let (mut pairs, mut streams) = (None, None);
     let (mut sockets, mut domids, mut pids) = (None, None, Vec::new());
+    let (mut peer_at, mut socket) = (None, None);
+    let (mut bytes, mut dgrams, mut rounds) = (None, None, None);
+    let mut warmup = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -99,14 +132,36 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             v.parse::<u64>()
                 .map_err(|_| format!("{a}: {v:?} is not a number"))
         };
+        // V4V,UNIX: the sizes of one run of each side, neither zero.
+        let two = |v: String| -> Result<[u64; 2], String> {
+            match list(v.clone())[..] {
+                [ref x, ref y] => match (num(x)?, num(y)?) {
+                    (0, _) | (_, 0) => Err(format!("{a}: {v:?}: sizes must not be zero")),
+                    (x, y) => Ok([x, y]),
+                },
+                _ => Err(format!("{a}: {v:?} is not V4V,UNIX")),
+            }
+        };
         match a.as_str() {
             "--quick" => plan = Plan::quick(),
+            "--warmup" => warmup = true,
             "--json" => json = true,
             "--pairs" => pairs = Some(num(&val()?)? as usize),
             "--streams" => streams = Some(num(&val()?)? as usize),
             "--bin-dir" => bin_dir = Some(PathBuf::from(val()?)),
             "--sockets" => sockets = Some(list(val()?)),
             "--domids" => domids = Some(list(val()?)),
+            "--bytes" => bytes = Some(two(val()?)?),
+            "--dgrams" => dgrams = Some(two(val()?)?),
+            "--rounds" => rounds = Some(two(val()?)?),
+            "--peer-at" => {
+                let v = val()?;
+                peer_at = Some(
+                    v.parse::<SockAddr>()
+                        .map_err(|e| format!("--peer-at: {v:?}: {e}"))?,
+                );
+            }
+            "--socket" => socket = Some(PathBuf::from(val()?)),
             "--pids" => {
                 for p in list(val()?) {
                     pids.push(num(&p)? as u32);
@@ -118,15 +173,29 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     }
     plan.pairs = pairs.unwrap_or(plan.pairs).max(1);
     plan.idle_streams = streams.unwrap_or(plan.idle_streams);
-    let given = match (sockets, domids) {
-        (None, None) => None,
-        (Some(s), Some(d)) if s.len() == 2 && d.len() == 2 => {
+    plan.warmup = warmup;
+    plan.stream_bytes = bytes.unwrap_or(plan.stream_bytes);
+    plan.dgrams = dgrams.unwrap_or(plan.dgrams);
+    if let Some([v, u]) = rounds {
+        plan.rtt_rounds = [v as usize, u as usize];
+    }
+    let mode = match (sockets, domids, peer_at) {
+        (None, None, None) => Mode::Start,
+        (Some(s), Some(d), None) if s.len() == 2 && d.len() == 2 => {
             let dom = |v: &str| v.parse::<u16>().map_err(|_| format!("--domids: {v:?}"));
-            Some((
-                [PathBuf::from(&s[0]), PathBuf::from(&s[1])],
-                [dom(&d[0])?, dom(&d[1])?],
-                pids,
-            ))
+            Mode::Given {
+                sock: [PathBuf::from(&s[0]), PathBuf::from(&s[1])],
+                domid: [dom(&d[0])?, dom(&d[1])?],
+            }
+        }
+        (None, None, Some(at)) => Mode::Remote {
+            at,
+            sock: socket.take().unwrap_or_else(v4v::client::socket_path),
+        },
+        (_, _, Some(_)) => {
+            return Err(format!(
+                "--peer-at names the peers' side: not with --sockets or --domids\n{USAGE}"
+            ));
         }
         _ => {
             return Err(format!(
@@ -134,11 +203,20 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             ));
         }
     };
+    if socket.is_some() {
+        return Err(format!("--socket goes with --peer-at\n{USAGE}"));
+    }
+    if mode == Mode::Start && !pids.is_empty() {
+        return Err(format!(
+            "--pids counts a given stack's processes: it goes with --sockets or --peer-at\n{USAGE}"
+        ));
+    }
     Ok(Opts {
         plan,
         json,
         bin_dir,
-        given,
+        mode,
+        pids,
     })
 }
 
@@ -226,16 +304,12 @@ fn cpu_json(c: &Cpu) -> Value {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("__peer") {
-        return match peer::main(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("v4v-bench: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(&args) {
+    let r = match args.first().map(String::as_str) {
+        Some("__peer") => peer::main(&args[1..]),
+        Some("serve") => serve::main(&args[1..]),
+        _ => run(&args),
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("v4v-bench: {e}");
@@ -249,7 +323,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let p = o.plan.clone();
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let fds = sys::raise_fd_limit();
-    if (fds as usize) < p.idle_streams + 64 {
+    let remote = matches!(o.mode, Mode::Remote { .. });
+    if !remote && (fds as usize) < p.idle_streams + 64 {
         return Err(format!(
             "{} idle streams need as many descriptors; the limit is {fds}",
             p.idle_streams
@@ -257,9 +332,16 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     let cpus = sys::CpuSet::current().map_err(|e| format!("sched_getaffinity: {e}"))?;
     let load_before = sys::loadavg();
-    let stack = match o.given.clone() {
-        Some((sock, domid, pids)) => stack::Stack::given(sock, domid, &pids),
-        None => {
+    let stack = match o.mode.clone() {
+        Mode::Given { sock, domid } => stack::Stack::given(sock, domid, &o.pids),
+        Mode::Remote { at, sock } => {
+            // The peers' socket is the server's business: the first slot is not used.
+            let me = v4v::client::status(&sock)
+                .map_err(|e| format!("the daemon at {}: {e}", sock.display()))?
+                .domid;
+            stack::Stack::given([PathBuf::new(), sock], [at.domid, me], &o.pids)
+        }
+        Mode::Start => {
             let dir = match o.bin_dir.clone() {
                 Some(d) => d,
                 None => exe
@@ -288,7 +370,32 @@ fn measure_all(
     load_before: String,
 ) -> Result<(), String> {
     let p = o.plan.clone();
-    let b = Bench { stack, exe, cpus };
+    let remote = match o.mode {
+        Mode::Remote { at, .. } => Some(at),
+        _ => None,
+    };
+    // Remotely, the peer's CPU cannot be pinned from here, and the idle streams' holder and
+    // the daemons' memory are on the other side: those rows are left out.
+    let pinned_rows = remote.is_none();
+    let idle_rows = remote.is_none() && p.idle_streams > 0;
+    let path = match &o.mode {
+        Mode::Start => "client → v4vd → v4v-sim → v4vd → client".to_string(),
+        Mode::Given { domid, .. } => format!(
+            "client → v4vd of domain {} → hypervisor → v4vd of domain {} → client",
+            domid[0], domid[1]
+        ),
+        Mode::Remote { at, .. } => format!(
+            "client in domain {} (v4v-bench serve at {at}) → its v4vd → hypervisor → v4vd of \
+             domain {} → client",
+            at.domid, stack.domid[1]
+        ),
+    };
+    let b = Bench {
+        stack,
+        remote,
+        exe,
+        cpus,
+    };
     let progress = |s: &str| {
         if !o.json {
             eprintln!("v4v-bench: {s}");
@@ -303,8 +410,23 @@ fn measure_all(
     let mut rtts: Vec<((bool, bool), Runs<Rtt>)> =
         [(false, true), (false, false), (true, true), (true, false)]
             .into_iter()
+            .filter(|&(_, pinned)| pinned_rows || !pinned)
             .map(|k| (k, Runs::default()))
             .collect();
+    if p.warmup {
+        progress("warm-up pair (not counted)");
+        let q = |n: u64| (n / 4).max(1);
+        for side in [Side::V4v, Side::Unix] {
+            let i = p.of(side);
+            b.stream(side, q(p.stream_bytes[i]), 64 << 10)?;
+            b.stream(side, q(p.stream_bytes[i]), 4 << 10)?;
+            b.dgrams(side, q(p.dgrams[i]), 64)?;
+            b.dgrams(side, q(p.dgrams[i]), 4 << 10)?;
+            for &((stream, pinned), _) in &rtts {
+                b.rtt(side, stream, q(p.rtt_rounds[i] as u64) as usize, pinned)?;
+            }
+        }
+    }
     for pair in 0..p.pairs {
         progress(&format!(
             "pair {} of {} (load {})",
@@ -329,8 +451,12 @@ fn measure_all(
             }
         }
     }
-    progress(&format!("{} idle streams", p.idle_streams));
-    let idle = b.idle_streams(p.idle_streams, p.idle)?;
+    let idle = if idle_rows {
+        progress(&format!("{} idle streams", p.idle_streams));
+        Some(b.idle_streams(p.idle_streams, p.idle)?)
+    } else {
+        None
+    };
     let load_after = sys::loadavg();
 
     let mut figs = Vec::new();
@@ -430,39 +556,42 @@ fn measure_all(
             "unix": s64.unix.iter().map(cpu_per_gb).collect::<Vec<_>>(),
         }),
     });
-    let daemons: Vec<_> = idle.procs.iter().filter(|p| p.1).collect();
-    let max_of =
-        |f: fn(&&(String, bool, u64, u64, f64)) -> f64| daemons.iter().map(f).fold(0.0, f64::max);
-    let idle_samples = json!({
-        "streams": idle.streams,
-        "connect_secs": idle.connect_secs,
-        "connects_refused_and_retried": idle.refused,
-        "procs": idle.procs.iter().map(|(n, d, before, with, ms)| json!({
-            "name": n, "daemon": d, "rss_kib_before": before, "rss_kib_with_streams": with, "idle_cpu_ms_per_s": ms,
-        })).collect::<Vec<_>>(),
-    });
-    figs.push(Figure {
-        key: "idle_rss_per_v4vd".into(),
-        label: format!("{} open idle streams: RSS of the larger v4vd", idle.streams),
-        unit: "MiB",
-        v4v: max_of(|p| p.3 as f64 / 1024.0),
-        unix: None,
-        target: Some(100.0),
-        higher_better: false,
-        absolute: true,
-        samples: idle_samples.clone(),
-    });
-    figs.push(Figure {
-        key: "idle_cpu_per_v4vd".into(),
-        label: format!("{} open idle streams: CPU of the busier v4vd", idle.streams),
-        unit: "ms/s",
-        v4v: max_of(|p| p.4),
-        unix: None,
-        target: Some(0.2),
-        higher_better: false,
-        absolute: true,
-        samples: idle_samples,
-    });
+    if let Some(idle) = idle {
+        let daemons: Vec<_> = idle.procs.iter().filter(|p| p.1).collect();
+        let max_of = |f: fn(&&(String, bool, u64, u64, f64)) -> f64| {
+            daemons.iter().map(f).fold(0.0, f64::max)
+        };
+        let idle_samples = json!({
+            "streams": idle.streams,
+            "connect_secs": idle.connect_secs,
+            "connects_refused_and_retried": idle.refused,
+            "procs": idle.procs.iter().map(|(n, d, before, with, ms)| json!({
+                "name": n, "daemon": d, "rss_kib_before": before, "rss_kib_with_streams": with, "idle_cpu_ms_per_s": ms,
+            })).collect::<Vec<_>>(),
+        });
+        figs.push(Figure {
+            key: "idle_rss_per_v4vd".into(),
+            label: format!("{} open idle streams: RSS of the larger v4vd", idle.streams),
+            unit: "MiB",
+            v4v: max_of(|p| p.3 as f64 / 1024.0),
+            unix: None,
+            target: Some(100.0),
+            higher_better: false,
+            absolute: true,
+            samples: idle_samples.clone(),
+        });
+        figs.push(Figure {
+            key: "idle_cpu_per_v4vd".into(),
+            label: format!("{} open idle streams: CPU of the busier v4vd", idle.streams),
+            unit: "ms/s",
+            v4v: max_of(|p| p.4),
+            unix: None,
+            target: Some(0.2),
+            higher_better: false,
+            absolute: true,
+            samples: idle_samples,
+        });
+    }
 
     let env = json!({
         "cpus_online": sys::ncpus(),
@@ -470,10 +599,13 @@ fn measure_all(
         "load_before": load_before,
         "load_after": load_after,
         "pairs": p.pairs,
+        "warmup": p.warmup,
         "stream_bytes": {"v4v": p.stream_bytes[0], "unix": p.stream_bytes[1]},
         "dgrams": {"v4v": p.dgrams[0], "unix": p.dgrams[1]},
         "rtt_rounds": {"v4v": p.rtt_rounds[0], "unix": p.rtt_rounds[1]},
-        "idle_streams": p.idle_streams,
+        "idle_streams": if idle_rows { p.idle_streams } else { 0 },
+        "path": path,
+        "remote_peer": remote.map(|a| a.to_string()),
         "idle_secs": p.idle.as_secs_f64(),
         "release": !cfg!(debug_assertions),
     });
@@ -524,8 +656,9 @@ fn table(figs: &[Figure], env: &Value) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "V4V (client → v4vd → v4v-sim → v4vd → client) beside a Unix socket, medians of {} \
-         alternated pairs; load average {} before, {} after; {} CPUs{}",
+        "V4V ({}) beside a Unix socket, medians of {} alternated pairs; load average {} \
+         before, {} after; {} CPUs{}",
+        env["path"].as_str().unwrap_or("?"),
         env["pairs"],
         env["load_before"].as_str().unwrap_or("?"),
         env["load_after"].as_str().unwrap_or("?"),
@@ -626,13 +759,63 @@ mod tests {
         let o = a(&["--quick", "--pairs", "3", "--streams", "7"]).unwrap();
         assert_eq!((o.plan.pairs, o.plan.idle_streams), (3, 7));
         assert_eq!(o.plan.stream_bytes, Plan::quick().stream_bytes);
+        assert_eq!(a(&[]).unwrap().mode, Mode::Start);
         let o = a(&["--sockets", "/a,/b", "--domids", "0,5", "--pids", "10,11"]).unwrap();
-        let (sock, dom, pids) = o.given.unwrap();
-        assert_eq!(sock, [PathBuf::from("/a"), PathBuf::from("/b")]);
-        assert_eq!((dom, pids), ([0, 5], vec![10, 11]));
+        assert_eq!(
+            o.mode,
+            Mode::Given {
+                sock: [PathBuf::from("/a"), PathBuf::from("/b")],
+                domid: [0, 5]
+            }
+        );
+        assert_eq!(o.pids, vec![10, 11]);
         assert!(a(&["--sockets", "/a,/b"]).is_err());
+        assert!(a(&["--pids", "10"]).is_err());
         assert!(a(&["--pairs"]).is_err());
         assert!(a(&["--pairs", "x"]).is_err());
         assert!(a(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn remote_peer_and_sizes() {
+        let a = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let o = a(&["--peer-at", "7:7700", "--socket", "/s", "--pids", "9"]).unwrap();
+        assert_eq!(
+            o.mode,
+            Mode::Remote {
+                at: SockAddr::new(7, 7700),
+                sock: PathBuf::from("/s")
+            }
+        );
+        assert_eq!(o.pids, vec![9]);
+        // Without --socket: the client's default daemon socket.
+        let o = a(&["--peer-at", "7:7700"]).unwrap();
+        assert_eq!(
+            o.mode,
+            Mode::Remote {
+                at: SockAddr::new(7, 7700),
+                sock: v4v::client::socket_path()
+            }
+        );
+        assert!(a(&["--peer-at", "7"]).is_err());
+        assert!(a(&["--peer-at", "x:1"]).is_err());
+        assert!(a(&["--peer-at", "7:1", "--sockets", "/a,/b", "--domids", "1,2"]).is_err());
+        assert!(a(&["--socket", "/s"]).is_err(), "--socket alone");
+        assert!(a(&["--sockets", "/a,/b", "--domids", "1,2", "--socket", "/s"]).is_err());
+
+        // Sizes replace the plan's, whatever the order with --quick.
+        let o = a(&[
+            "--bytes", "100,200", "--quick", "--dgrams", "3,4", "--rounds", "5,6",
+        ])
+        .unwrap();
+        assert_eq!(o.plan.stream_bytes, [100, 200]);
+        assert_eq!(o.plan.dgrams, [3, 4]);
+        assert_eq!(o.plan.rtt_rounds, [5, 6]);
+        assert_eq!(o.plan.pairs, 1);
+        assert!(!o.plan.warmup);
+        assert!(a(&["--warmup"]).unwrap().plan.warmup);
+        for bad in ["1", "1,2,3", "0,5", "5,0", "a,b", ""] {
+            assert!(a(&["--bytes", bad]).is_err(), "--bytes {bad:?}");
+        }
     }
 }

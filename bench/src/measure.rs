@@ -3,7 +3,8 @@
 //! end, a [`crate::peer`] process the other. Each run returns what it measured, with the CPU
 //! time every process involved used over the run.
 //!
-//! Owns the peer process and the sockets of one run; borrows the [`Stack`].
+//! Owns the peer process (or, for a remote peer, the control stream to its server) and the
+//! sockets of one run; borrows the [`Stack`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -68,6 +69,8 @@ pub struct Idle {
 
 pub struct Bench<'a> {
     pub stack: &'a Stack,
+    /// Where `v4v-bench serve` runs the V4V peers (another domain), or `None`: spawned here.
+    pub remote: Option<SockAddr>,
     /// This program, re-run as the peer.
     pub exe: PathBuf,
     /// The CPUs the benchmark may use (unpinned runs); the first is the one pinned runs use.
@@ -89,14 +92,63 @@ fn v4v_err(what: &str) -> impl Fn(v4v::client::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-/// Waits for the peer; its failure is the run's failure.
-fn reap(mut c: Child) -> Result<(), String> {
-    let st = c.wait().map_err(io_err("wait for the peer"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("the peer process failed ({st})"))
+/// The other end of a run: a child process here, or a peer that `v4v-bench serve` runs in
+/// another domain, whose answer comes back on the control stream.
+enum PeerProc {
+    Local(Child),
+    Remote(Stream),
+}
+
+/// CPU time per process that a remote server reported for its side of a run.
+type Parts = Vec<(String, Duration)>;
+
+/// Waits for the peer; its failure is the run's failure. A remote peer's CPU time (and that
+/// of the server's daemon) comes back with its answer.
+fn reap(p: PeerProc) -> Result<Option<Parts>, String> {
+    match p {
+        PeerProc::Local(mut c) => {
+            let st = c.wait().map_err(io_err("wait for the peer"))?;
+            if st.success() {
+                Ok(None)
+            } else {
+                Err(format!("the peer process failed ({st})"))
+            }
+        }
+        PeerProc::Remote(mut s) => {
+            let mut b = Vec::new();
+            (&mut s)
+                .take(1 << 16)
+                .read_to_end(&mut b)
+                .map_err(io_err("the remote peer's answer"))?;
+            remote_answer(&b).map(Some)
+        }
     }
+}
+
+/// Parses `v4v-bench serve`'s answer line (see [`crate::serve`]).
+fn remote_answer(b: &[u8]) -> Result<Parts, String> {
+    let v: serde_json::Value = serde_json::from_slice(b).map_err(|e| {
+        format!(
+            "the remote peer's answer {:?}: {e}",
+            String::from_utf8_lossy(&b[..b.len().min(200)])
+        )
+    })?;
+    if v["ok"] != serde_json::json!(true) {
+        return Err(format!(
+            "the remote peer failed ({}): {}",
+            v["exit"].as_str().unwrap_or("?"),
+            v["stderr"].as_str().unwrap_or("").trim()
+        ));
+    }
+    let cpu = v["cpu"].as_object().ok_or("the remote answer has no cpu")?;
+    cpu.iter()
+        .map(|(k, t)| {
+            t.as_f64()
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| (k.clone(), Duration::from_secs_f64(t)))
+                .ok_or_else(|| format!("the remote answer's cpu {k:?} is {t}"))
+        })
+        .collect()
 }
 
 /// Reads exactly `total` bytes in reads of up to 64 KiB.
@@ -140,15 +192,17 @@ impl Bench<'_> {
         })
     }
 
-    /// The CPU used since `w`, by this process, the peer (reaped since) and the stack.
-    fn cpu_since(&self, w: Window) -> Result<Cpu, String> {
-        let mut parts = vec![
-            ("bench".to_string(), sys::rusage(libc::RUSAGE_SELF) - w.me),
-            (
+    /// The CPU used since `w`, by this process, the peer (reaped since, or as its remote
+    /// server reported with its own daemon's) and the stack.
+    fn cpu_since(&self, w: Window, remote: Option<Parts>) -> Result<Cpu, String> {
+        let mut parts = vec![("bench".to_string(), sys::rusage(libc::RUSAGE_SELF) - w.me)];
+        match remote {
+            Some(r) => parts.extend(r),
+            None => parts.push((
                 "peer".to_string(),
                 sys::rusage(libc::RUSAGE_CHILDREN) - w.children,
-            ),
-        ];
+            )),
+        }
         for (p, t0) in self.stack.procs.iter().zip(w.stack) {
             let t = sys::cpu_time(p.pid).map_err(io_err(&p.name))?;
             parts.push((p.name.clone(), t.saturating_sub(t0)));
@@ -188,8 +242,24 @@ impl Bench<'_> {
         Ok((UnixStream::from(mine), child))
     }
 
-    fn spawn_v4v(&self, role: &[String]) -> Result<Child, String> {
-        self.peer(role).spawn().map_err(io_err("spawn the peer"))
+    /// Starts V4V peer `role` here, or asks the remote server to: the request is the role and
+    /// its arguments without the socket (`role[1]`), which the server fills in with its own.
+    fn spawn_v4v(&self, role: &[String]) -> Result<PeerProc, String> {
+        let Some(at) = self.remote else {
+            let c = self.peer(role).spawn().map_err(io_err("spawn the peer"))?;
+            return Ok(PeerProc::Local(c));
+        };
+        let mut s = Stream::connect_with(&self.stack.sock[1], at)
+            .map_err(v4v_err("connect to the remote peer server"))?;
+        let mut req = role[0].clone();
+        for a in &role[2..] {
+            req.push(' ');
+            req.push_str(a);
+        }
+        req.push('\n');
+        s.write_all(req.as_bytes())
+            .map_err(io_err("request to the remote peer server"))?;
+        Ok(PeerProc::Remote(s))
     }
 
     fn dst_args(&self, role: &str, port: u32) -> Vec<String> {
@@ -217,7 +287,7 @@ impl Bench<'_> {
                 s.write_all(b"G").map_err(io_err("go"))?;
                 let t0 = Instant::now();
                 recv_bytes(&mut s, total)?;
-                (t0.elapsed().as_secs_f64(), child)
+                (t0.elapsed().as_secs_f64(), PeerProc::Local(child))
             }
             Side::V4v => {
                 let mut l =
@@ -232,12 +302,12 @@ impl Bench<'_> {
                 (t0.elapsed().as_secs_f64(), child)
             }
         };
-        reap(child)?;
+        let remote = reap(child)?;
         Ok(Xfer {
             secs,
             bytes: total,
             msgs: 0,
-            cpu: self.cpu_since(w)?,
+            cpu: self.cpu_since(w, remote)?,
         })
     }
 
@@ -264,7 +334,7 @@ impl Bench<'_> {
                         return Err(bad(n));
                     }
                 }
-                (t0.elapsed().as_secs_f64(), child)
+                (t0.elapsed().as_secs_f64(), PeerProc::Local(child))
             }
             Side::V4v => {
                 let mut d =
@@ -286,12 +356,12 @@ impl Bench<'_> {
                 (t0.elapsed().as_secs_f64(), child)
             }
         };
-        reap(child)?;
+        let remote = reap(child)?;
         Ok(Xfer {
             secs,
             bytes: count * size as u64,
             msgs: count,
-            cpu: self.cpu_since(w)?,
+            cpu: self.cpu_since(w, remote)?,
         })
     }
 
@@ -359,7 +429,7 @@ impl Bench<'_> {
                     }
                     time(&mut lat, i, t0);
                 }
-                child
+                PeerProc::Local(child)
             }
             Side::V4v if stream => {
                 let mut l =
@@ -457,7 +527,7 @@ impl Bench<'_> {
         let w = self.window(Side::V4v)?;
         let t0 = Instant::now();
         std::thread::sleep(idle);
-        let cpu = self.cpu_since(w)?;
+        let cpu = self.cpu_since(w, None)?;
         let secs = t0.elapsed().as_secs_f64();
         let mut procs = Vec::new();
         for (i, p) in self.stack.procs.iter().enumerate() {
@@ -476,7 +546,7 @@ impl Bench<'_> {
         }
         drop(streams);
         drop(child.stdin.take());
-        reap(child)?;
+        reap(PeerProc::Local(child))?;
         Ok(Idle {
             streams: n,
             connect_secs,
@@ -489,6 +559,39 @@ impl Bench<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_answers() {
+        let ok = remote_answer(br#"{"ok":true,"exit":"exit status: 0","stderr":"","cpu":{"peer":0.5,"remote pid 7":0.25}}"#).unwrap();
+        assert_eq!(
+            ok,
+            vec![
+                ("peer".to_string(), Duration::from_millis(500)),
+                ("remote pid 7".to_string(), Duration::from_millis(250))
+            ]
+        );
+        let e = remote_answer(
+            br#"{"ok":false,"exit":"exit status: 1","stderr":"v4v-bench: refused\n"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("exit status: 1") && e.contains("v4v-bench: refused"),
+            "{e}"
+        );
+        for bad in [
+            &br#"{"ok":true}"#[..],
+            br#"{"ok":true,"cpu":{"peer":-1}}"#,
+            br#"{"ok":true,"cpu":{"peer":"x"}}"#,
+            b"",
+            b"not json",
+        ] {
+            assert!(
+                remote_answer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
