@@ -501,7 +501,7 @@ impl Daemon {
 
     /// Removes dead clients and everything they held.
     fn reap(&mut self) {
-        for t in self.clients.dead() {
+        for t in self.clients.take_dead() {
             let Some(mut c) = self.clients.remove(t) else {
                 continue;
             };

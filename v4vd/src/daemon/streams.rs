@@ -6,7 +6,7 @@
 //! backlog), the connection ids, and the bounded memory of closed streams for `CLOSED`. A
 //! connection's own state is a [`Conn`] (`conn.rs`), held by its client or backlog entry.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use v4v::client::proto::{Incoming, Reply, SockAddr, StreamEnd};
 use v4v::ring;
 
 use super::Daemon;
-use super::conn::{Conn, ConnKey, Event, Out, State, Step, stray};
+use super::conn::{CONNECT_TIMEOUT, Conn, ConnKey, Event, Out, State, Step, stray};
 use super::ports::{PendingSyn, PortKind};
 use super::requests::errno_name;
 use super::session::{Client, ClientState, may_see};
@@ -99,8 +99,18 @@ pub(super) enum Owner {
 }
 
 /// Every stream connection of the daemon, by key, and the closed ones remembered.
+///
+/// The keepalive's bookkeeping is kept as connections come and go, so that a tick costs what
+/// is due, not how many streams there are: the (ring, peer) pairs to probe with their counts of
+/// probed connections, and the connects by when they were sent (the timeout is one for all, so
+/// arrival order is expiry order).
 pub(super) struct StreamTable {
-    conns: HashMap<ConnKey, Owner>,
+    /// Each connection's holder, and whether the keepalive probes its peer for it.
+    conns: HashMap<ConnKey, (Owner, bool)>,
+    /// Probed connections per (our ring, peer daemon).
+    probed: HashMap<(u32, Addr), usize>,
+    /// Connects sent: when, by which client, which stream (checked when due).
+    connects: VecDeque<(Instant, usize, u64)>,
     next_conid: u32,
     next_stream_id: u64,
     closed: HashMap<u64, (u32, CloseReason)>,
@@ -114,6 +124,8 @@ impl StreamTable {
     pub fn new() -> Self {
         StreamTable {
             conns: HashMap::new(),
+            probed: HashMap::new(),
+            connects: VecDeque::new(),
             next_conid: 1,
             next_stream_id: 0,
             closed: HashMap::new(),
@@ -124,18 +136,61 @@ impl StreamTable {
     }
 
     pub fn owner(&self, key: &ConnKey) -> Option<Owner> {
-        self.conns.get(key).copied()
+        self.conns.get(key).map(|&(o, _)| o)
     }
 
+    /// Records who holds `key` (a new connection, or a backlog entry accepted by a client).
     pub fn insert(&mut self, key: ConnKey, owner: Owner) {
-        self.conns.insert(key, owner);
+        let probed = self.conns.get(&key).is_some_and(|&(_, p)| p);
+        self.conns.insert(key, (owner, probed));
+    }
+
+    /// From now on the keepalive probes `key`'s peer (the connection is established).
+    pub fn probe(&mut self, key: &ConnKey) {
+        if let Some((_, p)) = self.conns.get_mut(key)
+            && !*p
+        {
+            *p = true;
+            *self.probed.entry((key.ring_port, key.peer)).or_insert(0) += 1;
+        }
+    }
+
+    /// The (our ring, peer) pairs the keepalive probes.
+    pub fn probed_peers(&self) -> Vec<(u32, Addr)> {
+        self.probed.keys().copied().collect()
+    }
+
+    /// Remembers that client `t` sent a connect for stream `id` at `at`.
+    pub fn connect_sent(&mut self, at: Instant, t: usize, id: u64) {
+        self.connects.push_back((at, t, id));
+    }
+
+    /// The connects sent before `before`, taken out of the queue (the caller checks whether
+    /// each is still unanswered).
+    pub fn connects_before(&mut self, before: Instant) -> Vec<(usize, u64)> {
+        let mut due = Vec::new();
+        while let Some(&(at, t, id)) = self.connects.front() {
+            if at >= before {
+                break;
+            }
+            self.connects.pop_front();
+            due.push((t, id));
+        }
+        due
     }
 
     /// Forgets a live connection; it stays in time-wait for [`TIME_WAIT`] (bounded by
     /// [`MAX_TIME_WAIT`]) so that what the peer sent before it learnt of the close is absorbed.
     pub fn remove(&mut self, key: &ConnKey) {
-        if self.conns.remove(key).is_none() {
+        let Some((_, probed)) = self.conns.remove(key) else {
             return;
+        };
+        let pair = (key.ring_port, key.peer);
+        if probed && let Some(n) = self.probed.get_mut(&pair) {
+            *n -= 1;
+            if *n == 0 {
+                self.probed.remove(&pair);
+            }
         }
         let now = Instant::now();
         while let Some(&(until, k)) = self.time_wait_order.front() {
@@ -169,7 +224,7 @@ impl StreamTable {
         self.conns
             .iter()
             .filter(|(k, _)| k.ring_port == ring_port && k.peer == peer)
-            .filter_map(|(_, o)| match o {
+            .filter_map(|(_, (o, _))| match o {
                 Owner::Client(t) => Some(*t),
                 Owner::Backlog(_) => None,
             })
@@ -277,6 +332,7 @@ impl Daemon {
             None => {}
             Some(Event::Deliver) => c.out.extend(payload),
             Some(Event::Connected) => {
+                self.streams.probe(&key);
                 c.queue_reply(&Reply::Connected {
                     local_port: key.ring_port,
                     id,
@@ -468,6 +524,7 @@ impl Daemon {
             let luid = l.uid;
             self.ports.add_conn(port, 1);
             self.streams.insert(key, Owner::Client(t));
+            self.streams.probe(&key);
             match self.clients.get_mut(t) {
                 // The listener's user is the acceptor's: the reservation goes with the stream.
                 Some(c) => c.reserved += ps.reserved,
@@ -718,6 +775,7 @@ impl Daemon {
                 }
                 self.ports.add_conn(ring_port, 1);
                 self.streams.insert(key, Owner::Client(t));
+                self.streams.connect_sent(conn.started, t, id);
                 if let Some(c) = self.clients.get_mut(t) {
                     c.state = ClientState::Stream(Box::new(conn));
                 }
@@ -732,19 +790,19 @@ impl Daemon {
 
     /// Probes each peer daemon we have streams with, and times out unanswered connects.
     pub(super) fn keepalive(&mut self, now: Instant) {
-        let mut peers: HashSet<(u32, Addr)> = HashSet::new();
-        let mut expired = Vec::new();
-        for (&t, c) in self.clients.iter() {
-            if let ClientState::Stream(conn) = &c.state {
-                if conn.state() == State::Connecting {
-                    if conn.connect_expired(now) {
-                        expired.push(t);
-                    }
-                } else {
-                    peers.insert((conn.key.ring_port, conn.key.peer));
-                }
-            }
-        }
+        let due = match now.checked_sub(CONNECT_TIMEOUT) {
+            Some(before) => self.streams.connects_before(before),
+            None => Vec::new(),
+        };
+        let expired: Vec<usize> = due
+            .into_iter()
+            .filter(|&(t, id)| {
+                matches!(self.clients.get(t).map(|c| &c.state),
+                    Some(ClientState::Stream(conn)) if conn.id == id && conn.connect_expired(now))
+            })
+            .map(|(t, _)| t)
+            .collect();
+        let peers = self.streams.probed_peers();
         for t in expired {
             if let Some(c) = self.clients.get_mut(t) {
                 c.out.clear();
