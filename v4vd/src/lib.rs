@@ -45,7 +45,7 @@ pub mod wire;
 
 use thiserror::Error;
 
-pub use daemon::{Cred, Daemon, DaemonHandle};
+pub use daemon::{Cred, Daemon, DaemonHandle, HvCounts};
 
 /// Ring data area default: 256 KiB.
 pub const DEFAULT_RING_LEN: u32 = 256 * 1024;

@@ -7,7 +7,7 @@
 //! connection's own state is a [`Conn`] (`conn.rs`), held by its client or backlog entry.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -89,6 +89,17 @@ impl CloseReason {
 
 /// Closed streams remembered for `CLOSED` queries.
 const CLOSED_MEMORY: usize = 4096;
+
+/// What became of a stream message handed to [`Daemon::stream_send`].
+enum Sent {
+    Yes,
+    /// Not sent, and not needed any more (credit for a peer that finished).
+    Dropped,
+    /// The ring is full: the client is parked, the caller keeps the message.
+    Parked,
+    /// The peer is unreachable: the stream was aborted.
+    Aborted,
+}
 
 /// Who holds a stream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +341,18 @@ impl Daemon {
         let mut closed = None;
         match step.event {
             None => {}
-            Some(Event::Deliver) => c.out.extend(payload),
+            Some(Event::Deliver) => {
+                // Straight to the client when nothing waits before it; the rest is buffered
+                // (a write error is the next flush's to report).
+                let mut rest = payload;
+                if c.out.is_empty()
+                    && let Ok(n) = c.stream.write(payload)
+                {
+                    conn.consumed(n);
+                    rest = &payload[n..];
+                }
+                c.out.extend(rest);
+            }
             Some(Event::Connected) => {
                 self.streams.probe(&key);
                 c.queue_reply(&Reply::Connected {
@@ -546,7 +568,7 @@ impl Daemon {
     }
 
     /// Data bytes per stream message: the configured chunk, within what one ring message holds.
-    fn chunk(&self) -> usize {
+    pub(super) fn chunk(&self) -> usize {
         let ring_cap = ring::max_message_size(self.cfg.ring_len) as usize;
         self.cfg
             .chunk
@@ -557,9 +579,16 @@ impl Daemon {
     // ---- streams: the client side ----------------------------------------------------------
 
     /// Moves a stream client along: its output, credit back to the peer, queued messages, the
-    /// orderly end, and its input within credit.
+    /// orderly end, and its input within credit. Data read from the client is sent from one
+    /// reused buffer (header and payload in place); it is copied into the queue only when the
+    /// peer's ring is full.
     pub(super) fn pump_stream(&mut self, t: usize) {
-        let mut rbuf = Vec::new();
+        let mut buf = std::mem::take(&mut self.send_buf);
+        self.pump_stream_with(t, &mut buf);
+        self.send_buf = buf;
+    }
+
+    fn pump_stream_with(&mut self, t: usize, buf: &mut Vec<u8>) {
         loop {
             let Some(c) = self.clients.get_mut(t) else {
                 return;
@@ -595,10 +624,10 @@ impl Daemon {
                 ClientState::Stream(conn) => conn.outq.pop_front(),
                 _ => None,
             }) {
-                match self.send_or_wait(src, dst, PROTO_STREAM, &m) {
-                    Ok(true) => progressed = true,
-                    Ok(false) => {
-                        self.tx.park(t, dst, m.len());
+                match self.stream_send(t, src, dst, &m) {
+                    Sent::Yes => progressed = true,
+                    Sent::Dropped => {}
+                    Sent::Parked => {
                         if let Some(ClientState::Stream(conn)) =
                             self.clients.get_mut(t).map(|c| &mut c.state)
                         {
@@ -606,24 +635,7 @@ impl Daemon {
                         }
                         return;
                     }
-                    // A credit update is advice: the peer may have finished and closed while its
-                    // FIN still waits in our ring. If it is really gone, the keepalive says so.
-                    Err(e)
-                        if self.clients.get(t).is_some_and(Client::finished_both_ways)
-                            || matches!(wire::decode(&m), Ok((_, Segment::Ack { .. }))) =>
-                    {
-                        debug!("peer {dst:?}: dropping a message it no longer needs: {e}");
-                    }
-                    Err(e) => {
-                        debug!("peer {dst:?} unreachable: {e}");
-                        let reason = if e == HvError::Denied {
-                            CloseReason::Denied
-                        } else {
-                            CloseReason::PeerGone
-                        };
-                        self.abort_client(t, false, reason);
-                        return;
-                    }
+                    Sent::Aborted => return,
                 }
             }
             let Some(c) = self.clients.get_mut(t) else {
@@ -647,8 +659,10 @@ impl Daemon {
                 }
                 return;
             }
-            rbuf.resize(wire::HEADER + n, 0);
-            match c.stream.read(&mut rbuf[wire::HEADER..]) {
+            if buf.len() < wire::HEADER + n {
+                buf.resize(wire::HEADER + n, 0);
+            }
+            match c.stream.read(&mut buf[wire::HEADER..wire::HEADER + n]) {
                 Ok(0) => {
                     if let Some(o) = conn.client_eof().send {
                         conn.outq.push_back(o.encode(conn.key.conid));
@@ -656,10 +670,21 @@ impl Daemon {
                 }
                 Ok(k) => {
                     conn.sent(k);
-                    rbuf.truncate(wire::HEADER + k);
                     let hdr = wire::encode(conn.key.conid, &Segment::Data(&[]));
-                    rbuf[..wire::HEADER].copy_from_slice(&hdr);
-                    conn.outq.push_back(std::mem::take(&mut rbuf));
+                    buf[..wire::HEADER].copy_from_slice(&hdr);
+                    let m = &buf[..wire::HEADER + k];
+                    match self.stream_send(t, src, dst, m) {
+                        Sent::Yes | Sent::Dropped => {}
+                        Sent::Parked => {
+                            if let Some(ClientState::Stream(conn)) =
+                                self.clients.get_mut(t).map(|c| &mut c.state)
+                            {
+                                conn.outq.push_back(m.to_vec());
+                            }
+                            return;
+                        }
+                        Sent::Aborted => return,
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if progressed {
@@ -673,6 +698,38 @@ impl Daemon {
                     self.abort_client(t, true, CloseReason::LocalAbort);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Sends stream message `m` of client `t` from our ring `src` to `dst`; parks the client
+    /// when the ring is full (the caller keeps the message), aborts the stream when the peer is
+    /// unreachable.
+    fn stream_send(&mut self, t: usize, src: u32, dst: Addr, m: &[u8]) -> Sent {
+        match self.send_or_wait(src, dst, PROTO_STREAM, m) {
+            Ok(true) => Sent::Yes,
+            Ok(false) => {
+                self.tx.park(t, dst, m.len());
+                Sent::Parked
+            }
+            // A credit update is advice: the peer may have finished and closed while its FIN
+            // still waits in our ring. If it is really gone, the keepalive says so.
+            Err(e)
+                if self.clients.get(t).is_some_and(Client::finished_both_ways)
+                    || matches!(wire::decode(m), Ok((_, Segment::Ack { .. }))) =>
+            {
+                debug!("peer {dst:?}: dropping a message it no longer needs: {e}");
+                Sent::Dropped
+            }
+            Err(e) => {
+                debug!("peer {dst:?} unreachable: {e}");
+                let reason = if e == HvError::Denied {
+                    CloseReason::Denied
+                } else {
+                    CloseReason::PeerGone
+                };
+                self.abort_client(t, false, reason);
+                Sent::Aborted
             }
         }
     }
