@@ -3,7 +3,9 @@
 //!       [--ring-size BYTES] [--acl-file PATH] [--acl-group GROUP]`
 //!
 //! The config file holds `key = value` lines (`#` comments): `hypervisor`, `domid`, `socket`,
-//! `socket_mode` (octal, default 666), `ring_size`, `window`, `acl_file`, `acl_group`,
+//! `socket_mode` (octal, default 666), `ring_size` (datagram rings, default 256 KiB),
+//! `stream_ring_size` (rings carrying streams, default 4 × `ring_size`), `window` (per stream,
+//! default 1 MiB), `acl_file`, `acl_group`,
 //! `privileged_group` (besides root, may use ports 1-1023),
 //! `max_clients_per_user` (default 4096; root is not limited), `max_rings_per_user` (default a
 //! quarter of the domain's ring limit; root is not limited), `max_buffer_per_user` (bytes, default
@@ -30,6 +32,7 @@ struct Opts {
     domid: Option<u16>,
     socket: Option<PathBuf>,
     ring_size: Option<u32>,
+    stream_ring_size: Option<u32>,
     window: Option<u32>,
     acl_file: Option<PathBuf>,
     acl_group: Option<String>,
@@ -42,7 +45,8 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: v4vd [--hypervisor xen|sim:PATH] [--domid N] [--socket PATH] \
-                     [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--acl-file PATH] \
+                     [--socket-mode OCTAL] [--config FILE] [--ring-size BYTES] [--stream-ring-size BYTES] \
+                     [--acl-file PATH] \
                      [--acl-group GROUP] [--privileged-group GROUP] [--max-clients-per-user N] \
                      [--max-rings-per-user N] [--max-buffer-per-user BYTES] \
                      [--handshake-timeout SECS]";
@@ -65,6 +69,7 @@ fn set(o: &mut Opts, key: &str, val: &str) -> Result<(), String> {
         }
         "socket" => o.socket = Some(PathBuf::from(val)),
         "ring_size" | "ring-size" => o.ring_size = Some(num(val)?),
+        "stream_ring_size" | "stream-ring-size" => o.stream_ring_size = Some(num(val)?),
         "window" => o.window = Some(num(val)?),
         "max_clients_per_user" | "max-clients-per-user" => {
             o.max_clients_per_user = Some(num(val)? as usize)
@@ -140,6 +145,7 @@ fn parse_args() -> Result<Opts, String> {
     o.domid = cli.domid.or(o.domid);
     o.socket = cli.socket.or(o.socket);
     o.ring_size = cli.ring_size.or(o.ring_size);
+    o.stream_ring_size = cli.stream_ring_size.or(o.stream_ring_size);
     o.window = cli.window.or(o.window);
     o.acl_file = cli.acl_file.or(o.acl_file);
     o.acl_group = cli.acl_group.or(o.acl_group);
@@ -242,6 +248,7 @@ fn run() -> Result<(), String> {
     if let Some(r) = o.ring_size {
         cfg.ring_len = r;
     }
+    cfg.stream_ring_len = o.stream_ring_size;
     if let Some(w) = o.window {
         cfg.conn_window = w;
     }

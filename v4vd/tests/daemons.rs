@@ -176,8 +176,8 @@ fn a_stream_makes_few_hypercalls_per_chunk() {
         n2.counts.notify() - before[1].1,
     ];
     eprintln!("{CHUNKS} chunks: sendv {sendv:?}, notify {notify:?}");
-    // The receiver's sends are its credit updates (one per 64 KiB: a quarter of the 256 KiB
-    // window) and a few for the end and the keepalive.
+    // The receiver's sends are its credit updates (one per quarter window consumed, at most
+    // one per 64 KiB) and a few for the end and the keepalive.
     assert!(
         sendv[1] as usize <= CHUNKS / 2 + 8,
         "the receiver sent {} messages for {CHUNKS} chunks",

@@ -363,15 +363,12 @@ impl Daemon {
         kind: PortKind,
         uid: Option<u32>,
     ) -> Result<u32, HvError> {
-        self.ports.register(
-            &*self.hv,
-            self.domid,
-            self.cfg.ring_len,
-            port,
-            partner,
-            kind,
-            uid,
-        )
+        let ring_len = match kind {
+            PortKind::Dgram(_) => self.cfg.ring_len,
+            PortKind::Listen(_) | PortKind::Peer(_) => self.cfg.stream_ring(),
+        };
+        self.ports
+            .register(&*self.hv, self.domid, ring_len, port, partner, kind, uid)
     }
 
     /// Unregisters a port's ring if nothing uses it any more (or unconditionally with `force`).

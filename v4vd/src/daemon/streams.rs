@@ -569,7 +569,7 @@ impl Daemon {
 
     /// Data bytes per stream message: the configured chunk, within what one ring message holds.
     pub(super) fn chunk(&self) -> usize {
-        let ring_cap = ring::max_message_size(self.cfg.ring_len) as usize;
+        let ring_cap = ring::max_message_size(self.cfg.stream_ring()) as usize;
         self.cfg
             .chunk
             .min(ring_cap.saturating_sub(wire::HEADER))
