@@ -408,6 +408,76 @@ fn slow_datagram_client_makes_the_sender_wait_then_everything_arrives() {
     tx.send_to(&msg, SockAddr::new(2, 400)).unwrap();
 }
 
+/// Issue 11: a drain notifies only when the ring was too full for a message the size of the
+/// largest it carried (or a full stream message, 128 KiB). A sender of a larger message than
+/// that, refused by a ring that was not so full, is woken by the notify owed after such drains:
+/// without it, it would wait forever.
+#[test]
+fn a_sender_of_a_larger_message_than_any_before_is_woken() {
+    use v4v::client::proto::{FRAME_HEADER_SIZE, FrameHeader};
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    // The receiver's daemon buffers only 4 KiB: what its client does not read stays in the
+    // socket, then in the 256 KiB ring.
+    let cfg = v4vd::Config {
+        dgram_buffer: 4096,
+        ..v4vd::Config::default()
+    };
+    let n2 = Node::start_with(&model, 2, cfg);
+    // A raw client, so that exactly what is read leaves the socket.
+    let (mut rx, reply) = raw_request(&n2.sock, "DGRAM 410\n");
+    assert!(reply.starts_with("OK"), "{reply}");
+    let mut tx = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    tx.set_nonblocking(true).unwrap();
+    let small = vec![1u8; 1000];
+    let mut sent = 0usize;
+    loop {
+        match tx.send_to(&small, SockAddr::new(2, 410)) {
+            Ok(_) => sent += 1,
+            Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 100_000, "the receiver's ring never filled");
+    }
+    let read_one = |rx: &mut BufReader<UnixStream>| -> usize {
+        let mut h = [0u8; FRAME_HEADER_SIZE];
+        rx.read_exact(&mut h).expect("a datagram in time");
+        let mut m = vec![0u8; FrameHeader::decode(&h).len as usize];
+        rx.read_exact(&mut m).expect("its payload");
+        m.len()
+    };
+    // Read 150 of them: as the daemon refills the socket from the ring, the ring keeps about
+    // 100 KiB, too much for 200 KB to fit and too little to hold up a 128 KiB message.
+    for _ in 0..150 {
+        assert_eq!(read_one(&mut rx), 1000);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    tx.set_nonblocking(false).unwrap();
+    let t1 = n1.counts.notify();
+    let sender = std::thread::spawn(move || {
+        tx.send_to(&vec![2u8; 200_000], SockAddr::new(2, 410))
+            .map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        n1.counts.notify() > t1,
+        "the large datagram did not have to wait: the test did not fill the ring"
+    );
+    let mut smalls = 150;
+    loop {
+        match read_one(&mut rx) {
+            200_000 => break,
+            n => assert_eq!(n, 1000),
+        }
+        smalls += 1;
+    }
+    assert!(
+        smalls >= sent,
+        "{smalls} of {sent} small datagrams came first"
+    );
+    assert_eq!(sender.join().unwrap(), Ok(200_000));
+}
+
 #[test]
 fn peer_daemon_gone_gives_clear_errors() {
     let model = Model::new();
