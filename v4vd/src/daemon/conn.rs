@@ -23,7 +23,7 @@
 //!   connection never buffers more than its window. A side that finished receiving (it got
 //!   FIN) grants nothing more.
 //! - Credit goes back in batches: an ACK only once the client consumed a quarter of the window
-//!   ([`Conn::credit_batch`]), not after every chunk. This never stalls a sender: a sender out
+//!   (`Conn::credit_batch`), not after every chunk. This never stalls a sender: a sender out
 //!   of credit with nothing in flight means the receiver holds or has consumed the whole window,
 //!   so once its client reads, at least a window's worth (more than any batch) is due.
 //! - Each direction ends with FIN; a stream is over when both FINs were exchanged and
@@ -344,7 +344,7 @@ impl Conn {
 
     /// Credit to grant back now, if any: only while the peer may still send, only when nothing
     /// else is queued (so the queue stays bounded), and only in batches of
-    /// [`Conn::credit_batch`] bytes (one ACK per quarter window, not one per chunk).
+    /// `Conn::credit_batch` bytes (one ACK per quarter window, not one per chunk).
     pub fn credit_due(&mut self) -> Option<Out> {
         let open = matches!(self.state, State::Established | State::FinSent);
         if open && self.outq.is_empty() && self.grant > 0 && self.grant >= self.batch {

@@ -28,9 +28,9 @@
 //!
 //! Waking senders: a sender waits on one of our rings only after a send found it too full for
 //! its message (`docs/abi.md`, "Waiters"), so a drain notifies only when the ring may have been
-//! that full for a message of the size it carries ([`Daemon::drain_port`]). A sender whose message
+//! that full for a message of the size it carries (`Daemon::drain_port`). A sender whose message
 //! is larger than any the ring took so far is woken by the notify owed after every drain that
-//! skipped one, at most [`NOTIFY_OWED`] later: nobody waits forever.
+//! skipped one, at most `NOTIFY_OWED` later: nobody waits forever.
 
 use std::io;
 use std::os::fd::AsRawFd;
