@@ -418,9 +418,10 @@ fn a_sender_of_a_larger_message_than_any_before_is_woken() {
     let model = Model::new();
     let n1 = Node::start(&model, 1);
     // The receiver's daemon buffers only 4 KiB: what its client does not read stays in the
-    // socket, then in the 256 KiB ring.
+    // socket, then in the 1 MiB ring.
     let cfg = v4vd::Config {
         dgram_buffer: 4096,
+        ring_len: 1 << 20,
         ..v4vd::Config::default()
     };
     let n2 = Node::start_with(&model, 2, cfg);
@@ -446,16 +447,17 @@ fn a_sender_of_a_larger_message_than_any_before_is_woken() {
         rx.read_exact(&mut m).expect("its payload");
         m.len()
     };
-    // Read 150 of them: as the daemon refills the socket from the ring, the ring keeps about
-    // 100 KiB, too much for 200 KB to fit and too little to hold up a 128 KiB message.
-    for _ in 0..150 {
+    // Read 500 of them: as the daemon refills the socket from the ring, the ring keeps about
+    // half a MiB (less when the socket takes more in fewer, larger writes): too much for 900 KB
+    // to fit, too little to hold up a 128 KiB message.
+    for _ in 0..500 {
         assert_eq!(read_one(&mut rx), 1000);
     }
     std::thread::sleep(Duration::from_millis(100));
     tx.set_nonblocking(false).unwrap();
     let t1 = n1.counts.notify();
     let sender = std::thread::spawn(move || {
-        tx.send_to(&vec![2u8; 200_000], SockAddr::new(2, 410))
+        tx.send_to(&vec![2u8; 900_000], SockAddr::new(2, 410))
             .map_err(|e| e.to_string())
     });
     std::thread::sleep(Duration::from_millis(100));
@@ -463,10 +465,10 @@ fn a_sender_of_a_larger_message_than_any_before_is_woken() {
         n1.counts.notify() > t1,
         "the large datagram did not have to wait: the test did not fill the ring"
     );
-    let mut smalls = 150;
+    let mut smalls = 500;
     loop {
         match read_one(&mut rx) {
-            200_000 => break,
+            900_000 => break,
             n => assert_eq!(n, 1000),
         }
         smalls += 1;
@@ -475,7 +477,7 @@ fn a_sender_of_a_larger_message_than_any_before_is_woken() {
         smalls >= sent,
         "{smalls} of {sent} small datagrams came first"
     );
-    assert_eq!(sender.join().unwrap(), Ok(200_000));
+    assert_eq!(sender.join().unwrap(), Ok(900_000));
 }
 
 #[test]

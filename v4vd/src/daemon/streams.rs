@@ -662,42 +662,63 @@ impl Daemon {
             if buf.len() < wire::HEADER + n {
                 buf.resize(wire::HEADER + n, 0);
             }
-            match c.stream.read(&mut buf[wire::HEADER..wire::HEADER + n]) {
-                Ok(0) => {
-                    if let Some(o) = conn.client_eof().send {
-                        conn.outq.push_back(o.encode(conn.key.conid));
+            // Fill the message as far as the socket has bytes now: a short read (the client
+            // wrote in pieces) is followed by another before the send, which costs a system
+            // call where one more message would cost a hypercall.
+            let (mut k, mut eof, mut failed) = (0, false, None);
+            while k < n {
+                match c.stream.read(&mut buf[wire::HEADER + k..wire::HEADER + n]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(m) => k += m,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
                 }
-                Ok(k) => {
-                    conn.sent(k);
-                    let hdr = wire::encode(conn.key.conid, &Segment::Data(&[]));
-                    buf[..wire::HEADER].copy_from_slice(&hdr);
-                    let m = &buf[..wire::HEADER + k];
-                    match self.stream_send(t, src, dst, m) {
-                        Sent::Yes | Sent::Dropped => {}
-                        Sent::Parked => {
-                            if let Some(ClientState::Stream(conn)) =
-                                self.clients.get_mut(t).map(|c| &mut c.state)
-                            {
-                                conn.outq.push_back(m.to_vec());
-                            }
-                            return;
+            }
+            if k > 0 {
+                conn.sent(k);
+                let hdr = wire::encode(conn.key.conid, &Segment::Data(&[]));
+                buf[..wire::HEADER].copy_from_slice(&hdr);
+                let m = &buf[..wire::HEADER + k];
+                match self.stream_send(t, src, dst, m) {
+                    Sent::Yes | Sent::Dropped => {}
+                    Sent::Parked => {
+                        if let Some(ClientState::Stream(conn)) =
+                            self.clients.get_mut(t).map(|c| &mut c.state)
+                        {
+                            conn.outq.push_back(m.to_vec());
                         }
-                        Sent::Aborted => return,
+                        // An end of file is seen again by the read after this message.
+                        if let Some(e) = failed {
+                            debug!("client read: {e}");
+                            self.abort_client(t, true, CloseReason::LocalAbort);
+                        }
+                        return;
                     }
+                    Sent::Aborted => return,
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if progressed {
-                        continue;
-                    }
-                    return;
+            }
+            if let Some(e) = failed {
+                debug!("client read: {e}");
+                self.abort_client(t, true, CloseReason::LocalAbort);
+                return;
+            }
+            if eof {
+                if let Some(ClientState::Stream(conn)) =
+                    self.clients.get_mut(t).map(|c| &mut c.state)
+                    && let Some(o) = conn.client_eof().send
+                {
+                    conn.outq.push_back(o.encode(conn.key.conid));
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("client read: {e}");
-                    self.abort_client(t, true, CloseReason::LocalAbort);
-                    return;
-                }
+            } else if k == 0 && !progressed {
+                // Nothing to read (WouldBlock), nothing moved.
+                return;
             }
         }
     }
