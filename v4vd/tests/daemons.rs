@@ -565,6 +565,56 @@ fn client_disconnecting_mid_stream_resets_the_peer() {
     }
 }
 
+/// Connect timeouts come from a queue in connect order (issue 11: the keepalive no longer walks
+/// every stream): a SYN nobody answers times out after 10 s with ETIMEDOUT, while a stream
+/// opened at the same moment and answered stays open.
+#[test]
+fn an_unanswered_connect_times_out_and_an_answered_one_stays() {
+    use v4v::abi::{DOMID_ANY, RingId};
+    use v4v::ring::{RingReader, ring_bytes};
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    // Domain 3 has a ring on port 7000 but no daemon: the SYN lands and nobody answers.
+    let silent = model.create_domain(3).unwrap();
+    let ring = RingReader::new(
+        silent.alloc_ring_memory(ring_bytes(65536)).unwrap(),
+        0,
+        65536,
+    )
+    .unwrap();
+    ring.init_header(RingId {
+        addr: Addr::new(3, 7000),
+        partner: DOMID_ANY,
+        pad: 0,
+    })
+    .unwrap();
+    silent.register_ring(ring.memory(), 0).unwrap();
+    let mut l = Listener::bind_with(&n2.sock, 7001).unwrap();
+    let t = Instant::now();
+    let sock = n1.sock.clone();
+    let waiting = std::thread::spawn(move || {
+        let r = Stream::connect_with(&sock, SockAddr::new(3, 7000)).map(|_| ());
+        (r, Instant::now())
+    });
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 7001)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    let (r, at) = waiting.join().unwrap();
+    match r {
+        Err(Error::TimedOut(m)) => assert!(m.contains("the peer did not answer"), "{m}"),
+        other => panic!("expected ETIMEDOUT, got {other:?}"),
+    }
+    let waited = at.duration_since(t);
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(13),
+        "timed out after {waited:?}"
+    );
+    c.write_all(b"still open").unwrap();
+    let mut b = [0u8; 10];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still open");
+}
+
 #[test]
 fn hostile_peer_messages_are_dropped_and_answered_with_rst() {
     let model = Model::new();
