@@ -57,7 +57,8 @@ pub struct Config {
     /// largest datagram is 32 bytes less.
     pub ring_len: u32,
     /// Data area of the rings that carry streams (listening ports, and the reply ring towards
-    /// each peer domain); `None`: four times `ring_len`, at most 16 MiB. A ring holding several
+    /// each peer domain); `None`: four times `ring_len`, at most 16 MiB. Used only while the
+    /// domain's ring pages leave room for every other ring at `ring_len`. A ring holding several
     /// chunks keeps a stream moving while its reader drains (measured: 128 KiB chunks, a 1 MiB
     /// window and 1 MiB rings against 32 KiB chunks and 256 KiB: +6 % at 64 KiB writes, +55 % at
     /// 4 KiB writes in issue 11's profile).

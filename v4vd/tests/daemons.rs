@@ -195,6 +195,46 @@ fn a_stream_makes_few_hypercalls_per_chunk() {
     );
 }
 
+/// Stream rings are 1 MiB only while that leaves the domain's ring pages enough for every ring
+/// it may still register at the datagram size (256 KiB): with 8 rings and 700 pages allowed, the
+/// listening ring is small, the 7 other rings still fit, and streams work over the small ring.
+#[test]
+fn large_stream_rings_never_take_the_pages_other_rings_need() {
+    let model = Model::new();
+    let dom0 = model.create_domain(0).unwrap();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    dom0.config(&v4v::abi::Config {
+        domain: 2,
+        pad: 0,
+        max_rings: 8,
+        max_ring_pages: 700,
+    })
+    .unwrap();
+    let mut l = Listener::bind_with(&n2.sock, 5200).unwrap();
+    let ports: Vec<Datagram> = (0..7)
+        .map(|i| {
+            Datagram::bind_with(&n2.sock, 5300 + i, None)
+                .unwrap_or_else(|e| panic!("datagram ring {i} of 7: {e}"))
+        })
+        .collect();
+    assert_eq!(ports.len(), 7);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    let data = pattern(2 << 20, 11);
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5200)).unwrap();
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        server.join().unwrap() == data,
+        "the stream over the small ring"
+    );
+}
+
 #[test]
 fn connect_to_nobody_is_refused_at_once() {
     let model = Model::new();

@@ -363,12 +363,33 @@ impl Daemon {
         kind: PortKind,
         uid: Option<u32>,
     ) -> Result<u32, HvError> {
+        let small = self.cfg.ring_len;
         let ring_len = match kind {
-            PortKind::Dgram(_) => self.cfg.ring_len,
-            PortKind::Listen(_) | PortKind::Peer(_) => self.cfg.stream_ring(),
+            PortKind::Dgram(_) => small,
+            PortKind::Listen(_) | PortKind::Peer(_) => {
+                let big = self.cfg.stream_ring();
+                if big > small && self.room_for_big_ring(big, small) {
+                    big
+                } else {
+                    small
+                }
+            }
         };
         self.ports
             .register(&*self.hv, self.domid, ring_len, port, partner, kind, uid)
+    }
+
+    /// Whether a stream ring of `big` bytes leaves the domain's ring pages (`max_ring_pages`)
+    /// enough for every other ring it may still register at `small` bytes: a large stream ring
+    /// never costs anyone a ring (root's reserve included), it only uses pages nobody could.
+    fn room_for_big_ring(&self, big: u32, small: u32) -> bool {
+        let Ok(info) = self.hv.info() else {
+            return false;
+        };
+        let pages = |len: u32| (ring::ring_bytes(len) as u64).div_ceil(4096);
+        let others = u64::from(info.max_rings.saturating_sub(info.nr_rings + 1));
+        let free = u64::from(info.max_ring_pages.saturating_sub(info.nr_ring_pages));
+        pages(big) + others * pages(small) <= free
     }
 
     /// Unregisters a port's ring if nothing uses it any more (or unconditionally with `force`).

@@ -567,9 +567,11 @@ impl Daemon {
         }
     }
 
-    /// Data bytes per stream message: the configured chunk, within what one ring message holds.
+    /// Data bytes per stream message: the configured chunk, within what one ring message holds
+    /// (a stream ring may be as small as a datagram ring when the domain's ring pages are short).
     pub(super) fn chunk(&self) -> usize {
-        let ring_cap = ring::max_message_size(self.cfg.stream_ring()) as usize;
+        let smallest = self.cfg.ring_len.min(self.cfg.stream_ring());
+        let ring_cap = ring::max_message_size(smallest) as usize;
         self.cfg
             .chunk
             .min(ring_cap.saturating_sub(wire::HEADER))
