@@ -296,8 +296,14 @@ impl RingReader {
         let Some((r, rx)) = self.peek_at()? else {
             return Ok(None);
         };
-        payload.clear();
-        payload.resize(r.len as usize, 0);
+        // Every byte is overwritten below: only growth is zero-filled, so a reused buffer
+        // costs no memset per message.
+        let n = r.len as usize;
+        if payload.len() > n {
+            payload.truncate(n);
+        } else {
+            payload.resize(n, 0);
+        }
         let start = (rx + HDR) % self.place.len;
         self.place.read_wrapping(start, payload)?;
         self.advance(rx, r.len)?;

@@ -186,6 +186,7 @@ fn run(args: Args, activated: Option<UnixListener>) -> Result<(), String> {
     if let Some(r) = o.ring_size {
         cfg.ring_len = r;
     }
+    cfg.stream_ring_len = o.stream_ring_size;
     if let Some(w) = o.window {
         cfg.conn_window = w;
     }

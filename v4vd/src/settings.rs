@@ -95,7 +95,13 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ring_size: Option<u32>,
-    /// Receive window of each stream, in bytes (at least 4096) [default: 262144]
+    /// Data area of each ring that carries streams, in bytes (as ring_size); a smaller one is
+    /// used when the domain's ring pages would not leave room for every other ring
+    /// [default: 4 × ring_size]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_ring_size: Option<u32>,
+    /// Receive window of each stream, in bytes (at least 4096) [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,

@@ -128,6 +128,113 @@ fn stream_carries_mebibytes_with_checksum() {
     server.join().unwrap();
 }
 
+/// Issue 11: a stream costs few hypercalls. A writer that pauses after each 32 KiB chunk lets
+/// the reader empty its buffer every time: credit used to go back then (an ACK sendv per chunk),
+/// and every drain notified (a notify per message each way). Now credit goes back per quarter
+/// window and a drain notifies only when a sender could be waiting on the ring.
+#[test]
+fn a_stream_makes_few_hypercalls_per_chunk() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5001).unwrap();
+    const CHUNK: usize = 32 * 1024;
+    const CHUNKS: usize = 256;
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, CHUNK * CHUNKS);
+    });
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5001)).unwrap();
+    let before = [
+        (n1.counts.sendv(), n1.counts.notify()),
+        (n2.counts.sendv(), n2.counts.notify()),
+    ];
+    let data = vec![7u8; CHUNK];
+    for _ in 0..CHUNKS {
+        c.write_all(&data).unwrap();
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    server.join().unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    let sendv = [
+        n1.counts.sendv() - before[0].0,
+        n2.counts.sendv() - before[1].0,
+    ];
+    let notify = [
+        n1.counts.notify() - before[0].1,
+        n2.counts.notify() - before[1].1,
+    ];
+    eprintln!("{CHUNKS} chunks: sendv {sendv:?}, notify {notify:?}");
+    // The receiver's sends are its credit updates (one per quarter window consumed, at most
+    // one per 64 KiB) and a few for the end and the keepalive.
+    assert!(
+        sendv[1] as usize <= CHUNKS / 2 + 8,
+        "the receiver sent {} messages for {CHUNKS} chunks",
+        sendv[1]
+    );
+    assert!(
+        sendv[0] as usize <= CHUNKS + 8,
+        "the sender made {} sendvs for {CHUNKS} chunks",
+        sendv[0]
+    );
+    // The rings never got near full: only the notifies owed after drains that skipped one.
+    assert!(
+        (notify[0] + notify[1]) as usize <= CHUNKS / 4,
+        "notifies {notify:?} for {CHUNKS} chunks"
+    );
+}
+
+/// Stream rings are 1 MiB only while that leaves the domain's ring pages enough for every ring
+/// it may still register at the datagram size (256 KiB): with 8 rings and 700 pages allowed, the
+/// listening ring is small, the 7 other rings still fit, and streams work over the small ring.
+#[test]
+fn large_stream_rings_never_take_the_pages_other_rings_need() {
+    let model = Model::new();
+    let dom0 = model.create_domain(0).unwrap();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    dom0.config(&v4v::abi::Config {
+        domain: 2,
+        pad: 0,
+        max_rings: 8,
+        max_ring_pages: 700,
+    })
+    .unwrap();
+    let mut l = Listener::bind_with(&n2.sock, 5200).unwrap();
+    let ports: Vec<Datagram> = (0..7)
+        .map(|i| {
+            Datagram::bind_with(&n2.sock, 5300 + i, None)
+                .unwrap_or_else(|e| panic!("datagram ring {i} of 7: {e}"))
+        })
+        .collect();
+    assert_eq!(ports.len(), 7);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    let data = pattern(2 << 20, 11);
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 5200)).unwrap();
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        server.join().unwrap() == data,
+        "the stream over the small ring"
+    );
+}
+
 #[test]
 fn connect_to_nobody_is_refused_at_once() {
     let model = Model::new();
@@ -341,6 +448,78 @@ fn slow_datagram_client_makes_the_sender_wait_then_everything_arrives() {
     tx.send_to(&msg, SockAddr::new(2, 400)).unwrap();
 }
 
+/// Issue 11: a drain notifies only when the ring was too full for a message the size of the
+/// largest it carried (or a full stream message, 128 KiB). A sender of a larger message than
+/// that, refused by a ring that was not so full, is woken by the notify owed after such drains:
+/// without it, it would wait forever.
+#[test]
+fn a_sender_of_a_larger_message_than_any_before_is_woken() {
+    use v4v::client::proto::{FRAME_HEADER_SIZE, FrameHeader};
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    // The receiver's daemon buffers only 4 KiB: what its client does not read stays in the
+    // socket, then in the 1 MiB ring.
+    let cfg = v4vd::Config {
+        dgram_buffer: 4096,
+        ring_len: 1 << 20,
+        ..v4vd::Config::default()
+    };
+    let n2 = Node::start_with(&model, 2, cfg);
+    // A raw client, so that exactly what is read leaves the socket.
+    let (mut rx, reply) = raw_request(&n2.sock, "DGRAM 410\n");
+    assert!(reply.starts_with("OK"), "{reply}");
+    let mut tx = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    tx.set_nonblocking(true).unwrap();
+    let small = vec![1u8; 1000];
+    let mut sent = 0usize;
+    loop {
+        match tx.send_to(&small, SockAddr::new(2, 410)) {
+            Ok(_) => sent += 1,
+            Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 100_000, "the receiver's ring never filled");
+    }
+    let read_one = |rx: &mut BufReader<UnixStream>| -> usize {
+        let mut h = [0u8; FRAME_HEADER_SIZE];
+        rx.read_exact(&mut h).expect("a datagram in time");
+        let mut m = vec![0u8; FrameHeader::decode(&h).len as usize];
+        rx.read_exact(&mut m).expect("its payload");
+        m.len()
+    };
+    // Read 500 of them: as the daemon refills the socket from the ring, the ring keeps about
+    // half a MiB (less when the socket takes more in fewer, larger writes): too much for 900 KB
+    // to fit, too little to hold up a 128 KiB message.
+    for _ in 0..500 {
+        assert_eq!(read_one(&mut rx), 1000);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    tx.set_nonblocking(false).unwrap();
+    let t1 = n1.counts.notify();
+    let sender = std::thread::spawn(move || {
+        tx.send_to(&vec![2u8; 900_000], SockAddr::new(2, 410))
+            .map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        n1.counts.notify() > t1,
+        "the large datagram did not have to wait: the test did not fill the ring"
+    );
+    let mut smalls = 500;
+    loop {
+        match read_one(&mut rx) {
+            900_000 => break,
+            n => assert_eq!(n, 1000),
+        }
+        smalls += 1;
+    }
+    assert!(
+        smalls >= sent,
+        "{smalls} of {sent} small datagrams came first"
+    );
+    assert_eq!(sender.join().unwrap(), Ok(900_000));
+}
+
 #[test]
 fn peer_daemon_gone_gives_clear_errors() {
     let model = Model::new();
@@ -424,6 +603,56 @@ fn client_disconnecting_mid_stream_resets_the_peer() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Connect timeouts come from a queue in connect order (issue 11: the keepalive no longer walks
+/// every stream): a SYN nobody answers times out after 10 s with ETIMEDOUT, while a stream
+/// opened at the same moment and answered stays open.
+#[test]
+fn an_unanswered_connect_times_out_and_an_answered_one_stays() {
+    use v4v::abi::{DOMID_ANY, RingId};
+    use v4v::ring::{RingReader, ring_bytes};
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    // Domain 3 has a ring on port 7000 but no daemon: the SYN lands and nobody answers.
+    let silent = model.create_domain(3).unwrap();
+    let ring = RingReader::new(
+        silent.alloc_ring_memory(ring_bytes(65536)).unwrap(),
+        0,
+        65536,
+    )
+    .unwrap();
+    ring.init_header(RingId {
+        addr: Addr::new(3, 7000),
+        partner: DOMID_ANY,
+        pad: 0,
+    })
+    .unwrap();
+    silent.register_ring(ring.memory(), 0).unwrap();
+    let mut l = Listener::bind_with(&n2.sock, 7001).unwrap();
+    let t = Instant::now();
+    let sock = n1.sock.clone();
+    let waiting = std::thread::spawn(move || {
+        let r = Stream::connect_with(&sock, SockAddr::new(3, 7000)).map(|_| ());
+        (r, Instant::now())
+    });
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 7001)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    let (r, at) = waiting.join().unwrap();
+    match r {
+        Err(Error::TimedOut(m)) => assert!(m.contains("the peer did not answer"), "{m}"),
+        other => panic!("expected ETIMEDOUT, got {other:?}"),
+    }
+    let waited = at.duration_since(t);
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(13),
+        "timed out after {waited:?}"
+    );
+    c.write_all(b"still open").unwrap();
+    let mut b = [0u8; 10];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still open");
 }
 
 #[test]

@@ -66,13 +66,7 @@ impl Budgets {
 impl Daemon {
     /// Retries the clients paced for their user's memory budget (some may have come back).
     pub(super) fn unpace(&mut self) {
-        let paced: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.paced)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in paced {
+        for t in self.clients.take_paced() {
             if let Some(c) = self.clients.get_mut(t) {
                 c.paced = false;
             }

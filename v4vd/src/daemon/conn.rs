@@ -22,6 +22,10 @@
 //!   SYN|ACK's window, plus every ACK). A receiver grants only what its client consumed, so a
 //!   connection never buffers more than its window. A side that finished receiving (it got
 //!   FIN) grants nothing more.
+//! - Credit goes back in batches: an ACK only once the client consumed a quarter of the window
+//!   (`Conn::credit_batch`), not after every chunk. This never stalls a sender: a sender out
+//!   of credit with nothing in flight means the receiver holds or has consumed the whole window,
+//!   so once its client reads, at least a window's worth (more than any batch) is due.
 //! - Each direction ends with FIN; a stream is over when both FINs were exchanged and
 //!   everything was delivered to the client ([`State::Closing`] until then).
 //! - A closed connection is remembered for a while ([`State::TimeWait`]): segments still in
@@ -181,6 +185,9 @@ pub(super) struct Conn {
     credit: u32,
     /// Bytes the client consumed that we have not granted back to the peer yet.
     grant: u32,
+    /// Credit is granted back once `grant` reaches this (at most the window, so a sender never
+    /// waits for it forever).
+    batch: u32,
     /// Data bytes from the peer buffered for the client.
     held: usize,
     /// Data bytes of the payload cap per message.
@@ -229,6 +236,7 @@ impl Conn {
             window,
             credit,
             grant: 0,
+            batch: (window / 4).max(1),
             held: 0,
             chunk: chunk.max(1),
             outq: VecDeque::new(),
@@ -314,16 +322,32 @@ impl Conn {
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
+    /// The credit batch: a quarter of the window unless set otherwise.
+    #[cfg(test)]
+    pub fn credit_batch(&self) -> u32 {
+        self.batch
+    }
+
+    /// Sets the credit batch (the explorer's small windows, and its check that a batch larger
+    /// than the window is caught stalling a sender).
+    #[cfg(test)]
+    pub fn with_credit_batch(mut self, batch: u32) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Bytes we may still send to the peer.
+    #[cfg(test)]
+    pub fn credit(&self) -> u32 {
+        self.credit
+    }
+
     /// Credit to grant back now, if any: only while the peer may still send, only when nothing
-    /// else is queued (so the queue stays bounded), in batches of a quarter window unless the
-    /// client has read everything.
+    /// else is queued (so the queue stays bounded), and only in batches of
+    /// `Conn::credit_batch` bytes (one ACK per quarter window, not one per chunk).
     pub fn credit_due(&mut self) -> Option<Out> {
         let open = matches!(self.state, State::Established | State::FinSent);
-        if open
-            && self.outq.is_empty()
-            && self.grant > 0
-            && (self.grant >= self.window / 4 || self.held == 0)
-        {
+        if open && self.outq.is_empty() && self.grant > 0 && self.grant >= self.batch {
             let credit = std::mem::take(&mut self.grant);
             return Some(Out::Ack { credit });
         }
@@ -481,6 +505,30 @@ mod tests {
             Step::violation()
         );
         assert_eq!(c.state(), State::TimeWait);
+    }
+
+    /// Issue 11: a client that reads everything at once does not make an ACK per chunk; credit
+    /// goes back once a quarter of the window was consumed.
+    #[test]
+    fn credit_waits_for_a_batch_even_when_everything_was_read() {
+        let mut c = Conn::accepted(key(), 1, 4096, 4096, 16, Instant::now());
+        assert_eq!(c.credit_batch(), 1024);
+        for _ in 0..63 {
+            assert_eq!(
+                c.on_segment(&Segment::Data(&[0; 16])),
+                Step::event(Event::Deliver)
+            );
+            c.consumed(16);
+            assert_eq!(
+                c.credit_due(),
+                None,
+                "below the batch, all read: no ACK yet"
+            );
+        }
+        c.on_segment(&Segment::Data(&[0; 16]));
+        c.consumed(16);
+        assert_eq!(c.credit_due(), Some(Out::Ack { credit: 1024 }));
+        assert_eq!(c.credit_due(), None, "granted once");
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //!
 //! Checked in every world: what a client received is a prefix of what the other sent (nothing
 //! duplicated or reordered); in worlds where nothing went wrong (no abort, nobody vanished) no
-//! RST was ever sent. Checked in every final world (nothing more can happen): no endpoint is
-//! stuck (every connection of a live endpoint ended, and nothing is left in flight), and an
-//! exchange where nothing went wrong ended `Eof` on both sides with every byte delivered.
+//! RST was ever sent. Checked in every final world (nothing more can happen): no sender waits
+//! for credit its peer withholds (credit goes back in batches, and a batch must never be out of
+//! reach), no endpoint is stuck (every connection of a live endpoint ended, and nothing is left
+//! in flight), and an exchange where nothing went wrong ended `Eof` on both sides with every
+//! byte delivered. Exchanges run with a window of 2 (credit back byte by byte) and with a window
+//! of 3 granted back in batches of 2, sending more than a window so that the batching matters.
 //!
 //! The endpoints do what `streams.rs` does with a connection, step for step; only the I/O is
 //! replaced by the model's channels and clients.
@@ -95,9 +98,17 @@ struct World {
     /// Something went wrong on purpose (an abort, a vanished end).
     troubled: bool,
     rst_sent: bool,
+    /// Both ends' receive window and credit batch.
+    credit: Credit,
 }
 
-const WINDOW: u32 = 2;
+/// A receive window and the batch credit goes back in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Credit {
+    window: u32,
+    batch: u32,
+}
+
 const CHUNK: usize = 1;
 
 fn key(i: usize) -> ConnKey {
@@ -124,16 +135,18 @@ fn end(to_send: u8, listening: bool) -> End {
 }
 
 /// The world after the connector's client asked to connect (the SYN is in flight).
-fn start(a_sends: u8, b_sends: u8, aborts: u8, vanish: u8, t0: Instant) -> World {
+fn start(a_sends: u8, b_sends: u8, aborts: u8, vanish: u8, credit: Credit, t0: Instant) -> World {
     let mut a = end(a_sends, false);
-    a.conn = Some(Conn::connecting(key(0), 1, WINDOW, CHUNK, t0));
+    a.conn =
+        Some(Conn::connecting(key(0), 1, credit.window, CHUNK, t0).with_credit_batch(credit.batch));
     World {
         ends: [a, end(b_sends, true)],
-        chans: [VecDeque::new(), VecDeque::from([Msg::Syn(WINDOW)])],
+        chans: [VecDeque::new(), VecDeque::from([Msg::Syn(credit.window)])],
         aborts_left: aborts,
         vanish_left: vanish,
         troubled: false,
         rst_sent: false,
+        credit,
     }
 }
 
@@ -174,8 +187,10 @@ impl World {
             if e.conn.is_none() && e.listening {
                 e.listening = false;
                 e.remembered = false;
-                e.conn = Some(Conn::accepted(key(i), 1, WINDOW, w, CHUNK, t0));
-                self.send(i, Msg::SynAck(WINDOW));
+                let Credit { window, batch } = self.credit;
+                e.conn =
+                    Some(Conn::accepted(key(i), 1, window, w, CHUNK, t0).with_credit_batch(batch));
+                self.send(i, Msg::SynAck(window));
             } else if e.conn.is_none() {
                 self.send(i, Msg::Rst);
             }
@@ -329,6 +344,17 @@ impl World {
             if e.vanished {
                 continue;
             }
+            if let Some(c) = &e.conn
+                && e.to_send > 0
+                && c.credit() == 0
+                && matches!(c.state(), State::Established | State::FinReceived)
+            {
+                return Err(format!(
+                    "end {i} waits for credit forever ({} bytes to send; the peer withholds \
+                     credit below its batch of {})",
+                    e.to_send, self.credit.batch
+                ));
+            }
             if e.conn.is_some() {
                 let s: Option<State> = e.conn.as_ref().map(Conn::state);
                 return Err(format!("end {i} is stuck in {s:?}"));
@@ -381,25 +407,41 @@ fn explore(w0: World, rules: Rules) -> Result<usize, String> {
     Ok(seen.len())
 }
 
-/// The bounded exchanges explored: bytes each way, aborts, vanishing ends.
-const CASES: &[(u8, u8, u8, u8)] = &[
-    (0, 0, 0, 0),
-    (3, 0, 0, 0),
-    (0, 3, 0, 0),
-    (3, 2, 0, 0),
-    (2, 2, 1, 0),
-    (2, 2, 0, 1),
-    (2, 1, 1, 1),
+/// Credit back byte by byte.
+const BYTEWISE: Credit = Credit {
+    window: 2,
+    batch: 1,
+};
+/// Credit back in batches of two bytes of a three-byte window.
+const BATCHED: Credit = Credit {
+    window: 3,
+    batch: 2,
+};
+
+/// The bounded exchanges explored: bytes each way, aborts, vanishing ends, the credit rule.
+const CASES: &[(u8, u8, u8, u8, Credit)] = &[
+    (0, 0, 0, 0, BYTEWISE),
+    (3, 0, 0, 0, BYTEWISE),
+    (0, 3, 0, 0, BYTEWISE),
+    (3, 2, 0, 0, BYTEWISE),
+    (2, 2, 1, 0, BYTEWISE),
+    (2, 2, 0, 1, BYTEWISE),
+    (2, 1, 1, 1, BYTEWISE),
+    (6, 0, 0, 0, BATCHED),
+    (0, 5, 0, 0, BATCHED),
+    (5, 4, 0, 0, BATCHED),
+    (4, 2, 1, 0, BATCHED),
+    (4, 1, 0, 1, BATCHED),
 ];
 
 #[test]
 fn every_interleaving_ends_truthfully() {
     let t0 = Instant::now();
     let mut total = 0;
-    for &(a, b, aborts, vanish) in CASES {
-        match explore(start(a, b, aborts, vanish, t0), Rules::Daemon) {
+    for &(a, b, aborts, vanish, credit) in CASES {
+        match explore(start(a, b, aborts, vanish, credit, t0), Rules::Daemon) {
             Ok(n) => total += n,
-            Err(e) => panic!("case {:?}: {e}", (a, b, aborts, vanish)),
+            Err(e) => panic!("case {:?}: {e}", (a, b, aborts, vanish, credit)),
         }
     }
     eprintln!("explored {total} worlds");
@@ -414,8 +456,23 @@ fn every_interleaving_ends_truthfully() {
 #[test]
 fn finds_defect_1_when_time_wait_absorption_is_disabled() {
     let t0 = Instant::now();
-    let err = explore(start(3, 0, 0, 0, t0), Rules::Forgetful)
+    let err = explore(start(3, 0, 0, 0, BYTEWISE, t0), Rules::Forgetful)
         .expect_err("the forgetful rules must be caught");
     assert!(err.contains("RST") || err.contains("not eof"), "{err}");
+    eprintln!("found: {err}");
+}
+
+/// The no-stall property is really checked: credit withheld until more than the window was
+/// consumed (a batch the receiver can never reach) is caught stalling a sender.
+#[test]
+fn finds_a_sender_stalled_by_a_batch_beyond_the_window() {
+    let t0 = Instant::now();
+    let unreachable = Credit {
+        window: 3,
+        batch: 4,
+    };
+    let err = explore(start(4, 0, 0, 0, unreachable, t0), Rules::Daemon)
+        .expect_err("a batch beyond the window must be caught");
+    assert!(err.contains("waits for credit forever"), "{err}");
     eprintln!("found: {err}");
 }

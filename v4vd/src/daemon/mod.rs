@@ -18,6 +18,7 @@
 //! | `acl` | ACL requests and dom0's rules file |
 //! | `names` | the names this domain sees, `RESOLVE`/`NAMEOF`, dom0's upkeep of rules by name |
 //! | `resume` | noticing that the domain was restored or migrated, and serving as the new one |
+//! | `counted` | counting the hypercalls the daemon makes |
 //!
 //! Nothing is shared with other threads except the [`DaemonHandle`]'s stop flag and waker.
 //!
@@ -25,19 +26,25 @@
 //! stuck on a full ring); a ring is drained only into bounded buffers (stream buffers are bounded
 //! by the credit we granted, datagram ports stop being drained while their client's buffer is
 //! full).
+//!
+//! Waking senders: a sender waits on one of our rings only after a send found it too full for
+//! its message (`docs/abi.md`, "Waiters"), so a drain notifies only when the ring may have been
+//! that full for a message of the size it carries (`Daemon::drain_port`). A sender whose message
+//! is larger than any the ring took so far is woken by the notify owed after every drain that
+//! skipped one, at most `NOTIFY_OWED` later: nobody waits forever.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 use v4v::abi::{Addr, DOMID_ANY, DomId, PROTO_DGRAM, PROTO_STREAM, RingId};
-use v4v::{HvError, Hypervisor};
+use v4v::{HvError, Hypervisor, ring};
 
 /// `warn!` about something user `uid` caused, rate-limited per uid (`warnings.rs`).
 macro_rules! user_warn {
@@ -51,6 +58,7 @@ macro_rules! user_warn {
 mod acl;
 mod budget;
 mod conn;
+mod counted;
 mod creds;
 mod dgram;
 #[cfg(test)]
@@ -65,10 +73,11 @@ mod streams;
 mod tx;
 mod warnings;
 
+pub use counted::HvCounts;
 pub use creds::Cred;
 pub use streams::CloseReason;
 
-use crate::{Config, DaemonError};
+use crate::{Config, DaemonError, wire};
 use conn::ConnKey;
 use ports::{PortKind, PortTable};
 use session::{ClientState, Clients};
@@ -96,6 +105,9 @@ const TOKEN_HV: Token = Token(1);
 const TOKEN_WAKER: Token = Token(2);
 const TOKEN_NAMES: Token = Token(3);
 const FIRST_CLIENT: usize = 16;
+/// How long after a drain that did not notify (no sender could have been waiting for a message
+/// the size of the ring's) a notify is made anyway.
+const NOTIFY_OWED: Duration = Duration::from_millis(5);
 
 impl Source {
     fn of(t: Token) -> Self {
@@ -171,6 +183,13 @@ pub struct Daemon {
     acl_specs: Option<Vec<v4v::acl::RuleSpec>>,
     /// dom0: the table as v4vd last wrote it (`acl_specs` resolved then).
     acl_written: Vec<v4v::acl::Rule>,
+    /// The hypercalls made.
+    counts: Arc<HvCounts>,
+    /// When a notify skipped by a drain is made anyway ([`NOTIFY_OWED`]).
+    notify_owed: Option<Instant>,
+    /// Reused buffers: a message read from a ring, a stream message built for `sendv`.
+    ring_buf: Vec<u8>,
+    send_buf: Vec<u8>,
     /// The service manager to tell of readiness and stopping, and how often the watchdog
     /// wants `WATCHDOG=1` with the next time it is due.
     notifier: Option<Notifier>,
@@ -207,6 +226,11 @@ impl Daemon {
             }
         }
         let info = hv.info()?;
+        let counts = Arc::new(HvCounts::default());
+        let hv: Box<dyn Hypervisor> = Box::new(counted::Counted {
+            inner: hv,
+            counts: counts.clone(),
+        });
         listener.set_nonblocking(true)?;
         let mut listener = UnixListener::from_std(listener);
         let poll = Poll::new()?;
@@ -244,6 +268,10 @@ impl Daemon {
             acl_specs: None,
             acl_written: Vec::new(),
             notifier: None,
+            counts,
+            notify_owed: None,
+            ring_buf: Vec::new(),
+            send_buf: Vec::new(),
         };
         d.open_names()?;
         if let Some(fd) = d.names_watch_fd() {
@@ -268,6 +296,11 @@ impl Daemon {
     /// The domain this daemon serves.
     pub fn domid(&self) -> DomId {
         self.domid
+    }
+
+    /// The hypercalls this daemon made so far (live: read it while the daemon runs).
+    pub fn hv_counts(&self) -> Arc<HvCounts> {
+        self.counts.clone()
     }
 
     /// A handle to stop the loop from another thread.
@@ -333,6 +366,9 @@ impl Daemon {
             if let Some(w) = self.watchdog(now) {
                 deadline = deadline.min(w);
             }
+            if let Some(n) = self.notify_owed {
+                deadline = deadline.min(n);
+            }
             let timeout = deadline.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -355,6 +391,9 @@ impl Daemon {
                 self.run_ready();
             }
             let now = Instant::now();
+            if self.notify_owed.is_some_and(|n| n <= now) {
+                self.notify_now();
+            }
             if self.tx.busy_due(now) {
                 self.retry_blocked(true);
             } else if self.tx.check_due(now) {
@@ -390,7 +429,14 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
-        info!("v4vd stopping");
+        info!(
+            sendv = self.counts.sendv(),
+            notify = self.counts.notify(),
+            msgs_in = self.stats.msgs_in,
+            bytes_in = self.stats.bytes_in,
+            bytes_out = self.stats.bytes_out,
+            "v4vd stopping"
+        );
         self.notify("STOPPING=1");
         let tokens = self.clients.tokens();
         for t in tokens {
@@ -412,15 +458,33 @@ impl Daemon {
         kind: PortKind,
         uid: Option<u32>,
     ) -> Result<u32, HvError> {
-        self.ports.register(
-            &*self.hv,
-            self.domid,
-            self.cfg.ring_len,
-            port,
-            partner,
-            kind,
-            uid,
-        )
+        let small = self.cfg.ring_len;
+        let ring_len = match kind {
+            PortKind::Dgram(_) => small,
+            PortKind::Listen(_) | PortKind::Peer(_) => {
+                let big = self.cfg.stream_ring();
+                if big > small && self.room_for_big_ring(big, small) {
+                    big
+                } else {
+                    small
+                }
+            }
+        };
+        self.ports
+            .register(&*self.hv, self.domid, ring_len, port, partner, kind, uid)
+    }
+
+    /// Whether a stream ring of `big` bytes leaves the domain's ring pages (`max_ring_pages`)
+    /// enough for every other ring it may still register at `small` bytes: a large stream ring
+    /// never costs anyone a ring (root's reserve included), it only uses pages nobody could.
+    fn room_for_big_ring(&self, big: u32, small: u32) -> bool {
+        let Ok(info) = self.hv.info() else {
+            return false;
+        };
+        let pages = |len: u32| (ring::ring_bytes(len) as u64).div_ceil(4096);
+        let others = u64::from(info.max_rings.saturating_sub(info.nr_rings + 1));
+        let free = u64::from(info.max_ring_pages.saturating_sub(info.nr_ring_pages));
+        pages(big) + others * pages(small) <= free
     }
 
     /// Unregisters a port's ring if nothing uses it any more (or unconditionally with `force`).
@@ -467,12 +531,12 @@ impl Daemon {
             }
         }
         let ports = self.ports.ports();
-        let mut consumed = false;
+        let mut wanted = false;
         for p in ports {
-            consumed |= self.drain_port(p);
+            wanted |= self.drain_port(p);
         }
-        if consumed && let Err(e) = self.hv.notify(None) {
-            warn!("notify: {e}");
+        if wanted {
+            self.notify_now();
         }
         self.retry_rsts();
         if self.tx.event(Instant::now()) {
@@ -480,14 +544,52 @@ impl Daemon {
         }
     }
 
-    /// Consumes what the port's ring holds, as far as bounded buffers allow.
+    /// Wakes the senders waiting on our rings (`notify` without entries); no notify is owed.
+    fn notify_now(&mut self) {
+        self.notify_owed = None;
+        if let Err(e) = self.hv.notify(None) {
+            warn!("notify: {e}");
+        }
+    }
+
+    /// Consumes what the port's ring holds, as far as bounded buffers allow. Returns whether a
+    /// notify is wanted now: a sender could be waiting, because at some point since the last look
+    /// the ring had too little room for a message the size of the largest it carries. (Between
+    /// two looks the ring only fills; a look after a consume counts the consumed slot as still
+    /// used, so the estimate never misses a fuller moment.) A drain that consumed but wants no
+    /// notify leaves one owed ([`NOTIFY_OWED`]).
     fn drain_port(&mut self, port: u32) -> bool {
+        let mut buf = std::mem::take(&mut self.ring_buf);
+        let wanted = self.drain_port_into(port, &mut buf);
+        self.ring_buf = buf;
+        wanted
+    }
+
+    fn drain_port_into(&mut self, port: u32, buf: &mut Vec<u8>) -> bool {
         let mut consumed = false;
-        let mut buf = Vec::new();
+        let mut fullest = 0u64;
+        let mut last_slot = 0u64;
+        let stream_msg = (wire::HEADER + self.chunk()) as u64;
         loop {
             let Some(p) = self.ports.get(port) else {
                 return consumed;
             };
+            // How full the ring may have been since the last look.
+            let used = p.reader.available().map_or(u64::MAX, u64::from);
+            fullest = fullest.max(used.saturating_add(last_slot));
+            let wanted = || {
+                let free = u64::from(p.reader.len()).saturating_sub(fullest);
+                ring::message_slot(p.largest.max(stream_msg)) >= free
+            };
+            if let PortKind::Dgram(t) = p.kind
+                && self
+                    .clients
+                    .get(t)
+                    .is_some_and(|c| c.out.len() >= self.cfg.dgram_buffer)
+            {
+                // The client is not reading: leave the rest in the ring (its senders wait).
+                return self.after_drain(consumed, wanted());
+            }
             if let PortKind::Dgram(t) = p.kind
                 && self
                     .clients
@@ -497,9 +599,12 @@ impl Daemon {
                 // The client is not reading: leave the rest in the ring (its senders wait).
                 return consumed;
             }
-            let r = match p.reader.recv(&mut buf) {
+            let r = match p.reader.recv(buf) {
                 Ok(Some(r)) => r,
-                Ok(None) => return consumed,
+                Ok(None) => {
+                    let wanted = wanted();
+                    return self.after_drain(consumed, wanted);
+                }
                 Err(e) => {
                     self.stats.corrupt += 1;
                     warn!(port, "corrupt ring, discarding its contents: {e}");
@@ -519,17 +624,27 @@ impl Daemon {
                 }
             };
             consumed = true;
+            last_slot = ring::message_slot(u64::from(r.len));
+            self.ports.saw_message(port, r.len);
             self.stats.msgs_in += 1;
             self.stats.bytes_in += u64::from(r.len);
             match r.message_type {
-                PROTO_DGRAM => self.on_dgram(port, r.source, &buf),
-                PROTO_STREAM => self.on_stream(port, r.source, &buf),
+                PROTO_DGRAM => self.on_dgram(port, r.source, buf),
+                PROTO_STREAM => self.on_stream(port, r.source, buf),
                 other => {
                     self.stats.dropped += 1;
                     debug!(port, "dropping message of unknown type {other:#x}");
                 }
             }
         }
+    }
+
+    /// The end of a drain: whether to notify now; else, if it consumed, a notify is owed.
+    fn after_drain(&mut self, consumed: bool, wanted: bool) -> bool {
+        if consumed && !wanted && self.notify_owed.is_none() {
+            self.notify_owed = Some(Instant::now() + NOTIFY_OWED);
+        }
+        consumed && wanted
     }
 
     /// Queues client `t` to be pumped after the current event.
@@ -574,7 +689,7 @@ impl Daemon {
                 let now_room = c.out.len() < self.cfg.dgram_buffer;
                 self.pump_dgram(t);
                 if was_full && now_room && self.drain_port(port) {
-                    let _ = self.hv.notify(None);
+                    self.notify_now();
                 }
             }
             ClientState::Listen(_) | ClientState::Accept(..) => {
@@ -596,7 +711,7 @@ impl Daemon {
 
     /// Removes dead clients and everything they held.
     fn reap(&mut self) {
-        for t in self.clients.dead() {
+        for t in self.clients.take_dead() {
             let Some(mut c) = self.clients.remove(t) else {
                 continue;
             };

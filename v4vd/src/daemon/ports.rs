@@ -68,6 +68,9 @@ pub(super) struct Port {
     /// The user charged for the ring (a datagram or listening port's); `None`: the daemon's
     /// own (a peer reply ring, shared by every user's streams).
     pub uid: Option<u32>,
+    /// The largest payload the ring took so far (how full it must get before a sender of such
+    /// a message could be waiting).
+    pub largest: u64,
 }
 
 impl Port {
@@ -117,6 +120,13 @@ impl PortTable {
     /// The registered ports (a copy, for loops that change the table).
     pub fn ports(&self) -> Vec<u32> {
         self.ports.keys().copied().collect()
+    }
+
+    /// `port`'s ring took a message of `len` payload bytes.
+    pub fn saw_message(&mut self, port: u32, len: u32) {
+        if let Some(p) = self.ports.get_mut(&port) {
+            p.largest = p.largest.max(u64::from(len));
+        }
     }
 
     /// The listening state of `port`, if it is a listening port.
@@ -188,6 +198,7 @@ impl PortTable {
                 kind,
                 conns: 0,
                 uid,
+                largest: 0,
             },
         );
         Ok(port)

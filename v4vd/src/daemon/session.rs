@@ -5,7 +5,7 @@
 //! Owns the Unix sockets of clients. It reads and writes them only through [`Client::flush`]
 //! and the handlers' reads; it never sends to the hypervisor and never touches a ring.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice, Write};
 use std::time::Instant;
 
@@ -56,6 +56,8 @@ pub(super) struct Client {
     pub reserved: usize,
     /// Not read while its user's budget is used up (retried on the tick).
     pub paced: bool,
+    /// In [`Clients`]' list of clients touched since the last look (see [`Clients::get_mut`]).
+    touched: bool,
 }
 
 impl Client {
@@ -73,6 +75,7 @@ impl Client {
             since: Instant::now(),
             reserved: 0,
             paced: false,
+            touched: false,
         }
     }
 
@@ -131,11 +134,22 @@ pub(super) fn may_see(asker: u32, owner: u32) -> bool {
 pub(super) const ROOT_RESERVE: usize = 32;
 
 /// Every client, by mio token, and how many each user holds.
+///
+/// Bookkeeping costs what changed, not how many clients there are: a client can only be marked
+/// dead or paced through [`Clients::get_mut`], which lists it as touched, so the loop looks at
+/// the touched clients only ([`Clients::take_dead`]); request-line deadlines are a queue in
+/// arrival order (every client starts in the handshake, and the timeout is one for all).
 pub(super) struct Clients {
     map: HashMap<usize, Client>,
     next_token: usize,
     /// Clients connected per uid.
     per_uid: HashMap<u32, usize>,
+    /// Clients that may have changed since the last [`Clients::take_dead`] (each listed once).
+    touched: Vec<usize>,
+    /// Clients found paced, for the tick's retry.
+    paced: HashSet<usize>,
+    /// Every client by when it connected, oldest first (tokens are never reused).
+    arrivals: VecDeque<(Instant, usize)>,
 }
 
 impl Clients {
@@ -144,6 +158,9 @@ impl Clients {
             map: HashMap::new(),
             next_token: first_token,
             per_uid: HashMap::new(),
+            touched: Vec::new(),
+            paced: HashSet::new(),
+            arrivals: VecDeque::new(),
         }
     }
 
@@ -155,8 +172,15 @@ impl Clients {
         self.map.get(&t)
     }
 
+    /// The client, listed as touched: whatever the caller changes (`dead`, `paced`) is seen
+    /// by the next [`Clients::take_dead`].
     pub fn get_mut(&mut self, t: usize) -> Option<&mut Client> {
-        self.map.get_mut(&t)
+        let c = self.map.get_mut(&t)?;
+        if !c.touched {
+            c.touched = true;
+            self.touched.push(t);
+        }
+        Some(c)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&usize, &Client)> {
@@ -168,13 +192,44 @@ impl Clients {
         self.map.keys().copied().collect()
     }
 
-    /// Tokens of the clients marked dead.
-    pub fn dead(&self) -> Vec<usize> {
-        self.map
-            .iter()
-            .filter(|(_, c)| c.dead)
-            .map(|(t, _)| *t)
-            .collect()
+    /// Tokens of the clients marked dead since the last call (only touched clients are
+    /// looked at); paced ones are noted for [`Clients::take_paced`].
+    pub fn take_dead(&mut self) -> Vec<usize> {
+        let mut dead = Vec::new();
+        for t in std::mem::take(&mut self.touched) {
+            let Some(c) = self.map.get_mut(&t) else {
+                continue;
+            };
+            c.touched = false;
+            if c.paced {
+                self.paced.insert(t);
+            }
+            if c.dead {
+                dead.push(t);
+            }
+        }
+        dead
+    }
+
+    /// The clients noted paced since the last call.
+    pub fn take_paced(&mut self) -> Vec<usize> {
+        self.paced.drain().collect()
+    }
+
+    /// Clients connected at or before `before` that are still here, oldest first, taken out of
+    /// the arrival queue (the caller checks whether each is still in its handshake).
+    pub fn arrived_before(&mut self, before: Instant) -> Vec<usize> {
+        let mut old = Vec::new();
+        while let Some(&(since, t)) = self.arrivals.front() {
+            if since > before {
+                break;
+            }
+            self.arrivals.pop_front();
+            if self.map.contains_key(&t) {
+                old.push(t);
+            }
+        }
+        old
     }
 
     /// How many clients `uid` holds.
@@ -189,13 +244,17 @@ impl Clients {
         t
     }
 
-    pub fn insert(&mut self, t: usize, c: Client) {
+    pub fn insert(&mut self, t: usize, mut c: Client) {
         *self.per_uid.entry(c.cred.uid).or_insert(0) += 1;
+        self.arrivals.push_back((c.since, t));
+        c.touched = true;
+        self.touched.push(t);
         self.map.insert(t, c);
     }
 
     pub fn remove(&mut self, t: usize) -> Option<Client> {
         let c = self.map.remove(&t)?;
+        self.paced.remove(&t);
         if let Some(n) = self.per_uid.get_mut(&c.cred.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -316,16 +375,14 @@ impl Daemon {
     /// connection holds a descriptor and a slot of its user's quota.
     pub(super) fn expire_handshakes(&mut self, now: Instant) {
         let limit = self.cfg.handshake_timeout;
-        let late: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| {
-                matches!(c.state, ClientState::Handshake(_)) && now.duration_since(c.since) > limit
-            })
-            .map(|(&t, _)| t)
-            .collect();
-        for t in late {
-            if let Some(c) = self.clients.get_mut(t) {
+        let Some(before) = now.checked_sub(limit) else {
+            return;
+        };
+        // Clients past their handshake are dropped from the queue as they come up.
+        for t in self.clients.arrived_before(before) {
+            if let Some(c) = self.clients.get_mut(t)
+                && matches!(c.state, ClientState::Handshake(_))
+            {
                 debug!(
                     token = t,
                     uid = c.cred.uid,

@@ -6,8 +6,8 @@
 //! backlog), the connection ids, and the bounded memory of closed streams for `CLOSED`. A
 //! connection's own state is a [`Conn`] (`conn.rs`), held by its client or backlog entry.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, Read};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -17,7 +17,7 @@ use v4v::client::proto::{Incoming, Reply, SockAddr, StreamEnd};
 use v4v::ring;
 
 use super::Daemon;
-use super::conn::{Conn, ConnKey, Event, Out, State, Step, stray};
+use super::conn::{CONNECT_TIMEOUT, Conn, ConnKey, Event, Out, State, Step, stray};
 use super::ports::{PendingSyn, PortKind};
 use super::requests::errno_name;
 use super::session::{Client, ClientState, may_see};
@@ -90,6 +90,17 @@ impl CloseReason {
 /// Closed streams remembered for `CLOSED` queries.
 const CLOSED_MEMORY: usize = 4096;
 
+/// What became of a stream message handed to [`Daemon::stream_send`].
+enum Sent {
+    Yes,
+    /// Not sent, and not needed any more (credit for a peer that finished).
+    Dropped,
+    /// The ring is full: the client is parked, the caller keeps the message.
+    Parked,
+    /// The peer is unreachable: the stream was aborted.
+    Aborted,
+}
+
 /// Who holds a stream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Owner {
@@ -99,8 +110,18 @@ pub(super) enum Owner {
 }
 
 /// Every stream connection of the daemon, by key, and the closed ones remembered.
+///
+/// The keepalive's bookkeeping is kept as connections come and go, so that a tick costs what
+/// is due, not how many streams there are: the (ring, peer) pairs to probe with their counts of
+/// probed connections, and the connects by when they were sent (the timeout is one for all, so
+/// arrival order is expiry order).
 pub(super) struct StreamTable {
-    conns: HashMap<ConnKey, Owner>,
+    /// Each connection's holder, and whether the keepalive probes its peer for it.
+    conns: HashMap<ConnKey, (Owner, bool)>,
+    /// Probed connections per (our ring, peer daemon).
+    probed: HashMap<(u32, Addr), usize>,
+    /// Connects sent: when, by which client, which stream (checked when due).
+    connects: VecDeque<(Instant, usize, u64)>,
     next_conid: u32,
     next_stream_id: u64,
     closed: HashMap<u64, (u32, CloseReason)>,
@@ -114,6 +135,8 @@ impl StreamTable {
     pub fn new() -> Self {
         StreamTable {
             conns: HashMap::new(),
+            probed: HashMap::new(),
+            connects: VecDeque::new(),
             next_conid: 1,
             next_stream_id: 0,
             closed: HashMap::new(),
@@ -124,18 +147,61 @@ impl StreamTable {
     }
 
     pub fn owner(&self, key: &ConnKey) -> Option<Owner> {
-        self.conns.get(key).copied()
+        self.conns.get(key).map(|&(o, _)| o)
     }
 
+    /// Records who holds `key` (a new connection, or a backlog entry accepted by a client).
     pub fn insert(&mut self, key: ConnKey, owner: Owner) {
-        self.conns.insert(key, owner);
+        let probed = self.conns.get(&key).is_some_and(|&(_, p)| p);
+        self.conns.insert(key, (owner, probed));
+    }
+
+    /// From now on the keepalive probes `key`'s peer (the connection is established).
+    pub fn probe(&mut self, key: &ConnKey) {
+        if let Some((_, p)) = self.conns.get_mut(key)
+            && !*p
+        {
+            *p = true;
+            *self.probed.entry((key.ring_port, key.peer)).or_insert(0) += 1;
+        }
+    }
+
+    /// The (our ring, peer) pairs the keepalive probes.
+    pub fn probed_peers(&self) -> Vec<(u32, Addr)> {
+        self.probed.keys().copied().collect()
+    }
+
+    /// Remembers that client `t` sent a connect for stream `id` at `at`.
+    pub fn connect_sent(&mut self, at: Instant, t: usize, id: u64) {
+        self.connects.push_back((at, t, id));
+    }
+
+    /// The connects sent before `before`, taken out of the queue (the caller checks whether
+    /// each is still unanswered).
+    pub fn connects_before(&mut self, before: Instant) -> Vec<(usize, u64)> {
+        let mut due = Vec::new();
+        while let Some(&(at, t, id)) = self.connects.front() {
+            if at >= before {
+                break;
+            }
+            self.connects.pop_front();
+            due.push((t, id));
+        }
+        due
     }
 
     /// Forgets a live connection; it stays in time-wait for [`TIME_WAIT`] (bounded by
     /// [`MAX_TIME_WAIT`]) so that what the peer sent before it learnt of the close is absorbed.
     pub fn remove(&mut self, key: &ConnKey) {
-        if self.conns.remove(key).is_none() {
+        let Some((_, probed)) = self.conns.remove(key) else {
             return;
+        };
+        let pair = (key.ring_port, key.peer);
+        if probed && let Some(n) = self.probed.get_mut(&pair) {
+            *n -= 1;
+            if *n == 0 {
+                self.probed.remove(&pair);
+            }
         }
         let now = Instant::now();
         while let Some(&(until, k)) = self.time_wait_order.front() {
@@ -169,7 +235,7 @@ impl StreamTable {
         self.conns
             .iter()
             .filter(|(k, _)| k.ring_port == ring_port && k.peer == peer)
-            .filter_map(|(_, o)| match o {
+            .filter_map(|(_, (o, _))| match o {
                 Owner::Client(t) => Some(*t),
                 Owner::Backlog(_) => None,
             })
@@ -275,8 +341,20 @@ impl Daemon {
         let mut closed = None;
         match step.event {
             None => {}
-            Some(Event::Deliver) => c.out.extend(payload),
+            Some(Event::Deliver) => {
+                // Straight to the client when nothing waits before it; the rest is buffered
+                // (a write error is the next flush's to report).
+                let mut rest = payload;
+                if c.out.is_empty()
+                    && let Ok(n) = c.stream.write(payload)
+                {
+                    conn.consumed(n);
+                    rest = &payload[n..];
+                }
+                c.out.extend(rest);
+            }
             Some(Event::Connected) => {
+                self.streams.probe(&key);
                 c.queue_reply(&Reply::Connected {
                     local_port: key.ring_port,
                     id,
@@ -468,6 +546,7 @@ impl Daemon {
             let luid = l.uid;
             self.ports.add_conn(port, 1);
             self.streams.insert(key, Owner::Client(t));
+            self.streams.probe(&key);
             match self.clients.get_mut(t) {
                 // The listener's user is the acceptor's: the reservation goes with the stream.
                 Some(c) => c.reserved += ps.reserved,
@@ -488,9 +567,11 @@ impl Daemon {
         }
     }
 
-    /// Data bytes per stream message: the configured chunk, within what one ring message holds.
-    fn chunk(&self) -> usize {
-        let ring_cap = ring::max_message_size(self.cfg.ring_len) as usize;
+    /// Data bytes per stream message: the configured chunk, within what one ring message holds
+    /// (a stream ring may be as small as a datagram ring when the domain's ring pages are short).
+    pub(super) fn chunk(&self) -> usize {
+        let smallest = self.cfg.ring_len.min(self.cfg.stream_ring());
+        let ring_cap = ring::max_message_size(smallest) as usize;
         self.cfg
             .chunk
             .min(ring_cap.saturating_sub(wire::HEADER))
@@ -500,9 +581,16 @@ impl Daemon {
     // ---- streams: the client side ----------------------------------------------------------
 
     /// Moves a stream client along: its output, credit back to the peer, queued messages, the
-    /// orderly end, and its input within credit.
+    /// orderly end, and its input within credit. Data read from the client is sent from one
+    /// reused buffer (header and payload in place); it is copied into the queue only when the
+    /// peer's ring is full.
     pub(super) fn pump_stream(&mut self, t: usize) {
-        let mut rbuf = Vec::new();
+        let mut buf = std::mem::take(&mut self.send_buf);
+        self.pump_stream_with(t, &mut buf);
+        self.send_buf = buf;
+    }
+
+    fn pump_stream_with(&mut self, t: usize, buf: &mut Vec<u8>) {
         loop {
             let Some(c) = self.clients.get_mut(t) else {
                 return;
@@ -538,10 +626,10 @@ impl Daemon {
                 ClientState::Stream(conn) => conn.outq.pop_front(),
                 _ => None,
             }) {
-                match self.send_or_wait(src, dst, PROTO_STREAM, &m) {
-                    Ok(true) => progressed = true,
-                    Ok(false) => {
-                        self.tx.park(t, dst, m.len());
+                match self.stream_send(t, src, dst, &m) {
+                    Sent::Yes => progressed = true,
+                    Sent::Dropped => {}
+                    Sent::Parked => {
                         if let Some(ClientState::Stream(conn)) =
                             self.clients.get_mut(t).map(|c| &mut c.state)
                         {
@@ -549,24 +637,7 @@ impl Daemon {
                         }
                         return;
                     }
-                    // A credit update is advice: the peer may have finished and closed while its
-                    // FIN still waits in our ring. If it is really gone, the keepalive says so.
-                    Err(e)
-                        if self.clients.get(t).is_some_and(Client::finished_both_ways)
-                            || matches!(wire::decode(&m), Ok((_, Segment::Ack { .. }))) =>
-                    {
-                        debug!("peer {dst:?}: dropping a message it no longer needs: {e}");
-                    }
-                    Err(e) => {
-                        debug!("peer {dst:?} unreachable: {e}");
-                        let reason = if e == HvError::Denied {
-                            CloseReason::Denied
-                        } else {
-                            CloseReason::PeerGone
-                        };
-                        self.abort_client(t, false, reason);
-                        return;
-                    }
+                    Sent::Aborted => return,
                 }
             }
             let Some(c) = self.clients.get_mut(t) else {
@@ -590,32 +661,98 @@ impl Daemon {
                 }
                 return;
             }
-            rbuf.resize(wire::HEADER + n, 0);
-            match c.stream.read(&mut rbuf[wire::HEADER..]) {
-                Ok(0) => {
-                    if let Some(o) = conn.client_eof().send {
-                        conn.outq.push_back(o.encode(conn.key.conid));
+            if buf.len() < wire::HEADER + n {
+                buf.resize(wire::HEADER + n, 0);
+            }
+            // Fill the message as far as the socket has bytes now: a short read (the client
+            // wrote in pieces) is followed by another before the send, which costs a system
+            // call where one more message would cost a hypercall.
+            let (mut k, mut eof, mut failed) = (0, false, None);
+            while k < n {
+                match c.stream.read(&mut buf[wire::HEADER + k..wire::HEADER + n]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(m) => k += m,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
                 }
-                Ok(k) => {
-                    conn.sent(k);
-                    rbuf.truncate(wire::HEADER + k);
-                    let hdr = wire::encode(conn.key.conid, &Segment::Data(&[]));
-                    rbuf[..wire::HEADER].copy_from_slice(&hdr);
-                    conn.outq.push_back(std::mem::take(&mut rbuf));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if progressed {
-                        continue;
+            }
+            if k > 0 {
+                conn.sent(k);
+                let hdr = wire::encode(conn.key.conid, &Segment::Data(&[]));
+                buf[..wire::HEADER].copy_from_slice(&hdr);
+                let m = &buf[..wire::HEADER + k];
+                match self.stream_send(t, src, dst, m) {
+                    Sent::Yes | Sent::Dropped => {}
+                    Sent::Parked => {
+                        if let Some(ClientState::Stream(conn)) =
+                            self.clients.get_mut(t).map(|c| &mut c.state)
+                        {
+                            conn.outq.push_back(m.to_vec());
+                        }
+                        // An end of file is seen again by the read after this message.
+                        if let Some(e) = failed {
+                            debug!("client read: {e}");
+                            self.abort_client(t, true, CloseReason::LocalAbort);
+                        }
+                        return;
                     }
-                    return;
+                    Sent::Aborted => return,
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("client read: {e}");
-                    self.abort_client(t, true, CloseReason::LocalAbort);
-                    return;
+            }
+            if let Some(e) = failed {
+                debug!("client read: {e}");
+                self.abort_client(t, true, CloseReason::LocalAbort);
+                return;
+            }
+            if eof {
+                if let Some(ClientState::Stream(conn)) =
+                    self.clients.get_mut(t).map(|c| &mut c.state)
+                    && let Some(o) = conn.client_eof().send
+                {
+                    conn.outq.push_back(o.encode(conn.key.conid));
                 }
+            } else if k == 0 && !progressed {
+                // Nothing to read (WouldBlock), nothing moved.
+                return;
+            }
+        }
+    }
+
+    /// Sends stream message `m` of client `t` from our ring `src` to `dst`; parks the client
+    /// when the ring is full (the caller keeps the message), aborts the stream when the peer is
+    /// unreachable.
+    fn stream_send(&mut self, t: usize, src: u32, dst: Addr, m: &[u8]) -> Sent {
+        match self.send_or_wait(src, dst, PROTO_STREAM, m) {
+            Ok(true) => Sent::Yes,
+            Ok(false) => {
+                self.tx.park(t, dst, m.len());
+                Sent::Parked
+            }
+            // A credit update is advice: the peer may have finished and closed while its FIN
+            // still waits in our ring. If it is really gone, the keepalive says so.
+            Err(e)
+                if self.clients.get(t).is_some_and(Client::finished_both_ways)
+                    || matches!(wire::decode(m), Ok((_, Segment::Ack { .. }))) =>
+            {
+                debug!("peer {dst:?}: dropping a message it no longer needs: {e}");
+                Sent::Dropped
+            }
+            Err(e) => {
+                debug!("peer {dst:?} unreachable: {e}");
+                let reason = if e == HvError::Denied {
+                    CloseReason::Denied
+                } else {
+                    CloseReason::PeerGone
+                };
+                self.abort_client(t, false, reason);
+                Sent::Aborted
             }
         }
     }
@@ -718,6 +855,7 @@ impl Daemon {
                 }
                 self.ports.add_conn(ring_port, 1);
                 self.streams.insert(key, Owner::Client(t));
+                self.streams.connect_sent(conn.started, t, id);
                 if let Some(c) = self.clients.get_mut(t) {
                     c.state = ClientState::Stream(Box::new(conn));
                 }
@@ -732,19 +870,19 @@ impl Daemon {
 
     /// Probes each peer daemon we have streams with, and times out unanswered connects.
     pub(super) fn keepalive(&mut self, now: Instant) {
-        let mut peers: HashSet<(u32, Addr)> = HashSet::new();
-        let mut expired = Vec::new();
-        for (&t, c) in self.clients.iter() {
-            if let ClientState::Stream(conn) = &c.state {
-                if conn.state() == State::Connecting {
-                    if conn.connect_expired(now) {
-                        expired.push(t);
-                    }
-                } else {
-                    peers.insert((conn.key.ring_port, conn.key.peer));
-                }
-            }
-        }
+        let due = match now.checked_sub(CONNECT_TIMEOUT) {
+            Some(before) => self.streams.connects_before(before),
+            None => Vec::new(),
+        };
+        let expired: Vec<usize> = due
+            .into_iter()
+            .filter(|&(t, id)| {
+                matches!(self.clients.get(t).map(|c| &c.state),
+                    Some(ClientState::Stream(conn)) if conn.id == id && conn.connect_expired(now))
+            })
+            .map(|(t, _)| t)
+            .collect();
+        let peers = self.streams.probed_peers();
         for t in expired {
             if let Some(c) = self.clients.get_mut(t) {
                 c.out.clear();

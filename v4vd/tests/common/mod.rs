@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
+use std::sync::Arc;
 use v4v_sim::Model;
-use v4vd::{Config, Daemon, DaemonHandle};
+
+use v4vd::{Config, Daemon, DaemonHandle, HvCounts};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -26,6 +28,8 @@ pub fn tmpdir() -> PathBuf {
 pub struct Node {
     pub domid: u16,
     pub sock: PathBuf,
+    /// The daemon's hypercalls so far.
+    pub counts: Arc<HvCounts>,
     handle: DaemonHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -41,10 +45,12 @@ impl Node {
         let listener = UnixListener::bind(&sock).expect("bind");
         let d = Daemon::new(Box::new(hv), listener, cfg).expect("daemon");
         let handle = d.handle();
+        let counts = d.hv_counts();
         let thread = std::thread::spawn(move || d.run().expect("daemon run"));
         Node {
             domid,
             sock,
+            counts,
             handle,
             thread: Some(thread),
         }
