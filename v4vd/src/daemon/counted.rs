@@ -107,4 +107,8 @@ impl Hypervisor for Counted {
     fn rebind_event(&mut self) -> Result<(), HvError> {
         self.inner.rebind_event()
     }
+
+    fn names(&self) -> Option<&dyn v4v::names::NameDirectory> {
+        self.inner.names()
+    }
 }
