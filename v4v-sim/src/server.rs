@@ -331,6 +331,8 @@ impl Server {
         listener.set_nonblocking(true).map_err(bind_err)?;
         let meta = std::fs::symlink_metadata(&path).map_err(bind_err)?;
         info!("listening on {} (mode {:o})", path.display(), config.mode);
+        // Events are forwarded from the model's set of signalled domains (forward_events).
+        model.forward_signals_only();
         Ok(Server {
             config,
             listener,
@@ -722,7 +724,7 @@ impl Server {
                 continue;
             };
             let Some(g) = &c.guest else { continue };
-            if let Ok(true) = g.dom.take_event() {
+            {
                 let one = [1u8];
                 // SAFETY: sends one byte from a live buffer, without blocking or SIGPIPE. A full
                 // socket (EAGAIN) means an event is pending already, which is all a signal means;

@@ -583,6 +583,10 @@ impl<'a> SendvFrame<'a> {
             out.extend(payload.iter().map(|s| &s[..]));
             at = *end;
         }
+        // Whatever follows the last payload (all of it, for an empty batch).
+        if at < self.meta.len() {
+            out.push(&self.meta[at..]);
+        }
         out
     }
 
@@ -1456,7 +1460,208 @@ mod tests {
         );
     }
 
+    #[test]
+    fn batches_round_trip_and_match_the_parts_encoder() {
+        let a = SendAddr {
+            src: Addr::new(abi::DOMID_SELF, 1),
+            dst: Addr::new(2, 3),
+        };
+        let data = [7u8; 10];
+        let one = [IoSlice::new(&data[..4]), IoSlice::new(&data[4..])];
+        let many: Vec<IoSlice<'_>> = (0..200).map(|_| IoSlice::new(&data)).collect();
+        let sends = [
+            crate::hypervisor::BatchSend {
+                addr: a,
+                iov: &one,
+                message_type: 5,
+            },
+            crate::hypervisor::BatchSend {
+                addr: a,
+                iov: &many,
+                message_type: 6,
+            },
+        ];
+        let frame = SendvFrame::batch(&sends);
+        let bytes = frame.to_vec();
+        assert_eq!(bytes.len(), frame.len());
+        assert_eq!(
+            bytes.len(),
+            BATCH_HEAD + sends.iter().map(|s| batch_item_len(s.iov)).sum::<usize>()
+        );
+        let (h, body) = split_record(&bytes, false).unwrap();
+        let req = Request::decode(h.kind, h.nfds, body).unwrap();
+        let want = Request::SendvBatch(vec![
+            SendvReq {
+                addr: a,
+                message_type: 5,
+                lens: vec![4, 6],
+                payload: Some(&data[..]),
+            },
+            SendvReq {
+                addr: a,
+                message_type: 6,
+                lens: vec![10; MAX_WIRE_IOV],
+                payload: None,
+            },
+        ]);
+        assert_eq!(req, want);
+        assert_eq!(want.encode(), bytes);
+        round_trip(Request::SendvBatch(Vec::new()));
+        // The single sendv from parts is the frame encode_sendv always made.
+        let single = SendvFrame::single(&a, 5, &one);
+        assert_eq!(single.parts().len(), 3);
+        assert_eq!(
+            single.to_vec(),
+            Request::Sendv {
+                addr: a,
+                message_type: 5,
+                lens: vec![4, 6],
+                payload: Some(&data[..]),
+            }
+            .encode()
+        );
+    }
+
+    #[test]
+    fn bad_batches_and_records_are_refused() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(MAX_WIRE_BATCH as u32 + 1).to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(
+            Request::decode(kind::SENDV_BATCH, 0, &body),
+            Err(ProtocolError::TooMany { .. })
+        ));
+        // A sub-request longer than what is left.
+        let mut body = 1u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&1000u32.to_le_bytes());
+        body.extend_from_slice(&[0; 28]);
+        assert!(matches!(
+            Request::decode(kind::SENDV_BATCH, 0, &body),
+            Err(ProtocolError::Truncated { .. })
+        ));
+        // Reserved word.
+        let body = [0, 0, 0, 0, 1, 0, 0, 0];
+        assert_eq!(
+            Request::decode(kind::SENDV_BATCH, 0, &body),
+            Err(ProtocolError::Reserved)
+        );
+        // Records: too short, a length that disagrees, a descriptor.
+        assert!(split_record(&[0; 7], false).is_err());
+        let mut rec = Request::Info.encode();
+        rec.push(0);
+        assert!(matches!(
+            split_record(&rec, false),
+            Err(ProtocolError::RecordLength { .. })
+        ));
+        let mut rec = Request::Info.encode();
+        rec[6] = 1;
+        assert!(matches!(
+            split_record(&rec, false),
+            Err(ProtocolError::FdCount { .. })
+        ));
+        // Results that are neither lengths nor errnos.
+        for bad in [-4096i64, i64::MIN, 1 << 32] {
+            let frame = Reply::ok(1, ReplyData::Batch(vec![bad])).encode(kind::SENDV_BATCH);
+            let (h, body) = split_record(&frame, true).unwrap();
+            assert_eq!(
+                Reply::decode(kind::SENDV_BATCH, h.kind, 0, body),
+                Err(ProtocolError::BadResult(bad))
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_2_hello_reply_carries_the_channels() {
+        let reply = Reply::ok(
+            0,
+            ReplyData::Hello {
+                version: VERSION_CHANNEL,
+                domid: 4,
+                channels: Some(ChannelSizes {
+                    requests: 1 << 20,
+                    replies: 1 << 17,
+                }),
+            },
+        );
+        let frame = reply.encode(kind::HELLO);
+        let head = frame.first_chunk::<FRAME_HEADER_SIZE>().unwrap();
+        // Four descriptors: more than a request may declare.
+        assert!(FrameHeader::parse(head).is_err());
+        let h = FrameHeader::parse_reply(head).unwrap();
+        assert_eq!(h.nfds, HELLO_CHANNEL_FDS);
+        let body = &frame[FRAME_HEADER_SIZE..];
+        assert_eq!(Reply::decode(kind::HELLO, h.kind, h.nfds, body), Ok(reply));
+        // The wrong number of descriptors for the version is refused.
+        assert!(Reply::decode(kind::HELLO, h.kind, 1, body).is_err());
+    }
+
+    fn arb_sendv() -> impl Strategy<Value = (SendAddr, u32, Vec<Vec<u8>>)> {
+        (
+            any::<[u16; 6]>(),
+            any::<u32>(),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+        )
+            .prop_map(|(w, t, iovs)| {
+                let addr = SendAddr {
+                    src: Addr {
+                        port: u32::from(w[0]),
+                        domain: w[1],
+                        pad: w[2] & 1,
+                    },
+                    dst: Addr {
+                        port: u32::from(w[3]),
+                        domain: w[4],
+                        pad: w[5] & 1,
+                    },
+                };
+                (addr, t, iovs)
+            })
+    }
+
     proptest! {
+        #[test]
+        fn any_batch_round_trips(sends in proptest::collection::vec(arb_sendv(), 0..8)) {
+            let iovs: Vec<Vec<IoSlice<'_>>> = sends
+                .iter()
+                .map(|(_, _, v)| v.iter().map(|b| IoSlice::new(b)).collect())
+                .collect();
+            let batch: Vec<crate::hypervisor::BatchSend<'_>> = sends
+                .iter()
+                .zip(&iovs)
+                .map(|((addr, t, _), iov)| crate::hypervisor::BatchSend {
+                    addr: *addr,
+                    iov,
+                    message_type: *t,
+                })
+                .collect();
+            let bytes = SendvFrame::batch(&batch).to_vec();
+            let (h, body) = split_record(&bytes, false).unwrap();
+            let Request::SendvBatch(got) = Request::decode(h.kind, h.nfds, body).unwrap() else {
+                panic!("not a batch");
+            };
+            prop_assert_eq!(got.len(), sends.len());
+            for (g, (addr, t, v)) in got.iter().zip(&sends) {
+                prop_assert_eq!(g.addr, *addr);
+                prop_assert_eq!(g.message_type, *t);
+                prop_assert_eq!(g.lens.len(), v.len());
+                prop_assert_eq!(g.payload.unwrap(), &v.concat()[..]);
+            }
+        }
+
+        #[test]
+        fn garbage_records_never_panic(rec in proptest::collection::vec(any::<u8>(), 0..300),
+                                       kind_sel in 0u16..16) {
+            if let Ok((h, body)) = split_record(&rec, false) {
+                let _ = Request::decode(h.kind, 0, body);
+            }
+            if let Ok((h, body)) = split_record(&rec, true) {
+                let _ = Reply::decode(kind_sel, h.kind, 0, body);
+                let _ = Reply::decode(kind::SENDV_BATCH, h.kind, 0, body);
+            }
+            let _ = Request::decode(kind::SENDV_BATCH, 0, &rec);
+        }
+
         #[test]
         fn decoding_garbage_never_panics(kind in 0u16..16, nfds in 0u8..3,
                                          body in proptest::collection::vec(any::<u8>(), 0..256)) {
