@@ -7,6 +7,9 @@
 //! number of descriptors passed with it by `SCM_RIGHTS`, `u8` reserved zero) and a body. The guest
 //! sends one request and reads one reply, whose kind is the request's with [`REPLY_BIT`] set and
 //! whose body starts with the hypervisor's return value (`i64`, negative errno on failure).
+//! With protocol version 2 the same frames (without descriptors) also travel as records of the
+//! shared-memory channels set up at hello ([`split_record`] takes one apart); `sendv_batch`
+//! carries several sendvs in one request ([`SendvFrame::batch`]).
 //!
 //! Decoding never trusts its input: every length is checked before it is used, every reserved
 //! field must be zero, and a body must be exactly as long as its contents say. ABI structures
