@@ -6,7 +6,11 @@
 //! time; the reply carries the model's return value. Ring memory arrives as a sealed memfd and
 //! is mapped here, so the model writes messages straight into the guest's pages. Each guest's
 //! event channel is a socket pair: when the model signals a domain, the loop writes a byte into
-//! that guest's end. A connection that closes is a destroyed domain. `docs/sim.md` specifies it all.
+//! that guest's end. A connection that closes is a destroyed domain. A version-2 guest also has a
+//! request and a reply channel in shared memory that we create at hello ([`v4v::chan`]) and a
+//! doorbell socket pair in the same poll set: requests are copied out of the channel, decoded by
+//! the same codec and answered in the reply channel, at most 64 per turn.
+//! `docs/sim.md` specifies it all.
 //!
 //! Nothing a guest sends can stop the loop or reach another domain: frames are decoded by the
 //! checked codec in [`v4v::backend::sim::protocol`], descriptors are vetted before they are mapped, every
@@ -171,7 +175,7 @@ impl GuestChan {
         }
     }
 
-    /// Takes the doorbell's pending bytes: one read, at most [`DOORBELL_DRAIN`].
+    /// Takes the doorbell's pending bytes: one read, at most `DOORBELL_DRAIN`.
     fn drain_doorbell(&self) -> Result<(), &'static str> {
         let mut buf = [0u8; DOORBELL_DRAIN];
         // SAFETY: receives into a live local buffer of the stated length, never blocking.
