@@ -6,7 +6,11 @@
 //! time; the reply carries the model's return value. Ring memory arrives as a sealed memfd and
 //! is mapped here, so the model writes messages straight into the guest's pages. Each guest's
 //! event channel is a socket pair: when the model signals a domain, the loop writes a byte into
-//! that guest's end. A connection that closes is a destroyed domain. `docs/sim.md` specifies it all.
+//! that guest's end. A connection that closes is a destroyed domain. A version-2 guest also has a
+//! request and a reply channel in shared memory that we create at hello ([`v4v::chan`]) and a
+//! doorbell socket pair in the same poll set: requests are copied out of the channel, decoded by
+//! the same codec and answered in the reply channel, at most 64 per turn.
+//! `docs/sim.md` specifies it all.
 //!
 //! Nothing a guest sends can stop the loop or reach another domain: frames are decoded by the
 //! checked codec in [`v4v::backend::sim::protocol`], descriptors are vetted before they are mapped, every
@@ -26,8 +30,10 @@ use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 use v4v::abi::{self, DOMID_FIRST_RESERVED, DomId, errno};
 use v4v::backend::sim::protocol::{
-    self as proto, FRAME_HEADER_SIZE, FrameHeader, KIND_FATAL, Reply, ReplyData, Request, fdpass,
+    self as proto, ChannelSizes, FRAME_HEADER_SIZE, FrameHeader, KIND_FATAL, Reply, ReplyData,
+    Request, fdpass,
 };
+use v4v::chan::{ChanMemory, Consumer, Producer, Pushed};
 use v4v::shmem::{PAGE_SIZE, RingMemory};
 use v4v::{HvError, Hypervisor};
 
@@ -85,6 +91,18 @@ const FRAMES_PER_TURN: usize = 64;
 const MAX_QUEUED_FDS: usize = 4;
 /// Connections accepted per wake-up.
 const ACCEPTS_PER_TURN: usize = 64;
+/// A version-2 guest's request channel: records up to 256 KiB, so that a sendv of a 128 KiB
+/// chunk or a batch of several smaller ones travels in one (larger requests use the socket).
+/// Pages are allocated as the guest touches them.
+const REQUEST_CHANNEL: usize = 1 << 20;
+/// A version-2 guest's reply channel: records up to 32 KiB, more than the largest reply (a
+/// tables_list of every rule, about 20 KiB).
+const REPLY_CHANNEL: usize = 1 << 17;
+/// Channel records served per guest per wake-up, and bytes: a busy guest cannot starve others.
+const RECORDS_PER_TURN: usize = 64;
+const RECORD_BYTES_PER_TURN: usize = READ_CHUNK;
+/// Doorbell bytes drained per guest per wake-up (a guest ringing in a loop costs one read).
+const DOORBELL_DRAIN: usize = 256;
 
 /// The simulator: the model, the socket and the connected guests.
 pub struct Server {
@@ -99,6 +117,7 @@ pub struct Server {
     names: NameDir,
     next_token: u64,
     scratch: Vec<u8>,
+    signalled: Vec<DomId>,
 }
 
 struct Guest {
@@ -106,6 +125,99 @@ struct Guest {
     dom: ModelDomain,
     /// Our end of the guest's event channel; the guest holds the other.
     event_tx: OwnedFd,
+    /// The shared-memory channels of a version-2 guest. Taken out while it is served.
+    chan: Option<GuestChan>,
+}
+
+/// Our ends of a version-2 guest's channels (docs/sim.md, "Channel").
+struct GuestChan {
+    requests: Consumer,
+    replies: Producer,
+    /// Our end of the doorbell socket pair (used with `MSG_DONTWAIT` only).
+    doorbell: OwnedFd,
+    /// The one reply that did not fit in the reply channel: the guest is not reading. No
+    /// request is taken until it is out, so this is all we ever buffer for the guest.
+    pending: Option<Vec<u8>>,
+    /// When the pending reply must have gone by.
+    pending_deadline: Option<Instant>,
+    /// Records are left beyond this turn's budget: serve again without sleeping.
+    more: bool,
+    /// The request being served, copied out of the channel.
+    buf: Vec<u8>,
+}
+
+impl GuestChan {
+    /// Publishes a reply, or keeps it pending when the guest has not made room.
+    fn push_reply(
+        &mut self,
+        frame: Vec<u8>,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<(), &'static str> {
+        let bad = |_| "corrupted its reply channel";
+        loop {
+            match self.replies.push(&[&frame]).map_err(bad)? {
+                Pushed::Done { doorbell } => {
+                    if doorbell {
+                        ring(self.doorbell.as_fd());
+                    }
+                    self.pending = None;
+                    self.pending_deadline = None;
+                    return Ok(());
+                }
+                Pushed::Full => {
+                    if self.replies.wait_for_space(frame.len()).map_err(bad)? {
+                        continue;
+                    }
+                    self.pending_deadline.get_or_insert(now + timeout);
+                    self.pending = Some(frame);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Takes the doorbell's pending bytes: one read, at most `DOORBELL_DRAIN`.
+    fn drain_doorbell(&self) -> Result<(), &'static str> {
+        let mut buf = [0u8; DOORBELL_DRAIN];
+        // SAFETY: receives into a live local buffer of the stated length, never blocking.
+        let n = unsafe {
+            libc::recv(
+                self.doorbell.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return Err("closed its doorbell");
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) {
+                return Err("doorbell lost");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rings a guest's doorbell: one byte, never blocking. A full socket means a ring is pending
+/// already; a closed one means the guest is going away (its connection will say so).
+fn ring(fd: BorrowedFd<'_>) {
+    let one = [1u8];
+    // SAFETY: sends one byte from a live buffer, without blocking or SIGPIPE.
+    unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            one.as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 struct Conn {
@@ -225,6 +337,8 @@ impl Server {
         listener.set_nonblocking(true).map_err(bind_err)?;
         let meta = std::fs::symlink_metadata(&path).map_err(bind_err)?;
         info!("listening on {} (mode {:o})", path.display(), config.mode);
+        // Events are forwarded from the model's set of signalled domains (forward_events).
+        model.forward_signals_only();
         Ok(Server {
             config,
             listener,
@@ -235,6 +349,7 @@ impl Server {
             names: NameDir::default(),
             next_token: 0,
             scratch: vec![0u8; READ_CHUNK],
+            signalled: Vec::new(),
         })
     }
 
@@ -246,7 +361,8 @@ impl Server {
     /// Serves guests until `stop` becomes readable (e.g. a signalfd for SIGTERM and SIGINT).
     pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServerError> {
         let mut pfds: Vec<libc::pollfd> = Vec::new();
-        let mut tokens: Vec<u64> = Vec::new();
+        // Each connection's token and the index of its doorbell's pollfd, if it has one.
+        let mut tokens: Vec<(u64, Option<usize>)> = Vec::new();
         loop {
             pfds.clear();
             tokens.clear();
@@ -270,13 +386,19 @@ impl Server {
                     busy |= matches!(c.complete_frame(), Ok(Some(_)));
                 }
                 pfds.push(pfd(c.sock.as_raw_fd(), ev));
-                tokens.push(t);
+                let chan = c.guest.as_ref().and_then(|g| g.chan.as_ref());
+                let bell = chan.map(|ch| {
+                    busy |= ch.more;
+                    pfds.push(pfd(ch.doorbell.as_raw_fd(), libc::POLLIN));
+                    pfds.len() - 1
+                });
+                tokens.push((t, bell));
                 let d = c.out_deadline.or_else(|| {
                     c.guest
                         .is_none()
                         .then_some(c.accepted + self.config.hello_timeout)
                 });
-                if let Some(d) = d {
+                for d in d.into_iter().chain(chan.and_then(|ch| ch.pending_deadline)) {
                     deadline = Some(deadline.map_or(d, |x| x.min(d)));
                 }
             }
@@ -305,9 +427,14 @@ impl Server {
                 self.accept();
             }
             let now = Instant::now();
-            for (i, &t) in tokens.iter().enumerate() {
-                let revents = pfds[i + 2].revents;
-                let turn = self.serve(t, revents, now);
+            let mut at = 2;
+            for &(t, bell) in &tokens {
+                let revents = pfds[at].revents;
+                at += 1 + usize::from(bell.is_some());
+                let mut turn = self.serve(t, revents, now);
+                if let (Turn::Keep, Some(b)) = (&turn, bell) {
+                    turn = self.serve_chan(t, pfds[b].revents, now);
+                }
                 if let Turn::Close(why) = turn {
                     self.close(t, why);
                 }
@@ -480,43 +607,133 @@ impl Server {
             return (Reply::error(errno::EINVAL), Vec::new());
         }
         let body = &c.inbuf[FRAME_HEADER_SIZE..total];
-        let req = match Request::decode(h.kind, h.nfds, body) {
-            Ok(r) => r,
-            Err(e) => {
-                debug!("{label}: malformed request kind {:#x}: {e}", h.kind);
-                return (Reply::error(e.errno()), Vec::new());
-            }
-        };
-        trace!("{label}: request {:?}", RequestSummary(&req));
-        let model = &self.model;
-        let domids = &mut self.domids;
-        let names = &mut self.names;
-        let guest = &mut c.guest;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req {
-            Request::NameClaim { .. } | Request::Names { .. } | Request::NamePublish { .. } => {
-                match guest {
-                    Some(g) => (names.serve(g.domid, req), Vec::new()),
-                    None => (Reply::error(proto::errno::ENOTCONN), Vec::new()),
-                }
-            }
-            req => dispatch(model, domids, token, guest, req, fds),
-        }));
-        match result {
-            Ok(r) => r,
-            Err(_) => {
-                error!("{label}: internal error serving request kind {:#x}", h.kind);
+        let served = serve_request(
+            &self.model,
+            &mut self.domids,
+            &mut self.names,
+            token,
+            &mut c.guest,
+            &label,
+            h,
+            body,
+            fds,
+        );
+        match served {
+            Some(r) => r,
+            None => {
                 c.closing = true;
                 (Reply::error(proto::errno::EIO), Vec::new())
             }
         }
     }
 
+    /// Serves a version-2 guest's channel for one turn: the pending reply first, then up to
+    /// [`RECORDS_PER_TURN`] requests (and [`RECORD_BYTES_PER_TURN`] bytes), each copied out of
+    /// the shared memory before it is decoded. Anything wrong with the channel itself costs the
+    /// guest its connection.
+    fn serve_chan(&mut self, token: u64, revents: i16, now: Instant) -> Turn {
+        let timeout = self.config.reply_timeout;
+        let Some(c) = self.conns.get_mut(&token) else {
+            return Turn::Keep;
+        };
+        let Some(mut ch) = c.guest.as_mut().and_then(|g| g.chan.take()) else {
+            return Turn::Keep;
+        };
+        let turn = self.serve_chan_records(token, &mut ch, revents, now, timeout);
+        if let Some(g) = self.conns.get_mut(&token).and_then(|c| c.guest.as_mut()) {
+            g.chan = Some(ch);
+        }
+        match turn {
+            Ok(()) => Turn::Keep,
+            Err(why) => Turn::Close(why),
+        }
+    }
+
+    fn serve_chan_records(
+        &mut self,
+        token: u64,
+        ch: &mut GuestChan,
+        revents: i16,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<(), &'static str> {
+        const CORRUPT: &str = "corrupted its request channel";
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            ch.drain_doorbell()?;
+        }
+        if let Some(frame) = ch.pending.take() {
+            ch.push_reply(frame, now, timeout)?;
+            if ch.pending.is_some() {
+                return match ch.pending_deadline {
+                    Some(d) if now >= d => Err("stopped reading its replies"),
+                    _ => Ok(()),
+                };
+            }
+        }
+        ch.more = false;
+        let (mut records, mut bytes) = (0, 0);
+        loop {
+            if records == RECORDS_PER_TURN || bytes >= RECORD_BYTES_PER_TURN {
+                ch.more = true;
+                return Ok(());
+            }
+            ch.buf.clear();
+            let Some(n) = ch.requests.pop_into(&mut ch.buf).map_err(|_| CORRUPT)? else {
+                // Nothing more: sleep, unless a record arrived meanwhile.
+                if ch.requests.prepare_sleep().map_err(|_| CORRUPT)? {
+                    return Ok(());
+                }
+                continue;
+            };
+            records += 1;
+            bytes += n;
+            if ch.requests.space_doorbell_wanted().map_err(|_| CORRUPT)? {
+                ring(ch.doorbell.as_fd());
+            }
+            // A record is a whole frame; one that is not is a broken channel, not a request.
+            let (h, body) = proto::split_record(&ch.buf, false).map_err(|e| {
+                debug!("request record: {e}");
+                "sent a record that is not a request frame"
+            })?;
+            let Some(c) = self.conns.get_mut(&token) else {
+                return Ok(());
+            };
+            let label = c.label();
+            let served = serve_request(
+                &self.model,
+                &mut self.domids,
+                &mut self.names,
+                token,
+                &mut c.guest,
+                &label,
+                h,
+                body,
+                Vec::new(),
+            );
+            // Events the request caused reach their domains before the reply reaches the caller.
+            self.forward_events();
+            let Some((reply, _)) = served else {
+                let _ = ch.push_reply(Reply::error(proto::errno::EIO).encode(h.kind), now, timeout);
+                return Err("internal error");
+            };
+            ch.push_reply(reply.encode(h.kind), now, timeout)?;
+            if ch.pending.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Moves every pending model event to its guest's event channel. The model signals only while serving
-    /// a request or destroying a domain, so calling this after each of those suffices.
+    /// a request or destroying a domain, so calling this after each of those suffices; only the
+    /// domains it signalled since the last call are looked at.
     fn forward_events(&mut self) {
-        for c in self.conns.values() {
+        self.model.take_signalled(&mut self.signalled);
+        for domid in &self.signalled {
+            let Some(c) = self.domids.get(domid).and_then(|t| self.conns.get(t)) else {
+                continue;
+            };
             let Some(g) = &c.guest else { continue };
-            if let Ok(true) = g.dom.take_event() {
+            {
                 let one = [1u8];
                 // SAFETY: sends one byte from a live buffer, without blocking or SIGPIPE. A full
                 // socket (EAGAIN) means an event is pending already, which is all a signal means;
@@ -607,6 +824,46 @@ fn read_some(c: &mut Conn, scratch: &mut [u8]) -> Result<(), &'static str> {
     }
 }
 
+/// Decodes and serves one request frame for the connection `token`, catching a panic in the
+/// model: `None` then (the guest loses its connection, with `EIO`).
+#[allow(clippy::too_many_arguments)]
+fn serve_request(
+    model: &Model,
+    domids: &mut HashMap<DomId, u64>,
+    names: &mut NameDir,
+    token: u64,
+    guest: &mut Option<Guest>,
+    label: &str,
+    h: FrameHeader,
+    body: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Option<(Reply, Vec<OwnedFd>)> {
+    let req = match Request::decode(h.kind, h.nfds, body) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!("{label}: malformed request kind {:#x}: {e}", h.kind);
+            return Some((Reply::error(e.errno()), Vec::new()));
+        }
+    };
+    trace!("{label}: request {:?}", RequestSummary(&req));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req {
+        Request::NameClaim { .. } | Request::Names { .. } | Request::NamePublish { .. } => {
+            match guest {
+                Some(g) => (names.serve(g.domid, req), Vec::new()),
+                None => (Reply::error(proto::errno::ENOTCONN), Vec::new()),
+            }
+        }
+        req => dispatch(model, domids, token, guest, req, fds),
+    }));
+    match result {
+        Ok(r) => Some(r),
+        Err(_) => {
+            error!("{label}: internal error serving request kind {:#x}", h.kind);
+            None
+        }
+    }
+}
+
 /// Serves one decoded request for the connection `token`.
 fn dispatch(
     model: &Model,
@@ -655,6 +912,18 @@ fn dispatch(
             Ok(n) => Reply::ok(i64::from(n), ReplyData::None),
             Err(e) => Reply::error(e.errno()),
         },
+        Request::SendvBatch(sends) => {
+            let results: Vec<i64> = sends
+                .iter()
+                .map(
+                    |s| match sendv(dom, &s.addr, s.message_type, &s.lens, s.payload) {
+                        Ok(n) => i64::from(n),
+                        Err(e) => -i64::from(e.errno()),
+                    },
+                )
+                .collect();
+            Reply::ok(results.len() as i64, ReplyData::Batch(results))
+        }
         Request::Notify { entries: None } => status(dom.notify(None)),
         Request::Notify {
             entries: Some(mut e),
@@ -698,10 +967,11 @@ fn hello(
     version: u16,
     want: DomId,
 ) -> (Reply, Vec<OwnedFd>) {
-    if version != proto::VERSION {
+    if version != proto::VERSION_SOCKET && version != proto::VERSION_CHANNEL {
         info!(
-            "refusing protocol version {version} (this simulator speaks {})",
-            proto::VERSION
+            "refusing protocol version {version} (this simulator speaks {} and {})",
+            proto::VERSION_SOCKET,
+            proto::VERSION_CHANNEL
         );
         return (Reply::error(proto::errno::EPROTO), Vec::new());
     }
@@ -737,6 +1007,28 @@ fn hello(
             return (Reply::error(errno::ENOMEM), Vec::new());
         }
     };
+    let mut fds = vec![rx];
+    let (chan, channels) = if version == proto::VERSION_CHANNEL {
+        match guest_channels() {
+            Ok((chan, theirs)) => {
+                fds.extend(theirs);
+                (
+                    Some(chan),
+                    Some(ChannelSizes {
+                        requests: REQUEST_CHANNEL as u32,
+                        replies: REPLY_CHANNEL as u32,
+                    }),
+                )
+            }
+            Err(e) => {
+                error!("channels for domain {domid}: {e}");
+                let _ = model.destroy_domain(domid);
+                return (Reply::error(errno::ENOMEM), Vec::new());
+            }
+        }
+    } else {
+        (None, None)
+    };
     info!(
         "domain {domid} claimed{}",
         if domid == 0 { " (privileged)" } else { "" }
@@ -746,17 +1038,41 @@ fn hello(
         domid,
         dom,
         event_tx: tx,
+        chan,
     });
     (
         Reply::ok(
             0,
             ReplyData::Hello {
-                version: proto::VERSION,
+                version,
                 domid,
+                channels,
             },
         ),
-        vec![rx],
+        fds,
     )
+}
+
+/// A version-2 guest's channels: ours, and the descriptors the hello reply passes (the guest's
+/// doorbell end, the request channel's memory, the reply channel's). We create the memory, so
+/// it is ours to size and seal; the guest can only write into it.
+fn guest_channels() -> Result<(GuestChan, [OwnedFd; 3]), String> {
+    let (req_mem, req_fd) = ChanMemory::create(REQUEST_CHANNEL).map_err(|e| e.to_string())?;
+    let (rep_mem, rep_fd) = ChanMemory::create(REPLY_CHANNEL).map_err(|e| e.to_string())?;
+    let (theirs, ours) = socket_pair().map_err(|e| e.to_string())?;
+    let mut requests = Consumer::new(&req_mem).map_err(|e| e.to_string())?;
+    // We sleep until the first request rings (the guest cannot have written anything yet).
+    requests.prepare_sleep().map_err(|e| e.to_string())?;
+    let chan = GuestChan {
+        requests,
+        replies: Producer::new(&rep_mem).map_err(|e| e.to_string())?,
+        doorbell: ours,
+        pending: None,
+        pending_deadline: None,
+        more: false,
+        buf: Vec::new(),
+    };
+    Ok((chan, [theirs, req_fd, rep_fd]))
 }
 
 /// A guest's event channel: a connected pair of stream sockets, (the guest's end, ours). Both
@@ -764,6 +1080,16 @@ fn hello(
 /// descriptor's flags can make our writes block. Our end is shut for reading: the guest cannot
 /// make us buffer what it writes.
 fn event_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (guest, ours) = socket_pair()?;
+    // SAFETY: shutdown on a descriptor we own.
+    if unsafe { libc::shutdown(ours.as_raw_fd(), libc::SHUT_RD) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((guest, ours))
+}
+
+/// A connected pair of close-on-exec stream sockets.
+fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: socketpair fills a live two-int array; the result is checked.
     let r = unsafe {
@@ -778,12 +1104,7 @@ fn event_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both descriptors are fresh and owned by nobody else.
-    let (guest, ours) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: shutdown on a descriptor we own.
-    if unsafe { libc::shutdown(ours.as_raw_fd(), libc::SHUT_RD) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((guest, ours))
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Maps a guest's ring memory descriptor for a ring header at `offset`, or says what the
@@ -932,6 +1253,12 @@ impl std::fmt::Debug for RequestSummary<'_, '_> {
                 f,
                 "Sendv {{ addr: {addr:?}, message_type: {message_type:#x}, lens: {lens:?}, elided: {} }}",
                 payload.is_none()
+            ),
+            Request::SendvBatch(sends) => write!(
+                f,
+                "SendvBatch {{ {} sends, lens: {:?} }}",
+                sends.len(),
+                sends.iter().map(|s| &s.lens).collect::<Vec<_>>()
             ),
             other => write!(f, "{other:?}"),
         }

@@ -57,9 +57,10 @@ impl Rng {
     }
 }
 
+/// A version-1 hello: these guests speak the socket protocol, as an old client does.
 fn hello_frame(domid: u16) -> Vec<u8> {
     Request::Hello {
-        version: proto::VERSION,
+        version: proto::VERSION_SOCKET,
         domid,
     }
     .encode()

@@ -52,6 +52,9 @@ pub enum BackendError {
     #[cfg(feature = "sim")]
     #[error("simulator protocol error: {0}")]
     Protocol(#[from] ProtocolError),
+    #[cfg(feature = "sim")]
+    #[error("simulator channel: {0}")]
+    Channel(#[from] crate::chan::ChanError),
     #[error(
         "{spec:?} names the simulator, but this build of libv4v has no simulator backend (cargo feature `sim`)"
     )]

@@ -9,25 +9,30 @@
 //! into it when the model signals the domain. At end of stream the simulator is gone.
 //! `docs/sim.md` is the protocol.
 //!
-//! Calls are serialised by a mutex around the socket: one request, one reply. A failure of the
-//! connection itself (the simulator died, or answered garbage) is reported as
-//! [`HvError::Other`] with `EPIPE` (or `EPROTO` for garbage), and every later call fails the same
-//! way: the domain is gone.
+//! Calls are serialised by a mutex around the connection: one request, one reply. With protocol
+//! version 2 (the default; [`Transport`]) requests that pass no descriptor and fit travel through
+//! a shared-memory channel pair the simulator created at hello, with a doorbell byte on a socket
+//! pair only when the other side sleeps; ring registration and oversized requests still use the
+//! socket. A failure of the connection itself (the simulator died, or answered garbage, or
+//! corrupted the channel) is reported as [`HvError::Other`] with `EPIPE` (or `EPROTO` for
+//! garbage), and every later call fails the same way: the domain is gone.
 
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::abi::{Config, DomId, Info, RingDataEnt, SendAddr, TablesRule};
 use crate::backend::BackendError;
-use crate::hypervisor::{HvError, Hypervisor, TablesPage};
+use crate::chan::{ChanError, ChanMemory, Consumer, Producer, Pushed};
+use crate::hypervisor::{BatchSend, HvError, Hypervisor, TablesPage};
 use crate::names::{DirectoryError, NameDirectory, NameEntry};
 use crate::shmem::{RingMemory, page_round};
 use protocol::{
-    self as proto, FRAME_HEADER_SIZE, FrameHeader, ProtocolError, Reply, ReplyData, Request,
-    fdpass, kind,
+    self as proto, ChannelSizes, FRAME_HEADER_SIZE, FrameHeader, ProtocolError, Reply, ReplyData,
+    Request, SendvFrame, fdpass, kind,
 };
 
 pub mod protocol;
@@ -46,17 +51,58 @@ pub struct SimHypervisor {
     names_seen: std::sync::atomic::AtomicU64,
 }
 
+/// How a guest talks to the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Protocol version 2: the shared-memory channel where it can, the socket where it must.
+    /// Falls back to [`Transport::Socket`] with a simulator that only speaks version 1.
+    Channel,
+    /// Protocol version 1: every request a socket round trip.
+    Socket,
+}
+
+impl Transport {
+    /// The transport named by `V4V_SIM_TRANSPORT` (`socket` or `channel`), else
+    /// [`Transport::Channel`]: the old path stays reachable for comparisons and tests.
+    pub fn from_env() -> Transport {
+        match std::env::var("V4V_SIM_TRANSPORT").as_deref() {
+            Ok("socket") => Transport::Socket,
+            _ => Transport::Channel,
+        }
+    }
+}
+
+/// How long a guest waiting for a reply polls the channel before it sleeps on the doorbell,
+/// unless `V4V_SIM_SPIN_US` says otherwise. Spinning saves the simulator a doorbell and the guest
+/// a sleep when the reply is quick, but on a machine with fewer cores than busy processes it
+/// takes the core the simulator needs: measured in docs/sim.md.
+const DEFAULT_SPIN: Duration = Duration::from_micros(0);
+
 #[derive(Debug)]
 struct Conn {
     sock: UnixStream,
     /// Set once the stream is out of step or closed: the domain is gone for good.
     broken: Option<i32>,
+    chan: Option<Chan>,
+}
+
+/// The guest's ends of the shared-memory channels (protocol version 2).
+#[derive(Debug)]
+struct Chan {
+    requests: Producer,
+    replies: Consumer,
+    /// Our end of the doorbell socket pair: a byte either way wakes the side that sleeps.
+    doorbell: OwnedFd,
+    /// The last reply, copied out of the channel.
+    buf: Vec<u8>,
+    spin: Duration,
 }
 
 #[derive(Debug)]
 enum CallError {
     Io(std::io::Error),
     Protocol(ProtocolError),
+    Chan(ChanError),
 }
 
 impl CallError {
@@ -64,12 +110,140 @@ impl CallError {
         match self {
             CallError::Io(e) => e.raw_os_error().unwrap_or(EPIPE),
             CallError::Protocol(_) => proto::errno::EPROTO,
+            CallError::Chan(ChanError::Corrupt(_)) => proto::errno::EPROTO,
+            CallError::Chan(_) => EPIPE,
+        }
+    }
+}
+
+impl From<ChanError> for CallError {
+    fn from(e: ChanError) -> Self {
+        CallError::Chan(e)
+    }
+}
+
+/// Rings a doorbell: one byte, never blocking. A full socket means a ring is pending already.
+fn ring(bell: BorrowedFd<'_>) -> Result<(), CallError> {
+    let one = [1u8];
+    loop {
+        // SAFETY: sends one byte from a live buffer; MSG_DONTWAIT and MSG_NOSIGNAL: no blocking,
+        // no SIGPIPE, whatever the descriptor's flags.
+        let n = unsafe {
+            libc::send(
+                bell.as_raw_fd(),
+                one.as_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => return Ok(()),
+            std::io::ErrorKind::Interrupted => continue,
+            _ => return Err(CallError::Io(e)),
+        }
+    }
+}
+
+/// Sleeps until the doorbell rings (or rang while we were busy), taking every pending ring.
+fn wait_bell(bell: BorrowedFd<'_>) -> Result<(), CallError> {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: receives into a local buffer of the stated length. Blocking (flags 0) on our
+        // own end, which we keep blocking: one system call to sleep and drain.
+        let n = unsafe { libc::recv(bell.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(CallError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: bell.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: polls one live pollfd.
+                unsafe { libc::poll(&mut pfd, 1, -1) };
+            }
+            _ => return Err(CallError::Io(e)),
+        }
+    }
+}
+
+impl Chan {
+    /// Maps the channels a version-2 hello reply passed: `fds` holds the doorbell, the request
+    /// channel's memory and the reply channel's, in that order.
+    fn open(
+        sizes: ChannelSizes,
+        fds: &mut impl Iterator<Item = OwnedFd>,
+    ) -> Result<Chan, BackendError> {
+        let mut next = || fds.next().ok_or(ProtocolError::FdCount { got: 1, want: 4 });
+        let doorbell = next()?;
+        let requests = ChanMemory::map(next()?, sizes.requests as usize)?;
+        let replies = ChanMemory::map(next()?, sizes.replies as usize)?;
+        let spin = std::env::var("V4V_SIM_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(DEFAULT_SPIN, Duration::from_micros);
+        Ok(Chan {
+            requests: Producer::new(&requests)?,
+            replies: Consumer::new(&replies)?,
+            doorbell,
+            buf: Vec::new(),
+            spin,
+        })
+    }
+
+    /// Publishes one request record and waits for its reply record.
+    fn call(&mut self, parts: &[&[u8]], len: usize, req_kind: u16) -> Result<Reply, CallError> {
+        loop {
+            match self.requests.push(parts)? {
+                Pushed::Done { doorbell } => {
+                    if doorbell {
+                        ring(self.doorbell.as_fd())?;
+                    }
+                    break;
+                }
+                Pushed::Full => {
+                    if !self.requests.wait_for_space(len)? {
+                        wait_bell(self.doorbell.as_fd())?;
+                    }
+                }
+            }
+        }
+        let started = Instant::now();
+        loop {
+            self.buf.clear();
+            if self.replies.pop_into(&mut self.buf)?.is_some() {
+                if self.replies.space_doorbell_wanted()? {
+                    ring(self.doorbell.as_fd())?;
+                }
+                let (h, body) =
+                    proto::split_record(&self.buf, true).map_err(CallError::Protocol)?;
+                return Reply::decode(req_kind, h.kind, 0, body).map_err(CallError::Protocol);
+            }
+            if started.elapsed() < self.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            if self.replies.prepare_sleep()? {
+                wait_bell(self.doorbell.as_fd())?;
+            }
         }
     }
 }
 
 impl Conn {
-    /// Sends one request frame (with `fds`) and reads its reply, with any descriptors.
+    /// Sends one request frame (with `fds`) on the socket and reads its reply, with any
+    /// descriptors.
     fn call(
         &mut self,
         frame: &[u8],
@@ -94,7 +268,7 @@ impl Conn {
             got += r.len;
             fds.extend(r.fds);
         }
-        let h = FrameHeader::parse(&head).map_err(CallError::Protocol)?;
+        let h = FrameHeader::parse_reply(&head).map_err(CallError::Protocol)?;
         let mut body = vec![0u8; h.body_len as usize];
         self.sock.read_exact(&mut body).map_err(CallError::Io)?;
         if fds.len() != usize::from(h.nfds) {
@@ -109,44 +283,81 @@ impl Conn {
 }
 
 impl SimHypervisor {
-    /// Connects to the simulator at `path` and claims `domid` (any free guest domid if `None`).
+    /// Connects to the simulator at `path` and claims `domid` (any free guest domid if `None`),
+    /// with the transport [`Transport::from_env`] names.
     pub fn connect(path: &Path, domid: Option<DomId>) -> Result<Self, BackendError> {
+        Self::connect_with(path, domid, Transport::from_env())
+    }
+
+    /// [`SimHypervisor::connect`] with a given transport.
+    pub fn connect_with(
+        path: &Path,
+        domid: Option<DomId>,
+        transport: Transport,
+    ) -> Result<Self, BackendError> {
         let sock = UnixStream::connect(path).map_err(|source| BackendError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut conn = Conn { sock, broken: None };
+        let mut conn = Conn {
+            sock,
+            broken: None,
+            chan: None,
+        };
         let want = domid.unwrap_or(proto::CLAIM_ANY);
-        let frame = Request::Hello {
-            version: proto::VERSION,
-            domid: want,
-        }
-        .encode();
-        let (reply, mut fds) = conn.call(&frame, &[], kind::HELLO).map_err(|e| match e {
-            CallError::Io(e) => BackendError::Io(e),
-            CallError::Protocol(p) => BackendError::Protocol(p),
-        })?;
+        let mut version = match transport {
+            Transport::Channel => proto::VERSION_CHANNEL,
+            Transport::Socket => proto::VERSION_SOCKET,
+        };
+        let (reply, fds) = loop {
+            let frame = Request::Hello {
+                version,
+                domid: want,
+            }
+            .encode();
+            let (reply, fds) = conn.call(&frame, &[], kind::HELLO).map_err(|e| match e {
+                CallError::Io(e) => BackendError::Io(e),
+                CallError::Protocol(p) => BackendError::Protocol(p),
+                CallError::Chan(c) => BackendError::Channel(c),
+            })?;
+            // A simulator that speaks only version 1 refuses 2 with EPROTO and stays connected.
+            if reply.ret == -i64::from(proto::errno::EPROTO) && version == proto::VERSION_CHANNEL {
+                version = proto::VERSION_SOCKET;
+                continue;
+            }
+            break (reply, fds);
+        };
         if reply.ret < 0 {
             let errno = i32::try_from(-reply.ret).unwrap_or(i32::MAX);
             return Err(BackendError::ClaimRefused { domid: want, errno });
         }
-        let ReplyData::Hello { version, domid } = reply.data else {
+        let ReplyData::Hello {
+            version: theirs,
+            domid,
+            channels,
+        } = reply.data
+        else {
             return Err(ProtocolError::UnexpectedReply {
                 got: 0,
                 want: kind::HELLO,
             }
             .into());
         };
-        if version != proto::VERSION {
+        if theirs != version {
             return Err(BackendError::Version {
-                ours: proto::VERSION,
-                theirs: version,
+                ours: version,
+                theirs,
             });
         }
+        // Reply::decode checked the count: 1, or 4 with channels.
+        let mut fds = fds.into_iter();
         let event = fds
-            .pop()
+            .next()
             .ok_or(ProtocolError::FdCount { got: 0, want: 1 })?;
         set_nonblocking(event.as_fd())?;
+        if let Some(sizes) = channels {
+            conn.chan = Some(Chan::open(sizes, &mut fds)?);
+        }
         Ok(SimHypervisor {
             conn: Mutex::new(conn),
             event,
@@ -154,6 +365,11 @@ impl SimHypervisor {
             path: path.to_path_buf(),
             names_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Whether requests travel through the shared-memory channel (protocol version 2).
+    pub fn uses_channel(&self) -> bool {
+        self.lock().chan.is_some()
     }
 
     /// The domid this connection claimed.
@@ -174,23 +390,44 @@ impl SimHypervisor {
 
     /// One request, one reply: the hypervisor's return value or its errno.
     fn request(&self, req: &Request<'_>, fds: &[BorrowedFd<'_>]) -> Result<Reply, HvError> {
-        self.request_frame(&req.encode(), fds, req.kind())
+        let frame = req.encode();
+        self.request_parts(&[&frame], frame.len(), fds, req.kind())
     }
 
-    fn request_frame(
+    /// One request whose frame is `parts` concatenated (`len` bytes): through the channel when
+    /// it passes no descriptor and fits in a record, else on the socket.
+    fn request_parts(
         &self,
-        frame: &[u8],
+        parts: &[&[u8]],
+        len: usize,
         fds: &[BorrowedFd<'_>],
         req_kind: u16,
     ) -> Result<Reply, HvError> {
-        let mut conn = self.lock();
+        let mut guard = self.lock();
+        let conn = &mut *guard;
         if let Some(errno) = conn.broken {
             return Err(HvError::Other(errno));
         }
-        // Mark the stream broken for the duration: if we fail part way, it stays so.
+        // Mark the connection broken for the duration: if we fail part way, it stays so.
         conn.broken = Some(EPIPE);
-        match conn.call(frame, fds, req_kind) {
-            Ok((reply, _)) => {
+        let result = match &mut conn.chan {
+            Some(chan) if fds.is_empty() && len <= chan.requests.chan().max_record() => {
+                chan.call(parts, len, req_kind)
+            }
+            _ => {
+                let joined;
+                let frame = match parts {
+                    [one] => *one,
+                    _ => {
+                        joined = parts.concat();
+                        &joined[..]
+                    }
+                };
+                conn.call(frame, fds, req_kind).map(|(reply, _)| reply)
+            }
+        };
+        match result {
+            Ok(reply) => {
                 conn.broken = None;
                 if reply.ret < 0 {
                     Err(HvError::from_errno(
@@ -300,9 +537,64 @@ impl Hypervisor for SimHypervisor {
         iov: &[IoSlice<'_>],
         message_type: u32,
     ) -> Result<u32, HvError> {
-        let frame = proto::encode_sendv(addr, message_type, iov);
-        let reply = self.request_frame(&frame, &[], kind::SENDV)?;
+        let frame = SendvFrame::single(addr, message_type, iov);
+        let reply = self.request_parts(&frame.parts(), frame.len(), &[], kind::SENDV)?;
         u32::try_from(reply.ret).map_err(|_| HvError::Other(proto::errno::EPROTO))
+    }
+
+    /// With the channel: as few sendv_batch requests as fit in its records (a send too large
+    /// for a record on its own goes as a sendv on the socket). Without: one sendv each.
+    fn sendv_batch(&self, sends: &[BatchSend<'_>], results: &mut Vec<Result<u32, HvError>>) {
+        results.clear();
+        let max = {
+            let conn = self.lock();
+            match &conn.chan {
+                Some(c) => c.requests.chan().max_record(),
+                None => 0,
+            }
+        };
+        let mut start = 0;
+        while start < sends.len() {
+            // The longest run from `start` that fits one record.
+            let mut end = start;
+            let mut len = proto::BATCH_HEAD;
+            while end < sends.len() && end - start < proto::MAX_WIRE_BATCH {
+                let item = proto::batch_item_len(sends[end].iov);
+                if len + item > max {
+                    break;
+                }
+                len += item;
+                end += 1;
+            }
+            if end == start {
+                let s = &sends[start];
+                results.push(self.sendv(&s.addr, s.iov, s.message_type));
+                start += 1;
+                continue;
+            }
+            let group = &sends[start..end];
+            let frame = SendvFrame::batch(group);
+            match self.request_parts(&frame.parts(), frame.len(), &[], kind::SENDV_BATCH) {
+                Ok(Reply {
+                    data: ReplyData::Batch(r),
+                    ..
+                }) if r.len() == group.len() => {
+                    results.extend(r.into_iter().map(|v| match u32::try_from(v) {
+                        Ok(n) => Ok(n),
+                        Err(_) => Err(HvError::from_errno(
+                            i32::try_from(-v).unwrap_or(proto::errno::EPROTO),
+                        )),
+                    }));
+                }
+                Ok(_) => results.extend(
+                    group
+                        .iter()
+                        .map(|_| Err(HvError::Other(proto::errno::EPROTO))),
+                ),
+                Err(e) => results.extend(group.iter().map(|_| Err(e))),
+            }
+            start = end;
+        }
     }
 
     fn notify(&self, entries: Option<&mut [RingDataEnt]>) -> Result<(), HvError> {

@@ -7,6 +7,9 @@
 //! number of descriptors passed with it by `SCM_RIGHTS`, `u8` reserved zero) and a body. The guest
 //! sends one request and reads one reply, whose kind is the request's with [`REPLY_BIT`] set and
 //! whose body starts with the hypervisor's return value (`i64`, negative errno on failure).
+//! With protocol version 2 the same frames (without descriptors) also travel as records of the
+//! shared-memory channels set up at hello ([`split_record`] takes one apart); `sendv_batch`
+//! carries several sendvs in one request ([`SendvFrame::batch`]).
 //!
 //! Decoding never trusts its input: every length is checked before it is used, every reserved
 //! field must be zero, and a body must be exactly as long as its contents say. ABI structures
@@ -22,8 +25,14 @@ use crate::names::NameEntry;
 
 /// `"V4VS"`: the first field of a hello.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"V4VS");
-/// The protocol version this build speaks. A simulator refuses any other with `EPROTO`.
-pub const VERSION: u16 = 1;
+/// Version 1: every request and reply travels on the socket.
+pub const VERSION_SOCKET: u16 = 1;
+/// Version 2: as version 1, plus a shared-memory request/reply channel set up at hello (see
+/// [`ChannelSizes`]); requests that need no descriptor may travel through it.
+pub const VERSION_CHANNEL: u16 = 2;
+/// The newest protocol version this build speaks. A simulator serves [`VERSION_SOCKET`] and
+/// [`VERSION_CHANNEL`] and refuses any other with `EPROTO`.
+pub const VERSION: u16 = VERSION_CHANNEL;
 
 /// Bytes of a frame header.
 pub const FRAME_HEADER_SIZE: usize = 8;
@@ -31,8 +40,16 @@ pub const FRAME_HEADER_SIZE: usize = 8;
 /// wire carries, with room to spare. A longer length prefix is a protocol error that ends the
 /// connection (the stream cannot be resynchronised).
 pub const MAX_BODY: usize = abi::MAX_MESSAGE_SIZE as usize + 64 * 1024;
-/// The most descriptors any frame carries.
+/// The most descriptors a request frame carries.
 pub const MAX_FDS: usize = 1;
+/// The most descriptors a reply frame carries: a version-2 hello reply's event channel,
+/// doorbell and two channel memories.
+pub const MAX_REPLY_FDS: usize = 4;
+/// Descriptors a successful version-2 hello reply carries, in this order: the event channel,
+/// the doorbell, the request channel's memory, the reply channel's memory.
+pub const HELLO_CHANNEL_FDS: u8 = 4;
+/// The most sendvs one sendv_batch request carries.
+pub const MAX_WIRE_BATCH: usize = 256;
 /// The most iovs a sendv request carries: one more than the hypervisor accepts, which is enough
 /// for it to answer `E2BIG` exactly as it would for the caller's longer list.
 pub const MAX_WIRE_IOV: usize = abi::MAX_IOV as usize + 1;
@@ -61,6 +78,8 @@ pub mod kind {
     pub const TABLES_ADD: u16 = 8;
     pub const TABLES_DEL: u16 = 9;
     pub const TABLES_LIST: u16 = 10;
+    /// Several sendvs in one request (the simulator's multicall); not a `V4VOP_*`.
+    pub const SENDV_BATCH: u16 = 11;
     /// Claims a domain id; must be the first request.
     pub const HELLO: u16 = 0x40;
     /// Names the caller's domain (the toolstack's part, modelled: `v4vd --name`).
@@ -130,6 +149,10 @@ pub enum ProtocolError {
     UnexpectedReply { got: u16, want: u16 },
     #[error("fatal frame carries {0}, not a negative errno")]
     BadFatal(i64),
+    #[error("batch result {0} is neither a length nor a negative errno")]
+    BadResult(i64),
+    #[error("channel record of {record} bytes holds a frame of {frame}")]
+    RecordLength { record: usize, frame: u64 },
 }
 
 impl ProtocolError {
@@ -155,13 +178,22 @@ impl FrameHeader {
     /// Parses and checks a header: the length within [`MAX_BODY`], at most [`MAX_FDS`]
     /// descriptors, the reserved byte zero. Any failure here is fatal to the connection.
     pub fn parse(b: &[u8; FRAME_HEADER_SIZE]) -> Result<Self, ProtocolError> {
+        Self::parse_with(b, MAX_FDS)
+    }
+
+    /// [`FrameHeader::parse`] for a reply frame, which may carry up to [`MAX_REPLY_FDS`].
+    pub fn parse_reply(b: &[u8; FRAME_HEADER_SIZE]) -> Result<Self, ProtocolError> {
+        Self::parse_with(b, MAX_REPLY_FDS)
+    }
+
+    fn parse_with(b: &[u8; FRAME_HEADER_SIZE], max_fds: usize) -> Result<Self, ProtocolError> {
         let body_len = Self::check_len_prefix(&[b[0], b[1], b[2], b[3]])?;
         let kind = u16::from_le_bytes([b[4], b[5]]);
         let nfds = b[6];
-        if usize::from(nfds) > MAX_FDS {
+        if usize::from(nfds) > max_fds {
             return Err(ProtocolError::TooMany {
                 count: u64::from(nfds),
-                max: MAX_FDS,
+                max: max_fds,
             });
         }
         if b[7] != 0 {
@@ -192,6 +224,46 @@ impl FrameHeader {
         b[6] = self.nfds;
         b
     }
+}
+
+/// Splits one record of a shared-memory channel into the frame it holds: a request's header
+/// (checked as [`FrameHeader::parse`] does; `reply` selects [`FrameHeader::parse_reply`]) and
+/// exactly the body it announces. A record is a whole frame and passes no descriptors: a header
+/// declaring any, or a length other than the record's, is refused.
+pub fn split_record(record: &[u8], reply: bool) -> Result<(FrameHeader, &[u8]), ProtocolError> {
+    let Some((head, body)) = record.split_first_chunk::<FRAME_HEADER_SIZE>() else {
+        return Err(ProtocolError::Truncated {
+            needed: FRAME_HEADER_SIZE - record.len(),
+        });
+    };
+    let h = if reply {
+        FrameHeader::parse_reply(head)?
+    } else {
+        FrameHeader::parse(head)?
+    };
+    if h.body_len as usize != body.len() {
+        return Err(ProtocolError::RecordLength {
+            record: record.len(),
+            frame: FRAME_HEADER_SIZE as u64 + u64::from(h.body_len),
+        });
+    }
+    if h.nfds != 0 {
+        return Err(ProtocolError::FdCount {
+            got: h.nfds,
+            want: 0,
+        });
+    }
+    Ok((h, body))
+}
+
+/// One sendv of a request: the iovs' lengths, in order, and their concatenated bytes (`None`
+/// when elided, see [`SENDV_PAYLOAD_ELIDED`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendvReq<'a> {
+    pub addr: SendAddr,
+    pub message_type: u32,
+    pub lens: Vec<u32>,
+    pub payload: Option<&'a [u8]>,
 }
 
 /// A request, decoded. Borrowed from the frame so that a sendv payload is not copied.
@@ -246,6 +318,8 @@ pub enum Request<'a> {
     NamePublish {
         entries: Vec<(DomId, &'a [u8])>,
     },
+    /// Several sendvs, each attempted in order whatever became of the ones before.
+    SendvBatch(Vec<SendvReq<'a>>),
 }
 
 impl Request<'_> {
@@ -264,6 +338,7 @@ impl Request<'_> {
             Request::NameClaim { .. } => kind::NAME_CLAIM,
             Request::Names { .. } => kind::NAMES,
             Request::NamePublish { .. } => kind::NAME_PUBLISH,
+            Request::SendvBatch(_) => kind::SENDV_BATCH,
         }
     }
 
@@ -290,20 +365,16 @@ impl Request<'_> {
                 message_type,
                 lens,
                 payload,
-            } => {
-                w.send_addr(addr);
-                w.u32(*message_type);
-                w.u32(lens.len() as u32);
-                w.u32(if payload.is_some() {
-                    0
-                } else {
-                    SENDV_PAYLOAD_ELIDED
-                });
-                for l in lens {
-                    w.u32(*l);
-                }
-                if let Some(p) = payload {
-                    w.bytes(p);
+            } => w.sendv_body(addr, *message_type, lens, *payload),
+            Request::SendvBatch(sends) => {
+                w.u32(sends.len() as u32);
+                w.u32(0);
+                for s in sends {
+                    let at = w.buf.len();
+                    w.u32(0);
+                    w.sendv_body(&s.addr, s.message_type, &s.lens, s.payload);
+                    let len = (w.buf.len() - at - 4) as u32;
+                    w.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
                 }
             }
             Request::Notify { entries } => match entries {
@@ -364,45 +435,32 @@ impl Request<'_> {
             kind::REGISTER_RING => Request::RegisterRing { offset: r.u64()? },
             kind::UNREGISTER_RING => Request::UnregisterRing { offset: r.u64()? },
             kind::SENDV => {
-                let addr = r.send_addr()?;
-                let message_type = r.u32()?;
-                let niov = r.u32()?;
-                let flags = r.u32()?;
-                if flags & !SENDV_PAYLOAD_ELIDED != 0 {
+                let s = r.sendv_body()?;
+                Request::Sendv {
+                    addr: s.addr,
+                    message_type: s.message_type,
+                    lens: s.lens,
+                    payload: s.payload,
+                }
+            }
+            kind::SENDV_BATCH => {
+                let n = r.u32()?;
+                if r.u32()? != 0 {
                     return Err(ProtocolError::Reserved);
                 }
-                if niov as usize > MAX_WIRE_IOV {
+                if n as usize > MAX_WIRE_BATCH {
                     return Err(ProtocolError::TooMany {
-                        count: u64::from(niov),
-                        max: MAX_WIRE_IOV,
+                        count: u64::from(n),
+                        max: MAX_WIRE_BATCH,
                     });
                 }
-                let mut lens = Vec::with_capacity(niov as usize);
-                for _ in 0..niov {
-                    lens.push(r.u32()?);
+                let mut sends = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let len = r.u32()?;
+                    let mut sub = Reader::new(r.slice(len as usize)?);
+                    sends.push(sub.sendv_body()?);
                 }
-                let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
-                let payload = if flags & SENDV_PAYLOAD_ELIDED != 0 {
-                    if !must_elide(lens.len(), total) {
-                        return Err(ProtocolError::BadElision);
-                    }
-                    None
-                } else {
-                    let rest = r.rest();
-                    if rest.len() as u64 != total {
-                        return Err(ProtocolError::PayloadMismatch {
-                            got: rest.len() as u64,
-                            want: total,
-                        });
-                    }
-                    Some(rest)
-                };
-                Request::Sendv {
-                    addr,
-                    message_type,
-                    lens,
-                    payload,
-                }
+                Request::SendvBatch(sends)
             }
             kind::NOTIFY => {
                 let present = r.u32()?;
@@ -489,25 +547,126 @@ pub fn must_elide(niov: usize, total: u64) -> bool {
 /// hypervisor must refuse it anyway (see [`must_elide`]); at most [`MAX_WIRE_IOV`] lengths are
 /// sent, which keeps the hypervisor's `E2BIG` answer for longer lists.
 pub fn encode_sendv(addr: &SendAddr, message_type: u32, iov: &[IoSlice<'_>]) -> Vec<u8> {
+    SendvFrame::single(addr, message_type, iov).to_vec()
+}
+
+/// Bytes of a sendv body's fixed part: `send_addr`, `message_type`, `niov`, `flags`.
+const SENDV_FIXED: usize = 28;
+
+/// What one send adds to a sendv_batch body: its length prefix and its sendv body.
+pub fn batch_item_len(iov: &[IoSlice<'_>]) -> usize {
     let total: u64 = iov.iter().map(|s| s.len() as u64).sum();
-    let elide = must_elide(iov.len(), total);
-    let sent = &iov[..iov.len().min(MAX_WIRE_IOV)];
-    let mut w = Writer::frame(kind::SENDV, 0);
-    w.send_addr(addr);
-    w.u32(message_type);
-    w.u32(sent.len() as u32);
-    w.u32(if elide { SENDV_PAYLOAD_ELIDED } else { 0 });
-    for s in sent {
-        // Lengths past u32 can only occur when eliding (the total is then past the limit).
-        w.u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    let sent = iov.len().min(MAX_WIRE_IOV);
+    let payload = if must_elide(iov.len(), total) {
+        0
+    } else {
+        total as usize
+    };
+    4 + SENDV_FIXED + 4 * sent + payload
+}
+
+/// Bytes of a sendv_batch frame before its first send.
+pub const BATCH_HEAD: usize = FRAME_HEADER_SIZE + 8;
+
+/// A sendv or sendv_batch request frame as a list of parts: the encoded fixed fields, with the
+/// caller's iov slices between them, so that payload bytes are copied once, from the caller's
+/// buffers to wherever the frame goes (a shared-memory channel takes the parts as they are).
+pub struct SendvFrame<'a> {
+    meta: Vec<u8>,
+    /// In order: where a piece of `meta` ends, and the payload slices that follow it.
+    pieces: Vec<(usize, &'a [IoSlice<'a>])>,
+    len: usize,
+}
+
+impl<'a> SendvFrame<'a> {
+    /// A sendv request.
+    pub fn single(addr: &SendAddr, message_type: u32, iov: &'a [IoSlice<'a>]) -> Self {
+        let mut w = Writer::frame(kind::SENDV, 0);
+        let payload = w.sendv_meta(addr, message_type, iov);
+        let mut f = SendvFrame {
+            len: 0,
+            meta: Vec::new(),
+            pieces: Vec::new(),
+        };
+        f.pieces.push((w.buf.len(), payload));
+        f.finish(w)
     }
-    if !elide {
-        w.buf.reserve(total as usize);
-        for s in sent {
-            w.bytes(s);
+
+    /// A sendv_batch request of `sends` (at most [`MAX_WIRE_BATCH`], the caller's job).
+    pub fn batch(sends: &'a [crate::hypervisor::BatchSend<'a>]) -> Self {
+        let mut w = Writer::frame(kind::SENDV_BATCH, 0);
+        w.u32(sends.len() as u32);
+        w.u32(0);
+        let mut f = SendvFrame {
+            len: 0,
+            meta: Vec::new(),
+            pieces: Vec::with_capacity(sends.len()),
+        };
+        for s in sends {
+            w.u32(u32::try_from(batch_item_len(s.iov) - 4).unwrap_or(u32::MAX));
+            let payload = w.sendv_meta(&s.addr, s.message_type, s.iov);
+            f.pieces.push((w.buf.len(), payload));
         }
+        f.finish(w)
     }
-    w.finish()
+
+    fn finish(mut self, w: Writer) -> Self {
+        let payload: usize = self
+            .pieces
+            .iter()
+            .flat_map(|(_, p)| p.iter())
+            .map(|s| s.len())
+            .sum();
+        self.len = w.buf.len() + payload;
+        self.meta = w.buf;
+        // Oversized bodies are encoded faithfully (the length saturates) and refused by the peer.
+        let body = u32::try_from(self.len - FRAME_HEADER_SIZE).unwrap_or(u32::MAX);
+        self.meta[0..4].copy_from_slice(&body.to_le_bytes());
+        self
+    }
+
+    /// Bytes of the whole frame.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty (never: it has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frame's parts, in order.
+    pub fn parts(&self) -> Vec<&[u8]> {
+        let mut out = Vec::with_capacity(self.pieces.len() * 2);
+        let mut at = 0;
+        for (end, payload) in &self.pieces {
+            out.push(&self.meta[at..*end]);
+            out.extend(payload.iter().map(|s| &s[..]));
+            at = *end;
+        }
+        // Whatever follows the last payload (all of it, for an empty batch).
+        if at < self.meta.len() {
+            out.push(&self.meta[at..]);
+        }
+        out
+    }
+
+    /// The frame as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for p in self.parts() {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
+/// The sizes of a version-2 guest's shared-memory channels (each a [`crate::chan::ChanMemory`]
+/// of that capacity, created by the simulator): requests from the guest, replies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelSizes {
+    pub requests: u32,
+    pub replies: u32,
 }
 
 /// The data of a successful reply, by request kind.
@@ -516,9 +675,13 @@ pub enum ReplyData {
     None,
     /// The protocol version the simulator speaks and the domid claimed. One descriptor (the
     /// domain's event descriptor) travels with a successful hello reply.
+    /// A version-2 hello reply also carries the channels' sizes and three more descriptors
+    /// (see [`HELLO_CHANNEL_FDS`]); `channels` is `Some` exactly when `version` is
+    /// [`VERSION_CHANNEL`].
     Hello {
         version: u16,
         domid: DomId,
+        channels: Option<ChannelSizes>,
     },
     Info(Info),
     /// The notify entries as the hypervisor filled them in.
@@ -532,6 +695,8 @@ pub enum ReplyData {
         generation: u64,
         entries: Vec<NameEntry>,
     },
+    /// Each sendv's result, in order: the payload length or a negative errno. `ret` is the count.
+    Batch(Vec<i64>),
 }
 
 /// A reply: the hypervisor's return value (negative errno on failure) and, on success, its data.
@@ -554,18 +719,41 @@ impl Reply {
         Reply { ret, data }
     }
 
-    /// Encodes the reply to a request of kind `req_kind`. The hello reply is the only one with a
-    /// descriptor: `nfds` is 1 when it succeeds.
+    /// Descriptors that travel with this reply to a request of kind `req_kind`: only a
+    /// successful hello's (1, or [`HELLO_CHANNEL_FDS`] with channels).
+    pub fn nfds(&self, req_kind: u16) -> u8 {
+        match &self.data {
+            _ if req_kind != kind::HELLO || self.ret < 0 => 0,
+            ReplyData::Hello {
+                channels: Some(_), ..
+            } => HELLO_CHANNEL_FDS,
+            _ => 1,
+        }
+    }
+
+    /// Encodes the reply to a request of kind `req_kind`.
     pub fn encode(&self, req_kind: u16) -> Vec<u8> {
-        let nfds = u8::from(req_kind == kind::HELLO && self.ret >= 0);
-        let mut w = Writer::frame(req_kind | REPLY_BIT, nfds);
+        let mut w = Writer::frame(req_kind | REPLY_BIT, self.nfds(req_kind));
         w.i64(self.ret);
         match &self.data {
             ReplyData::None => {}
-            ReplyData::Hello { version, domid } => {
+            ReplyData::Hello {
+                version,
+                domid,
+                channels,
+            } => {
                 w.u16(*version);
                 w.u16(*domid);
                 w.u32(0);
+                if let Some(c) = channels {
+                    w.u32(c.requests);
+                    w.u32(c.replies);
+                }
+            }
+            ReplyData::Batch(results) => {
+                for r in results {
+                    w.i64(*r);
+                }
             }
             ReplyData::Info(i) => w.info(i),
             ReplyData::Notify(e) => {
@@ -615,19 +803,14 @@ impl Reply {
             });
         }
         let ret = r.i64()?;
-        let want_fds = u8::from(req_kind == kind::HELLO && ret >= 0);
-        if nfds != want_fds {
-            return Err(ProtocolError::FdCount {
-                got: nfds,
-                want: want_fds,
-            });
-        }
         if ret < 0 {
             r.end()?;
-            return Ok(Reply {
+            let reply = Reply {
                 ret,
                 data: ReplyData::None,
-            });
+            };
+            reply.check_fds(req_kind, nfds)?;
+            return Ok(reply);
         }
         let data = match req_kind {
             kind::HELLO => {
@@ -636,7 +819,39 @@ impl Reply {
                 if r.u32()? != 0 {
                     return Err(ProtocolError::Reserved);
                 }
-                ReplyData::Hello { version, domid }
+                let channels = if version == VERSION_CHANNEL {
+                    Some(ChannelSizes {
+                        requests: r.u32()?,
+                        replies: r.u32()?,
+                    })
+                } else {
+                    None
+                };
+                ReplyData::Hello {
+                    version,
+                    domid,
+                    channels,
+                }
+            }
+            kind::SENDV_BATCH => {
+                if ret as u64 > MAX_WIRE_BATCH as u64 {
+                    return Err(ProtocolError::TooMany {
+                        count: ret as u64,
+                        max: MAX_WIRE_BATCH,
+                    });
+                }
+                let mut results = Vec::with_capacity(ret as usize);
+                for _ in 0..ret {
+                    let v = r.i64()?;
+                    let errno_ok = v
+                        .checked_neg()
+                        .is_some_and(|e| (1..=i64::from(MAX_FATAL_ERRNO)).contains(&e));
+                    if !(0..=i64::from(u32::MAX)).contains(&v) && !errno_ok {
+                        return Err(ProtocolError::BadResult(v));
+                    }
+                    results.push(v);
+                }
+                ReplyData::Batch(results)
             }
             kind::INFO => ReplyData::Info(r.info()?),
             kind::NOTIFY if !r.rest_is_empty() => {
@@ -693,7 +908,17 @@ impl Reply {
             _ => ReplyData::None,
         };
         r.end()?;
-        Ok(Reply { ret, data })
+        let reply = Reply { ret, data };
+        reply.check_fds(req_kind, nfds)?;
+        Ok(reply)
+    }
+
+    fn check_fds(&self, req_kind: u16, nfds: u8) -> Result<(), ProtocolError> {
+        let want = self.nfds(req_kind);
+        if nfds != want {
+            return Err(ProtocolError::FdCount { got: nfds, want });
+        }
+        Ok(())
     }
 }
 
@@ -724,6 +949,50 @@ impl Writer {
 
     fn bytes(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);
+    }
+    /// A sendv body from decoded fields.
+    fn sendv_body(
+        &mut self,
+        addr: &SendAddr,
+        message_type: u32,
+        lens: &[u32],
+        payload: Option<&[u8]>,
+    ) {
+        self.send_addr(addr);
+        self.u32(message_type);
+        self.u32(lens.len() as u32);
+        self.u32(if payload.is_some() {
+            0
+        } else {
+            SENDV_PAYLOAD_ELIDED
+        });
+        for l in lens {
+            self.u32(*l);
+        }
+        if let Some(p) = payload {
+            self.bytes(p);
+        }
+    }
+    /// A sendv body's fixed part and lengths for the caller's iovs; returns the iovs whose bytes
+    /// follow (none when elided).
+    fn sendv_meta<'a>(
+        &mut self,
+        addr: &SendAddr,
+        message_type: u32,
+        iov: &'a [IoSlice<'a>],
+    ) -> &'a [IoSlice<'a>] {
+        let total: u64 = iov.iter().map(|s| s.len() as u64).sum();
+        let elide = must_elide(iov.len(), total);
+        let sent = &iov[..iov.len().min(MAX_WIRE_IOV)];
+        self.send_addr(addr);
+        self.u32(message_type);
+        self.u32(sent.len() as u32);
+        self.u32(if elide { SENDV_PAYLOAD_ELIDED } else { 0 });
+        for s in sent {
+            // Lengths past u32 can only occur when eliding (the total is then past the limit).
+            self.u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
+        }
+        if elide { &[] } else { sent }
     }
     fn u16(&mut self, v: u16) {
         self.bytes(&v.to_le_bytes());
@@ -844,6 +1113,59 @@ impl<'a> Reader<'a> {
     }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
+    }
+    fn slice(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if n > self.buf.len() {
+            return Err(ProtocolError::Truncated {
+                needed: n - self.buf.len(),
+            });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    /// A whole sendv body: the rest of the reader.
+    fn sendv_body(&mut self) -> Result<SendvReq<'a>, ProtocolError> {
+        let addr = self.send_addr()?;
+        let message_type = self.u32()?;
+        let niov = self.u32()?;
+        let flags = self.u32()?;
+        if flags & !SENDV_PAYLOAD_ELIDED != 0 {
+            return Err(ProtocolError::Reserved);
+        }
+        if niov as usize > MAX_WIRE_IOV {
+            return Err(ProtocolError::TooMany {
+                count: u64::from(niov),
+                max: MAX_WIRE_IOV,
+            });
+        }
+        let mut lens = Vec::with_capacity(niov as usize);
+        for _ in 0..niov {
+            lens.push(self.u32()?);
+        }
+        let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+        let payload = if flags & SENDV_PAYLOAD_ELIDED != 0 {
+            if !must_elide(lens.len(), total) {
+                return Err(ProtocolError::BadElision);
+            }
+            self.end()?;
+            None
+        } else {
+            let rest = self.rest();
+            if rest.len() as u64 != total {
+                return Err(ProtocolError::PayloadMismatch {
+                    got: rest.len() as u64,
+                    want: total,
+                });
+            }
+            Some(rest)
+        };
+        Ok(SendvReq {
+            addr,
+            message_type,
+            lens,
+            payload,
+        })
     }
     fn rest_is_empty(&self) -> bool {
         self.buf.is_empty()
@@ -1150,6 +1472,7 @@ mod tests {
                     ReplyData::Hello {
                         version: 1,
                         domid: 3,
+                        channels: None,
                     },
                 ),
             ),
@@ -1259,7 +1582,208 @@ mod tests {
         );
     }
 
+    #[test]
+    fn batches_round_trip_and_match_the_parts_encoder() {
+        let a = SendAddr {
+            src: Addr::new(abi::DOMID_SELF, 1),
+            dst: Addr::new(2, 3),
+        };
+        let data = [7u8; 10];
+        let one = [IoSlice::new(&data[..4]), IoSlice::new(&data[4..])];
+        let many: Vec<IoSlice<'_>> = (0..200).map(|_| IoSlice::new(&data)).collect();
+        let sends = [
+            crate::hypervisor::BatchSend {
+                addr: a,
+                iov: &one,
+                message_type: 5,
+            },
+            crate::hypervisor::BatchSend {
+                addr: a,
+                iov: &many,
+                message_type: 6,
+            },
+        ];
+        let frame = SendvFrame::batch(&sends);
+        let bytes = frame.to_vec();
+        assert_eq!(bytes.len(), frame.len());
+        assert_eq!(
+            bytes.len(),
+            BATCH_HEAD + sends.iter().map(|s| batch_item_len(s.iov)).sum::<usize>()
+        );
+        let (h, body) = split_record(&bytes, false).unwrap();
+        let req = Request::decode(h.kind, h.nfds, body).unwrap();
+        let want = Request::SendvBatch(vec![
+            SendvReq {
+                addr: a,
+                message_type: 5,
+                lens: vec![4, 6],
+                payload: Some(&data[..]),
+            },
+            SendvReq {
+                addr: a,
+                message_type: 6,
+                lens: vec![10; MAX_WIRE_IOV],
+                payload: None,
+            },
+        ]);
+        assert_eq!(req, want);
+        assert_eq!(want.encode(), bytes);
+        round_trip(Request::SendvBatch(Vec::new()));
+        // The single sendv from parts is the frame encode_sendv always made.
+        let single = SendvFrame::single(&a, 5, &one);
+        assert_eq!(single.parts().len(), 3);
+        assert_eq!(
+            single.to_vec(),
+            Request::Sendv {
+                addr: a,
+                message_type: 5,
+                lens: vec![4, 6],
+                payload: Some(&data[..]),
+            }
+            .encode()
+        );
+    }
+
+    #[test]
+    fn bad_batches_and_records_are_refused() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(MAX_WIRE_BATCH as u32 + 1).to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(
+            Request::decode(kind::SENDV_BATCH, 0, &body),
+            Err(ProtocolError::TooMany { .. })
+        ));
+        // A sub-request longer than what is left.
+        let mut body = 1u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&1000u32.to_le_bytes());
+        body.extend_from_slice(&[0; 28]);
+        assert!(matches!(
+            Request::decode(kind::SENDV_BATCH, 0, &body),
+            Err(ProtocolError::Truncated { .. })
+        ));
+        // Reserved word.
+        let body = [0, 0, 0, 0, 1, 0, 0, 0];
+        assert_eq!(
+            Request::decode(kind::SENDV_BATCH, 0, &body),
+            Err(ProtocolError::Reserved)
+        );
+        // Records: too short, a length that disagrees, a descriptor.
+        assert!(split_record(&[0; 7], false).is_err());
+        let mut rec = Request::Info.encode();
+        rec.push(0);
+        assert!(matches!(
+            split_record(&rec, false),
+            Err(ProtocolError::RecordLength { .. })
+        ));
+        let mut rec = Request::Info.encode();
+        rec[6] = 1;
+        assert!(matches!(
+            split_record(&rec, false),
+            Err(ProtocolError::FdCount { .. })
+        ));
+        // Results that are neither lengths nor errnos.
+        for bad in [-4096i64, i64::MIN, 1 << 32] {
+            let frame = Reply::ok(1, ReplyData::Batch(vec![bad])).encode(kind::SENDV_BATCH);
+            let (h, body) = split_record(&frame, true).unwrap();
+            assert_eq!(
+                Reply::decode(kind::SENDV_BATCH, h.kind, 0, body),
+                Err(ProtocolError::BadResult(bad))
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_2_hello_reply_carries_the_channels() {
+        let reply = Reply::ok(
+            0,
+            ReplyData::Hello {
+                version: VERSION_CHANNEL,
+                domid: 4,
+                channels: Some(ChannelSizes {
+                    requests: 1 << 20,
+                    replies: 1 << 17,
+                }),
+            },
+        );
+        let frame = reply.encode(kind::HELLO);
+        let head = frame.first_chunk::<FRAME_HEADER_SIZE>().unwrap();
+        // Four descriptors: more than a request may declare.
+        assert!(FrameHeader::parse(head).is_err());
+        let h = FrameHeader::parse_reply(head).unwrap();
+        assert_eq!(h.nfds, HELLO_CHANNEL_FDS);
+        let body = &frame[FRAME_HEADER_SIZE..];
+        assert_eq!(Reply::decode(kind::HELLO, h.kind, h.nfds, body), Ok(reply));
+        // The wrong number of descriptors for the version is refused.
+        assert!(Reply::decode(kind::HELLO, h.kind, 1, body).is_err());
+    }
+
+    fn arb_sendv() -> impl Strategy<Value = (SendAddr, u32, Vec<Vec<u8>>)> {
+        (
+            any::<[u16; 6]>(),
+            any::<u32>(),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+        )
+            .prop_map(|(w, t, iovs)| {
+                let addr = SendAddr {
+                    src: Addr {
+                        port: u32::from(w[0]),
+                        domain: w[1],
+                        pad: w[2] & 1,
+                    },
+                    dst: Addr {
+                        port: u32::from(w[3]),
+                        domain: w[4],
+                        pad: w[5] & 1,
+                    },
+                };
+                (addr, t, iovs)
+            })
+    }
+
     proptest! {
+        #[test]
+        fn any_batch_round_trips(sends in proptest::collection::vec(arb_sendv(), 0..8)) {
+            let iovs: Vec<Vec<IoSlice<'_>>> = sends
+                .iter()
+                .map(|(_, _, v)| v.iter().map(|b| IoSlice::new(b)).collect())
+                .collect();
+            let batch: Vec<crate::hypervisor::BatchSend<'_>> = sends
+                .iter()
+                .zip(&iovs)
+                .map(|((addr, t, _), iov)| crate::hypervisor::BatchSend {
+                    addr: *addr,
+                    iov,
+                    message_type: *t,
+                })
+                .collect();
+            let bytes = SendvFrame::batch(&batch).to_vec();
+            let (h, body) = split_record(&bytes, false).unwrap();
+            let Request::SendvBatch(got) = Request::decode(h.kind, h.nfds, body).unwrap() else {
+                panic!("not a batch");
+            };
+            prop_assert_eq!(got.len(), sends.len());
+            for (g, (addr, t, v)) in got.iter().zip(&sends) {
+                prop_assert_eq!(g.addr, *addr);
+                prop_assert_eq!(g.message_type, *t);
+                prop_assert_eq!(g.lens.len(), v.len());
+                prop_assert_eq!(g.payload.unwrap(), &v.concat()[..]);
+            }
+        }
+
+        #[test]
+        fn garbage_records_never_panic(rec in proptest::collection::vec(any::<u8>(), 0..300),
+                                       kind_sel in 0u16..16) {
+            if let Ok((h, body)) = split_record(&rec, false) {
+                let _ = Request::decode(h.kind, 0, body);
+            }
+            if let Ok((h, body)) = split_record(&rec, true) {
+                let _ = Reply::decode(kind_sel, h.kind, 0, body);
+                let _ = Reply::decode(kind::SENDV_BATCH, h.kind, 0, body);
+            }
+            let _ = Request::decode(kind::SENDV_BATCH, 0, &rec);
+        }
+
         #[test]
         fn decoding_garbage_never_panics(kind in 0u16..16, nfds in 0u8..3,
                                          body in proptest::collection::vec(any::<u8>(), 0..256)) {
