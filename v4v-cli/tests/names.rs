@@ -366,3 +366,75 @@ fn exec_children_get_the_peers_name() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Kills and reaps a child when dropped, also when a test fails.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One TCP connection to the forwarder at `port`: what it reads until the end.
+fn tcp_read(port: u16) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("tcp connect");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn forward_to_a_name_follows_the_domain_to_its_new_id() {
+    let mut s = stack();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let web2 = Reap(
+        s.cli(2, &["listen", "7400", "--exec", "echo", "hello from 2"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("listen in web"),
+    );
+    s.wait_port(2, 7400, "listen");
+    wait_resolves(&s, 3, "web", Some(2));
+    let _fwd = Reap(
+        s.cli(
+            3,
+            &[
+                "forward",
+                "--quiet",
+                &format!("tcp-listen:127.0.0.1:{port}"),
+                "v4v:web:7400",
+            ],
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("forward"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "forward never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tcp_read(port), "hello from 2\n");
+    // web is re-created as domain 5: the same forwarder reaches it there.
+    drop(web2);
+    s.kill_daemon(2);
+    s.start_daemon(5, &["--name", "web"]);
+    let _web5 = Reap(
+        s.cli(5, &["listen", "7400", "--exec", "echo", "hello from 5"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("listen in the new web"),
+    );
+    s.wait_port(5, 7400, "listen");
+    wait_resolves(&s, 3, "web", Some(5));
+    assert_eq!(tcp_read(port), "hello from 5\n");
+}

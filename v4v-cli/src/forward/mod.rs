@@ -351,6 +351,9 @@ enum Resolved {
     Tcp(Vec<SocketAddr>),
     Unix(PathBuf),
     V4v(v4v::client::SockAddr),
+    /// A domain by name: looked up again for every connection, so that the target follows the
+    /// name when its domain is re-created with a new id.
+    V4vNamed(String, u32),
 }
 
 struct Forwarder {
@@ -405,6 +408,12 @@ impl Forwarder {
             Resolved::V4v(a) => V4vStream::connect_start(&self.daemon, *a)
                 .map(Pending::V4v)
                 .map_err(|e| e.to_string()),
+            Resolved::V4vNamed(name, port) => {
+                let d = v4v::client::resolve(&self.daemon, name).map_err(|e| e.to_string())?;
+                V4vStream::connect_start(&self.daemon, v4v::client::SockAddr::new(d, *port))
+                    .map(Pending::V4v)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -627,10 +636,11 @@ fn resolve(socket: &Path, t: &TargetAddr) -> Result<Resolved, Failure> {
         }
         TargetAddr::Unix(p) => Resolved::Unix(p.clone()),
         TargetAddr::V4v(a) => Resolved::V4v(*a),
-        TargetAddr::V4vNamed { name, port } => Resolved::V4v(v4v::client::SockAddr::new(
-            crate::names::resolve_domain(socket, &v4v::names::DomainRef::Name(name.clone()))?,
-            *port,
-        )),
+        TargetAddr::V4vNamed { name, port } => {
+            // Once now, so that a name nobody has fails at start (status 11), then per connection.
+            crate::names::resolve_domain(socket, &v4v::names::DomainRef::Name(name.clone()))?;
+            Resolved::V4vNamed(name.clone(), *port)
+        }
     })
 }
 
