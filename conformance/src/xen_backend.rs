@@ -47,6 +47,8 @@ use crate::run::{LoadedScenario, Outcome, run_scenario};
 
 /// How long an `event` step waits for a late event before answering `no`.
 pub const EVENT_SETTLE: Duration = Duration::from_millis(100);
+/// How long the event channel must stay quiet for a scenario's leftovers to count as taken.
+const DRAIN_QUIET: Duration = Duration::from_millis(30);
 /// How long the coordinator waits for each answer of the agent.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the agent waits for its next command.
@@ -487,8 +489,17 @@ impl Local {
         }
     }
 
+    /// Takes whatever the scenario left pending. Taking an event unmasks the port, and Xen raises
+    /// it again on unmask when another message landed while it was masked, so this keeps taking
+    /// until the channel stays quiet for [`DRAIN_QUIET`] (without it, the next scenario's first
+    /// `event => no` step sometimes saw the last one's signal).
     fn drain_events(&self) {
-        let _ = self.hv.take_event();
+        for _ in 0..50 {
+            let _ = self.hv.take_event();
+            if !poll_readable(self.hv.event_fd(), DRAIN_QUIET) {
+                break;
+            }
+        }
     }
 
     /// Unregisters every ring registered since the last call, by id (the runner may have
