@@ -20,8 +20,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    FRAME_ACK, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM,
-    Reply, Request, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, split_frame,
+    DGRAM_READ_AHEAD, FRAME_ACK, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS,
+    FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, split_frame,
 };
 use super::{Error, handshake, socket_path};
 use crate::abi::DomId;
@@ -47,8 +47,9 @@ const READ_CHUNK: usize = 64 * 1024;
 ///
 /// - the hypervisor took it into the destination's ring (nothing is reported);
 /// - it could not be delivered (no such port, refused by the ACL, too big for the ring, ...):
-///   the next `send_to` returns [`Error::Undelivered`] with its number, destination, length
-///   and cause, *instead of sending its own datagram* (as a UDP socket reports an ICMP error on
+///   a later `send_to` (one called at least a millisecond after the failure came back, or
+///   one that waits for the window) returns [`Error::Undelivered`] with its number,
+///   destination, length and cause, *instead of sending its own datagram* (as a UDP socket reports an ICMP error on
 ///   the next call; send again). [`flush`](Datagram::flush) and
 ///   [`take_failures`](Datagram::take_failures) report them too;
 /// - the daemon went away before answering it: [`Error::Unconfirmed`] names the range of
@@ -67,9 +68,15 @@ pub struct Datagram {
     /// Datagrams that arrived while a send waited for the daemon.
     queued: VecDeque<(SockAddr, Vec<u8>)>,
     window: SendWindow,
-    /// The end of the last SEND frame that the socket did not take yet (non-blocking mode).
+    /// The end of the last SEND frame that the socket did not take yet.
     out: Vec<u8>,
+    /// When the daemon's answers were last read.
+    last_look: Instant,
 }
+
+/// How often a pipelined `send_to` looks for answers that came (failures to report) when it
+/// has no other reason to read.
+const LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// One datagram sent and not answered yet.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +97,8 @@ pub(crate) struct SendWindow {
     sent: u64,
     /// Sends not answered yet, oldest first (the daemon answers in order).
     unanswered: VecDeque<Sent>,
+    /// Their frames' bytes, headers included.
+    unanswered_bytes: usize,
     /// Failures of pipelined sends not reported yet, oldest first (at most the window's worth:
     /// a send reports one before it sends).
     failures: VecDeque<Error>,
@@ -105,6 +114,7 @@ impl SendWindow {
             limit,
             sent: 0,
             unanswered: VecDeque::new(),
+            unanswered_bytes: 0,
             failures: VecDeque::new(),
             answer: None,
             gone: None,
@@ -130,9 +140,25 @@ impl SendWindow {
         self.limit > 1
     }
 
-    /// Whether as many sends are outstanding as the window allows.
-    pub(crate) fn full(&self) -> bool {
+    /// Whether a datagram of `len` bytes must wait: as many sends are outstanding as the window
+    /// allows, or as many bytes as the daemon reads ahead ([`DGRAM_READ_AHEAD`]; a bigger one
+    /// goes alone).
+    pub(crate) fn full(&self, len: usize) -> bool {
         self.unanswered.len() >= self.limit
+            || (self.unanswered_bytes > 0
+                && self.unanswered_bytes + FRAME_HEADER_SIZE + len > DGRAM_READ_AHEAD)
+    }
+
+    /// Forgets the oldest sends, answered.
+    fn answered(&mut self, n: usize) -> impl Iterator<Item = Sent> + '_ {
+        let bytes: usize = self
+            .unanswered
+            .iter()
+            .take(n)
+            .map(|s| FRAME_HEADER_SIZE + s.len)
+            .sum();
+        self.unanswered_bytes -= bytes;
+        self.unanswered.drain(..n)
     }
 
     pub(crate) fn outstanding(&self) -> usize {
@@ -146,6 +172,7 @@ impl SendWindow {
     /// Records a send; returns its number.
     pub(crate) fn push(&mut self, dst: SockAddr, len: usize, pipelined: bool) -> u64 {
         self.sent += 1;
+        self.unanswered_bytes += FRAME_HEADER_SIZE + len;
         self.unanswered.push_back(Sent {
             seq: self.sent,
             dst,
@@ -172,13 +199,13 @@ impl SendWindow {
                         "an ACK for a send that waits for its STATUS".into(),
                     ));
                 }
-                self.unanswered.drain(..n);
+                self.answered(n).for_each(drop);
                 Ok(())
             }
             FRAME_STATUS => {
                 let s = self
-                    .unanswered
-                    .pop_front()
+                    .answered(1)
+                    .next()
                     .ok_or_else(|| Error::Protocol("a STATUS with no send outstanding".into()))?;
                 let r = send_status(h, payload, s.dst);
                 if !s.pipelined {
@@ -224,7 +251,8 @@ impl SendWindow {
             return;
         }
         self.gone = Some(reason.to_string());
-        let left: Vec<Sent> = self.unanswered.drain(..).collect();
+        let n = self.unanswered.len();
+        let left: Vec<Sent> = self.answered(n).collect();
         let piped: Vec<&Sent> = left.iter().filter(|s| s.pipelined).collect();
         if let (Some(first), Some(last)) = (piped.first(), piped.last()) {
             self.failures.push_back(Error::Unconfirmed {
@@ -312,6 +340,7 @@ impl Datagram {
             queued: VecDeque::new(),
             window: SendWindow::new(DEFAULT_WINDOW),
             out: Vec::new(),
+            last_look: Instant::now(),
         })
     }
 
@@ -359,6 +388,11 @@ impl Datagram {
     /// [`Error::Undelivered`], and this one is not sent. Errors found before sending
     /// ([`Error::Invalid`], [`Error::MessageTooBig`] past the V4V maximum) send nothing either.
     pub fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
+        // Now and then (not on every send: a read is a system call), take the answers that came,
+        // so a failure is reported soon after it happened.
+        if self.window.outstanding() > 0 && self.last_look.elapsed() >= LOOK_EVERY {
+            self.read_ready()?;
+        }
         if let Some(f) = self.window.take_failure() {
             return Err(f);
         }
@@ -373,14 +407,14 @@ impl Datagram {
         // Room in the window, and the socket free of an earlier frame's end.
         loop {
             self.push_out()?;
-            if self.out.is_empty() && !self.window.full() {
+            if self.out.is_empty() && !self.window.full(buf.len()) {
                 break;
             }
             if self.nonblocking {
                 // Answers that came already may open the window.
                 self.read_ready()?;
                 self.push_out()?;
-                if self.out.is_empty() && !self.window.full() {
+                if self.out.is_empty() && !self.window.full(buf.len()) {
                     break;
                 }
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
@@ -411,12 +445,12 @@ impl Datagram {
             self.out.extend_from_slice(b);
         }
         self.window.push(dst, buf.len(), true);
-        if !self.nonblocking {
-            while !self.out.is_empty() {
-                self.push_out()?;
-                if !self.out.is_empty() {
-                    self.wait(true, None)?;
-                }
+        // The rest of a frame the socket took in part, even in non-blocking mode: within the
+        // window the daemon reads all of it (it reads ahead of a datagram waiting for space).
+        while !self.out.is_empty() {
+            self.push_out()?;
+            if !self.out.is_empty() {
+                self.wait(true, None)?;
             }
         }
         Ok(buf.len())
@@ -560,6 +594,7 @@ impl Datagram {
     /// Reads what the daemon sent, without waiting, and sorts the whole frames: datagrams are
     /// queued for `recv_from`, answers go to the window.
     fn read_ready(&mut self) -> Result<(), Error> {
+        self.last_look = Instant::now();
         loop {
             self.inbuf.reserve(READ_CHUNK);
             let spare = self.inbuf.spare_capacity_mut();
@@ -720,6 +755,7 @@ impl Datagram {
             queued: p.queued,
             window: p.window,
             out: p.out,
+            last_look: Instant::now(),
         }
     }
 }
@@ -764,5 +800,165 @@ pub(crate) fn send_status(h: &FrameHeader, payload: &[u8], dst: SockAddr) -> Res
             &dst.to_string(),
             &String::from_utf8_lossy(payload),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DST: SockAddr = SockAddr::new(2, 5000);
+
+    fn ack(n: u32) -> FrameHeader {
+        FrameHeader {
+            kind: FRAME_ACK,
+            aux: n,
+            ..Default::default()
+        }
+    }
+
+    fn status(errno: u32) -> FrameHeader {
+        FrameHeader {
+            kind: FRAME_STATUS,
+            domain: DST.domid,
+            port: DST.port,
+            aux: errno,
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        /// Whatever the mix of pipelined and synchronous sends, successes and failures, and
+        /// however the daemon groups its ACKs, each failure is reported once, oldest first, with
+        /// its own number and length; each synchronous send gets its own answer.
+        #[test]
+        fn answers_map_back_to_their_sends(
+            sends in proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..5000), 1..80),
+            groups in proptest::collection::vec(1u32..6, 1..80),
+        ) {
+            let mut w = SendWindow::new(MAX_WINDOW);
+            for (pipelined, _, len) in &sends {
+                w.push(DST, *len, *pipelined);
+            }
+            prop_assert_eq!(w.outstanding(), sends.len());
+            // The daemon's answers, in order: runs of pipelined successes in ACKs of the sizes
+            // `groups` suggests, a STATUS for the rest.
+            let mut frames = Vec::new();
+            let mut run = 0u32;
+            let mut g = groups.iter().cycle();
+            for (pipelined, ok, _) in &sends {
+                if *pipelined && *ok {
+                    run += 1;
+                    if run >= *g.next().expect("cycle") {
+                        frames.push(ack(run));
+                        run = 0;
+                    }
+                    continue;
+                }
+                if run > 0 {
+                    frames.push(ack(run));
+                    run = 0;
+                }
+                frames.push(status(if *ok { 0 } else { 111 }));
+            }
+            if run > 0 {
+                frames.push(ack(run));
+            }
+            let mut answers = Vec::new();
+            for f in &frames {
+                w.on_frame(f, b"").expect("a well-formed answer");
+                for seq in 1..=sends.len() as u64 {
+                    if let Some(r) = w.take_answer(seq) {
+                        answers.push((seq, r.is_ok()));
+                    }
+                }
+            }
+            prop_assert_eq!(w.outstanding(), 0);
+            let want_failed: Vec<(u64, usize)> = sends
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, ok, _))| *p && !*ok)
+                .map(|(i, (_, _, len))| (i as u64 + 1, *len))
+                .collect();
+            let failed: Vec<(u64, usize)> = w
+                .take_failures()
+                .into_iter()
+                .map(|e| match e {
+                    Error::Undelivered { seq, len, dst, cause } => {
+                        assert_eq!(dst, DST);
+                        assert!(matches!(*cause, Error::Refused(_)));
+                        (seq, len)
+                    }
+                    e => panic!("{e}"),
+                })
+                .collect();
+            prop_assert_eq!(failed, want_failed);
+            let want_answers: Vec<(u64, bool)> = sends
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, _, _))| !*p)
+                .map(|(i, (_, ok, _))| (i as u64 + 1, *ok))
+                .collect();
+            prop_assert_eq!(answers, want_answers);
+        }
+
+        /// Answers that match no send are protocol errors, never a panic or a wrong mapping.
+        #[test]
+        fn stray_answers_are_refused(
+            pipelined in proptest::collection::vec(any::<bool>(), 0..8),
+            kind in 0u16..8,
+            aux in any::<u32>(),
+        ) {
+            let mut w = SendWindow::new(8);
+            for p in &pipelined {
+                w.push(DST, 1, *p);
+            }
+            let h = FrameHeader { kind, aux, ..Default::default() };
+            let r = w.on_frame(&h, b"");
+            match kind {
+                FRAME_ACK => {
+                    let n = aux as usize;
+                    let fits = n <= pipelined.len() && pipelined[..n].iter().all(|p| *p);
+                    prop_assert_eq!(r.is_ok(), fits);
+                    if fits {
+                        prop_assert_eq!(w.outstanding(), pipelined.len() - n);
+                    }
+                }
+                FRAME_STATUS => prop_assert_eq!(r.is_ok(), !pipelined.is_empty()),
+                _ => prop_assert!(matches!(r, Err(Error::Protocol(_)))),
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_daemon_leaves_the_unanswered_range() {
+        let mut w = SendWindow::new(16);
+        for _ in 0..10 {
+            w.push(DST, 3, true);
+        }
+        w.on_frame(&ack(4), b"").expect("ack");
+        w.on_frame(&status(13), b"").expect("status");
+        w.lost("killed");
+        let f = w.take_failures();
+        assert!(matches!(f[0], Error::Undelivered { seq: 5, .. }), "{f:?}");
+        assert!(
+            matches!(
+                f[1],
+                Error::Unconfirmed {
+                    first: 6,
+                    last: 10,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        assert_eq!(f.len(), 2);
+        assert!(matches!(w.gone_error(), Some(Error::DaemonGone(_))));
+        assert!(matches!(w.set_limit(0), Err(Error::Invalid(_))));
+        assert!(matches!(
+            w.set_limit(MAX_WINDOW + 1),
+            Err(Error::Invalid(_))
+        ));
     }
 }

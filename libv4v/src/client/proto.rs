@@ -37,6 +37,10 @@ pub const SEND_F_NOWAIT: u32 = 1;
 /// `FRAME_SEND` flag in `aux`: a success is counted into the next `FRAME_ACK` instead of
 /// answered by its own STATUS (a failure still gets its STATUS, in order).
 pub const SEND_F_PIPELINE: u32 = 2;
+/// Bytes of SEND frames (headers included) the daemon reads ahead of a datagram that waits for
+/// ring space; a pipelining client keeps at most this much outstanding (a bigger single frame
+/// only alone), so the daemon always takes what it sent.
+pub const DGRAM_READ_AHEAD: usize = 1 << 20;
 /// The largest datagram payload a frame may carry.
 pub const MAX_DGRAM: u32 = crate::abi::MAX_MESSAGE_SIZE;
 

@@ -80,6 +80,8 @@ impl Datagram {
     /// Sends one datagram; resolves to its length once the daemon has it (window 1: once the
     /// hypervisor took it).
     pub async fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
+        // Answers that came already: a failure among them is reported now.
+        self.read_ready()?;
         if let Some(f) = self.window.take_failure() {
             return Err(f);
         }
@@ -89,7 +91,7 @@ impl Datagram {
         let pipelined = self.window.pipelined();
         let h = send_header(buf, dst, false, pipelined)?;
         self.flush_out().await?;
-        while pipelined && self.window.full() {
+        while pipelined && self.window.full(buf.len()) {
             self.next_answer().await?;
         }
         if let Some(f) = self.window.take_failure() {
@@ -132,8 +134,10 @@ impl Datagram {
         }
     }
 
-    /// The failures received so far and not returned yet, oldest first, without waiting.
+    /// The failures received so far and not returned yet, oldest first, without waiting (what
+    /// the daemon answered already is read first).
     pub fn take_failures(&mut self) -> Vec<Error> {
+        let _ = self.read_ready();
         self.window.take_failures()
     }
 
@@ -171,45 +175,67 @@ impl Datagram {
         Ok(())
     }
 
-    /// Reads from the daemon until at least one whole frame came, and sorts the frames: DATA to
-    /// the queue, answers to the window.
-    async fn next_answer(&mut self) -> Result<(), Error> {
-        let mut tmp = vec![0u8; 64 * 1024];
-        loop {
-            let mut pos = 0;
-            let mut sorted = false;
-            let r = loop {
-                match split_frame(&self.inbuf[pos..]) {
-                    Ok(Some((h, total))) => {
-                        let payload = &self.inbuf[pos + FRAME_HEADER_SIZE..pos + total];
-                        pos += total;
-                        sorted = true;
-                        if h.kind == FRAME_DATA {
-                            self.queued.push_back((h.addr(), payload.to_vec()));
-                        } else if let Err(e) = self.window.on_frame(&h, payload) {
-                            break Err(e);
-                        }
+    /// Sorts the whole frames read: DATA to the queue, answers to the window. Whether there
+    /// was any.
+    fn sort_frames(&mut self) -> Result<bool, Error> {
+        let mut pos = 0;
+        let mut sorted = false;
+        let r = loop {
+            match split_frame(&self.inbuf[pos..]) {
+                Ok(Some((h, total))) => {
+                    let payload = &self.inbuf[pos + FRAME_HEADER_SIZE..pos + total];
+                    pos += total;
+                    sorted = true;
+                    if h.kind == FRAME_DATA {
+                        self.queued.push_back((h.addr(), payload.to_vec()));
+                    } else if let Err(e) = self.window.on_frame(&h, payload) {
+                        break Err(e);
                     }
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(Error::Protocol(e.to_string())),
                 }
-            };
-            self.inbuf.drain(..pos);
-            r?;
-            if sorted {
-                return Ok(());
+                Ok(None) => break Ok(sorted),
+                Err(e) => break Err(Error::Protocol(e.to_string())),
             }
-            let n = match self.io.read(&mut tmp).await {
-                Ok(n) => n,
-                Err(e) => return Err(self.broken(e)),
-            };
-            if n == 0 {
+        };
+        self.inbuf.drain(..pos);
+        r
+    }
+
+    /// What `read` returned: bytes appended, or the connection's end.
+    fn took(&mut self, r: io::Result<usize>, tmp: &[u8]) -> Result<(), Error> {
+        match r {
+            Ok(0) => {
                 let why = "the v4v daemon closed the connection";
                 self.window.lost(why);
-                return Err(Error::DaemonGone(why.into()));
+                Err(Error::DaemonGone(why.into()))
             }
-            self.inbuf.extend_from_slice(&tmp[..n]);
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&tmp[..n]);
+                Ok(())
+            }
+            Err(e) => Err(self.broken(e)),
         }
+    }
+
+    /// Reads what the daemon sent already, without waiting, and sorts it.
+    fn read_ready(&mut self) -> Result<(), Error> {
+        let mut tmp = vec![0u8; 64 * 1024];
+        loop {
+            match self.io.try_read(&mut tmp) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                r => self.took(r, &tmp)?,
+            }
+        }
+        self.sort_frames().map(|_| ())
+    }
+
+    /// Reads from the daemon until at least one whole frame came, and sorts the frames.
+    async fn next_answer(&mut self) -> Result<(), Error> {
+        let mut tmp = vec![0u8; 64 * 1024];
+        while !self.sort_frames()? {
+            let r = self.io.read(&mut tmp).await;
+            self.took(r, &tmp)?;
+        }
+        Ok(())
     }
 
     /// An I/O error on the connection: a broken one is the daemon gone.

@@ -8,9 +8,11 @@
 //! wake-up reads what the client has ready (a few reads, then it waits its turn behind the
 //! others) and hands the whole frames to `Hypervisor::sendv_batch`, many sends in one call.
 //!
-//! Bounds: reading stops while a datagram waits for ring space (its client is paced by the
-//! receiver) and while the client does not read its answers; what is read is reserved in its
-//! user's budget first; a port's ring stops being drained while its client's output is full.
+//! Bounds: while a datagram waits for ring space, nothing more of its client's is sent and
+//! reading stops [`DGRAM_READ_AHEAD`] bytes ahead (its client is paced by the receiver: its
+//! window fills); reading also stops while the client does not read its answers; what is read is
+//! reserved in its user's budget first; a port's ring stops being drained while its client's
+//! output is full.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,8 +21,8 @@ use std::os::fd::AsRawFd;
 use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::client::proto::{
-    FRAME_ACK, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_NOWAIT,
-    SEND_F_PIPELINE, split_frame,
+    DGRAM_READ_AHEAD, FRAME_ACK, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS,
+    FrameHeader, SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
@@ -83,6 +85,17 @@ impl DgramClient {
     /// Whether a datagram of this client waits for ring space.
     pub fn parked(&self) -> bool {
         !self.owed.is_empty()
+    }
+
+    /// While a datagram waits for space: whether to read more of what the client sent. Up to
+    /// [`DGRAM_READ_AHEAD`] bytes (what a pipelining client may have outstanding), and always the
+    /// rest of a partial frame (its reservation is made).
+    fn may_read_ahead(&self) -> bool {
+        let mut pos = 0;
+        while let Ok(Some((_, total))) = split_frame(&self.inbuf[pos..]) {
+            pos += total;
+        }
+        pos < self.inbuf.len() || self.needed() < DGRAM_READ_AHEAD
     }
 
     /// Bytes the client's buffers need reserved: its whole frames, a partial frame at its
@@ -159,15 +172,23 @@ impl Daemon {
                 return;
             };
             if d.parked() {
-                if !self.dgram_retry(t) {
+                // Sent again only once the hypervisor may have room (the transmitter unparked
+                // it); meanwhile what the client sends is read ahead, up to a bound.
+                if !self.tx.is_parked(t) && self.dgram_retry(t) {
+                    continue;
+                }
+                let Some(ClientState::Dgram(d)) = self.clients.get(t).map(|c| &c.state) else {
+                    return;
+                };
+                if !d.may_read_ahead() {
                     break;
                 }
-                continue;
-            }
-            match self.dgram_batch(t) {
-                Batch::Dead => return,
-                Batch::Sent => continue,
-                Batch::Nothing => {}
+            } else {
+                match self.dgram_batch(t) {
+                    Batch::Dead => return,
+                    Batch::Sent => continue,
+                    Batch::Nothing => {}
+                }
             }
             if drained {
                 break;

@@ -82,6 +82,11 @@ impl Tx {
         self.parked.insert(t, Wait { dst, len });
     }
 
+    /// Whether client `t` waits for ring space (it is retried when the space may be there).
+    pub fn is_parked(&self, t: usize) -> bool {
+        self.parked.contains_key(&t)
+    }
+
     /// Forgets client `t` (it is gone).
     pub fn forget(&mut self, t: usize) {
         self.parked.remove(&t);
