@@ -19,6 +19,7 @@
 pub mod abi;
 pub mod acl;
 pub mod backend;
+pub mod chan;
 pub mod client;
 // Hidden: an eventfd standing in for an event channel, used by the userspace hypervisors
 // (v4v-sim's model, the conformance harness); no application needs it.

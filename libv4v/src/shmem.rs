@@ -39,7 +39,7 @@ pub enum ShmemError {
 pub struct OsErrno(pub i32);
 
 impl OsErrno {
-    fn last() -> Self {
+    pub(crate) fn last() -> Self {
         OsErrno(
             std::io::Error::last_os_error()
                 .raw_os_error()
@@ -248,6 +248,44 @@ impl RingMemory {
     /// Stores a `u32` with release ordering: earlier reads and writes happen before it.
     pub fn store_release_u32(&self, offset: usize, value: u32) -> Result<(), ShmemError> {
         self.atomic(offset)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads a `u32` in the single total order of sequentially consistent operations (for
+    /// sleep/wake flags, where acquire/release is not enough: see `crate::chan`).
+    pub fn load_seqcst_u32(&self, offset: usize) -> Result<u32, ShmemError> {
+        Ok(self.atomic(offset)?.load(Ordering::SeqCst))
+    }
+
+    /// Stores a `u32`, sequentially consistent.
+    pub fn store_seqcst_u32(&self, offset: usize, value: u32) -> Result<(), ShmemError> {
+        self.atomic(offset)?.store(value, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Swaps a `u32`, sequentially consistent: returns the previous value.
+    pub fn swap_u32(&self, offset: usize, value: u32) -> Result<u32, ShmemError> {
+        Ok(self.atomic(offset)?.swap(value, Ordering::SeqCst))
+    }
+
+    /// Appends `len` bytes of the mapping at `offset` to `out` with volatile reads, without
+    /// zeroing `out`'s new bytes first.
+    pub fn append_to_vec(
+        &self,
+        offset: usize,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ShmemError> {
+        let src = self.check(offset, len)?;
+        out.reserve(len);
+        let spare = out.spare_capacity_mut();
+        // SAFETY: src..src+len is inside the mapping (checked); the spare capacity holds at least
+        // len bytes (reserved above) and is a distinct local buffer. Once copied, those bytes are
+        // initialised, so the length may cover them.
+        unsafe {
+            volatile_copy(src, spare.as_mut_ptr().cast::<u8>(), len);
+            out.set_len(out.len() + len);
+        }
         Ok(())
     }
 

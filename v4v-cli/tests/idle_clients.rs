@@ -6,57 +6,18 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Stack, bin, raise_fd_limit};
+use common::{OnConnect, Stack, bin, connections_as, raise_fd_limit};
 
 /// The daemon's descriptor limit in this test: fewer than the idle connections attempted.
 const DAEMON_FDS: u64 = 1024;
 const PER_USER: usize = 400;
 const USERS: [u32; 4] = [65534, 1001, 1002, 1003];
 const TIMEOUT_SECS: u64 = 3;
-
-/// A `sleep` process of `uid` holding `n` connections to `sock` that never send anything
-/// (opened between fork and exec, so they are the uid's own).
-fn idle_holder(sock: &Path, uid: u32, n: usize) -> Child {
-    let path = CString::new(sock.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: all-zero is a valid sockaddr_un (integers and a byte array).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    let mut c = Command::new("sleep");
-    c.arg("60")
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure makes only async-signal-safe system calls (socket, connect) on
-    // memory prepared before the fork.
-    unsafe {
-        c.pre_exec(move || {
-            for _ in 0..n {
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-                if fd < 0 {
-                    break;
-                }
-                libc::connect(
-                    fd,
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-                );
-            }
-            Ok(())
-        });
-    }
-    c.spawn().expect("spawn idle holder")
-}
 
 /// STATUS from root within `limit`, or `None` if it did not come.
 fn status_within(sock: &Path, limit: Duration) -> Option<v4v::client::Status> {
@@ -109,7 +70,7 @@ fn idle_connections_of_four_users_neither_block_root_nor_stay() {
     }
     let mut holders: Vec<Child> = USERS
         .iter()
-        .map(|&u| idle_holder(&sock, u, PER_USER))
+        .map(|&u| connections_as(&sock, u, PER_USER, 60, OnConnect::Idle))
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     let st = status_within(&sock, Duration::from_secs(5));

@@ -6,11 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::{Stack, cli_bin, run_limited};
+use common::{Stack, cli_as};
 
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)
@@ -18,22 +14,6 @@ fn code(o: &std::process::Output) -> i32 {
 
 fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// `v4v-cli` as `uid`/`gid` with no supplementary groups.
-fn cli_as(sock: &Path, uid: u32, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("setpriv");
-    c.args([
-        &format!("--reuid={uid}"),
-        &format!("--regid={uid}"),
-        "--clear-groups",
-    ])
-    .arg(cli_bin())
-    .arg("--socket")
-    .arg(sock)
-    .args(args)
-    .stdin(Stdio::null());
-    run_limited(&mut c, Duration::from_secs(20))
 }
 
 #[test]

@@ -6,66 +6,11 @@
 
 mod common;
 
-use std::ffi::CString;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Stack, cli_bin, run_limited};
+use common::{OnConnect, Stack, cli_as, connections_as};
 use v4v::client::{Datagram, Listener};
-
-/// A `sleep` process of `uid` holding `n` connections to `sock`, each having asked `DGRAM 0`.
-fn ring_holder(sock: &Path, uid: u32, n: usize) -> Child {
-    let path = CString::new(sock.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: all-zero is a valid sockaddr_un (integers and a byte array).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    let req = b"DGRAM 0\n";
-    let mut c = Command::new("sleep");
-    c.arg("60")
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure makes only async-signal-safe system calls (socket, connect, write)
-    // on memory prepared before the fork.
-    unsafe {
-        c.pre_exec(move || {
-            for _ in 0..n {
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                if fd < 0 {
-                    break;
-                }
-                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-                if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
-                    libc::write(fd, req.as_ptr().cast(), req.len());
-                }
-            }
-            Ok(())
-        });
-    }
-    c.spawn().expect("spawn ring holder")
-}
-
-fn cli_as(sock: &Path, uid: u32, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("setpriv");
-    c.args([
-        &format!("--reuid={uid}"),
-        &format!("--regid={uid}"),
-        "--clear-groups",
-    ])
-    .arg(cli_bin())
-    .arg("--socket")
-    .arg(sock)
-    .args(args)
-    .stdin(Stdio::null());
-    run_limited(&mut c, Duration::from_secs(20))
-}
 
 /// The daemon's ring count, from a raw STATUS exchange (read to the end, whatever its length;
 /// `rings=N` in the text reply, `"rings":N` in JSON).
@@ -93,7 +38,7 @@ fn nobody_gets_a_quarter_of_the_rings_and_root_keeps_working() {
     let s = Stack::start(&[0, 1]);
     let sock = s.sock(0);
     let _dest = Datagram::bind_with(&s.sock(1), 5000, None).expect("bind 1:5000");
-    let mut hog = ring_holder(&sock, 65534, 128);
+    let mut hog = connections_as(&sock, 65534, 128, 60, OnConnect::SendAndHold(b"DGRAM 0\n"));
     std::thread::sleep(Duration::from_millis(1500));
     let held = rings(&sock);
     // nobody is refused with the limit named.

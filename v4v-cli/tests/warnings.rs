@@ -6,53 +6,12 @@
 
 mod common;
 
-use std::ffi::CString;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Stack, bin, raise_fd_limit};
+use common::{OnConnect, Stack, bin, connections_as, raise_fd_limit};
 
 const FLOOD: usize = 1000;
-
-/// A process of `uid` that sends `line` on `n` connections to `sock`, one after another.
-fn requester(sock: &Path, uid: u32, n: usize, line: &'static [u8]) -> Child {
-    let path = CString::new(sock.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: all-zero is a valid sockaddr_un (integers and a byte array).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    // `sleep 0`: the process ends once its requests are sent.
-    let mut c = Command::new("sleep");
-    c.arg("0")
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe system calls (socket, connect, write, close) on memory
-    // prepared before the fork.
-    unsafe {
-        c.pre_exec(move || {
-            for _ in 0..n {
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                if fd < 0 {
-                    break;
-                }
-                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-                if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
-                    libc::write(fd, line.as_ptr().cast(), line.len());
-                }
-                libc::close(fd);
-            }
-            Ok(())
-        });
-    }
-    c.spawn().expect("spawn requester")
-}
 
 #[test]
 fn refused_requests_are_rate_limited_and_acl_changes_never() {
@@ -79,7 +38,13 @@ fn refused_requests_are_rate_limited_and_acl_changes_never() {
         assert!(Instant::now() < deadline, "v4vd never answered");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut flood = requester(&sock, 65534, FLOOD, b"ACL ADD accept 1:5 -> 0:6\n");
+    let mut flood = connections_as(
+        &sock,
+        65534,
+        FLOOD,
+        0,
+        OnConnect::SendAndClose(b"ACL ADD accept 1:5 -> 0:6\n"),
+    );
     // Root's changes, during the flood.
     for i in 0..10 {
         let rule = format!("accept 1:{} -> 0:7", 100 + i);

@@ -354,3 +354,88 @@ pub fn dom0_with_max_rings(s: &Stack, domid: u16, max_rings: u32) -> Box<dyn v4v
     .expect("config");
     dom0
 }
+
+/// What each connection opened by [`connections_as`] does once connected.
+#[derive(Clone, Copy)]
+#[allow(dead_code)] // each test binary uses some of them
+pub enum OnConnect {
+    /// Nothing: a client that never sends a request (the connect does not wait for the accept).
+    Idle,
+    /// Writes the line and keeps the connection for the life of the process.
+    SendAndHold(&'static [u8]),
+    /// Writes the line and closes the connection.
+    SendAndClose(&'static [u8]),
+}
+
+/// A `sleep SECS` process of `uid` (and gid `uid`) that opened `n` connections to `sock` between
+/// fork and exec, so that they are that user's own, each doing `on`.
+#[allow(dead_code)]
+pub fn connections_as(sock: &Path, uid: u32, n: usize, secs: u32, on: OnConnect) -> Child {
+    use std::os::unix::process::CommandExt;
+    let path = std::ffi::CString::new(sock.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: all-zero is a valid sockaddr_un (integers and a byte array).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let mut c = Command::new("sleep");
+    c.arg(secs.to_string())
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure makes only async-signal-safe system calls (socket, connect, write,
+    // close) on memory prepared before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            let flags = match on {
+                OnConnect::Idle => libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+                _ => libc::SOCK_STREAM,
+            };
+            for _ in 0..n {
+                let fd = libc::socket(libc::AF_UNIX, flags, 0);
+                if fd < 0 {
+                    break;
+                }
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                let connected =
+                    libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0;
+                match on {
+                    OnConnect::Idle => {}
+                    OnConnect::SendAndHold(line) => {
+                        if connected {
+                            libc::write(fd, line.as_ptr().cast(), line.len());
+                        }
+                    }
+                    OnConnect::SendAndClose(line) => {
+                        if connected {
+                            libc::write(fd, line.as_ptr().cast(), line.len());
+                        }
+                        libc::close(fd);
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    c.spawn().expect("spawn connections")
+}
+
+/// `v4v-cli --socket SOCK ARGS` as `uid`/gid `uid` with no supplementary groups, within 20 s.
+#[allow(dead_code)]
+pub fn cli_as(sock: &Path, uid: u32, args: &[&str]) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+    ])
+    .arg(cli_bin())
+    .arg("--socket")
+    .arg(sock)
+    .args(args)
+    .stdin(Stdio::null());
+    run_limited(&mut c, Duration::from_secs(20))
+}
