@@ -55,6 +55,7 @@ fn failures_in_a_burst_come_back_with_their_numbers() {
     let _refused = Datagram::bind_with(&s.sock(2), 5001, None).expect("bind 2:5001");
     let mut d = Datagram::bind_with(&s.sock(1), 0, None).expect("bind");
     assert_eq!(d.window(), v4v::client::DEFAULT_WINDOW);
+    assert!(d.uses_channel(), "sends go through shared memory");
     assert!(matches!(d.set_window(0), Err(Error::Invalid(_))));
     let (good, acl, dead) = (
         SockAddr::new(2, 5000),
@@ -67,7 +68,13 @@ fn failures_in_a_burst_come_back_with_their_numbers() {
     let mut want: HashMap<u64, (SockAddr, usize)> = HashMap::new();
     let mut good_seqs = Vec::new();
     for i in 0..2000u64 {
-        let len = 8 + (i as usize * 7) % 300;
+        // Now and then one too big for the channel's records (it goes over the socket) and for
+        // the destination's ring: the paths switch in the middle of the burst.
+        let len = if i % 500 == 250 {
+            600_000
+        } else {
+            8 + (i as usize * 7) % 300
+        };
         let dst = match i % 10 {
             3 => acl,
             8 => dead,
@@ -75,7 +82,7 @@ fn failures_in_a_burst_come_back_with_their_numbers() {
         };
         let p = payload(d.sent() + 1, len);
         let seq = send(&mut d, &p, dst, &mut failures);
-        if dst == good {
+        if dst == good && len < 600_000 {
             good_seqs.push(seq);
         } else {
             want.insert(seq, (dst, len));
@@ -111,6 +118,7 @@ fn failures_in_a_burst_come_back_with_their_numbers() {
             .unwrap_or_else(|| panic!("{f} was sent to {good}"));
         assert_eq!((dst, len), (wdst, wlen), "{f}");
         match **cause {
+            Error::MessageTooBig(_) => assert_eq!((*dst, *len), (good, 600_000), "{f}"),
             Error::Denied => assert_eq!(*dst, acl, "{f}"),
             Error::Refused(_) => assert_eq!(*dst, dead, "{f}"),
             ref other => panic!("{f}: cause {other:?}"),
@@ -340,4 +348,193 @@ fn hundreds_of_concurrent_senders_lose_nothing() {
     for a in from {
         assert_eq!(next[&a], EACH + 1);
     }
+}
+
+/// Sends `bytes` on `sock` with descriptor `fd` attached (`SCM_RIGHTS`).
+fn send_fd(sock: &std::os::unix::net::UnixStream, bytes: &[u8], fd: i32) {
+    use std::os::fd::AsRawFd;
+    let mut cbuf = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers, and the
+    // control buffer has room for one descriptor's cmsg.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        assert_eq!(
+            libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+            bytes.len() as isize,
+            "sendmsg"
+        );
+    }
+}
+
+/// The hostile client, run by `a_client_scribbling_on_its_channel_hurts_only_itself` as nobody
+/// (`HOSTILE_SOCK` names the daemon): binds a port the raw way, gives the daemon a channel,
+/// publishes a few good records, then writes garbage all over the channel (indexes, headers,
+/// payloads) and rings, until the daemon closes it. Exits 0 when it was closed.
+#[test]
+#[ignore = "a helper: run as another user by the test below"]
+fn hostile_channel_helper() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::fd::AsRawFd;
+    use v4v::client::proto::{
+        DGRAM_CHAN_CAPACITY, FRAME_CHAN, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FrameHeader,
+        SEND_F_PIPELINE,
+    };
+    let Ok(path) = std::env::var("HOSTILE_SOCK") else {
+        return;
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    s.write_all(b"DGRAM 0\n").expect("request");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    r.read_line(&mut line).expect("reply");
+    assert!(line.starts_with("OK "), "{line}");
+    let (mem, fd) = v4v::chan::ChanMemory::create(DGRAM_CHAN_CAPACITY).expect("memfd");
+    let offer = FrameHeader {
+        kind: FRAME_CHAN,
+        aux: DGRAM_CHAN_CAPACITY as u32,
+        ..Default::default()
+    };
+    send_fd(&s, &offer.encode(), fd.as_raw_fd());
+    let mut answer = [0u8; FRAME_HEADER_SIZE];
+    r.read_exact(&mut answer).expect("answer");
+    let h = FrameHeader::decode(&answer);
+    assert_eq!((h.kind, h.aux), (FRAME_CHAN, 0), "the channel is taken");
+    // A few good records first.
+    let mut p = v4v::chan::Producer::new(&mem).expect("producer");
+    let dst = FrameHeader {
+        len: 5,
+        kind: FRAME_SEND,
+        domain: 2,
+        port: 8000,
+        aux: SEND_F_PIPELINE,
+    };
+    for _ in 0..10 {
+        p.push(&[&dst.encode(), b"valid"]).expect("push");
+    }
+    let ring = FrameHeader {
+        kind: FRAME_RING,
+        ..Default::default()
+    }
+    .encode();
+    s.write_all(&ring).expect("ring");
+    // Our own mapping of the channel, to scribble on.
+    let size = 4096 + DGRAM_CHAN_CAPACITY;
+    // SAFETY: a shared mapping of our own memfd, of its size; unmapped at exit.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let words = base.cast::<u32>();
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut x: u32 = 0x9e37_79b9;
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    loop {
+        for _ in 0..4096 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Indexes and flags (the first words of each header line) most of the time, the
+            // data area the rest.
+            let i = if x & 1 == 0 {
+                [16usize, 32, 48, 64][(x >> 1) as usize % 4]
+            } else {
+                1024 + (x as usize >> 3) % (DGRAM_CHAN_CAPACITY / 4)
+            };
+            // SAFETY: `i` is within the mapping (size / 4 words).
+            unsafe { words.add(i).write_volatile(x) };
+        }
+        let _ = s.write(&ring);
+        match s.read(&mut buf) {
+            Ok(0) => return, // closed: the daemon gave up on us
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        assert!(
+            Instant::now() < end,
+            "the daemon kept a client whose channel is garbage"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_client_scribbling_on_its_channel_hurts_only_itself() {
+    let s = Stack::start(&[1, 2]);
+    let mut rx = Datagram::bind_with(&s.sock(2), 8000, None).expect("bind");
+    let dst = SockAddr::new(2, 8000);
+    let mut d = Datagram::bind_with(&s.sock(1), 0, None).expect("bind");
+    assert!(d.uses_channel());
+    let port = d.local_port();
+    const N: u64 = 20_000;
+    let sender = std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        for i in 1..=N {
+            send(&mut d, &payload(i, 64), dst, &mut failures);
+        }
+        d.flush().expect("flush");
+        assert!(failures.is_empty(), "{failures:?}");
+    });
+    // Meanwhile, nobody's client scribbles on its own channel.
+    let hostile = common::as_nobody(&std::env::current_exe().expect("exe"))
+        .args([
+            "hostile_channel_helper",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("HOSTILE_SOCK", s.sock(1))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the hostile helper");
+    // The root sender's datagrams all arrive, in order; the hostile client's ten good records
+    // may have arrived too (they were its own to send).
+    let mut next = 1;
+    let mut valid = 0;
+    while next <= N {
+        let (p, from) = rx
+            .recv_timeout(Some(Duration::from_secs(20)))
+            .unwrap_or_else(|e| panic!("datagram {next}: {e}"));
+        if from.port != port {
+            assert_eq!(p, b"valid", "only records the hostile client wrote whole");
+            valid += 1;
+            continue;
+        }
+        assert_eq!(seq_of(&p), next);
+        next += 1;
+    }
+    assert!(valid <= 10);
+    sender.join().expect("sender");
+    let hostile = common::wait_limited(hostile, Duration::from_secs(30));
+    assert!(
+        hostile.status.success(),
+        "the daemon did not close the hostile client: {}",
+        String::from_utf8_lossy(&hostile.stdout)
+    );
+    // The daemon is fine and serves a new client.
+    let mut d = Datagram::bind_with(&s.sock(1), 0, None).expect("bind after");
+    d.send_to(&payload(1, 8), dst).expect("send");
+    d.flush().expect("flush");
 }

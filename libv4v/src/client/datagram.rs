@@ -20,11 +20,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    DGRAM_READ_AHEAD, FRAME_ACK, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS,
-    FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, split_frame,
+    DGRAM_CHAN_CAPACITY, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE,
+    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_NOWAIT,
+    SEND_F_PIPELINE, SockAddr, split_frame,
 };
 use super::{Error, handshake, socket_path};
 use crate::abi::DomId;
+use crate::chan::{ChanMemory, Producer, Pushed};
+
+/// The environment variable that turns the shared-memory channel off (`0`): sends then go over
+/// the socket, as socat's do.
+pub const CHANNEL_ENV: &str = "V4V_DGRAM_CHANNEL";
 
 /// Datagrams a new [`Datagram`] keeps outstanding at most (see [`Datagram::set_window`]).
 pub const DEFAULT_WINDOW: usize = 256;
@@ -72,6 +78,13 @@ pub struct Datagram {
     out: Vec<u8>,
     /// When the daemon's answers were last read.
     last_look: Instant,
+    /// The shared-memory channel for SEND records, when the daemon took it.
+    chan: Option<Producer>,
+    /// The sends outstanding went through the channel (else the socket): the two paths are
+    /// only switched with nothing outstanding, so the daemon answers in sending order.
+    on_chan: bool,
+    /// The daemon's answer to the channel offer (0 or an errno), while it is awaited.
+    chan_answer: Option<u32>,
 }
 
 /// How often a pipelined `send_to` looks for answers that came (failures to report) when it
@@ -332,7 +345,7 @@ impl Datagram {
         let Reply::Port(local_port) = reply else {
             return Err(Error::Protocol(format!("unexpected DGRAM reply {reply}")));
         };
-        Ok(Datagram {
+        let mut d = Datagram {
             sock,
             local_port,
             nonblocking: false,
@@ -341,7 +354,86 @@ impl Datagram {
             window: SendWindow::new(DEFAULT_WINDOW),
             out: Vec::new(),
             last_look: Instant::now(),
-        })
+            chan: None,
+            on_chan: false,
+            chan_answer: None,
+        };
+        if std::env::var(CHANNEL_ENV).map_or(true, |v| v != "0") {
+            d.offer_chan()?;
+        }
+        Ok(d)
+    }
+
+    /// Offers the daemon a shared-memory channel for sends; without one (no memfd, or the
+    /// daemon refused it) sends keep going over the socket.
+    fn offer_chan(&mut self) -> Result<(), Error> {
+        let Ok((mem, fd)) = ChanMemory::create(DGRAM_CHAN_CAPACITY) else {
+            return Ok(());
+        };
+        let h = FrameHeader {
+            len: 0,
+            kind: FRAME_CHAN,
+            domain: 0,
+            port: 0,
+            aux: DGRAM_CHAN_CAPACITY as u32,
+        };
+        send_with_fd(self.sock.as_raw_fd(), &h.encode(), fd.as_raw_fd())
+            .map_err(|e| self.broken(e))?;
+        drop(fd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(errno) = self.chan_answer.take() {
+                if errno == 0 {
+                    self.chan =
+                        Some(Producer::new(&mem).map_err(|e| Error::Protocol(e.to_string()))?);
+                }
+                return Ok(());
+            }
+            if !self.wait(false, Some(deadline))? {
+                return Err(Error::TimedOut(
+                    "the daemon did not answer the channel offer".into(),
+                ));
+            }
+        }
+    }
+
+    /// Whether sends go through the shared-memory channel (see [`CHANNEL_ENV`]).
+    pub fn uses_channel(&self) -> bool {
+        self.chan.is_some()
+    }
+
+    /// Before a send on the channel (`to_chan`) or the socket: sends outstanding on the other
+    /// path are waited for first.
+    fn use_path(&mut self, to_chan: bool) -> Result<(), Error> {
+        if self.on_chan != to_chan {
+            while self.window.outstanding() > 0 {
+                self.push_out()?;
+                self.wait(!self.out.is_empty(), None)?;
+            }
+            self.on_chan = to_chan;
+        }
+        Ok(())
+    }
+
+    /// Rings the daemon's doorbell: it sleeps on the channel.
+    fn ring(&mut self) -> Result<(), Error> {
+        let h = FrameHeader {
+            kind: FRAME_RING,
+            ..Default::default()
+        };
+        self.out.extend_from_slice(&h.encode());
+        self.finish_out()
+    }
+
+    /// Writes the rest of `out`, waiting as long as it takes (reading meanwhile).
+    fn finish_out(&mut self) -> Result<(), Error> {
+        while !self.out.is_empty() {
+            self.push_out()?;
+            if !self.out.is_empty() {
+                self.wait(true, None)?;
+            }
+        }
+        Ok(())
     }
 
     /// The bound port.
@@ -426,6 +518,15 @@ impl Datagram {
             return Err(f);
         }
         let hb = h.encode();
+        let fits_chan = self
+            .chan
+            .as_ref()
+            .is_some_and(|p| FRAME_HEADER_SIZE + buf.len() <= p.chan().max_record());
+        if fits_chan {
+            self.use_path(true)?;
+            return self.send_chan(&hb, buf, dst);
+        }
+        self.use_path(false)?;
         let n = self.write_some(&[&hb, buf])?;
         if n == 0 {
             // Only in non-blocking mode (else the window loop saw the socket writable... or it
@@ -456,8 +557,40 @@ impl Datagram {
         Ok(buf.len())
     }
 
+    /// Publishes a SEND record on the channel, ringing the daemon if it sleeps; waits for room
+    /// (non-blocking mode: `WouldBlock`, nothing sent).
+    fn send_chan(&mut self, hb: &[u8], buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
+        let len = hb.len() + buf.len();
+        loop {
+            let Some(p) = self.chan.as_mut() else {
+                return Err(Error::Protocol("the channel went away".into()));
+            };
+            let chan_err = |e: crate::chan::ChanError| Error::Protocol(e.to_string());
+            match p.push(&[hb, buf]).map_err(chan_err)? {
+                Pushed::Done { doorbell } => {
+                    self.window.push(dst, buf.len(), true);
+                    if doorbell {
+                        self.ring()?;
+                    }
+                    return Ok(buf.len());
+                }
+                Pushed::Full => {
+                    if p.wait_for_space(len).map_err(chan_err)? {
+                        continue;
+                    }
+                    if self.nonblocking {
+                        return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
+                    }
+                    // The daemon rings once there is room.
+                    self.wait(false, None)?;
+                }
+            }
+        }
+    }
+
     /// Window 1: writes the frame and waits for its STATUS.
     fn send_sync(&mut self, h: &FrameHeader, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
+        self.use_path(false)?;
         while !self.out.is_empty() {
             self.push_out()?;
             if !self.out.is_empty() {
@@ -639,6 +772,10 @@ impl Datagram {
                     pos += total;
                     if h.kind == FRAME_DATA {
                         self.queued.push_back((h.addr(), payload.to_vec()));
+                    } else if h.kind == FRAME_RING {
+                        // Room on the channel: the waiting send looks again.
+                    } else if h.kind == FRAME_CHAN {
+                        self.chan_answer = Some(h.aux);
                     } else if let Err(e) = self.window.on_frame(&h, payload) {
                         break Err(e);
                     }
@@ -733,9 +870,73 @@ pub(crate) struct DatagramParts {
     pub(crate) out: Vec<u8>,
 }
 
+/// Writes `bytes` (all of them, waiting) with descriptor `fd` attached (`SCM_RIGHTS`).
+fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
+    let space = {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize }
+    };
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let iov = [IoSlice::new(bytes)];
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec; sendmsg only reads through it.
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `msg` has room for one cmsg of one descriptor (CMSG_SPACE), so CMSG_FIRSTHDR is
+    // not NULL and CMSG_DATA points inside `cbuf`.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+    }
+    loop {
+        // SAFETY: `msg` and what it points at live across the call.
+        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            if (r as usize) < bytes.len() {
+                // The descriptor went with the first byte; the rest goes plainly.
+                let mut rest = &bytes[r as usize..];
+                while !rest.is_empty() {
+                    // SAFETY: `rest` is valid for reading its length.
+                    let n = unsafe {
+                        libc::send(sock, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
+                    };
+                    if n < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    rest = &rest[n as usize..];
+                }
+            }
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                poll_until(sock, libc::POLLOUT, None)?;
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
 #[cfg(feature = "tokio")]
 impl Datagram {
-    pub(crate) fn into_parts(self) -> DatagramParts {
+    pub(crate) fn into_parts(mut self) -> DatagramParts {
+        // The async type sends over the socket: what went through the channel is answered
+        // first, so the daemon's answers stay in sending order.
+        if self.on_chan {
+            let _ = self.use_path(false);
+        }
         DatagramParts {
             sock: self.sock,
             local_port: self.local_port,
@@ -756,6 +957,9 @@ impl Datagram {
             window: p.window,
             out: p.out,
             last_look: Instant::now(),
+            chan: None,
+            on_chan: false,
+            chan_answer: None,
         }
     }
 }

@@ -32,6 +32,15 @@ pub const FRAME_STATUS: u16 = 3;
 /// Daemon to client: `aux` more `SEND_F_PIPELINE` sends, the oldest not answered yet, were taken
 /// by the hypervisor (one frame acknowledges a whole batch).
 pub const FRAME_ACK: u16 = 4;
+/// Client to daemon, with a sealed memfd passed by `SCM_RIGHTS`: use it as a shared-memory
+/// channel for SEND records (`aux` = its capacity). The daemon answers with a `FRAME_CHAN` whose
+/// `aux` is 0 (taken) or a positive errno (refused: keep using the socket).
+pub const FRAME_CHAN: u16 = 5;
+/// Either way, no payload: a doorbell for the shared-memory channel (the peer went to sleep on
+/// it, or waits for its space).
+pub const FRAME_RING: u16 = 6;
+/// Data bytes of the shared-memory channel a client offers.
+pub const DGRAM_CHAN_CAPACITY: usize = 2 << 20;
 /// `FRAME_SEND` flag in `aux`: answer `EAGAIN` at once instead of waiting for ring space.
 pub const SEND_F_NOWAIT: u32 = 1;
 /// `FRAME_SEND` flag in `aux`: a success is counted into the next `FRAME_ACK` instead of

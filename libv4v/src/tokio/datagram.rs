@@ -12,7 +12,9 @@ use ::tokio::net::UnixStream;
 use super::blocking;
 use crate::abi::DomId;
 use crate::client::datagram::{DatagramParts, SendWindow, send_header};
-use crate::client::proto::{FRAME_DATA, FRAME_HEADER_SIZE, SockAddr, split_frame};
+use crate::client::proto::{
+    FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_RING, SockAddr, split_frame,
+};
 use crate::client::{self, Error};
 
 /// A bound V4V datagram port on tokio, like `tokio::net::UdpSocket`.
@@ -188,6 +190,8 @@ impl Datagram {
                     sorted = true;
                     if h.kind == FRAME_DATA {
                         self.queued.push_back((h.addr(), payload.to_vec()));
+                    } else if h.kind == FRAME_RING || h.kind == FRAME_CHAN {
+                        // The shared-memory channel's: this type sends over the socket.
                     } else if let Err(e) = self.window.on_frame(&h, payload) {
                         break Err(e);
                     }

@@ -16,13 +16,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
+use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    DGRAM_READ_AHEAD, FRAME_ACK, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS,
-    FrameHeader, SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
+    DGRAM_CHAN_CAPACITY, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE,
+    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
@@ -49,6 +50,10 @@ pub(super) struct DgramClient {
     acks: u32,
     /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
     reserved: usize,
+    /// A descriptor the client passed (for its channel offer).
+    fd: Option<OwnedFd>,
+    /// The client's shared-memory channel of SEND records, once it offered one.
+    chan: Option<Consumer>,
 }
 
 /// The answer a SEND is owed.
@@ -79,6 +84,8 @@ impl DgramClient {
             owed: VecDeque::new(),
             acks: 0,
             reserved: 0,
+            fd: None,
+            chan: None,
         }
     }
 
@@ -198,12 +205,21 @@ impl Daemon {
                 self.wake(t);
                 break;
             }
+            match self.dgram_pop(t) {
+                Some(true) => {
+                    reads += 1;
+                    continue;
+                }
+                Some(false) => {}
+                None => return,
+            }
             match self.dgram_read(t) {
                 Some(true) => reads += 1,
                 Some(false) => drained = true,
                 None => return,
             }
         }
+        self.dgram_sleep(t);
         self.dgram_ack(t);
         let Some(c) = self.clients.get_mut(t) else {
             return;
@@ -225,39 +241,27 @@ impl Daemon {
     /// read a whole chunk (more may be there); `Some(false)`: it read all there was (perhaps
     /// nothing), or the client is not to be read now; `None`: the client is gone.
     fn dgram_read(&mut self, t: usize) -> Option<bool> {
+        if !self.dgram_reserve_read(t) {
+            return Some(false);
+        }
         let c = self.clients.get_mut(t)?;
         let ClientState::Dgram(d) = &mut c.state else {
             return None;
         };
-        // Answers come before more requests: not read while the client does not read them.
-        if c.out.len() >= self.cfg.dgram_buffer {
-            return Some(false);
-        }
-        // Reserve what the buffer may hold after the read, before reading.
-        let want = d.needed() + READ_CHUNK;
-        if want > d.reserved {
-            let more = want - d.reserved;
-            match self.budgets.reserve(c.cred.uid, more) {
-                Ok(()) => {
-                    d.reserved += more;
-                    c.reserved += more;
-                }
-                Err(why) => {
-                    // Paced until its user's other buffers go (retried on the tick).
-                    c.paced = true;
-                    let uid = c.cred.uid;
-                    user_warn!(self, uid, uid, "datagram client paced: {why}");
-                    return Some(false);
-                }
-            }
-        }
         d.inbuf.reserve(READ_CHUNK);
         let spare = d.inbuf.spare_capacity_mut();
         let ask = spare.len().min(READ_CHUNK);
         loop {
             // SAFETY: `spare` is writable memory of at least `ask` bytes owned by `inbuf`;
-            // read writes at most `ask` and only what it reports is counted.
-            let r = unsafe { libc::read(c.stream.as_raw_fd(), spare.as_mut_ptr().cast(), ask) };
+            // recvmsg writes at most `ask` there and only what it reports is counted.
+            let (r, fd) =
+                unsafe { recv_with_fd(c.stream.as_raw_fd(), spare.as_mut_ptr().cast(), ask) };
+            if let Some(fd) = fd
+                && d.fd.is_none()
+                && d.chan.is_none()
+            {
+                d.fd = Some(fd);
+            }
             if r == 0 {
                 c.dead = true;
                 return None;
@@ -281,6 +285,169 @@ impl Daemon {
         }
     }
 
+    /// Whether the client may be read now: not while it does not read its answers, nor past
+    /// its user's budget (what a read may bring is reserved first; it is then paced).
+    fn dgram_reserve_read(&mut self, t: usize) -> bool {
+        let Some(c) = self.clients.get_mut(t) else {
+            return false;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return false;
+        };
+        // Answers come before more requests: not read while the client does not read them.
+        if c.out.len() >= self.cfg.dgram_buffer {
+            return false;
+        }
+        let want = d.needed() + READ_CHUNK;
+        if want > d.reserved {
+            let more = want - d.reserved;
+            match self.budgets.reserve(c.cred.uid, more) {
+                Ok(()) => {
+                    d.reserved += more;
+                    c.reserved += more;
+                }
+                Err(why) => {
+                    // Paced until its user's other buffers go (retried on the tick).
+                    c.paced = true;
+                    let uid = c.cred.uid;
+                    user_warn!(self, uid, uid, "datagram client paced: {why}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes SEND records from the client's channel into its input (up to a read's worth), each
+    /// checked to be one whole SEND frame. `Some(true)`: some were taken; `None`: the client
+    /// broke its channel and is closed.
+    fn dgram_pop(&mut self, t: usize) -> Option<bool> {
+        let has_chan = matches!(
+            self.clients.get(t).map(|c| &c.state),
+            Some(ClientState::Dgram(DgramClient { chan: Some(_), .. }))
+        );
+        if !has_chan || !self.dgram_reserve_read(t) {
+            return Some(false);
+        }
+        let c = self.clients.get_mut(t)?;
+        let ClientState::Dgram(d) = &mut c.state else {
+            return None;
+        };
+        let cons = d.chan.as_mut()?;
+        let start = d.inbuf.len();
+        let mut broken = None;
+        while d.inbuf.len() - start < READ_CHUNK {
+            let before = d.inbuf.len();
+            match cons.pop_into(&mut d.inbuf) {
+                Ok(Some(n)) => match split_frame(&d.inbuf[before..]) {
+                    Ok(Some((h, total))) if total == n && h.kind == FRAME_SEND => {}
+                    _ => {
+                        d.inbuf.truncate(before);
+                        broken = Some("a record that is not one SEND frame".to_string());
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if broken.is_none() && cons.space_doorbell_wanted().unwrap_or(false) {
+            c.out.extend(ring_frame());
+        }
+        if let Some(why) = broken {
+            // Its own traffic only: the client is closed, nobody else notices.
+            c.dead = true;
+            let uid = c.cred.uid;
+            user_warn!(
+                self,
+                uid,
+                uid,
+                "datagram client broke its channel ({why}); closing it"
+            );
+            return None;
+        }
+        Some(d.inbuf.len() > start)
+    }
+
+    /// At the end of a pump: a client with a channel is told the daemon sleeps on it (it rings
+    /// after its next record); a record that came meanwhile pumps it again.
+    fn dgram_sleep(&mut self, t: usize) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
+        // Not while it is held back: it is pumped again when that ends.
+        if d.parked() || c.paced || c.out.len() >= self.cfg.dgram_buffer {
+            return;
+        }
+        let Some(cons) = d.chan.as_mut() else {
+            return;
+        };
+        match cons.prepare_sleep() {
+            Ok(true) => {}
+            Ok(false) => self.wake(t),
+            Err(e) => {
+                c.dead = true;
+                let uid = c.cred.uid;
+                user_warn!(
+                    self,
+                    uid,
+                    uid,
+                    "datagram client broke its channel ({e}); closing it"
+                );
+            }
+        }
+    }
+
+    /// Takes the channel a client offers (the descriptor it passed with the CHAN frame) and
+    /// answers whether it did.
+    fn dgram_take_chan(&mut self, t: usize, h: &FrameHeader) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
+        let cap = h.aux as usize;
+        let r = match d.fd.take() {
+            _ if d.chan.is_some() => Err("a channel is set up already".to_string()),
+            None => Err("no descriptor came with the offer".to_string()),
+            // The daemon maps it: at most a few times the size clients offer.
+            Some(_) if cap > 4 * DGRAM_CHAN_CAPACITY => Err(format!(
+                "a channel of {cap} bytes (at most {})",
+                4 * DGRAM_CHAN_CAPACITY
+            )),
+            Some(fd) => ChanMemory::map(fd, cap)
+                .and_then(|m| Consumer::new(&m))
+                .map_err(|e| e.to_string()),
+        };
+        let (errno, why) = match r {
+            Ok(cons) => {
+                d.chan = Some(cons);
+                (0, String::new())
+            }
+            Err(why) => (abi::errno::EINVAL as u32, why),
+        };
+        let f = FrameHeader {
+            len: why.len() as u32,
+            kind: FRAME_CHAN,
+            domain: 0,
+            port: 0,
+            aux: errno,
+        };
+        c.out.extend(f.encode());
+        c.out.extend(why.as_bytes());
+        if errno != 0 {
+            let uid = c.cred.uid;
+            user_warn!(self, uid, uid, "datagram channel refused: {why}");
+        }
+    }
+
     /// Sends the whole frames buffered (at most [`MAX_BATCH`]) in one `sendv_batch` and answers
     /// them in order; from the first that met a full ring on, the answers are owed.
     fn dgram_batch(&mut self, t: usize) -> Batch {
@@ -294,12 +461,21 @@ impl Daemon {
         // (header, payload offset) of each whole frame.
         let mut frames: Vec<(FrameHeader, usize)> = Vec::new();
         let mut pos = 0;
+        let mut offer = None;
         while frames.len() < MAX_BATCH {
             match split_frame(&d.inbuf[pos..]) {
                 Ok(Some((h, total))) if h.kind == FRAME_SEND => {
                     frames.push((h, pos + FRAME_HEADER_SIZE));
                     pos += total;
                 }
+                // A doorbell: the pump is what it asks for.
+                Ok(Some((h, total))) if h.kind == FRAME_RING && frames.is_empty() => pos += total,
+                Ok(Some((h, total))) if h.kind == FRAME_CHAN && frames.is_empty() => {
+                    offer = Some(h);
+                    pos += total;
+                    break;
+                }
+                Ok(Some((h, _))) if h.kind == FRAME_RING || h.kind == FRAME_CHAN => break,
                 Ok(None) => break,
                 Ok(Some((h, _))) => {
                     return self.dgram_bad_frame(t, &format!("{h:?}"));
@@ -308,7 +484,11 @@ impl Daemon {
             }
         }
         if frames.is_empty() {
-            return Batch::Nothing;
+            d.inbuf.drain(..pos);
+            if let Some(h) = offer {
+                self.dgram_take_chan(t, &h);
+            }
+            return if pos > 0 { Batch::Sent } else { Batch::Nothing };
         }
         let valid = |h: &FrameHeader| h.port != 0 && h.domain < abi::DOMID_FIRST_RESERVED;
         // Datagrams to one destination keep their order: where all of a destination's would not
@@ -523,6 +703,65 @@ impl Daemon {
         };
         c.out.extend(h.encode());
     }
+}
+
+/// A doorbell frame.
+fn ring_frame() -> [u8; FRAME_HEADER_SIZE] {
+    FrameHeader {
+        kind: FRAME_RING,
+        ..Default::default()
+    }
+    .encode()
+}
+
+/// `read` of up to `len` bytes into `buf` that also takes one descriptor passed with them
+/// (`SCM_RIGHTS`; any more are closed). Returns what read returns (or -1, errno set) and the
+/// descriptor.
+///
+/// # Safety
+/// `buf` is valid for writing `len` bytes.
+unsafe fn recv_with_fd(
+    sock: RawFd,
+    buf: *mut libc::c_void,
+    len: usize,
+) -> (isize, Option<OwnedFd>) {
+    // Room for a few descriptors: a client passing more loses them, not us.
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf,
+        iov_len: len,
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points at `iov` (valid for `len` bytes, by contract) and `cbuf`.
+    let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let mut first = None;
+    if r >= 0 {
+        // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with well-formed cmsgs;
+        // CMSG_NXTHDR stays within them.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
+                    for i in 0..n {
+                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                        if first.is_none() {
+                            first = Some(fd);
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    (r, first)
 }
 
 /// How many of `frames` one batch may send without reordering a destination's datagrams. The
