@@ -164,6 +164,7 @@ impl SendWindow {
 
     /// Forgets the oldest sends, answered.
     fn answered(&mut self, n: usize) -> impl Iterator<Item = Sent> + '_ {
+        let n = n.min(self.unanswered.len());
         let bytes: usize = self
             .unanswered
             .iter()
