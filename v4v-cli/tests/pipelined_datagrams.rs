@@ -538,3 +538,51 @@ fn a_client_scribbling_on_its_channel_hurts_only_itself() {
     d.send_to(&payload(1, 8), dst).expect("send");
     d.flush().expect("flush");
 }
+
+/// A batch that meets a full ring: a big datagram that does not fit must not be overtaken by the
+/// small one after it that would (the daemon asks whether all of a batch fits first). Three
+/// rounds of filling the ring and draining it.
+#[test]
+fn datagrams_to_one_ring_keep_their_order_when_it_fills() {
+    let s = Stack::start(&[1, 2]);
+    let mut rx = Datagram::bind_with(&s.sock(2), 8100, None).expect("bind");
+    let dst = SockAddr::new(2, 8100);
+    let mut d = Datagram::bind_with(&s.sock(1), 0, None).expect("bind");
+    for _round in 0..3 {
+        let first = d.sent() + 1;
+        d.set_nonblocking(true).expect("nonblocking");
+        // Until the ring is full and the window too: big and small alternate.
+        let mut blocked = 0;
+        let end = Instant::now() + Duration::from_secs(30);
+        while blocked < 3 {
+            let seq = d.sent() + 1;
+            let len = if seq % 2 == 0 { 64 } else { 3000 };
+            match d.send_to(&payload(seq, len), dst) {
+                Ok(_) => blocked = 0,
+                Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                    blocked += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("send: {e}"),
+            }
+            assert!(Instant::now() < end, "never blocked");
+        }
+        let sent = d.sent();
+        d.set_nonblocking(false).expect("blocking");
+        let reader = std::thread::spawn(move || {
+            let got: Vec<u64> = (first..=sent)
+                .map(|_| {
+                    let (p, _) = rx
+                        .recv_timeout(Some(Duration::from_secs(20)))
+                        .expect("datagram");
+                    seq_of(&p)
+                })
+                .collect();
+            (rx, got)
+        });
+        d.flush().expect("flush");
+        let (back, got) = reader.join().expect("reader");
+        rx = back;
+        assert_eq!(got, (first..=sent).collect::<Vec<_>>(), "in sending order");
+    }
+}
