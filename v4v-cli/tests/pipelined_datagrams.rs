@@ -556,7 +556,7 @@ fn datagrams_to_one_ring_keep_their_order_when_it_fills() {
         let end = Instant::now() + Duration::from_secs(30);
         while blocked < 3 {
             let seq = d.sent() + 1;
-            let len = if seq % 2 == 0 { 64 } else { 3000 };
+            let len = if seq.is_multiple_of(2) { 64 } else { 3000 };
             match d.send_to(&payload(seq, len), dst) {
                 Ok(_) => blocked = 0,
                 Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
