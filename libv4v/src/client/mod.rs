@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub use admin::{acl_change, acl_list, acl_load};
-pub use datagram::{DEFAULT_WINDOW, Datagram, MAX_WINDOW};
+pub use datagram::{CHANNEL_ENV, DEFAULT_WINDOW, Datagram, MAX_WINDOW};
 pub use proto::SockAddr;
 pub use proto::Status;
 pub use stream::{Connecting, Incoming, Listener, Stream};
