@@ -10,8 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    FNV0, Stack, fill_pattern, fnv, private_rss_kib, raise_fd_limit, rss_kib, run_limited,
-    wait_limited,
+    FNV0, Stack, fill_pattern, fnv, private_rss_kib, raise_fd_limit, run_limited, wait_limited,
 };
 use v4v::client::{Datagram, Listener, SockAddr, Stream};
 
