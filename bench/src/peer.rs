@@ -135,7 +135,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
             for _ in 0..num(a(4), "count")? {
                 d.send_to(&buf, to).map_err(|e| format!("peer send: {e}"))?;
             }
-            Ok(())
+            // Sends are pipelined: the last ones are delivered before the port goes.
+            d.flush().map_err(|e| format!("peer flush: {e}"))
         }
         // v4v-dgram-echo SOCK DOM PORT: says hello, echoes until QUIT.
         Some("v4v-dgram-echo") => {

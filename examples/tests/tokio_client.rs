@@ -240,8 +240,52 @@ async fn datagrams_keep_boundaries_and_source() {
     rx.send_to(b"pong", from).await.expect("reply");
     let (got, from2) = tx.recv().await.expect("reply arrives");
     assert_eq!((got.as_slice(), from2), (&b"pong"[..], dst));
-    // To nowhere: refused with the blocking API's error.
-    let r = tx.send_to(b"x", SockAddr::new(2, 59998)).await;
+    // To nowhere, pipelined: accepted, then reported with its number by flush (and by the
+    // next send_to, which then sends nothing).
+    let nowhere = SockAddr::new(2, 59998);
+    assert_eq!(tx.send_to(b"x", nowhere).await.expect("accepted"), 1);
+    let seq = tx.sent();
+    let r = timeout(LIMIT, tx.flush()).await.expect("in time");
+    match r {
+        Err(Error::Undelivered {
+            seq: s,
+            dst,
+            len: 1,
+            cause,
+        }) => {
+            assert_eq!((s, dst), (seq, nowhere));
+            assert!(matches!(*cause, Error::Refused(_)), "{cause:?}");
+        }
+        r => panic!("flush: {r:?}"),
+    }
+    tx.flush().await.expect("reported once");
+    tx.send_to(b"y", nowhere).await.expect("accepted");
+    tx.send_to(b"z", dst).await.expect("accepted");
+    let r = timeout(LIMIT, async {
+        loop {
+            match tx.send_to(b"w", dst).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the failure comes back");
+    assert!(
+        matches!(r, Error::Undelivered { seq: s, .. } if s == seq + 1),
+        "{r:?}"
+    );
+    tx.flush().await.expect("the rest delivered");
+    for _ in 0..tx.sent() - seq - 1 {
+        let (got, _) = timeout(LIMIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("recv");
+        assert!(got == b"z" || got == b"w");
+    }
+    // Window 1: refused with the blocking API's error, by the send itself.
+    tx.set_window(1).expect("window");
+    let r = tx.send_to(b"x", nowhere).await;
     assert!(matches!(r, Err(Error::Refused(_))), "{r:?}");
     // Back to blocking, and the port still works.
     let mut b = tx.into_std().expect("into_std");
@@ -392,6 +436,8 @@ async fn dropped_datagram_futures_lose_nothing() {
     let mut tx = Datagram::bind_with(&stack.sock(1), 0, None)
         .await
         .expect("bind");
+    // Each send waits for its answer here: the given-up one is given up on while it waits.
+    tx.set_window(1).expect("window");
     let to_slow = SockAddr::new(2, slow.local_port());
     let to_other = SockAddr::new(2, other.local_port());
 

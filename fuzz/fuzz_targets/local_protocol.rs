@@ -9,7 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use v4v::client::SockAddr;
-use v4v::client::proto::{FRAME_HEADER_SIZE, FrameHeader, Incoming, Reply, Request, Status};
+use v4v::client::proto::{
+    FRAME_HEADER_SIZE, FrameHeader, Incoming, Reply, Request, Status, split_frame,
+};
 
 /// Requests a reply can answer, so that reply lines are parsed in every context.
 fn contexts() -> [Request; 7] {
@@ -28,6 +30,13 @@ fuzz_target!(|data: &[u8]| {
     if let Some(h) = data.first_chunk::<FRAME_HEADER_SIZE>() {
         let fh = FrameHeader::decode(h);
         assert_eq!(&fh.encode(), h);
+    }
+    // A stream of frames as v4vd and the client split it: whole frames, never past the input.
+    let mut pos = 0;
+    while let Ok(Some((h, total))) = split_frame(&data[pos..]) {
+        assert_eq!(total, FRAME_HEADER_SIZE + h.len as usize);
+        pos += total;
+        assert!(pos <= data.len());
     }
     if let Ok(st) = serde_json::from_slice::<Status>(data) {
         let json = serde_json::to_vec(&st).expect("a Status serialises");

@@ -51,6 +51,8 @@ pub struct v4v_listener {
 #[derive(Debug)]
 pub struct v4v_dgram {
     d: client::Datagram,
+    /// The number of the datagram whose failure the last call returned (0: none).
+    failed_seq: u64,
 }
 
 /// Any domain, as the partner of `v4v_dgram_bind` (`V4V_DOMID_ANY` of the hypervisor's ABI).
@@ -120,6 +122,8 @@ fn errno_of(e: &Error) -> c_int {
         },
         Error::Protocol(_) => libc::EPROTO,
         Error::Io(e) => io_errno(e),
+        Error::Undelivered { cause, .. } => errno_of(cause),
+        Error::Unconfirmed { .. } => libc::ENOTCONN,
     }
 }
 
@@ -366,9 +370,11 @@ pub unsafe extern "C" fn v4v_dgram_bind(
         // SAFETY: forwarded from this function's contract.
         let daemon = unsafe { daemon_path(socket) };
         let partner = (partner != V4V_DOMID_ANY).then_some(partner);
-        let d = client::Datagram::bind_with(&daemon, port, partner)?;
+        let mut d = client::Datagram::bind_with(&daemon, port, partner)?;
+        // Each send answers for itself unless the program asks for a window.
+        d.set_window(1)?;
         // SAFETY: `out` is not NULL and, by contract, valid for one write.
-        unsafe { out.write(Box::into_raw(Box::new(v4v_dgram { d }))) };
+        unsafe { out.write(Box::into_raw(Box::new(v4v_dgram { d, failed_seq: 0 }))) };
         Ok(0)
     })
 }
@@ -403,6 +409,11 @@ pub unsafe extern "C" fn v4v_dgram_fd(d: *const v4v_dgram) -> c_int {
 /// `-errno`: `-ECONNREFUSED` (no such domain or port), `-EMSGSIZE`, `-EACCES` (the ACL
 /// refused it), `-EAGAIN` (the destination ring is full and `flags` has `V4V_NONBLOCK`;
 /// without it the call waits for space).
+///
+/// With a window over 1 (`v4v_dgram_set_window`) it returns `len` once the daemon has the
+/// datagram; `-EAGAIN` with `V4V_NONBLOCK` means the window is full. A `-errno` may then be an
+/// earlier datagram's failure, returned instead of sending this one (send it again):
+/// `v4v_dgram_failed_seq` gives that datagram's number, `v4v_last_error` the whole story.
 ///
 /// # Safety
 /// `d` is a live port used by this thread alone; `buf` is valid for reading `len` bytes (or
@@ -440,8 +451,83 @@ pub unsafe extern "C" fn v4v_dgram_send(
         if nonblocking {
             d.d.set_nonblocking(false)?;
         }
-        Ok(r? as c_int)
+        Ok(d.note(r)? as c_int)
     })
+}
+
+impl v4v_dgram {
+    /// Remembers which datagram a failure is about.
+    fn note<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
+        self.failed_seq = match &r {
+            Err(Error::Undelivered { seq, .. }) => *seq,
+            _ => 0,
+        };
+        r
+    }
+}
+
+/// Sets how many datagrams `v4v_dgram_send` may leave outstanding (sent, not answered by the
+/// daemon yet): 1, the default, makes each send wait for its own answer; up to 65536 lets sends
+/// return as soon as the daemon has them (see `v4v_dgram_send` and `v4v_dgram_flush`). Returns
+/// 0 or `-EINVAL`.
+///
+/// # Safety
+/// `d` is a live port used by this thread alone.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn v4v_dgram_set_window(d: *mut v4v_dgram, n: u32) -> c_int {
+    guard(|| {
+        // SAFETY: by contract, `d` is NULL or a live port used by this thread alone.
+        let Some(d) = (unsafe { d.as_mut() }) else {
+            return Err(invalid("v4v_dgram_set_window: port is NULL"));
+        };
+        d.d.set_window(n as usize)?;
+        Ok(0)
+    })
+}
+
+/// The number of the latest datagram `v4v_dgram_send` accepted: the n-th is number n (0 before
+/// the first).
+///
+/// # Safety
+/// `d` is a port from `v4v_dgram_bind`, not closed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn v4v_dgram_sent(d: *const v4v_dgram) -> u64 {
+    // SAFETY: by contract, `d` is NULL or a live port.
+    unsafe { d.as_ref() }.map_or(0, |d| d.d.sent())
+}
+
+/// Waits at most `timeout_ms` milliseconds (-1: no limit) until every datagram sent was
+/// answered. Returns 0 when none failed; else `-errno` of the oldest failure not reported yet
+/// (`v4v_dgram_failed_seq` gives its number; call again for the next), `-ENOTCONN` when the
+/// daemon went away before answering some (`v4v_last_error` names which: each may or may not
+/// have been delivered), `-ETIMEDOUT` when some are still outstanding.
+///
+/// # Safety
+/// `d` is a live port used by this thread alone.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn v4v_dgram_flush(d: *mut v4v_dgram, timeout_ms: c_int) -> c_int {
+    guard(|| {
+        // SAFETY: by contract, `d` is NULL or a live port used by this thread alone.
+        let Some(d) = (unsafe { d.as_mut() }) else {
+            return Err(invalid("v4v_dgram_flush: port is NULL"));
+        };
+        let timeout =
+            (timeout_ms >= 0).then(|| std::time::Duration::from_millis(timeout_ms as u64));
+        let r = d.d.flush_timeout(timeout);
+        d.note(r)?;
+        Ok(0)
+    })
+}
+
+/// The number of the datagram whose failure the last `v4v_dgram_send` or `v4v_dgram_flush` on
+/// `d` returned; 0 when that call did not return an earlier datagram's failure.
+///
+/// # Safety
+/// `d` is a port from `v4v_dgram_bind`, not closed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn v4v_dgram_failed_seq(d: *const v4v_dgram) -> u64 {
+    // SAFETY: by contract, `d` is NULL or a live port.
+    unsafe { d.as_ref() }.map_or(0, |d| d.failed_seq)
 }
 
 /// Receives one datagram into `buf` (at most `len` bytes are stored; the rest of a longer one

@@ -39,6 +39,9 @@ pub fn send(
     }
     let mut d = Datagram::bind_with(socket, from_port, None)
         .map_err(|e| Failure::client("binding a datagram port", e))?;
+    // One datagram, its own answer: the exit status says whether it was delivered.
+    d.set_window(1)
+        .map_err(|e| Failure::client("setting the send window", e))?;
     if nowait {
         d.set_nonblocking(true)
             .map_err(|e| Failure::io("non-blocking mode", &e))?;

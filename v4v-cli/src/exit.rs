@@ -71,24 +71,10 @@ impl Failure {
 
     /// `what: error`, with the status the error implies.
     pub fn client(what: &str, e: Error) -> Self {
-        let code = match &e {
-            Error::Refused(_) => Exit::Refused,
-            Error::TimedOut(_) => Exit::TimedOut,
-            Error::DaemonUnreachable { .. } | Error::DaemonGone(_) | Error::NotV4vd { .. } => {
-                Exit::Unreachable
-            }
-            Error::MessageTooBig(_) => Exit::TooBig,
-            Error::Denied => Exit::Denied,
-            Error::UnknownName(_) => Exit::UnknownName,
-            Error::Invalid(_) => Exit::Usage,
-            Error::AddrInUse(_) | Error::Protocol(_) => Exit::Failure,
-            Error::Daemon { code, .. } if code == "EPERM" => Exit::NotPermitted,
-            Error::Daemon { code, .. } if code == "EINVAL" => Exit::Usage,
-            Error::Daemon { code, .. } if is_limit(code) => Exit::Limit,
-            Error::Daemon { .. } => Exit::Failure,
-            Error::Io(e) => return Failure::io(what, e),
-        };
-        Failure::new(code, format!("{what}: {e}"))
+        match client_code(&e) {
+            Ok(code) => Failure::new(code, format!("{what}: {e}")),
+            Err(io) => Failure::io(what, io),
+        }
     }
 
     /// `what: error` for I/O errors, streams' resets included.
@@ -114,4 +100,28 @@ fn is_limit(code: &str) -> bool {
         code,
         "EDQUOT" | "ENOSPC" | "EMFILE" | "ENFILE" | "EUSERS" | "ENOBUFS"
     )
+}
+
+/// The status a client error implies, or the I/O error to judge by its kind.
+fn client_code(e: &Error) -> Result<Exit, &io::Error> {
+    Ok(match e {
+        Error::Refused(_) => Exit::Refused,
+        Error::TimedOut(_) => Exit::TimedOut,
+        Error::DaemonUnreachable { .. }
+        | Error::DaemonGone(_)
+        | Error::NotV4vd { .. }
+        | Error::Unconfirmed { .. } => Exit::Unreachable,
+        Error::MessageTooBig(_) => Exit::TooBig,
+        Error::Denied => Exit::Denied,
+        Error::UnknownName(_) => Exit::UnknownName,
+        Error::Invalid(_) => Exit::Usage,
+        Error::AddrInUse(_) | Error::Protocol(_) => Exit::Failure,
+        Error::Daemon { code, .. } if code == "EPERM" => Exit::NotPermitted,
+        Error::Daemon { code, .. } if code == "EINVAL" => Exit::Usage,
+        Error::Daemon { code, .. } if is_limit(code) => Exit::Limit,
+        Error::Daemon { .. } => Exit::Failure,
+        // An earlier datagram's failure: its cause's status.
+        Error::Undelivered { cause, .. } => return client_code(cause),
+        Error::Io(e) => return Err(e),
+    })
 }

@@ -64,6 +64,8 @@ fn status_carries_a_thousand_ports_and_256_refused_pairs() {
     let rule: v4v::acl::Rule = "reject 1:* -> 2:*".parse().expect("rule");
     v4v::acl::add(&*dom0, &rule).expect("acl add");
     let mut tx = Datagram::bind_with(&s.sock(1), 19_999, None).expect("bind sender");
+    // Each send answers for itself.
+    tx.set_window(1).expect("window");
     for i in 0..256 {
         let e = tx.send_to(b"x", SockAddr::new(2, 6000 + i)).err();
         assert!(matches!(e, Some(v4v::client::Error::Denied)), "{e:?}");

@@ -14,6 +14,25 @@ use v4v::abi::{Addr, PROTO_DGRAM, PROTO_STREAM, SendAddr};
 use v4v::client::{Datagram, Error, Listener, SockAddr, Stream};
 use v4v_sim::Model;
 
+/// Sends one datagram (pipelined: accepted at once) and flushes: the cause of its failure, tied
+/// to its number, or `None` when it was delivered.
+fn send_and_flush(d: &mut Datagram, msg: &[u8], dst: SockAddr) -> Option<Error> {
+    assert_eq!(d.send_to(msg, dst).expect("accepted"), msg.len());
+    match d.flush() {
+        Ok(()) => None,
+        Err(Error::Undelivered {
+            seq,
+            dst: to,
+            len,
+            cause,
+        }) => {
+            assert_eq!((seq, to, len), (d.sent(), dst, msg.len()));
+            Some(*cause)
+        }
+        Err(e) => panic!("flush: {e}"),
+    }
+}
+
 fn raw_request(sock: &std::path::Path, line: &str) -> (BufReader<UnixStream>, String) {
     let mut s = UnixStream::connect(sock).expect("connect daemon");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -53,12 +72,18 @@ fn datagrams_both_ways_keep_sources_and_boundaries() {
     let mut e = Datagram::bind_with(&n1.sock, 0, None).unwrap();
     assert!(e.local_port() >= 0x8000_0000);
     assert!(matches!(
-        e.send_to(b"x", SockAddr::new(2, 999)),
-        Err(Error::Refused(_))
+        send_and_flush(&mut e, b"x", SockAddr::new(2, 999)),
+        Some(Error::Refused(_))
     ));
     assert!(matches!(
-        e.send_to(&vec![0u8; 300_000], SockAddr::new(2, 200)),
-        Err(Error::MessageTooBig(_))
+        send_and_flush(&mut e, &vec![0u8; 300_000], SockAddr::new(2, 200)),
+        Some(Error::MessageTooBig(_))
+    ));
+    // Window 1: the send itself says so.
+    e.set_window(1).unwrap();
+    assert!(matches!(
+        e.send_to(b"x", SockAddr::new(2, 999)),
+        Err(Error::Refused(_))
     ));
     // Non-blocking receive.
     e.set_nonblocking(true).unwrap();
@@ -84,8 +109,8 @@ fn partner_bound_datagram_port_takes_only_its_partner() {
     let mut c = Datagram::bind_with(&n3.sock, 0, None).unwrap();
     a.send_to(b"from 1", SockAddr::new(2, 300)).unwrap();
     assert!(matches!(
-        c.send_to(b"from 3", SockAddr::new(2, 300)),
-        Err(Error::Refused(_))
+        send_and_flush(&mut c, b"from 3", SockAddr::new(2, 300)),
+        Some(Error::Refused(_))
     ));
     let mut buf = [0u8; 64];
     let (n, from) = b.recv_from(&mut buf).unwrap();
@@ -539,8 +564,8 @@ fn peer_daemon_gone_gives_clear_errors() {
     model.destroy_domain(2).unwrap();
     n2.stop();
     assert!(matches!(
-        a.send_to(b"two", SockAddr::new(2, 500)),
-        Err(Error::Refused(_))
+        send_and_flush(&mut a, b"two", SockAddr::new(2, 500)),
+        Some(Error::Refused(_))
     ));
     // The stream ends within the keepalive period, with no data.
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

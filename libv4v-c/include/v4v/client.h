@@ -177,6 +177,11 @@ int v4v_dgram_fd(const struct v4v_dgram *d);
  refused it), `-EAGAIN` (the destination ring is full and `flags` has `V4V_NONBLOCK`;
  without it the call waits for space).
 
+ With a window over 1 (`v4v_dgram_set_window`) it returns `len` once the daemon has the
+ datagram; `-EAGAIN` with `V4V_NONBLOCK` means the window is full. A `-errno` may then be an
+ earlier datagram's failure, returned instead of sending this one (send it again):
+ `v4v_dgram_failed_seq` gives that datagram's number, `v4v_last_error` the whole story.
+
  # Safety
  `d` is a live port used by this thread alone; `buf` is valid for reading `len` bytes (or
  `len` is 0).
@@ -186,6 +191,47 @@ int v4v_dgram_send(struct v4v_dgram *d,
                    size_t len,
                    struct v4v_addr dst,
                    int flags);
+
+/*
+ Sets how many datagrams `v4v_dgram_send` may leave outstanding (sent, not answered by the
+ daemon yet): 1, the default, makes each send wait for its own answer; up to 65536 lets sends
+ return as soon as the daemon has them (see `v4v_dgram_send` and `v4v_dgram_flush`). Returns
+ 0 or `-EINVAL`.
+
+ # Safety
+ `d` is a live port used by this thread alone.
+ */
+int v4v_dgram_set_window(struct v4v_dgram *d, uint32_t n);
+
+/*
+ The number of the latest datagram `v4v_dgram_send` accepted: the n-th is number n (0 before
+ the first).
+
+ # Safety
+ `d` is a port from `v4v_dgram_bind`, not closed.
+ */
+uint64_t v4v_dgram_sent(const struct v4v_dgram *d);
+
+/*
+ Waits at most `timeout_ms` milliseconds (-1: no limit) until every datagram sent was
+ answered. Returns 0 when none failed; else `-errno` of the oldest failure not reported yet
+ (`v4v_dgram_failed_seq` gives its number; call again for the next), `-ENOTCONN` when the
+ daemon went away before answering some (`v4v_last_error` names which: each may or may not
+ have been delivered), `-ETIMEDOUT` when some are still outstanding.
+
+ # Safety
+ `d` is a live port used by this thread alone.
+ */
+int v4v_dgram_flush(struct v4v_dgram *d, int timeout_ms);
+
+/*
+ The number of the datagram whose failure the last `v4v_dgram_send` or `v4v_dgram_flush` on
+ `d` returned; 0 when that call did not return an earlier datagram's failure.
+
+ # Safety
+ `d` is a port from `v4v_dgram_bind`, not closed.
+ */
+uint64_t v4v_dgram_failed_seq(const struct v4v_dgram *d);
 
 /*
  Receives one datagram into `buf` (at most `len` bytes are stored; the rest of a longer one

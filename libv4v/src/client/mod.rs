@@ -27,7 +27,7 @@ use thiserror::Error;
 pub use admin::{
     ListedRule, acl_change, acl_list, acl_load, format_bindings, name_of, parse_listed, resolve,
 };
-pub use datagram::Datagram;
+pub use datagram::{CHANNEL_ENV, DEFAULT_WINDOW, Datagram, MAX_WINDOW};
 pub use proto::SockAddr;
 pub use proto::Status;
 pub use stream::{Connecting, Incoming, Listener, Stream};
@@ -72,6 +72,29 @@ pub enum Error {
     Protocol(String),
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A datagram that `send_to` had accepted could not be delivered: the `seq`-th datagram
+    /// sent on its port (counting from 1, see [`Datagram::sent`]), `len` bytes to `dst`, and why
+    /// (`cause`: [`Error::Refused`], [`Error::Denied`], [`Error::MessageTooBig`], ...).
+    #[error("datagram #{seq} ({len} bytes to {dst}) was not delivered: {cause}")]
+    Undelivered {
+        seq: u64,
+        dst: SockAddr,
+        len: usize,
+        #[source]
+        cause: Box<Error>,
+    },
+    /// The daemon went away before it answered datagrams `first..=last` (sequence numbers as in
+    /// [`Error::Undelivered`]): each may or may not have been delivered. Every datagram before
+    /// `first` was answered (delivered, or reported undelivered).
+    #[error(
+        "the v4v daemon went away ({reason}) before it answered datagrams #{first} to #{last}: \
+         each may or may not have been delivered"
+    )]
+    Unconfirmed {
+        first: u64,
+        last: u64,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -131,10 +154,33 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The `io::ErrorKind` this error reads as (an undelivered datagram: its cause's).
+    fn io_kind(&self) -> io::ErrorKind {
+        match self {
+            Error::Io(e) => e.kind(),
+            Error::Refused(_) => io::ErrorKind::ConnectionRefused,
+            Error::TimedOut(_) => io::ErrorKind::TimedOut,
+            Error::DaemonUnreachable { .. }
+            | Error::DaemonGone(_)
+            | Error::NotV4vd { .. }
+            | Error::Unconfirmed { .. } => io::ErrorKind::NotConnected,
+            Error::AddrInUse(_) => io::ErrorKind::AddrInUse,
+            Error::Denied => io::ErrorKind::PermissionDenied,
+            Error::Invalid(_) => io::ErrorKind::InvalidInput,
+            Error::Undelivered { cause, .. } => cause.io_kind(),
+            _ => io::ErrorKind::Other,
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Io(e) => e,
+            e @ (Error::Undelivered { .. } | Error::Unconfirmed { .. }) => {
+                io::Error::new(e.io_kind(), e)
+            }
             Error::Refused(_) => io::Error::new(io::ErrorKind::ConnectionRefused, e),
             Error::TimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::DaemonUnreachable { .. } | Error::DaemonGone(_) | Error::NotV4vd { .. } => {

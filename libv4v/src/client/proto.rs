@@ -29,8 +29,27 @@ pub const FRAME_SEND: u16 = 1;
 pub const FRAME_DATA: u16 = 2;
 /// Daemon to client: the outcome of one `FRAME_SEND`, `aux` = 0 or a positive errno.
 pub const FRAME_STATUS: u16 = 3;
+/// Daemon to client: `aux` more `SEND_F_PIPELINE` sends, the oldest not answered yet, were taken
+/// by the hypervisor (one frame acknowledges a whole batch).
+pub const FRAME_ACK: u16 = 4;
+/// Client to daemon, with a sealed memfd passed by `SCM_RIGHTS`: use it as a shared-memory
+/// channel for SEND records (`aux` = its capacity). The daemon answers with a `FRAME_CHAN` whose
+/// `aux` is 0 (taken) or a positive errno (refused: keep using the socket).
+pub const FRAME_CHAN: u16 = 5;
+/// Either way, no payload: a doorbell for the shared-memory channel (the peer went to sleep on
+/// it, or waits for its space).
+pub const FRAME_RING: u16 = 6;
+/// Data bytes of the shared-memory channel a client offers.
+pub const DGRAM_CHAN_CAPACITY: usize = 2 << 20;
 /// `FRAME_SEND` flag in `aux`: answer `EAGAIN` at once instead of waiting for ring space.
 pub const SEND_F_NOWAIT: u32 = 1;
+/// `FRAME_SEND` flag in `aux`: a success is counted into the next `FRAME_ACK` instead of
+/// answered by its own STATUS (a failure still gets its STATUS, in order).
+pub const SEND_F_PIPELINE: u32 = 2;
+/// Bytes of SEND frames (headers included) the daemon reads ahead of a datagram that waits for
+/// ring space; a pipelining client keeps at most this much outstanding (a bigger single frame
+/// only alone), so the daemon always takes what it sent.
+pub const DGRAM_READ_AHEAD: usize = 1 << 20;
 /// The largest datagram payload a frame may carry.
 pub const MAX_DGRAM: u32 = crate::abi::MAX_MESSAGE_SIZE;
 
@@ -655,6 +674,25 @@ impl FrameHeader {
     }
 }
 
+/// A frame that cannot be read: its announced length is over [`MAX_DGRAM`].
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("a frame of {0} bytes (at most {MAX_DGRAM})")]
+pub struct FrameTooBig(pub u32);
+
+/// The first whole frame at the start of `buf`: its header and its total size (header and
+/// payload), `None` while it is incomplete. Shared by both ends of the datagram protocol.
+pub fn split_frame(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameTooBig> {
+    let Some(hb) = buf.first_chunk::<FRAME_HEADER_SIZE>() else {
+        return Ok(None);
+    };
+    let h = FrameHeader::decode(hb);
+    if h.len > MAX_DGRAM {
+        return Err(FrameTooBig(h.len));
+    }
+    let total = FRAME_HEADER_SIZE + h.len as usize;
+    Ok((buf.len() >= total).then_some((h, total)))
+}
+
 /// `DOMID_ANY` as a partner, for readers of this module.
 pub const ANY_PARTNER: DomId = DOMID_ANY;
 
@@ -938,6 +976,58 @@ mod tests {
                 let _ = Reply::parse(&q, &line);
                 let _ = Incoming::parse(&line);
                 let _ = Status::from_json(line.as_bytes());
+            }
+
+            /// A stream of frames cut anywhere reads back as the same frames, in order; the
+            /// splitter never reads past what it was given.
+            #[test]
+            fn frames_split_back(
+                frames in proptest::collection::vec(
+                    (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(),
+                     proptest::collection::vec(any::<u8>(), 0..64)),
+                    0..12,
+                ),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut wire = Vec::new();
+                let mut want = Vec::new();
+                for (kind, domain, port, aux, payload) in &frames {
+                    let h = FrameHeader { len: payload.len() as u32, kind: *kind, domain: *domain,
+                        port: *port, aux: *aux };
+                    wire.extend_from_slice(&h.encode());
+                    wire.extend_from_slice(payload);
+                    want.push((h, payload.clone()));
+                }
+                // What arrived so far: a prefix; whole frames come out, the rest waits.
+                let at = cut.index(wire.len() + 1);
+                let (mut got, mut pos) = (Vec::new(), 0);
+                while let Some((h, total)) = split_frame(&wire[pos..at]).expect("valid") {
+                    got.push((h, wire[pos + FRAME_HEADER_SIZE..pos + total].to_vec()));
+                    pos += total;
+                }
+                prop_assert_eq!(&got[..], &want[..got.len()]);
+                prop_assert!(at - pos < FRAME_HEADER_SIZE + want.get(got.len()).map_or(0, |w| w.1.len()));
+                while let Some((h, total)) = split_frame(&wire[pos..]).expect("valid") {
+                    got.push((h, wire[pos + FRAME_HEADER_SIZE..pos + total].to_vec()));
+                    pos += total;
+                }
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(pos, wire.len());
+            }
+
+            /// Any bytes: a frame, nothing yet, or a length over the maximum, never a panic.
+            #[test]
+            fn frame_split_survives_garbage(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+                match split_frame(&b) {
+                    Ok(Some((h, total))) => {
+                        prop_assert!(total <= b.len());
+                        prop_assert_eq!(total, FRAME_HEADER_SIZE + h.len as usize);
+                    }
+                    Ok(None) => prop_assert!(b.len() < FRAME_HEADER_SIZE
+                        || FrameHeader::decode(b.first_chunk().expect("header")).len as usize
+                            > b.len() - FRAME_HEADER_SIZE),
+                    Err(FrameTooBig(n)) => prop_assert!(n > MAX_DGRAM),
+                }
             }
         }
     }

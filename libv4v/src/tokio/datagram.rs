@@ -11,30 +11,35 @@ use ::tokio::net::UnixStream;
 
 use super::blocking;
 use crate::abi::DomId;
-use crate::client::datagram::{DatagramParts, send_header, send_status};
+use crate::client::datagram::{DatagramParts, SendWindow, send_header};
 use crate::client::proto::{
-    FRAME_DATA, FRAME_HEADER_SIZE, FRAME_STATUS, FrameHeader, MAX_DGRAM, SockAddr,
+    FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_RING, SockAddr, split_frame,
 };
 use crate::client::{self, Error};
 
 /// A bound V4V datagram port on tokio, like `tokio::net::UdpSocket`.
 ///
-/// `send_to` resolves when the hypervisor took the datagram: it waits (without blocking the
-/// runtime) while the destination ring is full, as the blocking `send_to` does. Both methods
-/// are cancel-safe in that a dropped future loses nothing already received and leaves the
-/// connection usable; a dropped `send_to` may still deliver its datagram.
+/// Sending is pipelined as on the blocking type (see [`client::Datagram`] for the whole
+/// contract): `send_to` resolves once the daemon has the datagram, while at most
+/// [`Datagram::window`] are outstanding (a full window waits, without blocking the runtime);
+/// an earlier datagram's failure is returned by the next `send_to` as [`Error::Undelivered`]
+/// (and that call sends nothing), or by [`Datagram::flush`]. Window 1: `send_to` resolves when
+/// the hypervisor took the datagram and returns its own error.
+///
+/// Both methods are cancel-safe in that a dropped future loses nothing already received and
+/// leaves the connection usable; a dropped `send_to` may still deliver its datagram (it then has
+/// its sequence number, and its failure is reported like any other).
 #[derive(Debug)]
 pub struct Datagram {
     io: UnixStream,
     local_port: u32,
     /// Bytes of a frame not complete yet.
     inbuf: Vec<u8>,
-    /// Datagrams that arrived while `send_to` waited for its status.
+    /// Datagrams that arrived while a send waited for the daemon.
     queued: VecDeque<(SockAddr, Vec<u8>)>,
+    window: SendWindow,
     /// Bytes of SEND frames not yet written (left by a dropped `send_to`).
     out: Vec<u8>,
-    /// SEND frames written or queued whose STATUS has not been read yet.
-    unanswered: usize,
 }
 
 impl Datagram {
@@ -59,29 +64,83 @@ impl Datagram {
         self.local_port
     }
 
-    /// Sends one datagram; resolves to its length once the hypervisor took it.
+    /// Sets how many datagrams may be outstanding: 1 (synchronous) to
+    /// [`MAX_WINDOW`](crate::client::MAX_WINDOW).
+    pub fn set_window(&mut self, n: usize) -> Result<(), Error> {
+        self.window.set_limit(n)
+    }
+
+    pub fn window(&self) -> usize {
+        self.window.limit()
+    }
+
+    /// The sequence number of the latest datagram sent (the n-th is number n).
+    pub fn sent(&self) -> u64 {
+        self.window.sent()
+    }
+
+    /// Sends one datagram; resolves to its length once the daemon has it (window 1: once the
+    /// hypervisor took it).
     pub async fn send_to(&mut self, buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
-        let h = send_header(buf, dst, false)?;
+        // Answers that came already: a failure among them is reported now.
+        self.read_ready()?;
+        if let Some(f) = self.window.take_failure() {
+            return Err(f);
+        }
+        if let Some(e) = self.window.gone_error() {
+            return Err(e);
+        }
+        let pipelined = self.window.pipelined();
+        let h = send_header(buf, dst, false, pipelined)?;
         self.flush_out().await?;
+        while pipelined && self.window.full(buf.len()) {
+            self.next_answer().await?;
+        }
+        if let Some(f) = self.window.take_failure() {
+            return Err(f);
+        }
         self.out.extend_from_slice(&h.encode());
         self.out.extend_from_slice(buf);
-        self.unanswered += 1;
+        let seq = self.window.push(dst, buf.len(), pipelined);
         self.flush_out().await?;
-        // Statuses come in order: ours is the last one owed.
+        if pipelined {
+            return Ok(buf.len());
+        }
         loop {
-            let (h, payload) = self.next_frame().await?;
-            match h.kind {
-                FRAME_STATUS => {
-                    self.unanswered = self.unanswered.saturating_sub(1);
-                    if self.unanswered > 0 {
-                        continue; // a dropped send's
-                    }
-                    return send_status(&h, &payload, dst).map(|()| buf.len());
-                }
-                FRAME_DATA => self.queued.push_back((h.addr(), payload)),
-                k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
+            if let Some(r) = self.window.take_answer(seq) {
+                return r.map(|()| buf.len());
+            }
+            if let Err(e) = self.next_answer().await {
+                return match self.window.take_answer(seq) {
+                    Some(r) => r.map(|()| buf.len()),
+                    None => Err(e),
+                };
             }
         }
+    }
+
+    /// Resolves once every datagram sent so far was answered: the oldest failure not reported
+    /// yet, the others staying for later calls (see [`client::Datagram::flush`]).
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        if let Err(e) = self.flush_out().await {
+            return Err(self.window.first_failure_or(e));
+        }
+        while self.window.outstanding() > 0 {
+            if let Err(e) = self.next_answer().await {
+                return Err(self.window.first_failure_or(e));
+            }
+        }
+        match self.window.take_failure() {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    /// The failures received so far and not returned yet, oldest first, without waiting (what
+    /// the daemon answered already is read first).
+    pub fn take_failures(&mut self) -> Vec<Error> {
+        let _ = self.read_ready();
+        self.window.take_failures()
     }
 
     /// Receives one datagram into `buf` (the excess of a longer one is dropped): the bytes
@@ -95,24 +154,21 @@ impl Datagram {
 
     /// Receives one whole datagram and its sender.
     pub async fn recv(&mut self) -> Result<(Vec<u8>, SockAddr), Error> {
-        if let Some((from, p)) = self.queued.pop_front() {
-            return Ok((p, from));
-        }
         loop {
-            let (h, p) = self.next_frame().await?;
-            match h.kind {
-                FRAME_DATA => return Ok((p, h.addr())),
-                // The answer to a send whose future was dropped.
-                FRAME_STATUS => self.unanswered = self.unanswered.saturating_sub(1),
-                k => return Err(Error::Protocol(format!("unexpected frame kind {k}"))),
+            if let Some((from, p)) = self.queued.pop_front() {
+                return Ok((p, from));
             }
+            self.next_answer().await?;
         }
     }
 
     /// Writes what is left of SEND frames.
     async fn flush_out(&mut self) -> Result<(), Error> {
         while !self.out.is_empty() {
-            let n = self.io.write(&self.out).await?;
+            let n = match self.io.write(&self.out).await {
+                Ok(n) => n,
+                Err(e) => return Err(self.broken(e)),
+            };
             if n == 0 {
                 return Err(Error::Io(io::ErrorKind::WriteZero.into()));
             }
@@ -121,42 +177,89 @@ impl Datagram {
         Ok(())
     }
 
-    /// The next whole frame from the daemon.
-    async fn next_frame(&mut self) -> Result<(FrameHeader, Vec<u8>), Error> {
-        let mut tmp = vec![0u8; 64 * 1024];
-        loop {
-            if self.inbuf.len() >= FRAME_HEADER_SIZE {
-                let mut hb = [0u8; FRAME_HEADER_SIZE];
-                hb.copy_from_slice(&self.inbuf[..FRAME_HEADER_SIZE]);
-                let h = FrameHeader::decode(&hb);
-                if h.len > MAX_DGRAM {
-                    return Err(Error::Protocol(format!("frame of {} bytes", h.len)));
+    /// Sorts the whole frames read: DATA to the queue, answers to the window. Whether there
+    /// was any.
+    fn sort_frames(&mut self) -> Result<bool, Error> {
+        let mut pos = 0;
+        let mut sorted = false;
+        let r = loop {
+            match split_frame(&self.inbuf[pos..]) {
+                Ok(Some((h, total))) => {
+                    let payload = &self.inbuf[pos + FRAME_HEADER_SIZE..pos + total];
+                    pos += total;
+                    sorted = true;
+                    if h.kind == FRAME_DATA {
+                        self.queued.push_back((h.addr(), payload.to_vec()));
+                    } else if h.kind == FRAME_RING || h.kind == FRAME_CHAN {
+                        // The shared-memory channel's: this type sends over the socket.
+                    } else if let Err(e) = self.window.on_frame(&h, payload) {
+                        break Err(e);
+                    }
                 }
-                let total = FRAME_HEADER_SIZE + h.len as usize;
-                if self.inbuf.len() >= total {
-                    let payload = self.inbuf[FRAME_HEADER_SIZE..total].to_vec();
-                    self.inbuf.drain(..total);
-                    return Ok((h, payload));
-                }
+                Ok(None) => break Ok(sorted),
+                Err(e) => break Err(Error::Protocol(e.to_string())),
             }
-            let n = self.io.read(&mut tmp).await?;
-            if n == 0 {
-                return Err(Error::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the v4v daemon closed the connection",
-                )));
+        };
+        self.inbuf.drain(..pos);
+        r
+    }
+
+    /// What `read` returned: bytes appended, or the connection's end.
+    fn took(&mut self, r: io::Result<usize>, tmp: &[u8]) -> Result<(), Error> {
+        match r {
+            Ok(0) => {
+                let why = "the v4v daemon closed the connection";
+                self.window.lost(why);
+                Err(Error::DaemonGone(why.into()))
             }
-            self.inbuf.extend_from_slice(&tmp[..n]);
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&tmp[..n]);
+                Ok(())
+            }
+            Err(e) => Err(self.broken(e)),
         }
     }
 
-    /// The blocking datagram port, in blocking mode. Fails while a dropped `send_to` still
-    /// waits for its answer (the blocking type would take it for its own).
+    /// Reads what the daemon sent already, without waiting, and sorts it.
+    fn read_ready(&mut self) -> Result<(), Error> {
+        let mut tmp = vec![0u8; 64 * 1024];
+        loop {
+            match self.io.try_read(&mut tmp) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                r => self.took(r, &tmp)?,
+            }
+        }
+        self.sort_frames().map(|_| ())
+    }
+
+    /// Reads from the daemon until at least one whole frame came, and sorts the frames.
+    async fn next_answer(&mut self) -> Result<(), Error> {
+        let mut tmp = vec![0u8; 64 * 1024];
+        while !self.sort_frames()? {
+            let r = self.io.read(&mut tmp).await;
+            self.took(r, &tmp)?;
+        }
+        Ok(())
+    }
+
+    /// An I/O error on the connection: a broken one is the daemon gone.
+    fn broken(&mut self, e: io::Error) -> Error {
+        match Error::after_handshake(e) {
+            Error::DaemonGone(why) => {
+                self.window.lost(&why);
+                Error::DaemonGone(why)
+            }
+            e => e,
+        }
+    }
+
+    /// The blocking datagram port, in blocking mode. Fails while a SEND frame is still half
+    /// written (a dropped `send_to`); outstanding datagrams stay outstanding.
     pub fn into_std(self) -> io::Result<client::Datagram> {
-        if !self.out.is_empty() || self.unanswered > 0 {
+        if !self.out.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                "a send is not answered yet",
+                "a send is not written yet",
             ));
         }
         let sock = self.io.into_std()?;
@@ -166,6 +269,8 @@ impl Datagram {
             local_port: self.local_port,
             inbuf: self.inbuf,
             queued: self.queued,
+            window: self.window,
+            out: Vec::new(),
         }))
     }
 }
@@ -182,8 +287,8 @@ impl TryFrom<client::Datagram> for Datagram {
             local_port: p.local_port,
             inbuf: p.inbuf,
             queued: p.queued,
-            out: Vec::new(),
-            unanswered: 0,
+            window: p.window,
+            out: p.out,
         })
     }
 }

@@ -308,6 +308,20 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// Resident memory of `pid` that is its own (`VmRSS` less `RssShmem`): a client's shared-memory
+/// channel that a daemon maps is the client's memory, even once the daemon touched its pages.
+pub fn private_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    field("VmRSS:").saturating_sub(field("RssShmem:"))
+}
+
 /// Raises this process's descriptor limit to its hard limit.
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {

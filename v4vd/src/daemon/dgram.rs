@@ -1,33 +1,79 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Datagram clients: frames from a client become `V4V_PROTO_DGRAM` sends, messages on its port's
-//! ring become frames to it, and each send is answered with a STATUS frame.
+//! Datagram clients: SEND frames from a client become `V4V_PROTO_DGRAM` sends, messages on its
+//! port's ring become DATA frames to it, and every send is answered in order: by its own STATUS
+//! frame, or, sent with `SEND_F_PIPELINE` and successful, by being counted into an ACK frame.
 //!
-//! Owns a datagram client's partial frame and its one parked send ([`DgramClient`]). Reading
-//! stops while a send waits for ring space, and a port's ring stops being drained while its
-//! client's output is full, so nothing here grows without bound.
+//! Owns a datagram client's input (frames read and not sent yet), the answers it is owed after
+//! a datagram met a full ring, and the budget it reserved for both ([`DgramClient`]). Each
+//! wake-up reads what the client has ready (a few reads, then it waits its turn behind the
+//! others) and hands the whole frames to `Hypervisor::sendv_batch`, many sends in one call.
+//!
+//! Bounds: while a datagram waits for ring space, nothing more of its client's is sent and
+//! reading stops [`DGRAM_READ_AHEAD`] bytes ahead (its client is paced by the receiver: its
+//! window fills); reading also stops while the client does not read its answers; what is read is
+//! reserved in its user's budget first; a port's ring stops being drained while its client's
+//! output is full.
 
-use std::io::{self, Read};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tracing::debug;
-use v4v::HvError;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
+use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    FRAME_DATA, FRAME_HEADER_SIZE, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, SEND_F_NOWAIT,
+    DGRAM_CHAN_CAPACITY, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE,
+    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
 };
+use v4v::{HvError, Hypervisor};
 
 use super::Daemon;
 use super::ports::PortKind;
 use super::session::ClientState;
 
+/// Bytes asked of one read from a client.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads of one client per wake-up before the others get their turn.
+const READS_PER_PUMP: usize = 4;
+/// Most sends handed to one `sendv_batch`.
+const MAX_BATCH: usize = 64;
+
 /// A datagram client's state.
 pub(super) struct DgramClient {
     pub port: u32,
-    /// Partial frame from the client.
-    pub inbuf: Vec<u8>,
-    /// A send waiting for ring space: destination and payload.
-    pub pending: Option<(Addr, Vec<u8>)>,
-    /// Bytes reserved in the user's budget for the frame being read (and then parked).
-    pub frame_reserved: usize,
+    /// Bytes read from the client: whole SEND frames not sent yet, then a partial one.
+    inbuf: Vec<u8>,
+    /// Answers owed, in SEND order, from a batch in which a datagram met a full ring (it comes
+    /// first). While there are any the client is parked: not read.
+    owed: VecDeque<Owed>,
+    /// Pipelined sends that succeeded and were not acknowledged yet.
+    acks: u32,
+    /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
+    reserved: usize,
+    /// A descriptor the client passed (for its channel offer).
+    fd: Option<OwnedFd>,
+    /// The client's shared-memory channel of SEND records, once it offered one.
+    chan: Option<Consumer>,
+}
+
+/// The answer a SEND is owed.
+enum Owed {
+    Done {
+        dst: Addr,
+        pipelined: bool,
+    },
+    Failed {
+        dst: Addr,
+        errno: u32,
+        reason: String,
+    },
+    /// Met a full ring: to be sent again (with `nowait`, answered `EAGAIN` if still full).
+    Retry {
+        dst: Addr,
+        payload: Vec<u8>,
+        pipelined: bool,
+        nowait: bool,
+    },
 }
 
 impl DgramClient {
@@ -35,10 +81,61 @@ impl DgramClient {
         DgramClient {
             port,
             inbuf: Vec::new(),
-            pending: None,
-            frame_reserved: 0,
+            owed: VecDeque::new(),
+            acks: 0,
+            reserved: 0,
+            fd: None,
+            chan: None,
         }
     }
+
+    /// Whether a datagram of this client waits for ring space.
+    pub fn parked(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    /// While a datagram waits for space: whether to read more of what the client sent. Up to
+    /// [`DGRAM_READ_AHEAD`] bytes (what a pipelining client may have outstanding), and always the
+    /// rest of a partial frame (its reservation is made).
+    fn may_read_ahead(&self) -> bool {
+        let mut pos = 0;
+        while let Ok(Some((_, total))) = split_frame(&self.inbuf[pos..]) {
+            pos += total;
+        }
+        pos < self.inbuf.len() || self.needed() < DGRAM_READ_AHEAD
+    }
+
+    /// Bytes the client's buffers need reserved: its whole frames, a partial frame at its
+    /// announced length, and the payloads waiting for ring space.
+    fn needed(&self) -> usize {
+        let mut pos = 0;
+        while let Ok(Some((_, total))) = split_frame(&self.inbuf[pos..]) {
+            pos += total;
+        }
+        let tail = match self.inbuf[pos..].first_chunk::<FRAME_HEADER_SIZE>() {
+            Some(hb) => FRAME_HEADER_SIZE + FrameHeader::decode(hb).len as usize,
+            None => self.inbuf.len() - pos,
+        };
+        let owed: usize = self
+            .owed
+            .iter()
+            .map(|o| match o {
+                Owed::Retry { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum();
+        pos + tail + owed
+    }
+}
+
+/// What one batch did.
+enum Batch {
+    /// No whole frame was buffered.
+    Nothing,
+    /// Frames were sent (or answered).
+    Sent,
+    /// The client sent a bad frame and is closed.
+    Dead,
 }
 
 impl Daemon {
@@ -59,186 +156,698 @@ impl Daemon {
             port: src.port,
             aux: 0,
         };
+        // One write per drained batch, not per datagram: the client is pumped (and its output
+        // flushed) once this event is handled. Output left over means the socket was full: its
+        // writable event pumps it.
+        let idle = c.out.is_empty();
         c.out.extend(h.encode());
         c.out.extend(payload);
-        if let Err(e) = c.flush() {
-            debug!("client write: {e}");
+        if idle {
+            self.wake(t);
+        }
+    }
+
+    /// Moves a datagram client along: its answers owed after a full ring first, then every
+    /// whole frame it sent, in batches, then reads more while it is not paced.
+    pub(super) fn pump_dgram(&mut self, t: usize) {
+        let mut reads = 0;
+        // The socket was read empty (or is not to be read now): what was read is sent, then
+        // the pump ends.
+        let mut drained = false;
+        loop {
+            let Some(ClientState::Dgram(d)) = self.clients.get(t).map(|c| &c.state) else {
+                return;
+            };
+            if d.parked() {
+                // Sent again only once the hypervisor may have room (the transmitter unparked
+                // it); meanwhile what the client sends is read ahead, up to a bound.
+                if !self.tx.is_parked(t) && self.dgram_retry(t) {
+                    continue;
+                }
+                let Some(ClientState::Dgram(d)) = self.clients.get(t).map(|c| &c.state) else {
+                    return;
+                };
+                if !d.may_read_ahead() {
+                    break;
+                }
+            } else {
+                match self.dgram_batch(t) {
+                    Batch::Dead => return,
+                    Batch::Sent => continue,
+                    Batch::Nothing => {}
+                }
+            }
+            if drained {
+                break;
+            }
+            if reads == READS_PER_PUMP {
+                // More may be there: after the others.
+                self.wake(t);
+                break;
+            }
+            match self.dgram_pop(t) {
+                Some(true) => {
+                    reads += 1;
+                    continue;
+                }
+                Some(false) => {}
+                None => return,
+            }
+            match self.dgram_read(t) {
+                Some(true) => reads += 1,
+                Some(false) => drained = true,
+                None => return,
+            }
+        }
+        self.dgram_sleep(t);
+        self.dgram_ack(t);
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
+        // What is held now: the reservation shrinks to it (it never grows here).
+        let n = d.reserved.saturating_sub(d.needed());
+        d.reserved -= n;
+        c.reserved -= n;
+        self.budgets.release(c.cred.uid, n);
+        if c.flush().is_err() {
             c.dead = true;
         }
     }
 
-    pub(super) fn pump_dgram(&mut self, t: usize) {
-        // Frames are processed one at a time; reading stops while a send waits for space.
-        let mut rbuf = vec![0u8; 64 * 1024];
+    /// One read of what the client sent, reserved in its user's budget first. `Some(true)`: it
+    /// read a whole chunk (more may be there); `Some(false)`: it read all there was (perhaps
+    /// nothing), or the client is not to be read now; `None`: the client is gone.
+    fn dgram_read(&mut self, t: usize) -> Option<bool> {
+        if !self.dgram_reserve_read(t) {
+            return Some(false);
+        }
+        let c = self.clients.get_mut(t)?;
+        let ClientState::Dgram(d) = &mut c.state else {
+            return None;
+        };
+        d.inbuf.reserve(READ_CHUNK);
+        let spare = d.inbuf.spare_capacity_mut();
+        let ask = spare.len().min(READ_CHUNK);
         loop {
-            let Some(c) = self.clients.get_mut(t) else {
-                return;
-            };
-            let ClientState::Dgram(d) = &mut c.state else {
-                return;
-            };
-            let port = d.port;
-            // Nothing held any more: the frame's reservation goes back.
-            if d.pending.is_none() && d.inbuf.len() < FRAME_HEADER_SIZE && d.frame_reserved > 0 {
-                let n = std::mem::take(&mut d.frame_reserved);
-                c.reserved -= n;
-                self.budgets.release(c.cred.uid, n);
-                continue;
+            // SAFETY: `spare` is writable memory of at least `ask` bytes owned by `inbuf`;
+            // recvmsg writes at most `ask` there and only what it reports is counted.
+            let (r, fd) =
+                unsafe { recv_with_fd(c.stream.as_raw_fd(), spare.as_mut_ptr().cast(), ask) };
+            if let Some(fd) = fd
+                && d.fd.is_none()
+                && d.chan.is_none()
+            {
+                d.fd = Some(fd);
             }
-            if let Some((dst, payload)) = d.pending.take() {
-                if !self.dgram_send(t, port, dst, payload, false) {
-                    return;
-                }
-                continue;
+            if r == 0 {
+                c.dead = true;
+                return None;
             }
-            // A whole frame buffered? Else read (only) what the frame still lacks.
-            let want = if d.inbuf.len() >= FRAME_HEADER_SIZE {
-                let mut hb = [0u8; FRAME_HEADER_SIZE];
-                hb.copy_from_slice(&d.inbuf[..FRAME_HEADER_SIZE]);
-                let h = FrameHeader::decode(&hb);
-                if h.kind != FRAME_SEND || h.len > MAX_DGRAM {
-                    c.dead = true;
-                    let uid = c.cred.uid;
-                    user_warn!(
-                        self,
-                        uid,
-                        uid,
-                        "datagram client sent a bad frame ({h:?}); closing it"
-                    );
-                    return;
-                }
-                let total = FRAME_HEADER_SIZE + h.len as usize;
-                if d.inbuf.len() < total && d.frame_reserved == 0 {
-                    // Reserve the whole frame before buffering it; past the budget the client
-                    // is paced (not read) until its user's other buffers go.
-                    match self.budgets.reserve(c.cred.uid, h.len as usize) {
-                        Ok(()) => {
-                            d.frame_reserved = h.len as usize;
-                            c.reserved += h.len as usize;
-                        }
-                        Err(why) => {
-                            c.paced = true;
-                            let uid = c.cred.uid;
-                            user_warn!(self, uid, uid, "datagram client paced: {why}");
-                            return;
-                        }
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Some(false),
+                    _ => {
+                        c.dead = true;
+                        return None;
                     }
                 }
-                if d.inbuf.len() >= total {
-                    let payload = d.inbuf[FRAME_HEADER_SIZE..total].to_vec();
-                    d.inbuf.drain(..total);
-                    let dst = Addr::new(h.domain, h.port);
-                    if h.port == 0 || h.domain >= abi::DOMID_FIRST_RESERVED {
-                        let why = if h.port == 0 {
-                            "port 0 is not a destination".to_string()
-                        } else {
-                            reserved_domain(h.domain)
-                        };
-                        self.dgram_status_with(t, dst, abi::errno::EINVAL as u32, &why);
-                        continue;
-                    }
-                    if !self.dgram_send(t, port, dst, payload, h.aux & SEND_F_NOWAIT != 0) {
-                        return;
-                    }
-                    continue;
-                }
-                (total - d.inbuf.len()).min(rbuf.len())
-            } else {
-                // Status frames are 16 bytes; stop reading requests while the client is not
-                // reading its replies.
-                if c.out.len() >= self.cfg.dgram_buffer {
-                    return;
-                }
-                FRAME_HEADER_SIZE - d.inbuf.len()
-            };
-            match c.stream.read(&mut rbuf[..want]) {
-                Ok(0) => {
-                    c.dead = true;
-                    return;
-                }
-                Ok(n) => d.inbuf.extend_from_slice(&rbuf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    c.dead = true;
-                    return;
-                }
             }
+            let n = r as usize;
+            // SAFETY: read initialised the first `n` spare bytes.
+            unsafe { d.inbuf.set_len(d.inbuf.len() + n) };
+            // A short read emptied the socket: the next data is a new readable event.
+            return Some(n == ask);
         }
     }
 
-    /// Sends a client's datagram and queues its STATUS frame. A full destination parks the
-    /// datagram (the client is not read until space comes) unless `nowait`, which answers
-    /// `EAGAIN`. Returns false when parked.
-    pub(super) fn dgram_send(
-        &mut self,
-        t: usize,
-        port: u32,
-        dst: Addr,
-        payload: Vec<u8>,
-        nowait: bool,
-    ) -> bool {
-        match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
-            Ok(true) => self.dgram_status(t, dst, 0),
-            Ok(false) if nowait => self.dgram_status(t, dst, abi::errno::EAGAIN as u32),
-            Ok(false) => {
-                self.tx.park(t, dst, payload.len());
-                if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
-                    d.pending = Some((dst, payload));
+    /// Whether the client may be read now: not while it does not read its answers, nor past
+    /// its user's budget (what a read may bring is reserved first; it is then paced).
+    fn dgram_reserve_read(&mut self, t: usize) -> bool {
+        let Some(c) = self.clients.get_mut(t) else {
+            return false;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return false;
+        };
+        // Answers come before more requests: not read while the client does not read them.
+        if c.out.len() >= self.cfg.dgram_buffer {
+            return false;
+        }
+        let want = d.needed() + READ_CHUNK;
+        if want > d.reserved {
+            let more = want - d.reserved;
+            match self.budgets.reserve(c.cred.uid, more) {
+                Ok(()) => {
+                    d.reserved += more;
+                    c.reserved += more;
                 }
-                return false;
-            }
-            Err(e) => {
-                let why = self.send_reason(&e, dst, payload.len());
-                self.dgram_status_with(t, dst, e.errno() as u32, &why)
+                Err(why) => {
+                    // Paced until its user's other buffers go (retried on the tick).
+                    c.paced = true;
+                    let uid = c.cred.uid;
+                    user_warn!(self, uid, uid, "datagram client paced: {why}");
+                    return false;
+                }
             }
         }
         true
     }
 
-    /// Why a datagram of `len` bytes to `dst` failed, for the STATUS frame: a message too big
-    /// for its ring says its size and the ring's maximum.
-    fn send_reason(&self, e: &HvError, dst: Addr, len: usize) -> String {
-        if *e != HvError::MessageTooBig {
-            return String::new();
+    /// Takes SEND records from the client's channel into its input (up to a read's worth), each
+    /// checked to be one whole SEND frame. `Some(true)`: some were taken; `None`: the client
+    /// broke its channel and is closed.
+    fn dgram_pop(&mut self, t: usize) -> Option<bool> {
+        let has_chan = matches!(
+            self.clients.get(t).map(|c| &c.state),
+            Some(ClientState::Dgram(DgramClient { chan: Some(_), .. }))
+        );
+        if !has_chan || !self.dgram_reserve_read(t) {
+            return Some(false);
         }
-        let mut ent = [RingDataEnt {
-            ring: dst,
-            ..Default::default()
-        }];
-        match self.hv.notify(Some(&mut ent)) {
-            Ok(()) if ent[0].flags & RING_DATA_F_EXISTS != 0 => format!(
-                "{len} bytes do not fit the ring at {}:{}, which takes at most {} bytes per message",
-                dst.domain, dst.port, ent[0].max_message_size
-            ),
-            _ => format!(
-                "{len} bytes do not fit the ring at {}:{}",
-                dst.domain, dst.port
-            ),
-        }
-    }
-
-    pub(super) fn dgram_status(&mut self, t: usize, dst: Addr, errno: u32) {
-        self.dgram_status_with(t, dst, errno, "");
-    }
-
-    /// Queues the STATUS frame of one SEND; a failure may carry `reason` (text) as its payload.
-    pub(super) fn dgram_status_with(&mut self, t: usize, dst: Addr, errno: u32, reason: &str) {
-        if let Some(c) = self.clients.get_mut(t) {
-            let reason = if errno == 0 { "" } else { reason };
-            let h = FrameHeader {
-                len: u32::try_from(reason.len()).unwrap_or(0),
-                kind: FRAME_STATUS,
-                domain: dst.domain,
-                port: dst.port,
-                aux: errno,
-            };
-            c.out.extend(h.encode());
-            c.out.extend(reason.as_bytes());
-            if c.flush().is_err() {
-                c.dead = true;
+        let c = self.clients.get_mut(t)?;
+        let ClientState::Dgram(d) = &mut c.state else {
+            return None;
+        };
+        let cons = d.chan.as_mut()?;
+        let start = d.inbuf.len();
+        let mut broken = None;
+        while d.inbuf.len() - start < READ_CHUNK {
+            let before = d.inbuf.len();
+            match cons.pop_into(&mut d.inbuf) {
+                Ok(Some(n)) => match split_frame(&d.inbuf[before..]) {
+                    Ok(Some((h, total))) if total == n && h.kind == FRAME_SEND => {}
+                    _ => {
+                        d.inbuf.truncate(before);
+                        broken = Some("a record that is not one SEND frame".to_string());
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
             }
         }
+        if broken.is_none() && cons.space_doorbell_wanted().unwrap_or(false) {
+            c.out.extend(ring_frame());
+        }
+        if let Some(why) = broken {
+            // Its own traffic only: the client is closed, nobody else notices.
+            c.dead = true;
+            let uid = c.cred.uid;
+            user_warn!(
+                self,
+                uid,
+                uid,
+                "datagram client broke its channel ({why}); closing it"
+            );
+            return None;
+        }
+        Some(d.inbuf.len() > start)
+    }
+
+    /// At the end of a pump: a client with a channel is told the daemon sleeps on it (it rings
+    /// after its next record); a record that came meanwhile pumps it again.
+    fn dgram_sleep(&mut self, t: usize) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
+        // Not while it is held back: it is pumped again when that ends.
+        if d.parked() || c.paced || c.out.len() >= self.cfg.dgram_buffer {
+            return;
+        }
+        let Some(cons) = d.chan.as_mut() else {
+            return;
+        };
+        match cons.prepare_sleep() {
+            Ok(true) => {}
+            Ok(false) => self.wake(t),
+            Err(e) => {
+                c.dead = true;
+                let uid = c.cred.uid;
+                user_warn!(
+                    self,
+                    uid,
+                    uid,
+                    "datagram client broke its channel ({e}); closing it"
+                );
+            }
+        }
+    }
+
+    /// Takes the channel a client offers (the descriptor it passed with the CHAN frame) and
+    /// answers whether it did.
+    fn dgram_take_chan(&mut self, t: usize, h: &FrameHeader) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
+        let cap = h.aux as usize;
+        let r = match d.fd.take() {
+            _ if d.chan.is_some() => Err("a channel is set up already".to_string()),
+            None => Err("no descriptor came with the offer".to_string()),
+            // The daemon maps it: at most a few times the size clients offer.
+            Some(_) if cap > 4 * DGRAM_CHAN_CAPACITY => Err(format!(
+                "a channel of {cap} bytes (at most {})",
+                4 * DGRAM_CHAN_CAPACITY
+            )),
+            Some(fd) => ChanMemory::map(fd, cap)
+                .and_then(|m| Consumer::new(&m))
+                .map_err(|e| e.to_string()),
+        };
+        let (errno, why) = match r {
+            Ok(cons) => {
+                d.chan = Some(cons);
+                (0, String::new())
+            }
+            Err(why) => (abi::errno::EINVAL as u32, why),
+        };
+        let f = FrameHeader {
+            len: why.len() as u32,
+            kind: FRAME_CHAN,
+            domain: 0,
+            port: 0,
+            aux: errno,
+        };
+        c.out.extend(f.encode());
+        c.out.extend(why.as_bytes());
+        if errno != 0 {
+            let uid = c.cred.uid;
+            user_warn!(self, uid, uid, "datagram channel refused: {why}");
+        }
+    }
+
+    /// Sends the whole frames buffered (at most [`MAX_BATCH`]) in one `sendv_batch` and answers
+    /// them in order; from the first that met a full ring on, the answers are owed.
+    fn dgram_batch(&mut self, t: usize) -> Batch {
+        let Some(c) = self.clients.get_mut(t) else {
+            return Batch::Dead;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return Batch::Dead;
+        };
+        let port = d.port;
+        // (header, payload offset) of each whole frame.
+        let mut frames: Vec<(FrameHeader, usize)> = Vec::new();
+        let mut pos = 0;
+        let mut offer = None;
+        while frames.len() < MAX_BATCH {
+            match split_frame(&d.inbuf[pos..]) {
+                Ok(Some((h, total))) if h.kind == FRAME_SEND => {
+                    frames.push((h, pos + FRAME_HEADER_SIZE));
+                    pos += total;
+                }
+                // A doorbell: the pump is what it asks for.
+                Ok(Some((h, total))) if h.kind == FRAME_RING && frames.is_empty() => pos += total,
+                Ok(Some((h, total))) if h.kind == FRAME_CHAN && frames.is_empty() => {
+                    offer = Some(h);
+                    pos += total;
+                    break;
+                }
+                Ok(Some((h, _))) if h.kind == FRAME_RING || h.kind == FRAME_CHAN => break,
+                Ok(None) => break,
+                Ok(Some((h, _))) => {
+                    return self.dgram_bad_frame(t, &format!("{h:?}"));
+                }
+                Err(e) => return self.dgram_bad_frame(t, &e.to_string()),
+            }
+        }
+        if frames.is_empty() {
+            d.inbuf.drain(..pos);
+            if let Some(h) = offer {
+                self.dgram_take_chan(t, &h);
+            }
+            return if pos > 0 { Batch::Sent } else { Batch::Nothing };
+        }
+        let valid = |h: &FrameHeader| h.port != 0 && h.domain < abi::DOMID_FIRST_RESERVED;
+        // Datagrams to one destination keep their order: where all of a destination's would not
+        // fit its ring now, the batch ends before its second (which waits for the next batch).
+        let keep = order_cut(&*self.hv, &frames, valid);
+        frames.truncate(keep);
+        pos = frames.last().map_or(0, |(h, off)| off + h.len as usize);
+        let msgs: Vec<(Addr, &[u8])> = frames
+            .iter()
+            .filter(|(h, _)| valid(h))
+            .map(|(h, off)| {
+                (
+                    Addr::new(h.domain, h.port),
+                    &d.inbuf[*off..*off + h.len as usize],
+                )
+            })
+            .collect();
+        let mut results = Vec::with_capacity(msgs.len());
+        if !msgs.is_empty() {
+            self.tx.sendv_batch(
+                &*self.hv,
+                &mut self.stats,
+                port,
+                &msgs,
+                PROTO_DGRAM,
+                &mut results,
+            );
+        }
+        let mut results = results.into_iter();
+        let mut answers = Vec::with_capacity(frames.len());
+        for (h, off) in &frames {
+            let dst = Addr::new(h.domain, h.port);
+            let pipelined = h.aux & SEND_F_PIPELINE != 0;
+            if !valid(h) {
+                let reason = if h.port == 0 {
+                    "port 0 is not a destination".to_string()
+                } else {
+                    reserved_domain(h.domain)
+                };
+                answers.push(Owed::Failed {
+                    dst,
+                    errno: abi::errno::EINVAL as u32,
+                    reason,
+                });
+                continue;
+            }
+            let payload = &d.inbuf[*off..*off + h.len as usize];
+            answers.push(match results.next() {
+                Some(Ok(_)) => Owed::Done { dst, pipelined },
+                Some(Err(HvError::WouldBlock | HvError::Busy)) => Owed::Retry {
+                    dst,
+                    payload: payload.to_vec(),
+                    pipelined,
+                    nowait: h.aux & SEND_F_NOWAIT != 0,
+                },
+                Some(Err(e)) => Owed::Failed {
+                    dst,
+                    errno: e.errno() as u32,
+                    reason: send_reason(&*self.hv, &e, dst, payload.len()),
+                },
+                None => Owed::Failed {
+                    dst,
+                    errno: libc::EIO as u32,
+                    reason: "the hypervisor did not answer this send".into(),
+                },
+            });
+        }
+        d.inbuf.drain(..pos);
+        let mut answers = answers.into_iter();
+        for a in answers.by_ref() {
+            if matches!(a, Owed::Retry { .. }) {
+                if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
+                    d.owed.push_back(a);
+                }
+                break;
+            }
+            self.dgram_answer(t, a);
+        }
+        if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
+            d.owed.extend(answers);
+        }
+        self.dgram_ack(t);
+        if let Some(c) = self.clients.get_mut(t)
+            && c.flush().is_err()
+        {
+            c.dead = true;
+        }
+        Batch::Sent
+    }
+
+    /// A frame no client may send: the client is closed.
+    fn dgram_bad_frame(&mut self, t: usize, what: &str) -> Batch {
+        if let Some(c) = self.clients.get_mut(t) {
+            c.dead = true;
+            let uid = c.cred.uid;
+            user_warn!(
+                self,
+                uid,
+                uid,
+                "datagram client sent a bad frame ({what}); closing it"
+            );
+        }
+        Batch::Dead
+    }
+
+    /// Works through the answers owed after a full ring: sends again what met it, in order.
+    /// Returns false while one still waits for space (the client stays parked).
+    fn dgram_retry(&mut self, t: usize) -> bool {
+        loop {
+            let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) else {
+                return true;
+            };
+            let port = d.port;
+            let Some(o) = d.owed.pop_front() else {
+                return true;
+            };
+            let Owed::Retry {
+                dst,
+                payload,
+                pipelined,
+                nowait,
+            } = o
+            else {
+                self.dgram_answer(t, o);
+                continue;
+            };
+            let a = match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
+                Ok(true) => Owed::Done { dst, pipelined },
+                Ok(false) if nowait => Owed::Failed {
+                    dst,
+                    errno: abi::errno::EAGAIN as u32,
+                    reason: String::new(),
+                },
+                Ok(false) => {
+                    self.tx.park(t, dst, payload.len());
+                    if let Some(ClientState::Dgram(d)) =
+                        self.clients.get_mut(t).map(|c| &mut c.state)
+                    {
+                        d.owed.push_front(Owed::Retry {
+                            dst,
+                            payload,
+                            pipelined,
+                            nowait,
+                        });
+                    }
+                    // What came before it is answered now: its window opens that far.
+                    self.dgram_ack(t);
+                    return false;
+                }
+                Err(e) => Owed::Failed {
+                    dst,
+                    errno: e.errno() as u32,
+                    reason: send_reason(&*self.hv, &e, dst, payload.len()),
+                },
+            };
+            self.dgram_answer(t, a);
+        }
+    }
+
+    /// Queues the answer of one SEND: a pipelined success is counted for the next ACK; a
+    /// STATUS goes after the ACK of the sends before it.
+    fn dgram_answer(&mut self, t: usize, a: Owed) {
+        let (dst, errno, reason) = match a {
+            Owed::Done {
+                pipelined: true, ..
+            } => {
+                if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
+                    d.acks += 1;
+                }
+                return;
+            }
+            Owed::Done { dst, .. } => (dst, 0, String::new()),
+            Owed::Failed { dst, errno, reason } => (dst, errno, reason),
+            Owed::Retry { dst, .. } => {
+                debug_assert!(false, "a retry is not an answer");
+                (dst, libc::EIO as u32, String::new())
+            }
+        };
+        self.dgram_ack(t);
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let reason = if errno == 0 { "" } else { reason.as_str() };
+        let h = FrameHeader {
+            len: u32::try_from(reason.len()).unwrap_or(0),
+            kind: FRAME_STATUS,
+            domain: dst.domain,
+            port: dst.port,
+            aux: errno,
+        };
+        c.out.extend(h.encode());
+        c.out.extend(reason.as_bytes());
+    }
+
+    /// Queues the ACK of the pipelined successes not acknowledged yet.
+    fn dgram_ack(&mut self, t: usize) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
+        if d.acks == 0 {
+            return;
+        }
+        let h = FrameHeader {
+            len: 0,
+            kind: FRAME_ACK,
+            domain: 0,
+            port: 0,
+            aux: std::mem::take(&mut d.acks),
+        };
+        c.out.extend(h.encode());
+    }
+}
+
+/// A doorbell frame.
+fn ring_frame() -> [u8; FRAME_HEADER_SIZE] {
+    FrameHeader {
+        kind: FRAME_RING,
+        ..Default::default()
+    }
+    .encode()
+}
+
+/// `read` of up to `len` bytes into `buf` that also takes one descriptor passed with them
+/// (`SCM_RIGHTS`; any more are closed). Returns what read returns (or -1, errno set) and the
+/// descriptor.
+///
+/// # Safety
+/// `buf` is valid for writing `len` bytes.
+unsafe fn recv_with_fd(
+    sock: RawFd,
+    buf: *mut libc::c_void,
+    len: usize,
+) -> (isize, Option<OwnedFd>) {
+    // Room for a few descriptors: a client passing more loses them, not us.
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf,
+        iov_len: len,
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points at `iov` (valid for `len` bytes, by contract) and `cbuf`.
+    let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let mut first = None;
+    if r >= 0 {
+        // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with well-formed cmsgs;
+        // CMSG_NXTHDR stays within them.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
+                    for i in 0..n {
+                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                        if first.is_none() {
+                            first = Some(fd);
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    (r, first)
+}
+
+/// How many of `frames` one batch may send without reordering a destination's datagrams. The
+/// batch runs every send whatever became of the ones before, so a datagram meeting a full ring
+/// could be overtaken by a later (smaller, or after the reader made room) one to the same ring.
+/// One `notify` asks whether each destination with several datagrams has room for all of them
+/// (their whole footprint in its ring); where not, or if the question fails, the batch ends
+/// before that destination's second datagram. Other domains' senders can still take the room
+/// between the question and the batch: then the order is only as good as UDP's.
+fn order_cut(
+    hv: &dyn Hypervisor,
+    frames: &[(FrameHeader, usize)],
+    valid: impl Fn(&FrameHeader) -> bool,
+) -> usize {
+    if frames.len() < 2 {
+        return frames.len();
+    }
+    // (destination, datagrams, footprint) of each destination.
+    let mut dsts: Vec<(Addr, usize, u64)> = Vec::new();
+    for (h, _) in frames.iter().filter(|(h, _)| valid(h)) {
+        let dst = Addr::new(h.domain, h.port);
+        let size = abi::roundup16(u64::from(h.len) + u64::from(abi::MESSAGE_HEADER_SIZE));
+        match dsts.iter_mut().find(|(a, ..)| *a == dst) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += size;
+            }
+            None => dsts.push((dst, 1, size)),
+        }
+    }
+    dsts.retain(|&(_, n, _)| n > 1);
+    if dsts.is_empty() {
+        return frames.len();
+    }
+    let mut ents: Vec<RingDataEnt> = dsts
+        .iter()
+        .map(|&(dst, _, size)| RingDataEnt {
+            ring: dst,
+            // As one message of the same footprint.
+            space_required: u32::try_from(size - u64::from(abi::MESSAGE_HEADER_SIZE))
+                .unwrap_or(u32::MAX),
+            ..Default::default()
+        })
+        .collect();
+    let ok = hv.notify(Some(&mut ents)).is_ok();
+    let tight: Vec<Addr> = dsts
+        .iter()
+        .zip(&ents)
+        .filter(|(_, e)| !ok || e.flags & abi::RING_DATA_F_SUFFICIENT == 0)
+        .map(|((dst, ..), _)| *dst)
+        .collect();
+    if tight.is_empty() {
+        return frames.len();
+    }
+    let mut seen: Vec<Addr> = Vec::new();
+    for (i, (h, _)) in frames.iter().enumerate() {
+        let dst = Addr::new(h.domain, h.port);
+        if valid(h) && tight.contains(&dst) {
+            if seen.contains(&dst) {
+                return i;
+            }
+            seen.push(dst);
+        }
+    }
+    frames.len()
+}
+
+/// Why a datagram of `len` bytes to `dst` failed, for the STATUS frame: a message too big for
+/// its ring says its size and the ring's maximum.
+fn send_reason(hv: &dyn Hypervisor, e: &HvError, dst: Addr, len: usize) -> String {
+    if *e != HvError::MessageTooBig {
+        return String::new();
+    }
+    let mut ent = [RingDataEnt {
+        ring: dst,
+        ..Default::default()
+    }];
+    match hv.notify(Some(&mut ent)) {
+        Ok(()) if ent[0].flags & RING_DATA_F_EXISTS != 0 => format!(
+            "{len} bytes do not fit the ring at {}:{}, which takes at most {} bytes per message",
+            dst.domain, dst.port, ent[0].max_message_size
+        ),
+        _ => format!(
+            "{len} bytes do not fit the ring at {}:{}",
+            dst.domain, dst.port
+        ),
     }
 }
 

@@ -681,7 +681,7 @@ impl Daemon {
                 let was_full = c.out.len() >= self.cfg.dgram_buffer;
                 // A parked client is not read, so its end of file would go unseen: a sender that
                 // vanished while waiting for ring space must not keep its port and ring.
-                let parked = d.pending.is_some();
+                let parked = d.parked();
                 if c.flush().is_err() || (parked && creds::hung_up(&c.stream)) {
                     c.dead = true;
                     return;

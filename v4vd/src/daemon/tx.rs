@@ -21,7 +21,7 @@ use tracing::debug;
 use v4v::abi::{
     Addr, DomId, PROTO_STREAM, RING_DATA_F_EXISTS, RING_DATA_F_SUFFICIENT, RingDataEnt, SendAddr,
 };
-use v4v::{HvError, Hypervisor};
+use v4v::{BatchSend, HvError, Hypervisor};
 
 use super::Daemon;
 use super::stats::Stats;
@@ -80,6 +80,11 @@ impl Tx {
     pub fn park(&mut self, t: usize, dst: Addr, len: usize) {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         self.parked.insert(t, Wait { dst, len });
+    }
+
+    /// Whether client `t` waits for ring space (it is retried when the space may be there).
+    pub fn is_parked(&self, t: usize) -> bool {
+        self.parked.contains_key(&t)
     }
 
     /// Forgets client `t` (it is gone).
@@ -196,6 +201,41 @@ impl Tx {
             Err(_) => {}
         }
         r
+    }
+
+    /// Sends `msgs` (destination, payload) of type `ty` from `src_port` in one
+    /// `sendv_batch`, counted; `results` gets one result per message, in order.
+    pub fn sendv_batch(
+        &mut self,
+        hv: &dyn Hypervisor,
+        stats: &mut Stats,
+        src_port: u32,
+        msgs: &[(Addr, &[u8])],
+        ty: u32,
+        results: &mut Vec<Result<u32, HvError>>,
+    ) {
+        let src = Addr::new(self.domid, src_port);
+        let iovs: Vec<[IoSlice<'_>; 1]> = msgs.iter().map(|(_, m)| [IoSlice::new(m)]).collect();
+        let sends: Vec<BatchSend<'_>> = msgs
+            .iter()
+            .zip(&iovs)
+            .map(|((dst, _), iov)| BatchSend {
+                addr: SendAddr { src, dst: *dst },
+                iov,
+                message_type: ty,
+            })
+            .collect();
+        hv.sendv_batch(&sends, results);
+        for ((dst, m), r) in msgs.iter().zip(results.iter()) {
+            match r {
+                Ok(_) => {
+                    stats.msgs_out += 1;
+                    stats.bytes_out += m.len() as u64;
+                }
+                Err(HvError::Denied) => stats.count_refusal(src, *dst),
+                Err(_) => {}
+            }
+        }
     }
 
     /// After EAGAIN: ask the hypervisor whether the space is there now (we are queued as a
