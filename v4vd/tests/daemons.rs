@@ -494,6 +494,8 @@ fn a_sender_of_a_larger_message_than_any_before_is_woken() {
     let (mut rx, reply) = raw_request(&n2.sock, "DGRAM 410\n");
     assert!(reply.starts_with("OK"), "{reply}");
     let mut tx = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    // Each send answered before the next: WouldBlock is then the full ring, not the window.
+    tx.set_window(1).unwrap();
     tx.set_nonblocking(true).unwrap();
     let small = vec![1u8; 1000];
     let mut sent = 0usize;
