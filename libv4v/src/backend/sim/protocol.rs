@@ -511,14 +511,8 @@ impl Request<'_> {
                 _ => return Err(ProtocolError::Reserved),
             },
             kind::NAME_PUBLISH => {
-                let n = r.u32()?;
-                if n as usize > MAX_WIRE_NAMES {
-                    return Err(ProtocolError::TooMany {
-                        count: u64::from(n),
-                        max: MAX_WIRE_NAMES,
-                    });
-                }
-                let mut entries = Vec::with_capacity(n as usize);
+                let n = r.count(MAX_WIRE_NAMES)?;
+                let mut entries = Vec::with_capacity(n);
                 for _ in 0..n {
                     entries.push((r.u16()?, r.name()?));
                 }
@@ -855,14 +849,8 @@ impl Reply {
             }
             kind::INFO => ReplyData::Info(r.info()?),
             kind::NOTIFY if !r.rest_is_empty() => {
-                let n = r.u32()?;
-                if n as usize > MAX_WIRE_NOTIFY {
-                    return Err(ProtocolError::TooMany {
-                        count: u64::from(n),
-                        max: MAX_WIRE_NOTIFY,
-                    });
-                }
-                let mut e = Vec::with_capacity(n as usize);
+                let n = r.count(MAX_WIRE_NOTIFY)?;
+                let mut e = Vec::with_capacity(n);
                 for _ in 0..n {
                     e.push(r.ring_data_ent()?);
                 }
@@ -870,14 +858,8 @@ impl Reply {
             }
             kind::TABLES_LIST => {
                 let total = r.u32()?;
-                let n = r.u32()?;
-                if n as usize > MAX_WIRE_RULES {
-                    return Err(ProtocolError::TooMany {
-                        count: u64::from(n),
-                        max: MAX_WIRE_RULES,
-                    });
-                }
-                let mut rules = Vec::with_capacity(n as usize);
+                let n = r.count(MAX_WIRE_RULES)?;
+                let mut rules = Vec::with_capacity(n);
                 for _ in 0..n {
                     rules.push(r.rule()?);
                 }
@@ -885,14 +867,8 @@ impl Reply {
             }
             kind::NAMES => {
                 let generation = r.u64()?;
-                let n = r.u32()?;
-                if n as usize > MAX_WIRE_NAMES {
-                    return Err(ProtocolError::TooMany {
-                        count: u64::from(n),
-                        max: MAX_WIRE_NAMES,
-                    });
-                }
-                let mut entries = Vec::with_capacity(n as usize);
+                let n = r.count(MAX_WIRE_NAMES)?;
+                let mut entries = Vec::with_capacity(n);
                 for _ in 0..n {
                     let domid = r.u16()?;
                     let name = std::str::from_utf8(r.name()?)
@@ -1101,6 +1077,17 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Result<u16, ProtocolError> {
         Ok(u16::from_le_bytes(self.take()?))
+    }
+    /// A `u32` count of what follows, at most `max`.
+    fn count(&mut self, max: usize) -> Result<usize, ProtocolError> {
+        let n = self.u32()?;
+        if n as usize > max {
+            return Err(ProtocolError::TooMany {
+                count: u64::from(n),
+                max,
+            });
+        }
+        Ok(n as usize)
     }
     fn u32(&mut self) -> Result<u32, ProtocolError> {
         Ok(u32::from_le_bytes(self.take()?))
