@@ -301,19 +301,7 @@ fn config_files_toml_old_format_and_errors() {
             .spawn()
             .expect("spawn"),
     );
-    wait_for(&sock);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while v4v::client::status(&sock).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(v4v::client::status(&sock).expect("status").domid, 7);
-    let mode = std::fs::metadata(&sock)
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o640);
+    assert_serves(&sock, 7, 0o640);
     drop(d);
 
     // The old format still starts the daemon, with a warning naming the migration command.
@@ -337,19 +325,7 @@ fn config_files_toml_old_format_and_errors() {
             .spawn()
             .expect("spawn"),
     );
-    wait_for(&sock);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while v4v::client::status(&sock).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(v4v::client::status(&sock).expect("status").domid, 4);
-    let mode = std::fs::metadata(&sock)
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_serves(&sock, 4, 0o600);
     let mut d = d;
     kill(&d, libc::SIGTERM);
     let out = d.0.stderr.take().expect("stderr");
@@ -437,4 +413,26 @@ fn journal_stderr_has_priorities_and_no_timestamps() {
     assert!(lines.iter().all(|l| l.starts_with('<')), "{text}");
     assert!(!text.contains("Z "), "a timestamp: {text}");
     assert!(text.contains(" domid=5"), "{text}");
+}
+
+/// Waits for the daemon on `sock` to answer STATUS, then checks it is `domid` and the socket's
+/// permissions are `mode`.
+fn assert_serves(sock: &Path, domid: u16, mode: u32) {
+    wait_for(sock);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while v4v::client::status(sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "v4vd never answered on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(v4v::client::status(sock).expect("status").domid, domid);
+    let got = std::fs::metadata(sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(got, mode, "the socket's mode");
 }
