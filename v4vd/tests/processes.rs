@@ -7,32 +7,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{FNV0, fnv, pattern, tmpdir};
+use common::{FNV0, Proc, fnv, pattern, tmpdir, wait_for};
 use v4v::client::{Datagram, Error, Listener, SockAddr, Stream};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn sim_binary() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_BIN_EXE_v4vd")).with_file_name("v4v-sim");
