@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Sim, ring, send};
+use common::{Sim, read_frame, ring, send};
 use v4v::abi::{self, Addr, DOMID_ANY, DOMID_SELF, DomId, PROTO_DGRAM, SendAddr};
 use v4v::backend::sim::protocol::{
     self as proto, FRAME_HEADER_SIZE, FrameHeader, Reply, ReplyData, Request, fdpass, kind,
@@ -43,25 +43,6 @@ struct RawGuest {
     buf: Vec<u8>,
 }
 
-/// Reads one reply frame (header, body, descriptors) from a blocking socket.
-fn read_reply(s: &UnixStream) -> std::io::Result<(FrameHeader, Vec<u8>, Vec<OwnedFd>)> {
-    let mut head = [0u8; FRAME_HEADER_SIZE];
-    let mut got = 0;
-    let mut fds = Vec::new();
-    while got < head.len() {
-        let r = fdpass::recv(s.as_fd(), &mut head[got..], false)?;
-        if r.len == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        got += r.len;
-        fds.extend(r.fds);
-    }
-    let h = FrameHeader::parse_reply(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut body = vec![0u8; h.body_len as usize];
-    (&*s).read_exact(&mut body)?;
-    Ok((h, body, fds))
-}
-
 impl RawGuest {
     fn connect(path: &Path, domid: DomId) -> RawGuest {
         let sock = UnixStream::connect(path).unwrap();
@@ -71,7 +52,7 @@ impl RawGuest {
         }
         .encode();
         (&sock).write_all(&hello).unwrap();
-        let (h, body, fds) = read_reply(&sock).unwrap();
+        let (h, body, fds) = read_frame(&sock).unwrap();
         let reply = Reply::decode(kind::HELLO, h.kind, h.nfds, &body).unwrap();
         let ReplyData::Hello {
             version: proto::VERSION_CHANNEL,

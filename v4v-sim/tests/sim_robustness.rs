@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{Sim, readable, ring, send};
+use common::{Sim, read_frame, readable, ring, send};
 use v4v::abi::{
     self, Addr, Config, DOMID_ANY, DOMID_SELF, RingDataEnt, RingHeader, RingId, SendAddr,
     TablesRule,
@@ -64,25 +64,6 @@ fn hello_frame(domid: u16) -> Vec<u8> {
         domid,
     }
     .encode()
-}
-
-/// Reads one reply frame (header, body, descriptors) from a blocking socket.
-fn read_frame(s: &UnixStream) -> std::io::Result<(FrameHeader, Vec<u8>, Vec<OwnedFd>)> {
-    let mut head = [0u8; FRAME_HEADER_SIZE];
-    let mut got = 0;
-    let mut fds = Vec::new();
-    while got < head.len() {
-        let r = fdpass::recv(s.as_fd(), &mut head[got..], false)?;
-        if r.len == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        got += r.len;
-        fds.extend(r.fds);
-    }
-    let h = FrameHeader::parse(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut body = vec![0u8; h.body_len as usize];
-    (&*s).read_exact(&mut body)?;
-    Ok((h, body, fds))
 }
 
 /// A memfd of one of several kinds a hostile guest might pass as ring memory.

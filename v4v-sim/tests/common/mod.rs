@@ -158,3 +158,32 @@ pub fn readable(fd: BorrowedFd<'_>, ms: i32) -> bool {
     let n = unsafe { libc::poll(&mut p, 1, ms) };
     n == 1 && p.revents & libc::POLLIN != 0
 }
+
+/// Reads one frame the simulator sent (header, body, descriptors) from a blocking socket: a
+/// reply (a version-2 hello's carries four descriptors) or a fatal frame.
+pub fn read_frame(
+    s: &std::os::unix::net::UnixStream,
+) -> std::io::Result<(
+    v4v::backend::sim::protocol::FrameHeader,
+    Vec<u8>,
+    Vec<std::os::fd::OwnedFd>,
+)> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use v4v::backend::sim::protocol::{FRAME_HEADER_SIZE, FrameHeader, fdpass};
+    let mut head = [0u8; FRAME_HEADER_SIZE];
+    let mut got = 0;
+    let mut fds = Vec::new();
+    while got < head.len() {
+        let r = fdpass::recv(s.as_fd(), &mut head[got..], false)?;
+        if r.len == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += r.len;
+        fds.extend(r.fds);
+    }
+    let h = FrameHeader::parse_reply(&head).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut body = vec![0u8; h.body_len as usize];
+    (&*s).read_exact(&mut body)?;
+    Ok((h, body, fds))
+}
