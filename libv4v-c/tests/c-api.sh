@@ -25,7 +25,7 @@ trap cleanup EXIT
 CARGO_PROFILE=${CARGO_PROFILE:-dev} scripts/install-c-lib "$work/prefix" >/dev/null
 export PKG_CONFIG_PATH=$work/prefix/lib/pkgconfig
 libdir=$(pkg-config --variable=libdir libv4v)
-readelf -d "$libdir/libv4v.so" | grep -q 'SONAME.*\[libv4v\.so\.0\]' || { echo "no SONAME libv4v.so.0"; exit 1; }
+readelf -d "$libdir/libv4v.so" | grep 'SONAME.*\[libv4v\.so\.0\]' >/dev/null || { echo "no SONAME libv4v.so.0"; exit 1; }
 cflags="-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g"
 # shellcheck disable=SC2046
 gcc $cflags -o "$work/test_client" libv4v-c/tests/c/test_client.c $(pkg-config --cflags --libs libv4v) -Wl,-rpath,"$libdir"
@@ -34,7 +34,7 @@ gcc $cflags -o "$work/v4v-echo" examples/c/v4v-echo.c $(pkg-config --cflags --li
 # shellcheck disable=SC2046
 gcc $cflags -o "$work/test_static" libv4v-c/tests/c/test_client.c $(pkg-config --cflags libv4v) \
   "$libdir/libv4v.a" $(pkg-config --libs-only-l --static libv4v | sed 's/-lv4v //')
-readelf -d "$work/test_client" | grep -q 'NEEDED.*\[libv4v\.so\.0\]' || { echo "not linked to libv4v.so.0"; exit 1; }
+readelf -d "$work/test_client" | grep 'NEEDED.*\[libv4v\.so\.0\]' >/dev/null || { echo "not linked to libv4v.so.0"; exit 1; }
 if readelf -d "$work/test_static" | grep -q 'NEEDED.*libv4v'; then echo "static build links the .so"; exit 1; fi
 
 "$bin/v4v-sim" --socket "$work/sim.sock" --log-level warn </dev/null & pids+=($!)

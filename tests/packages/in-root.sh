@@ -4,6 +4,8 @@
 # Run by tests/packages/run inside the clean Debian root (chroot, own PID namespace), with the
 # packages and examples/c/v4v-echo.c in /v4v-test. Fails on the first check that does not hold.
 set -euo pipefail
+# With pipefail, `cmd | grep -q` fails when grep exits at its match before cmd has written
+# everything (cmd gets SIGPIPE): the checks below let grep read all of it.
 cd /v4v-test
 fail() { echo "FAILED: $*" >&2; exit 1; }
 wait_for() { # DESCRIPTION COMMAND...: up to 10 s
@@ -22,14 +24,14 @@ pkgs=(v4v v4v-sim libv4v0 libv4v-dev)
 snapshot >/tmp/before
 dpkg -i ./*.deb >/tmp/dpkg-install.log 2>&1 || { cat /tmp/dpkg-install.log; fail "dpkg -i"; }
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" | grep -q "install ok installed" || fail "$p not installed"
+  dpkg-query -W -f='${Status}' "$p" | grep "install ok installed" >/dev/null || fail "$p not installed"
   dpkg -L "$p" >>/tmp/listed
 done
 grep -qx /etc/v4v/v4vd.conf /var/lib/dpkg/info/v4v.conffiles || fail "v4vd.conf is not a conffile"
 
-v4vd --version | grep -qx "v4vd 0.1.0" || fail "v4vd --version: $(v4vd --version)"
-v4v-cli --version | grep -qx "v4v-cli 0.1.0" || fail "v4v-cli --version"
-v4vd --config /etc/v4v/v4vd.conf --check-config | grep -qx 'hypervisor = "xen"' ||
+v4vd --version | grep -x "v4vd 0.1.0" >/dev/null || fail "v4vd --version: $(v4vd --version)"
+v4v-cli --version | grep -x "v4v-cli 0.1.0" >/dev/null || fail "v4v-cli --version"
+v4vd --config /etc/v4v/v4vd.conf --check-config | grep -x 'hypervisor = "xen"' >/dev/null ||
   fail "the shipped config does not check"
 
 # Man pages: every one renders, without warnings, and man finds them by name.
@@ -44,7 +46,7 @@ for name in "8 v4vd" "1 v4v-cli" "1 v4v-cli-send" "5 v4vd.conf" "5 v4v-acl.rules
   # shellcheck disable=SC2086
   man -w $name >/dev/null || fail "man $name not found"
 done
-MANWIDTH=80 man 5 v4vd.conf | grep -q "migrate-config" || fail "v4vd.conf(5) lacks the migration rule"
+MANWIDTH=80 man 5 v4vd.conf | grep "migrate-config" >/dev/null || fail "v4vd.conf(5) lacks the migration rule"
 
 # The units.
 systemd-analyze verify /lib/systemd/system/v4vd.service /lib/systemd/system/v4vd.socket \
@@ -74,7 +76,7 @@ NOTIFY_SOCKET=/run/notify.sock JOURNAL_STREAM=$(stat -c %d:%i /tmp/v4vd0.err) \
   </dev/null 2>>/tmp/v4vd0.err &
 d0=$!
 wait_for "READY=1 from v4vd" grep -q READY=1 /tmp/notify.log
-v4v-cli status | grep -Eq "^domain +0$" || fail "v4v-cli status: $(v4v-cli status 2>&1)"
+v4v-cli status | grep -E "^domain +0$" >/dev/null || fail "v4v-cli status: $(v4v-cli status 2>&1)"
 [ "$(stat -c %a /run/v4v/v4vd.sock)" = 666 ] || fail "socket mode"
 V4VD_LOG=warn v4vd --hypervisor sim:/run/v4v-sim.sock --domid 1 --socket /run/v4v/d1.sock </dev/null &
 d1=$!
@@ -84,7 +86,7 @@ wait_for "dom1's v4vd" v4v-cli --socket /run/v4v/d1.sock status
 # shellcheck disable=SC2046
 gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -o /tmp/v4v-echo v4v-echo.c \
   $(pkg-config --cflags --libs libv4v) || fail "compiling against libv4v-dev"
-ldd /tmp/v4v-echo | grep -Eq "libv4v.so.0 => (/usr)?/lib/x86_64-linux-gnu/libv4v.so.0" ||
+ldd /tmp/v4v-echo | grep -E "libv4v.so.0 => (/usr)?/lib/x86_64-linux-gnu/libv4v.so.0" >/dev/null ||
   fail "not linked to the installed libv4v.so.0: $(ldd /tmp/v4v-echo)"
 [ "$(pkg-config --modversion libv4v)" = 0.1.0 ] || fail "pkg-config --modversion libv4v"
 # shellcheck disable=SC2046
