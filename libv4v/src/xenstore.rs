@@ -372,13 +372,18 @@ impl XenNames {
         } else {
             watch.watch(PUBLISHED_DIR)?;
         }
+        Ok(Self::assemble(domid, xs, watch))
+    }
+
+    /// The directory over a connection for requests and one whose watches are set.
+    fn assemble(domid: DomId, xs: Xenstore, watch: Xenstore) -> Self {
         let watch_fd = watch.fd().as_raw_fd();
-        Ok(XenNames {
+        XenNames {
             domid,
             xs: Mutex::new(xs),
             watch: Mutex::new(watch),
             watch_fd,
-        })
+        }
     }
 
     #[cfg(test)]
@@ -388,13 +393,7 @@ impl XenNames {
         } else {
             watch.watch(PUBLISHED_DIR)?;
         }
-        let watch_fd = watch.fd().as_raw_fd();
-        Ok(XenNames {
-            domid,
-            xs: Mutex::new(xs),
-            watch: Mutex::new(watch),
-            watch_fd,
-        })
+        Ok(Self::assemble(domid, xs, watch))
     }
 
     fn xs(&self) -> std::sync::MutexGuard<'_, Xenstore> {
