@@ -358,18 +358,26 @@ impl Daemon {
             c.out.extend(ring_frame());
         }
         if let Some(why) = broken {
-            // Its own traffic only: the client is closed, nobody else notices.
-            c.dead = true;
-            let uid = c.cred.uid;
-            user_warn!(
-                self,
-                uid,
-                uid,
-                "datagram client broke its channel ({why}); closing it"
-            );
+            self.close_broken_channel(t, &why);
             return None;
         }
         Some(d.inbuf.len() > start)
+    }
+
+    /// Closes a client that broke its shared channel: its own traffic only, nobody else
+    /// notices.
+    fn close_broken_channel(&mut self, t: usize, why: &dyn std::fmt::Display) {
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        c.dead = true;
+        let uid = c.cred.uid;
+        user_warn!(
+            self,
+            uid,
+            uid,
+            "datagram client broke its channel ({why}); closing it"
+        );
     }
 
     /// At the end of a pump: a client with a channel is told the daemon sleeps on it (it rings
@@ -391,16 +399,7 @@ impl Daemon {
         match cons.prepare_sleep() {
             Ok(true) => {}
             Ok(false) => self.wake(t),
-            Err(e) => {
-                c.dead = true;
-                let uid = c.cred.uid;
-                user_warn!(
-                    self,
-                    uid,
-                    uid,
-                    "datagram client broke its channel ({e}); closing it"
-                );
-            }
+            Err(e) => self.close_broken_channel(t, &e),
         }
     }
 
