@@ -42,7 +42,7 @@ for _ in $(seq 500); do [ -S "$work/sim.sock" ] && break; sleep 0.02; done
 for d in 1 2; do
   V4VD_LOG=warn "$bin/v4vd" --hypervisor "sim:$work/sim.sock" --domid "$d" --socket "$work/d$d.sock" </dev/null & pids+=($!)
   for _ in $(seq 500); do
-    printf 'STATUS\n' | socat - "UNIX-CONNECT:$work/d$d.sock" 2>/dev/null | grep -q '^OK' && break
+    printf 'STATUS\n' | socat - "UNIX-CONNECT:$work/d$d.sock" 2>/dev/null | grep '^OK' >/dev/null && break
     sleep 0.02
   done
 done
@@ -55,7 +55,7 @@ vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=de
 V4V_SOCKET=$work/d2.sock "${vg[@]}" "$work/v4v-echo" serve 7000 1 2>"$work/serve.err" & server=$!
 pids+=("$server")
 for _ in $(seq 500); do
-  printf 'STATUS\n' | socat - "UNIX-CONNECT:$work/d2.sock" | grep -q 'ports=[^ ]*7000/listen' && break
+  printf 'STATUS\n' | socat - "UNIX-CONNECT:$work/d2.sock" | grep 'ports=[^ ]*7000/listen' >/dev/null && break
   sleep 0.02
 done
 out=$(V4V_SOCKET=$work/d1.sock "${vg[@]}" "$work/v4v-echo" send 2:7000 "hello over V4V" 2>"$work/send.err")

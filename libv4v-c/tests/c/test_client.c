@@ -94,26 +94,39 @@ static void test_datagrams(const char *d1, const char *d2)
     CHECK(strlen(v4v_last_error()) > 0, "a message");
 
     /* Pipelined: sends return at once; the refused one (number 3 of this burst) comes back
-     * from the flush with its number, the others arrive. */
+     * with its number exactly once, from a later send (which then did not send its own
+     * datagram: it is sent again) or from the flush; the others arrive. */
     {
         struct v4v_addr good = dst;
         uint64_t base = v4v_dgram_sent(tx);
-        int i;
+        int i, reported = 0;
 
         good.port = v4v_dgram_port(rx);
         CHECK(v4v_dgram_set_window(tx, 0) == -EINVAL, "window 0 refused");
         CHECK(v4v_dgram_set_window(tx, 64) == 0, "window 64");
         for (i = 0; i < 5; i++) {
             rc = v4v_dgram_send(tx, "piped", 5, i == 2 ? dst : good, 0);
+            if ( rc == -ECONNREFUSED && i > 2 && !reported ) {
+                CHECK(v4v_dgram_failed_seq(tx) == base + 3, "send %d reports number %llu", i,
+                      (unsigned long long)v4v_dgram_failed_seq(tx));
+                CHECK(strstr(v4v_last_error(), "was not delivered") != NULL, "%s",
+                      v4v_last_error());
+                CHECK(v4v_dgram_sent(tx) == base + i, "send %d did not send its own", i);
+                reported = 1;
+                rc = v4v_dgram_send(tx, "piped", 5, good, 0);
+            }
             CHECK(rc == 5, "pipelined send %d: %d", i, rc);
         }
         CHECK(v4v_dgram_sent(tx) == base + 5, "numbered");
         rc = v4v_dgram_flush(tx, 10000);
-        CHECK(rc == -ECONNREFUSED, "flush reports the refused one: %d", rc);
-        CHECK(v4v_dgram_failed_seq(tx) == base + 3, "its number: %llu",
-              (unsigned long long)v4v_dgram_failed_seq(tx));
-        CHECK(strstr(v4v_last_error(), "was not delivered") != NULL, "%s", v4v_last_error());
-        CHECK(v4v_dgram_flush(tx, 10000) == 0, "then nothing more");
+        if ( !reported ) {
+            CHECK(rc == -ECONNREFUSED, "flush reports the refused one: %d", rc);
+            CHECK(v4v_dgram_failed_seq(tx) == base + 3, "its number: %llu",
+                  (unsigned long long)v4v_dgram_failed_seq(tx));
+            CHECK(strstr(v4v_last_error(), "was not delivered") != NULL, "%s", v4v_last_error());
+            rc = v4v_dgram_flush(tx, 10000);
+        }
+        CHECK(rc == 0, "then nothing more: %d", rc);
         CHECK(v4v_dgram_failed_seq(tx) == 0, "no failure");
         for (i = 0; i < 4; i++) {
             rc = v4v_dgram_recv(rx, got, sizeof(got), NULL, 10000);
