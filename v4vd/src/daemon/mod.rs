@@ -376,6 +376,7 @@ impl Daemon {
                 }
                 return Err(e.into());
             }
+            self.counts.woke();
             for ev in events.iter() {
                 match Source::of(ev.token()) {
                     Source::Listener => self.accept_clients(),
@@ -514,21 +515,17 @@ impl Daemon {
     // ---- hypervisor events ----------------------------------------------------------------
 
     fn on_hv_event(&mut self) {
-        loop {
-            match self.hv.take_event() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) if e.is_interface_lost() => {
-                    // The simulator exited (or our domain was destroyed): nothing can work.
-                    self.lost = Some(e);
-                    self.stop.store(true, Ordering::SeqCst);
-                    return;
-                }
-                Err(e) => {
-                    warn!("take_event: {e}");
-                    break;
-                }
+        // One call takes everything pending (every backend drains its descriptor); an event
+        // raised after it is a new edge for the poll, so a second call would only read nothing.
+        match self.hv.take_event() {
+            Ok(_) => {}
+            Err(e) if e.is_interface_lost() => {
+                // The simulator exited (or our domain was destroyed): nothing can work.
+                self.lost = Some(e);
+                self.stop.store(true, Ordering::SeqCst);
+                return;
             }
+            Err(e) => warn!("take_event: {e}"),
         }
         let ports = self.ports.ports();
         let mut wanted = false;
@@ -711,7 +708,19 @@ impl Daemon {
 
     /// Removes dead clients and everything they held.
     fn reap(&mut self) {
-        for t in self.clients.take_dead() {
+        // Until no client is left dead: removing one may touch others, which are then looked
+        // at (and registered for writable events if they need them) before the loop polls.
+        loop {
+            let dead = self.clients.take_dead(self.poll.registry());
+            if dead.is_empty() {
+                return;
+            }
+            self.remove_clients(dead);
+        }
+    }
+
+    fn remove_clients(&mut self, dead: Vec<usize>) {
+        for t in dead {
             let Some(mut c) = self.clients.remove(t) else {
                 continue;
             };
