@@ -17,13 +17,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    DGRAM_CHAN_CAPACITY, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE,
-    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
+    DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
+    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_LAZY,
+    SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
@@ -48,6 +50,10 @@ pub(super) struct DgramClient {
     owed: VecDeque<Owed>,
     /// Pipelined sends that succeeded and were not acknowledged yet.
     acks: u32,
+    /// One of them was sent without `SEND_F_LAZY`: the ACK goes at the end of this batch.
+    ack_now: bool,
+    /// When the lazy ones' ACK is due at the latest (queued in `Daemon::lazy_acks`).
+    ack_due: Option<Instant>,
     /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
     reserved: usize,
     /// A descriptor the client passed (for its channel offer).
@@ -61,6 +67,8 @@ enum Owed {
     Done {
         dst: Addr,
         pipelined: bool,
+        /// Its ACK may wait (`SEND_F_LAZY`).
+        lazy: bool,
     },
     Failed {
         dst: Addr,
@@ -72,6 +80,7 @@ enum Owed {
         dst: Addr,
         payload: Vec<u8>,
         pipelined: bool,
+        lazy: bool,
         nowait: bool,
     },
 }
@@ -83,6 +92,8 @@ impl DgramClient {
             inbuf: Vec::new(),
             owed: VecDeque::new(),
             acks: 0,
+            ack_now: false,
+            ack_due: None,
             reserved: 0,
             fd: None,
             chan: None,
@@ -146,6 +157,11 @@ impl Daemon {
             return;
         };
         let t = *t;
+        let Some(idle) = self.clients.get(t).map(|c| c.out.is_empty()) else {
+            return;
+        };
+        // The successes held back go with it (before it: the client reads both at once).
+        self.dgram_ack(t, true);
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -159,7 +175,6 @@ impl Daemon {
         // One write per drained batch, not per datagram: the client is pumped (and its output
         // flushed) once this event is handled. Output left over means the socket was full: its
         // writable event pumps it.
-        let idle = c.out.is_empty();
         c.out.extend(h.encode());
         c.out.extend(payload);
         if idle {
@@ -220,7 +235,7 @@ impl Daemon {
             }
         }
         self.dgram_sleep(t);
-        self.dgram_ack(t);
+        self.dgram_ack(t, false);
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -340,10 +355,12 @@ impl Daemon {
             let before = d.inbuf.len();
             match cons.pop_into(&mut d.inbuf) {
                 Ok(Some(n)) => match split_frame(&d.inbuf[before..]) {
-                    Ok(Some((h, total))) if total == n && h.kind == FRAME_SEND => {}
+                    Ok(Some((h, total)))
+                        if total == n
+                            && (h.kind == FRAME_SEND || (h.kind == FRAME_FLUSH && h.len == 0)) => {}
                     _ => {
                         d.inbuf.truncate(before);
-                        broken = Some("a record that is not one SEND frame".to_string());
+                        broken = Some("a record that is not one SEND or FLUSH frame".to_string());
                         break;
                     }
                 },
@@ -355,6 +372,10 @@ impl Daemon {
             }
         }
         if broken.is_none() && cons.space_doorbell_wanted().unwrap_or(false) {
+            // What is held back goes before it.
+            if let Some(a) = take_ack(d) {
+                c.out.extend(a);
+            }
             c.out.extend(ring_frame());
         }
         if let Some(why) = broken {
@@ -436,7 +457,7 @@ impl Daemon {
             len: why.len() as u32,
             kind: FRAME_CHAN,
             domain: 0,
-            port: 0,
+            port: DGRAM_F_LAZY_ACK,
             aux: errno,
         };
         c.out.extend(f.encode());
@@ -461,6 +482,7 @@ impl Daemon {
         let mut frames: Vec<(FrameHeader, usize)> = Vec::new();
         let mut pos = 0;
         let mut offer = None;
+        let mut flush = false;
         while frames.len() < MAX_BATCH {
             match split_frame(&d.inbuf[pos..]) {
                 Ok(Some((h, total))) if h.kind == FRAME_SEND => {
@@ -469,6 +491,14 @@ impl Daemon {
                 }
                 // A doorbell: the pump is what it asks for.
                 Ok(Some((h, total))) if h.kind == FRAME_RING && frames.is_empty() => pos += total,
+                // Every SEND before it is answered now: it ends the batch.
+                Ok(Some((h, total))) if h.kind == FRAME_FLUSH && h.len == 0 => {
+                    if frames.is_empty() {
+                        flush = true;
+                        pos += total;
+                    }
+                    break;
+                }
                 Ok(Some((h, total))) if h.kind == FRAME_CHAN && frames.is_empty() => {
                     offer = Some(h);
                     pos += total;
@@ -484,7 +514,11 @@ impl Daemon {
         }
         if frames.is_empty() {
             d.inbuf.drain(..pos);
+            if flush {
+                self.dgram_ack(t, true);
+            }
             if let Some(h) = offer {
+                self.dgram_ack(t, true);
                 self.dgram_take_chan(t, &h);
             }
             return if pos > 0 { Batch::Sent } else { Batch::Nothing };
@@ -521,6 +555,7 @@ impl Daemon {
         for (h, off) in &frames {
             let dst = Addr::new(h.domain, h.port);
             let pipelined = h.aux & SEND_F_PIPELINE != 0;
+            let lazy = pipelined && h.aux & SEND_F_LAZY != 0;
             if !valid(h) {
                 let reason = if h.port == 0 {
                     "port 0 is not a destination".to_string()
@@ -536,11 +571,16 @@ impl Daemon {
             }
             let payload = &d.inbuf[*off..*off + h.len as usize];
             answers.push(match results.next() {
-                Some(Ok(_)) => Owed::Done { dst, pipelined },
+                Some(Ok(_)) => Owed::Done {
+                    dst,
+                    pipelined,
+                    lazy,
+                },
                 Some(Err(HvError::WouldBlock | HvError::Busy)) => Owed::Retry {
                     dst,
                     payload: payload.to_vec(),
                     pipelined,
+                    lazy,
                     nowait: h.aux & SEND_F_NOWAIT != 0,
                 },
                 Some(Err(e)) => Owed::Failed {
@@ -569,7 +609,7 @@ impl Daemon {
         if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
             d.owed.extend(answers);
         }
-        self.dgram_ack(t);
+        self.dgram_ack(t, false);
         if let Some(c) = self.clients.get_mut(t)
             && c.flush().is_err()
         {
@@ -608,6 +648,7 @@ impl Daemon {
                 dst,
                 payload,
                 pipelined,
+                lazy,
                 nowait,
             } = o
             else {
@@ -615,7 +656,11 @@ impl Daemon {
                 continue;
             };
             let a = match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
-                Ok(true) => Owed::Done { dst, pipelined },
+                Ok(true) => Owed::Done {
+                    dst,
+                    pipelined,
+                    lazy,
+                },
                 Ok(false) if nowait => Owed::Failed {
                     dst,
                     errno: abi::errno::EAGAIN as u32,
@@ -630,11 +675,12 @@ impl Daemon {
                             dst,
                             payload,
                             pipelined,
+                            lazy,
                             nowait,
                         });
                     }
                     // What came before it is answered now: its window opens that far.
-                    self.dgram_ack(t);
+                    self.dgram_ack(t, true);
                     return false;
                 }
                 Err(e) => Owed::Failed {
@@ -652,10 +698,13 @@ impl Daemon {
     fn dgram_answer(&mut self, t: usize, a: Owed) {
         let (dst, errno, reason) = match a {
             Owed::Done {
-                pipelined: true, ..
+                pipelined: true,
+                lazy,
+                ..
             } => {
                 if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
                     d.acks += 1;
+                    d.ack_now |= !lazy;
                 }
                 return;
             }
@@ -666,7 +715,7 @@ impl Daemon {
                 (dst, libc::EIO as u32, String::new())
             }
         };
-        self.dgram_ack(t);
+        self.dgram_ack(t, true);
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -682,8 +731,10 @@ impl Daemon {
         c.out.extend(reason.as_bytes());
     }
 
-    /// Queues the ACK of the pipelined successes not acknowledged yet.
-    fn dgram_ack(&mut self, t: usize) {
+    /// Queues the ACK of the pipelined successes not acknowledged yet: now with `force` or
+    /// when one of them was sent without `SEND_F_LAZY`; else it waits for the client's next
+    /// frame, a FLUSH, or `lazy_ack_delay` (queued in `lazy_acks`).
+    fn dgram_ack(&mut self, t: usize, force: bool) {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -693,15 +744,83 @@ impl Daemon {
         if d.acks == 0 {
             return;
         }
-        let h = FrameHeader {
+        if force || d.ack_now {
+            if let Some(a) = take_ack(d) {
+                c.out.extend(a);
+            }
+        } else if d.ack_due.is_none() {
+            let due = Instant::now() + self.cfg.lazy_ack_delay;
+            d.ack_due = Some(due);
+            self.lazy_acks.push_back((due, t));
+        }
+    }
+
+    /// The deadline of the oldest ACK held back, for the loop's poll. Entries whose ACK went
+    /// meanwhile (with a DATA frame, a STATUS, a FLUSH) are dropped here: the loop would
+    /// otherwise wake for each of them, about once per round trip when every ACK goes early.
+    pub(super) fn lazy_ack_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(due, t)) = self.lazy_acks.front() {
+            if self.lazy_ack_live(due, t) {
+                return Some(due);
+            }
+            self.lazy_acks.pop_front();
+        }
+        None
+    }
+
+    /// Whether client `t` still holds back an ACK due at `due`.
+    fn lazy_ack_live(&self, due: Instant, t: usize) -> bool {
+        matches!(
+            self.clients.get(t).map(|c| &c.state),
+            Some(ClientState::Dgram(d)) if d.ack_due == Some(due)
+        )
+    }
+
+    /// Sends the ACKs held back whose delay ran out (the queue is in deadline order: every
+    /// entry waits the same delay).
+    pub(super) fn send_due_acks(&mut self, now: Instant) {
+        while let Some(&(due, t)) = self.lazy_acks.front() {
+            if due > now {
+                return;
+            }
+            self.lazy_acks.pop_front();
+            if !self.lazy_ack_live(due, t) {
+                continue;
+            }
+            let Some(c) = self.clients.get_mut(t) else {
+                continue;
+            };
+            let ClientState::Dgram(d) = &mut c.state else {
+                continue;
+            };
+            if let Some(a) = take_ack(d) {
+                c.out.extend(a);
+            }
+            if c.flush().is_err() {
+                c.dead = true;
+            }
+        }
+    }
+}
+
+/// The ACK frame of a client's successes not acknowledged yet, if any; nothing is held back
+/// after it.
+fn take_ack(d: &mut DgramClient) -> Option<[u8; FRAME_HEADER_SIZE]> {
+    d.ack_now = false;
+    d.ack_due = None;
+    if d.acks == 0 {
+        return None;
+    }
+    Some(
+        FrameHeader {
             len: 0,
             kind: FRAME_ACK,
             domain: 0,
             port: 0,
             aux: std::mem::take(&mut d.acks),
-        };
-        c.out.extend(h.encode());
-    }
+        }
+        .encode(),
+    )
 }
 
 /// A doorbell frame.

@@ -187,6 +187,9 @@ pub struct Daemon {
     counts: Arc<HvCounts>,
     /// When a notify skipped by a drain is made anyway ([`NOTIFY_OWED`]).
     notify_owed: Option<Instant>,
+    /// Datagram clients whose ACK is held back (`SEND_F_LAZY`), with when it is due, in that
+    /// order (`dgram.rs`).
+    lazy_acks: std::collections::VecDeque<(Instant, usize)>,
     /// Reused buffers: a message read from a ring, a stream message built for `sendv`.
     ring_buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -270,6 +273,7 @@ impl Daemon {
             notifier: None,
             counts,
             notify_owed: None,
+            lazy_acks: std::collections::VecDeque::new(),
             ring_buf: Vec::new(),
             send_buf: Vec::new(),
         };
@@ -369,6 +373,9 @@ impl Daemon {
             if let Some(n) = self.notify_owed {
                 deadline = deadline.min(n);
             }
+            if let Some(a) = self.lazy_ack_deadline() {
+                deadline = deadline.min(a);
+            }
             let timeout = deadline.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -395,6 +402,7 @@ impl Daemon {
             if self.notify_owed.is_some_and(|n| n <= now) {
                 self.notify_now();
             }
+            self.send_due_acks(now);
             if self.tx.busy_due(now) {
                 self.retry_blocked(true);
             } else if self.tx.check_due(now) {
