@@ -60,6 +60,10 @@ pub(super) struct DgramClient {
     fd: Option<OwnedFd>,
     /// The client's shared-memory channel of SEND records, once it offered one.
     chan: Option<Consumer>,
+    /// The socket may hold bytes: set by every poll event of the client, cleared by a read
+    /// that found it empty. A pump that only delivers (a DATA frame to write) then makes no
+    /// read that would find nothing.
+    readable: bool,
 }
 
 /// The answer a SEND is owed.
@@ -97,6 +101,7 @@ impl DgramClient {
             reserved: 0,
             fd: None,
             chan: None,
+            readable: true,
         }
     }
 
@@ -256,7 +261,11 @@ impl Daemon {
     /// read a whole chunk (more may be there); `Some(false)`: it read all there was (perhaps
     /// nothing), or the client is not to be read now; `None`: the client is gone.
     fn dgram_read(&mut self, t: usize) -> Option<bool> {
-        if !self.dgram_reserve_read(t) {
+        if !matches!(
+            self.clients.get(t).map(|c| &c.state),
+            Some(ClientState::Dgram(DgramClient { readable: true, .. }))
+        ) || !self.dgram_reserve_read(t)
+        {
             return Some(false);
         }
         let c = self.clients.get_mut(t)?;
@@ -271,6 +280,7 @@ impl Daemon {
             // recvmsg writes at most `ask` there and only what it reports is counted.
             let (r, fd) =
                 unsafe { recv_with_fd(c.stream.as_raw_fd(), spare.as_mut_ptr().cast(), ask) };
+            let had_fd = fd.is_some();
             if let Some(fd) = fd
                 && d.fd.is_none()
                 && d.chan.is_none()
@@ -285,7 +295,10 @@ impl Daemon {
                 let e = io::Error::last_os_error();
                 match e.kind() {
                     io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Some(false),
+                    io::ErrorKind::WouldBlock => {
+                        d.readable = false;
+                        return Some(false);
+                    }
                     _ => {
                         c.dead = true;
                         return None;
@@ -295,7 +308,11 @@ impl Daemon {
             let n = r as usize;
             // SAFETY: read initialised the first `n` spare bytes.
             unsafe { d.inbuf.set_len(d.inbuf.len() + n) };
-            // A short read emptied the socket: the next data is a new readable event.
+            // A short read emptied the socket: the next data is a new readable event. (A read
+            // stops short at a passed descriptor too: then more may be there.)
+            if n < ask && !had_fd {
+                d.readable = false;
+            }
             return Some(n == ask);
         }
     }
@@ -421,6 +438,13 @@ impl Daemon {
             Ok(true) => {}
             Ok(false) => self.wake(t),
             Err(e) => self.close_broken_channel(t, &e),
+        }
+    }
+
+    /// A poll event for client `t`: its socket may hold bytes again.
+    pub(super) fn dgram_readable(&mut self, t: usize) {
+        if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
+            d.readable = true;
         }
     }
 

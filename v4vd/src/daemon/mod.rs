@@ -394,7 +394,10 @@ impl Daemon {
                         self.check_resumed();
                         self.check_names(false);
                     }
-                    Source::Client(t) => self.pump_client(t),
+                    Source::Client(t) => {
+                        self.dgram_readable(t);
+                        self.pump_client(t);
+                    }
                 }
                 self.run_ready();
             }
