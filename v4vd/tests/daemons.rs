@@ -1056,3 +1056,96 @@ fn the_client_asks_for_held_back_answers_when_it_waits() {
     }
     peer.join().unwrap();
 }
+
+/// The calling thread's voluntary context switches so far (it slept this many times).
+fn voluntary_switches() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// `Stream::read` sleeps in `poll`: a task blocked in `read` on a Unix socket is also woken
+/// when the daemon reads what it wrote (room to write), so a write-then-read exchange slept
+/// twice per answer, once for nothing. Non-blocking mode (however it was set) and a read
+/// timeout still give `WouldBlock`.
+#[test]
+fn a_stream_read_sleeps_once_per_answer() {
+    // One CPU for the test and the daemons' threads: the daemon reads our bytes while we wait.
+    pin_to_one_cpu();
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 930).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => return,
+                n => {
+                    // The answer comes well after the daemon took the question.
+                    std::thread::sleep(Duration::from_millis(5));
+                    s.write_all(&buf[..n]).unwrap();
+                }
+            }
+        }
+    });
+    let mut s = Stream::connect_with(&n1.sock, SockAddr::new(2, 930)).unwrap();
+    let mut back = [0u8; 64];
+    const ROUNDS: u64 = 20;
+    let mut sleeps = 0;
+    for _ in 0..ROUNDS {
+        s.write_all(&[3u8; 64]).unwrap();
+        let before = voluntary_switches();
+        s.read_exact(&mut back).unwrap();
+        sleeps += voluntary_switches() - before;
+    }
+    eprintln!("{sleeps} sleeps for {ROUNDS} answers");
+    assert!(sleeps <= ROUNDS + 3, "{sleeps} sleeps for {ROUNDS} answers");
+
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t0 = Instant::now();
+    let e = s.read(&mut back).expect_err("nothing to read");
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(45),
+        "{:?}",
+        t0.elapsed()
+    );
+    s.set_read_timeout(None).unwrap();
+    // SAFETY: fcntl on the stream's own live descriptor, as an event loop would.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+    }
+    let e = s.read(&mut back).expect_err("nothing to read");
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    s.shutdown(Shutdown::Write).unwrap();
+    drop(s);
+    peer.join().unwrap();
+}
+
+/// Pins the calling thread (and the threads it starts afterwards) to the first CPU it may use.
+fn pin_to_one_cpu() {
+    // SAFETY: the cpu_set_t is a plain bit set, zeroed then filled by the kernel, and passed
+    // with its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("a CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
