@@ -743,3 +743,54 @@ fn a_new_client_falls_back_to_version_1_with_an_old_simulator() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The calling thread's voluntary context switches so far (it slept this many times).
+fn voluntary_switches() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// A guest waiting for its reply sleeps in `poll`, not in a blocking `recv` on its doorbell:
+/// a task blocked in `recv` on a Unix socket is woken by every wake-up of the socket's queue,
+/// the simulator's read of the request's ring byte ("room to write") among them. On a CPU
+/// shared with the simulator the guest slept in 0.91-0.93 of 1,000 requests that way, against
+/// 0.58-0.65 in `poll` (which wakes only for what it asked), and round trips through the whole
+/// stack were 7 % faster.
+#[test]
+fn a_guest_waiting_for_its_reply_sleeps_in_poll() {
+    let sim = Sim::start(&[]);
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).expect("a CPU");
+    pin(0, cpu);
+    pin(sim.child.id() as i32, cpu);
+    let g = SimHypervisor::connect_with(sim.path(), Some(1), Transport::Channel).unwrap();
+    assert!(g.uses_channel());
+    for _ in 0..50 {
+        g.info().unwrap();
+    }
+    const CALLS: u64 = 1000;
+    let before = voluntary_switches();
+    for _ in 0..CALLS {
+        g.info().unwrap();
+    }
+    let per_call = (voluntary_switches() - before) as f64 / CALLS as f64;
+    eprintln!("{per_call:.2} sleeps per request");
+    assert!(per_call <= 0.8, "{per_call:.2} sleeps per request");
+}
+
+/// Pins thread or process `pid` (0: the calling thread) to `cpu`.
+fn pin(pid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}

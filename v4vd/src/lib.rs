@@ -100,6 +100,11 @@ pub struct Config {
     pub name: Option<String>,
     /// dom0: the names guests may resolve (published where guests' daemons read them).
     pub publish_names: Vec<String>,
+    /// The longest a datagram client's `SEND_F_LAZY` successes wait for their ACK
+    /// (`docs/protocol.md`): the protocol's [`LAZY_ACK_DELAY`](v4v::client::proto::LAZY_ACK_DELAY);
+    /// not a setting of the configuration file (tests raise it to see what sends the ACK
+    /// sooner).
+    pub lazy_ack_delay: std::time::Duration,
 }
 
 /// Ports 1 to 1023 are privileged, as in TCP/IP: only root (or the configured
@@ -127,6 +132,7 @@ impl Default for Config {
             privileged_group: None,
             name: None,
             publish_names: Vec::new(),
+            lazy_ack_delay: v4v::client::proto::LAZY_ACK_DELAY,
         }
     }
 }

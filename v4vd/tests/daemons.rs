@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use common::{FNV0, Node, fnv, pattern};
 use v4v::Hypervisor;
 use v4v::abi::{Addr, PROTO_DGRAM, PROTO_STREAM, SendAddr};
+use v4v::client::proto::{
+    DGRAM_F_LAZY_ACK, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE,
+    FRAME_SEND, FRAME_STATUS, FrameHeader, LAZY_ACK_DELAY, SEND_F_LAZY, SEND_F_PIPELINE,
+};
 use v4v::client::{Datagram, Error, Listener, SockAddr, Stream};
 use v4v_sim::Model;
 
@@ -785,4 +789,363 @@ fn data_still_buffered_for_a_slow_reader_survives_the_connector_finishing_first(
         .expect("all the data, then an orderly end");
     assert_eq!(got.len(), data.len());
     assert!(got == data);
+}
+
+/// Round trips of one datagram and of 64 stream bytes to an echoing peer, a millisecond
+/// apart so that no two overlap: each daemon's loop wakes about twice per round trip (its
+/// client's message, the peer's answer from the hypervisor) and now and then for the notify
+/// owed after drains (every 5 ms). With writable interest always registered it also woke each
+/// time its client read what the daemon wrote (the edge-triggered poll reports the room).
+#[test]
+fn a_round_trip_wakes_each_daemon_twice() {
+    const ROUNDS: u64 = 200;
+    const PAUSE: Duration = Duration::from_millis(1);
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let wakeups = || [n1.counts.wakeups(), n2.counts.wakeups()];
+    let per_round = |before: [u64; 2], after: [u64; 2]| {
+        [0, 1].map(|i| (after[i] - before[i]) as f64 / ROUNDS as f64)
+    };
+
+    let mut echo = Datagram::bind_with(&n2.sock, 700, None).unwrap();
+    let peer = std::thread::spawn(move || {
+        for _ in 0..ROUNDS + 1 {
+            let (m, from) = echo.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+            echo.send_to(&m, from).unwrap();
+        }
+        echo.flush().unwrap();
+    });
+    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    let to = SockAddr::new(2, 700);
+    // One round to set up both ends, not counted.
+    d.send_to(b"warm", to).unwrap();
+    d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = wakeups();
+    for _ in 0..ROUNDS {
+        std::thread::sleep(PAUSE);
+        d.send_to(&[7u8; 64], to).unwrap();
+        let (m, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(m.len(), 64);
+    }
+    let dgram = per_round(before, wakeups());
+    d.flush().unwrap();
+    peer.join().unwrap();
+
+    let mut l = Listener::bind_with(&n2.sock, 701).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => return,
+                n => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    let mut s = Stream::connect_with(&n1.sock, SockAddr::new(2, 701)).unwrap();
+    let mut back = [0u8; 64];
+    s.write_all(&[1u8; 64]).unwrap();
+    s.read_exact(&mut back).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = wakeups();
+    for _ in 0..ROUNDS {
+        std::thread::sleep(PAUSE);
+        s.write_all(&[7u8; 64]).unwrap();
+        s.read_exact(&mut back).unwrap();
+    }
+    let stream = per_round(before, wakeups());
+    s.shutdown(Shutdown::Write).unwrap();
+    peer.join().unwrap();
+    eprintln!("wake-ups per round trip: datagram {dgram:?}, stream {stream:?}");
+    assert!(
+        dgram.iter().chain(&stream).all(|w| *w <= 2.6),
+        "daemon wake-ups per round trip: datagram {dgram:?}, stream {stream:?}"
+    );
+}
+
+/// A raw datagram client of `sock`: its connection after `OK PORT`, and the port.
+fn raw_dgram(sock: &std::path::Path) -> (UnixStream, u32) {
+    let (r, reply) = raw_request(sock, "DGRAM 0\n");
+    let port = reply
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("DGRAM: {reply}"));
+    (r.into_inner(), port)
+}
+
+fn write_frame(s: &mut UnixStream, kind: u16, to: SockAddr, aux: u32, payload: &[u8]) {
+    let h = FrameHeader {
+        len: payload.len() as u32,
+        kind,
+        domain: to.domid,
+        port: to.port,
+        aux,
+    };
+    s.write_all(&h.encode()).unwrap();
+    s.write_all(payload).unwrap();
+}
+
+/// The next frame from the daemon within `timeout`, or `None`.
+fn next_frame(s: &mut UnixStream, timeout: Duration) -> Option<(FrameHeader, Vec<u8>)> {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut hb = [0u8; FRAME_HEADER_SIZE];
+    match s.read_exact(&mut hb) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return None,
+        Err(e) => panic!("read: {e}"),
+    }
+    let h = FrameHeader::decode(&hb);
+    let mut payload = vec![0u8; h.len as usize];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut payload).unwrap();
+    Some((h, payload))
+}
+
+const LAZY: u32 = SEND_F_PIPELINE | SEND_F_LAZY;
+
+/// `SEND_F_LAZY` (docs/protocol.md, "Datagrams"): a success's ACK is held back until the
+/// daemon writes the client something else (before a DATA frame, a STATUS), a SEND without the
+/// flag, or a FLUSH; failures are answered at once. The delay is raised to an hour here, so
+/// that only those can have sent each ACK.
+#[test]
+fn lazy_acks_go_with_the_next_frame_a_flush_or_an_eager_send() {
+    let model = Model::new();
+    let cfg = v4vd::Config {
+        lazy_ack_delay: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let n1 = Node::start_with(&model, 1, cfg);
+    let n2 = Node::start(&model, 2);
+    let mut rx = Datagram::bind_with(&n2.sock, 900, None).unwrap();
+    let to = SockAddr::new(2, 900);
+    let quiet = Duration::from_millis(200);
+    let recv = |rx: &mut Datagram| rx.recv_timeout(Some(Duration::from_secs(10))).unwrap().0;
+    let (mut s, port) = raw_dgram(&n1.sock);
+    let none = SockAddr::new(0, 0);
+
+    // The daemon says it takes them (here in its refusal of an offer without a descriptor).
+    write_frame(&mut s, FRAME_CHAN, none, 1 << 21, b"");
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("the channel answer");
+    assert_eq!(h.kind, FRAME_CHAN);
+    assert_ne!(h.aux, 0, "no descriptor: refused");
+    assert_ne!(h.port & DGRAM_F_LAZY_ACK, 0, "lazy ACKs advertised");
+
+    // Held back, then a FLUSH: one ACK for all three.
+    for i in 0..3u8 {
+        write_frame(&mut s, FRAME_SEND, to, LAZY, &[i; 10]);
+    }
+    for i in 0..3u8 {
+        assert_eq!(recv(&mut rx), vec![i; 10], "sent at once");
+    }
+    assert!(next_frame(&mut s, quiet).is_none(), "the ACK is held back");
+    write_frame(&mut s, FRAME_FLUSH, none, 0, b"");
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("the ACK");
+    assert_eq!((h.kind, h.aux), (FRAME_ACK, 3));
+    assert!(next_frame(&mut s, quiet).is_none(), "one ACK");
+
+    // A send without the flag takes the held ones with it.
+    write_frame(&mut s, FRAME_SEND, to, LAZY, b"a");
+    write_frame(&mut s, FRAME_SEND, to, LAZY, b"b");
+    assert_eq!(recv(&mut rx), b"a");
+    assert_eq!(recv(&mut rx), b"b");
+    assert!(next_frame(&mut s, quiet).is_none(), "the ACK is held back");
+    write_frame(&mut s, FRAME_SEND, to, SEND_F_PIPELINE, b"c");
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("the ACK");
+    assert_eq!((h.kind, h.aux), (FRAME_ACK, 3));
+    assert_eq!(recv(&mut rx), b"c");
+
+    // A datagram for the client: the held ACK comes first, in the same write.
+    write_frame(&mut s, FRAME_SEND, to, LAZY, b"d");
+    assert_eq!(recv(&mut rx), b"d");
+    assert!(next_frame(&mut s, quiet).is_none(), "the ACK is held back");
+    rx.send_to(b"back", SockAddr::new(1, port)).unwrap();
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("the ACK");
+    assert_eq!((h.kind, h.aux), (FRAME_ACK, 1));
+    let (h, p) = next_frame(&mut s, Duration::from_secs(10)).expect("the datagram");
+    assert_eq!((h.kind, p.as_slice()), (FRAME_DATA, &b"back"[..]));
+
+    // A failure is answered at once, after the ACK of the success before it.
+    write_frame(&mut s, FRAME_SEND, to, LAZY, b"e");
+    write_frame(&mut s, FRAME_SEND, SockAddr::new(2, 901), LAZY, b"f");
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("the ACK");
+    assert_eq!((h.kind, h.aux), (FRAME_ACK, 1));
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("the STATUS");
+    assert_eq!((h.kind, h.aux), (FRAME_STATUS, 111), "ECONNREFUSED");
+    assert_eq!(recv(&mut rx), b"e");
+
+    // A FLUSH with a payload is a bad frame: the client is closed.
+    write_frame(&mut s, FRAME_FLUSH, none, 0, b"x");
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "closed");
+}
+
+/// With nothing else to send it sooner, a held-back ACK comes after `LAZY_ACK_DELAY` (2 ms).
+#[test]
+fn a_lazy_ack_comes_within_the_delay() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut rx = Datagram::bind_with(&n2.sock, 910, None).unwrap();
+    let (mut s, _) = raw_dgram(&n1.sock);
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        write_frame(&mut s, FRAME_SEND, SockAddr::new(2, 910), LAZY, b"x");
+        let (h, _) = next_frame(&mut s, Duration::from_secs(5)).expect("the ACK comes");
+        let took = t0.elapsed();
+        assert_eq!((h.kind, h.aux), (FRAME_ACK, 1));
+        assert!(
+            took >= LAZY_ACK_DELAY,
+            "the ACK came after {took:?}, not held back"
+        );
+        rx.recv_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+}
+
+/// The client library sends lazily while its window is far from full and asks for the answers
+/// (FLUSH) whenever it must wait for them: `flush`, and a switch from the channel to the
+/// socket. With the delay at an hour, each would hang without it.
+#[test]
+fn the_client_asks_for_held_back_answers_when_it_waits() {
+    let model = Model::new();
+    let cfg = v4vd::Config {
+        lazy_ack_delay: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let n1 = Node::start_with(&model, 1, cfg);
+    let n2 = Node::start(&model, 2);
+    let mut rx = Datagram::bind_with(&n2.sock, 920, None).unwrap();
+    let to = SockAddr::new(2, 920);
+    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    assert!(d.uses_channel());
+    let wait = Some(Duration::from_secs(10));
+    for i in 0..10u8 {
+        d.send_to(&[i; 100], to).unwrap();
+    }
+    for _ in 0..10 {
+        rx.recv_timeout(wait).unwrap();
+    }
+    assert!(d.outstanding() > 0, "answers held back");
+    d.flush_timeout(wait).expect("flush asks for them");
+    assert_eq!(d.outstanding(), 0);
+    // Channel sends held back, then one too large for a channel record: the socket path waits
+    // for the channel's answers first. The ring takes at most 256 KiB: it fails, numbered.
+    d.send_to(b"small", to).unwrap();
+    d.send_to(&vec![1u8; 600_000], to).unwrap();
+    let big = d.sent();
+    match d.flush_timeout(wait) {
+        Err(Error::Undelivered { seq, .. }) => assert_eq!(seq, big),
+        other => panic!("flush: {other:?}"),
+    }
+    assert_eq!(rx.recv_timeout(wait).unwrap().0, b"small");
+    // Round trips: each answer comes with the datagram back.
+    let mut echo = Datagram::bind_with(&n2.sock, 921, None).unwrap();
+    let peer = std::thread::spawn(move || {
+        for _ in 0..50 {
+            let (m, from) = echo.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+            echo.send_to(&m, from).unwrap();
+        }
+        echo.flush_timeout(Some(Duration::from_secs(10))).unwrap();
+    });
+    for _ in 0..50 {
+        d.send_to(b"ping", SockAddr::new(2, 921)).unwrap();
+        d.recv_timeout(wait).unwrap();
+        assert_eq!(d.outstanding(), 0, "the ACK came before the echo");
+    }
+    peer.join().unwrap();
+}
+
+/// The calling thread's voluntary context switches so far (it slept this many times).
+fn voluntary_switches() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// `Stream::read` sleeps in `poll`: a task blocked in `read` on a Unix socket is also woken
+/// when the daemon reads what it wrote (room to write), so a write-then-read exchange slept
+/// twice per answer, once for nothing. Non-blocking mode (however it was set) and a read
+/// timeout still give `WouldBlock`.
+#[test]
+fn a_stream_read_sleeps_once_per_answer() {
+    // One CPU for the test and the daemons' threads: the daemon reads our bytes while we wait.
+    pin_to_one_cpu();
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 930).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => return,
+                n => {
+                    // The answer comes well after the daemon took the question.
+                    std::thread::sleep(Duration::from_millis(5));
+                    s.write_all(&buf[..n]).unwrap();
+                }
+            }
+        }
+    });
+    let mut s = Stream::connect_with(&n1.sock, SockAddr::new(2, 930)).unwrap();
+    let mut back = [0u8; 64];
+    const ROUNDS: u64 = 20;
+    let mut sleeps = 0;
+    for _ in 0..ROUNDS {
+        s.write_all(&[3u8; 64]).unwrap();
+        let before = voluntary_switches();
+        s.read_exact(&mut back).unwrap();
+        sleeps += voluntary_switches() - before;
+    }
+    eprintln!("{sleeps} sleeps for {ROUNDS} answers");
+    assert!(sleeps <= ROUNDS + 3, "{sleeps} sleeps for {ROUNDS} answers");
+
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t0 = Instant::now();
+    let e = s.read(&mut back).expect_err("nothing to read");
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(45),
+        "{:?}",
+        t0.elapsed()
+    );
+    s.set_read_timeout(None).unwrap();
+    // SAFETY: fcntl on the stream's own live descriptor, as an event loop would.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+    }
+    let e = s.read(&mut back).expect_err("nothing to read");
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    s.shutdown(Shutdown::Write).unwrap();
+    drop(s);
+    peer.join().unwrap();
+}
+
+/// Pins the calling thread (and the threads it starts afterwards) to the first CPU it may use.
+fn pin_to_one_cpu() {
+    // SAFETY: the cpu_set_t is a plain bit set, zeroed then filled by the kernel, and passed
+    // with its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("a CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
 }

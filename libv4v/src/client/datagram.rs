@@ -9,7 +9,10 @@
 //! Sending is pipelined: `send_to` returns once the daemon has the datagram (frames carry
 //! `SEND_F_PIPELINE`, the daemon acknowledges batches with one ACK frame), at most
 //! [`Datagram::window`] datagrams are outstanding, and a failure comes back later, tied to its
-//! datagram by sequence number ([`Error::Undelivered`]). A window of 1 is the synchronous
+//! datagram by sequence number ([`Error::Undelivered`]). While the window is at most half full a
+//! send also carries `SEND_F_LAZY` (when the daemon takes it): its ACK comes with the daemon's
+//! next frame to this port (on a round trip, the answer), and a FLUSH frame asks for the held
+//! answers whenever the port must wait for them. A window of 1 is the synchronous
 //! protocol of `docs/protocol.md` (one STATUS per SEND, the error returned by that `send_to`).
 
 use std::collections::VecDeque;
@@ -20,9 +23,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    DGRAM_CHAN_CAPACITY, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE,
-    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_NOWAIT,
-    SEND_F_PIPELINE, SockAddr, split_frame,
+    DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
+    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM,
+    Reply, Request, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, split_frame,
 };
 use super::{Error, handshake, socket_path};
 use crate::abi::DomId;
@@ -83,8 +86,11 @@ pub struct Datagram {
     /// The sends outstanding went through the channel (else the socket): the two paths are
     /// only switched with nothing outstanding, so the daemon answers in sending order.
     on_chan: bool,
-    /// The daemon's answer to the channel offer (0 or an errno), while it is awaited.
-    chan_answer: Option<u32>,
+    /// The daemon's answer to the channel offer (0 or an errno, and its feature bits), while it
+    /// is awaited.
+    chan_answer: Option<(u32, u32)>,
+    /// The daemon honours `SEND_F_LAZY` and takes `FRAME_FLUSH` (its channel answer said so).
+    lazy_acks: bool,
 }
 
 /// How often a pipelined `send_to` looks for answers that came (failures to report) when it
@@ -117,6 +123,10 @@ pub(crate) struct SendWindow {
     failures: VecDeque<Error>,
     /// The answer of a synchronous send: its number and result.
     answer: Option<(u64, Result<(), Error>)>,
+    /// The number of the latest send whose success the daemon may acknowledge late
+    /// (`SEND_F_LAZY`), and of the latest send a FLUSH asked answers for.
+    last_lazy: u64,
+    flushed: u64,
     /// Why the daemon's connection ended, once it did.
     gone: Option<String>,
 }
@@ -130,6 +140,8 @@ impl SendWindow {
             unanswered_bytes: 0,
             failures: VecDeque::new(),
             answer: None,
+            last_lazy: 0,
+            flushed: 0,
             gone: None,
         }
     }
@@ -160,6 +172,31 @@ impl SendWindow {
         self.unanswered.len() >= self.limit
             || (self.unanswered_bytes > 0
                 && self.unanswered_bytes + FRAME_HEADER_SIZE + len > DGRAM_READ_AHEAD)
+    }
+
+    /// Whether the next send, of `len` bytes, may have its success acknowledged late: while the
+    /// window stays at most half full (in datagrams and in bytes), so that a window that fills
+    /// always meets sends the daemon answers at once.
+    pub(crate) fn may_defer(&self, len: usize) -> bool {
+        2 * (self.unanswered.len() + 1) <= self.limit
+            && 2 * (self.unanswered_bytes + FRAME_HEADER_SIZE + len) <= DGRAM_READ_AHEAD
+    }
+
+    /// The latest send went with `SEND_F_LAZY`.
+    pub(crate) fn sent_lazy(&mut self) {
+        self.last_lazy = self.sent;
+    }
+
+    /// Whether a send whose answer may be held back is outstanding and no FLUSH asked for it
+    /// yet: a caller about to wait for answers sends one first.
+    pub(crate) fn needs_flush(&self) -> bool {
+        let oldest_unanswered = self.sent + 1 - self.unanswered.len() as u64;
+        self.last_lazy > self.flushed && self.last_lazy >= oldest_unanswered
+    }
+
+    /// A FLUSH went after every send so far.
+    pub(crate) fn flush_sent(&mut self) {
+        self.flushed = self.sent;
     }
 
     /// Forgets the oldest sends, answered.
@@ -358,6 +395,7 @@ impl Datagram {
             chan: None,
             on_chan: false,
             chan_answer: None,
+            lazy_acks: false,
         };
         if std::env::var(CHANNEL_ENV).map_or(true, |v| v != "0") {
             d.offer_chan()?;
@@ -383,7 +421,8 @@ impl Datagram {
         drop(fd);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(errno) = self.chan_answer.take() {
+            if let Some((errno, features)) = self.chan_answer.take() {
+                self.lazy_acks = features & DGRAM_F_LAZY_ACK != 0;
                 if errno == 0 {
                     self.chan =
                         Some(Producer::new(&mem).map_err(|e| Error::Protocol(e.to_string()))?);
@@ -408,6 +447,7 @@ impl Datagram {
     fn use_path(&mut self, to_chan: bool) -> Result<(), Error> {
         if self.on_chan != to_chan {
             while self.window.outstanding() > 0 {
+                self.ask_answers()?;
                 self.push_out()?;
                 self.wait(!self.out.is_empty(), None)?;
             }
@@ -423,6 +463,47 @@ impl Datagram {
             ..Default::default()
         };
         self.out.extend_from_slice(&h.encode());
+        self.finish_out()
+    }
+
+    /// Before waiting for answers: a FLUSH, if some outstanding send's answer may be held back
+    /// and none asked for it yet. On the path the sends took, so that it comes after them; in
+    /// non-blocking mode only if the channel has room for it now (else the daemon's delay
+    /// bounds the wait).
+    fn ask_answers(&mut self) -> Result<(), Error> {
+        if !self.window.needs_flush() {
+            return Ok(());
+        }
+        let hb = FrameHeader {
+            kind: FRAME_FLUSH,
+            ..Default::default()
+        }
+        .encode();
+        if self.on_chan {
+            let chan_err = |e: crate::chan::ChanError| Error::Protocol(e.to_string());
+            loop {
+                let Some(p) = self.chan.as_mut() else {
+                    return Err(Error::Protocol("the channel went away".into()));
+                };
+                match p.push(&[&hb]).map_err(chan_err)? {
+                    Pushed::Done { doorbell } => {
+                        self.window.flush_sent();
+                        return if doorbell { self.ring() } else { Ok(()) };
+                    }
+                    Pushed::Full => {
+                        if p.wait_for_space(hb.len()).map_err(chan_err)? {
+                            continue;
+                        }
+                        if self.nonblocking {
+                            return Ok(());
+                        }
+                        self.wait(false, None)?;
+                    }
+                }
+            }
+        }
+        self.window.flush_sent();
+        self.out.extend_from_slice(&hb);
         self.finish_out()
     }
 
@@ -469,7 +550,10 @@ impl Datagram {
         self.window.sent()
     }
 
-    /// Datagrams sent and not answered by the daemon yet.
+    /// Datagrams sent and not answered by the daemon yet. A daemon may hold back the answer of
+    /// a success sent while the window was at most half full for up to 2 ms (it comes with the
+    /// daemon's next frame to this port, or when this port waits for answers: see
+    /// `docs/protocol.md`, "Lazy ACKs"), so this may count datagrams already delivered.
     pub fn outstanding(&self) -> usize {
         self.window.outstanding()
     }
@@ -493,7 +577,7 @@ impl Datagram {
             return Err(e);
         }
         let pipelined = self.window.pipelined();
-        let h = send_header(buf, dst, !pipelined && self.nonblocking, pipelined)?;
+        let mut h = send_header(buf, dst, !pipelined && self.nonblocking, pipelined)?;
         if !pipelined {
             return self.send_sync(&h, buf, dst);
         }
@@ -510,13 +594,24 @@ impl Datagram {
                 if self.out.is_empty() && !self.window.full(buf.len()) {
                     break;
                 }
+                // The caller polls for the answers next: none is to be held back.
+                self.ask_answers()?;
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
+            }
+            if self.out.is_empty() {
+                self.ask_answers()?;
             }
             self.wait(!self.out.is_empty(), None)?;
         }
         // A failure that came while waiting is older than this datagram.
         if let Some(f) = self.window.take_failure() {
             return Err(f);
+        }
+        // Far from a full window, its success may be acknowledged late (with the next frame the
+        // daemon sends this port): a round trip then costs no wake-up for the ACK.
+        let lazy = self.lazy_acks && self.window.may_defer(buf.len());
+        if lazy {
+            h.aux |= SEND_F_LAZY;
         }
         let hb = h.encode();
         let fits_chan = self
@@ -525,7 +620,7 @@ impl Datagram {
             .is_some_and(|p| FRAME_HEADER_SIZE + buf.len() <= p.chan().max_record());
         if fits_chan {
             self.use_path(true)?;
-            return self.send_chan(&hb, buf, dst);
+            return self.send_chan(&hb, buf, dst, lazy);
         }
         self.use_path(false)?;
         let n = self.write_some(&[&hb, buf])?;
@@ -547,6 +642,9 @@ impl Datagram {
             self.out.extend_from_slice(b);
         }
         self.window.push(dst, buf.len(), true);
+        if lazy {
+            self.window.sent_lazy();
+        }
         // The rest of a frame the socket took in part, even in non-blocking mode: within the
         // window the daemon reads all of it (it reads ahead of a datagram waiting for space).
         while !self.out.is_empty() {
@@ -560,7 +658,13 @@ impl Datagram {
 
     /// Publishes a SEND record on the channel, ringing the daemon if it sleeps; waits for room
     /// (non-blocking mode: `WouldBlock`, nothing sent).
-    fn send_chan(&mut self, hb: &[u8], buf: &[u8], dst: SockAddr) -> Result<usize, Error> {
+    fn send_chan(
+        &mut self,
+        hb: &[u8],
+        buf: &[u8],
+        dst: SockAddr,
+        lazy: bool,
+    ) -> Result<usize, Error> {
         let len = hb.len() + buf.len();
         loop {
             let Some(p) = self.chan.as_mut() else {
@@ -570,6 +674,9 @@ impl Datagram {
             match p.push(&[hb, buf]).map_err(chan_err)? {
                 Pushed::Done { doorbell } => {
                     self.window.push(dst, buf.len(), true);
+                    if lazy {
+                        self.window.sent_lazy();
+                    }
                     if doorbell {
                         self.ring()?;
                     }
@@ -636,7 +743,7 @@ impl Datagram {
     pub fn flush_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         while !self.out.is_empty() || self.window.outstanding() > 0 {
-            if let Err(e) = self.push_out() {
+            if let Err(e) = self.ask_answers().and_then(|()| self.push_out()) {
                 return Err(self.window.first_failure_or(e));
             }
             match self.wait(!self.out.is_empty(), deadline) {
@@ -776,7 +883,7 @@ impl Datagram {
                     } else if h.kind == FRAME_RING {
                         // Room on the channel: the waiting send looks again.
                     } else if h.kind == FRAME_CHAN {
-                        self.chan_answer = Some(h.aux);
+                        self.chan_answer = Some((h.aux, h.port));
                     } else if let Err(e) = self.window.on_frame(&h, payload) {
                         break Err(e);
                     }
@@ -938,6 +1045,8 @@ impl Datagram {
         if self.on_chan {
             let _ = self.use_path(false);
         }
+        // The async type sends no FLUSH: what may be held back is asked for now.
+        let _ = self.ask_answers();
         DatagramParts {
             sock: self.sock,
             local_port: self.local_port,
@@ -961,6 +1070,7 @@ impl Datagram {
             chan: None,
             on_chan: false,
             chan_answer: None,
+            lazy_acks: false,
         }
     }
 }

@@ -39,13 +39,31 @@ pub const FRAME_CHAN: u16 = 5;
 /// Either way, no payload: a doorbell for the shared-memory channel (the peer went to sleep on
 /// it, or waits for its space).
 pub const FRAME_RING: u16 = 6;
+/// Client to daemon, no payload, on the path its SENDs take (the socket or a channel record):
+/// acknowledge every SEND before this one now (the `SEND_F_LAZY` successes held back are
+/// counted into an ACK at once). Only to a daemon whose `FRAME_CHAN` answer had
+/// `DGRAM_F_LAZY_ACK` in `port`: an older daemon closes a client that sends an unknown kind.
+pub const FRAME_FLUSH: u16 = 7;
 /// Data bytes of the shared-memory channel a client offers.
 pub const DGRAM_CHAN_CAPACITY: usize = 2 << 20;
+/// Feature bit in the `port` field of the daemon's `FRAME_CHAN` answer (taken or refused): it
+/// honours `SEND_F_LAZY` and takes `FRAME_FLUSH`. Older daemons answer 0 there.
+pub const DGRAM_F_LAZY_ACK: u32 = 1;
+/// How long a daemon holds back the ACK of `SEND_F_LAZY` successes at most, when nothing else
+/// sends it sooner.
+pub const LAZY_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 /// `FRAME_SEND` flag in `aux`: answer `EAGAIN` at once instead of waiting for ring space.
 pub const SEND_F_NOWAIT: u32 = 1;
 /// `FRAME_SEND` flag in `aux`: a success is counted into the next `FRAME_ACK` instead of
 /// answered by its own STATUS (a failure still gets its STATUS, in order).
 pub const SEND_F_PIPELINE: u32 = 2;
+/// `FRAME_SEND` flag in `aux`, with `SEND_F_PIPELINE`: the success may be acknowledged late,
+/// in the ACK the daemon writes before its next other frame to this client (a DATA frame, a
+/// STATUS), or when a SEND without it, a `FRAME_FLUSH` or a datagram waiting for ring space
+/// needs one, and within [`LAZY_ACK_DELAY`] in any case. A client sets it while its window is
+/// far from full, so that a round trip costs no wake-up for an ACK. Daemons that do not know
+/// it ignore it (and acknowledge at once).
+pub const SEND_F_LAZY: u32 = 4;
 /// Bytes of SEND frames (headers included) the daemon reads ahead of a datagram that waits for
 /// ring space; a pipelining client keeps at most this much outstanding (a bigger single frame
 /// only alone), so the daemon always takes what it sent.

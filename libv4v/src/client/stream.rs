@@ -235,9 +235,69 @@ impl AsRawFd for Connecting {
     }
 }
 
+impl Stream {
+    /// `read` of the Unix connection, sleeping in `poll` rather than in `read`: a task
+    /// blocked in `read` on a Unix socket is also woken each time the daemon reads what this
+    /// one wrote (room to write), which a request-and-answer exchange does every time, for
+    /// nothing; `poll` wakes only for input. Non-blocking mode and a read timeout behave as
+    /// they do for the socket (`WouldBlock` when nothing came).
+    fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.sock.as_raw_fd();
+        if !buf.is_empty() {
+            loop {
+                // SAFETY: `buf` is valid for writing its length; MSG_DONTWAIT: never sleeps.
+                let n = unsafe {
+                    libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                };
+                if n >= 0 {
+                    return Ok(n as usize);
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => break,
+                    _ => return Err(e),
+                }
+            }
+            // SAFETY: fcntl F_GETFL on our own descriptor.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if flags < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if flags & libc::O_NONBLOCK != 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let ms = match self.sock.read_timeout()? {
+                None => -1,
+                Some(t) => i32::try_from(t.as_millis().max(1)).unwrap_or(i32::MAX),
+            };
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: one valid pollfd for the duration of the call.
+                let r = unsafe { libc::poll(&mut p, 1, ms) };
+                if r > 0 {
+                    break;
+                }
+                if r == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        self.sock.read(buf)
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.sock.read(buf) {
+        match self.read_socket(buf) {
             Ok(0) if !buf.is_empty() => {}
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
             r => return r,

@@ -2,7 +2,8 @@
 //! The daemon's hypervisor, counted: every `sendv` (one per message of a batch) and `notify`
 //! the daemon makes goes through [`Counted`], so that what a message costs in hypercalls can be
 //! measured (`STATUS` does not carry it; the daemon logs the totals when it stops, and tests read
-//! them through [`HvCounts`]).
+//! them through [`HvCounts`]). The loop counts its wake-ups there too: what a message costs in
+//! passes of the loop.
 //!
 //! Owns nothing but the counters; every call is passed on unchanged.
 
@@ -21,6 +22,7 @@ use v4v::{HvError, Hypervisor};
 pub struct HvCounts {
     sendv: AtomicU64,
     notify: AtomicU64,
+    wakeups: AtomicU64,
 }
 
 impl HvCounts {
@@ -32,6 +34,15 @@ impl HvCounts {
     /// `notify`s made (with or without entries).
     pub fn notify(&self) -> u64 {
         self.notify.load(Ordering::Relaxed)
+    }
+
+    /// Times the event loop's poll returned (events or a timer): the loop's wake-ups.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn woke(&self) {
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -17,13 +17,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    DGRAM_CHAN_CAPACITY, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE,
-    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
+    DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
+    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_LAZY,
+    SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
@@ -48,12 +50,20 @@ pub(super) struct DgramClient {
     owed: VecDeque<Owed>,
     /// Pipelined sends that succeeded and were not acknowledged yet.
     acks: u32,
+    /// One of them was sent without `SEND_F_LAZY`: the ACK goes at the end of this batch.
+    ack_now: bool,
+    /// When the lazy ones' ACK is due at the latest (queued in `Daemon::lazy_acks`).
+    ack_due: Option<Instant>,
     /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
     reserved: usize,
     /// A descriptor the client passed (for its channel offer).
     fd: Option<OwnedFd>,
     /// The client's shared-memory channel of SEND records, once it offered one.
     chan: Option<Consumer>,
+    /// The socket may hold bytes: set by every poll event of the client, cleared by a read
+    /// that found it empty. A pump that only delivers (a DATA frame to write) then makes no
+    /// read that would find nothing.
+    readable: bool,
 }
 
 /// The answer a SEND is owed.
@@ -61,6 +71,8 @@ enum Owed {
     Done {
         dst: Addr,
         pipelined: bool,
+        /// Its ACK may wait (`SEND_F_LAZY`).
+        lazy: bool,
     },
     Failed {
         dst: Addr,
@@ -72,6 +84,7 @@ enum Owed {
         dst: Addr,
         payload: Vec<u8>,
         pipelined: bool,
+        lazy: bool,
         nowait: bool,
     },
 }
@@ -83,9 +96,12 @@ impl DgramClient {
             inbuf: Vec::new(),
             owed: VecDeque::new(),
             acks: 0,
+            ack_now: false,
+            ack_due: None,
             reserved: 0,
             fd: None,
             chan: None,
+            readable: true,
         }
     }
 
@@ -146,6 +162,11 @@ impl Daemon {
             return;
         };
         let t = *t;
+        let Some(idle) = self.clients.get(t).map(|c| c.out.is_empty()) else {
+            return;
+        };
+        // The successes held back go with it (before it: the client reads both at once).
+        self.dgram_ack(t, true);
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -159,7 +180,6 @@ impl Daemon {
         // One write per drained batch, not per datagram: the client is pumped (and its output
         // flushed) once this event is handled. Output left over means the socket was full: its
         // writable event pumps it.
-        let idle = c.out.is_empty();
         c.out.extend(h.encode());
         c.out.extend(payload);
         if idle {
@@ -220,7 +240,7 @@ impl Daemon {
             }
         }
         self.dgram_sleep(t);
-        self.dgram_ack(t);
+        self.dgram_ack(t, false);
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -241,7 +261,11 @@ impl Daemon {
     /// read a whole chunk (more may be there); `Some(false)`: it read all there was (perhaps
     /// nothing), or the client is not to be read now; `None`: the client is gone.
     fn dgram_read(&mut self, t: usize) -> Option<bool> {
-        if !self.dgram_reserve_read(t) {
+        if !matches!(
+            self.clients.get(t).map(|c| &c.state),
+            Some(ClientState::Dgram(DgramClient { readable: true, .. }))
+        ) || !self.dgram_reserve_read(t)
+        {
             return Some(false);
         }
         let c = self.clients.get_mut(t)?;
@@ -256,6 +280,7 @@ impl Daemon {
             // recvmsg writes at most `ask` there and only what it reports is counted.
             let (r, fd) =
                 unsafe { recv_with_fd(c.stream.as_raw_fd(), spare.as_mut_ptr().cast(), ask) };
+            let had_fd = fd.is_some();
             if let Some(fd) = fd
                 && d.fd.is_none()
                 && d.chan.is_none()
@@ -270,7 +295,10 @@ impl Daemon {
                 let e = io::Error::last_os_error();
                 match e.kind() {
                     io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Some(false),
+                    io::ErrorKind::WouldBlock => {
+                        d.readable = false;
+                        return Some(false);
+                    }
                     _ => {
                         c.dead = true;
                         return None;
@@ -280,7 +308,11 @@ impl Daemon {
             let n = r as usize;
             // SAFETY: read initialised the first `n` spare bytes.
             unsafe { d.inbuf.set_len(d.inbuf.len() + n) };
-            // A short read emptied the socket: the next data is a new readable event.
+            // A short read emptied the socket: the next data is a new readable event. (A read
+            // stops short at a passed descriptor too: then more may be there.)
+            if n < ask && !had_fd {
+                d.readable = false;
+            }
             return Some(n == ask);
         }
     }
@@ -340,10 +372,12 @@ impl Daemon {
             let before = d.inbuf.len();
             match cons.pop_into(&mut d.inbuf) {
                 Ok(Some(n)) => match split_frame(&d.inbuf[before..]) {
-                    Ok(Some((h, total))) if total == n && h.kind == FRAME_SEND => {}
+                    Ok(Some((h, total)))
+                        if total == n
+                            && (h.kind == FRAME_SEND || (h.kind == FRAME_FLUSH && h.len == 0)) => {}
                     _ => {
                         d.inbuf.truncate(before);
-                        broken = Some("a record that is not one SEND frame".to_string());
+                        broken = Some("a record that is not one SEND or FLUSH frame".to_string());
                         break;
                     }
                 },
@@ -355,6 +389,10 @@ impl Daemon {
             }
         }
         if broken.is_none() && cons.space_doorbell_wanted().unwrap_or(false) {
+            // What is held back goes before it.
+            if let Some(a) = take_ack(d) {
+                c.out.extend(a);
+            }
             c.out.extend(ring_frame());
         }
         if let Some(why) = broken {
@@ -403,6 +441,13 @@ impl Daemon {
         }
     }
 
+    /// A poll event for client `t`: its socket may hold bytes again.
+    pub(super) fn dgram_readable(&mut self, t: usize) {
+        if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
+            d.readable = true;
+        }
+    }
+
     /// Takes the channel a client offers (the descriptor it passed with the CHAN frame) and
     /// answers whether it did.
     fn dgram_take_chan(&mut self, t: usize, h: &FrameHeader) {
@@ -436,7 +481,7 @@ impl Daemon {
             len: why.len() as u32,
             kind: FRAME_CHAN,
             domain: 0,
-            port: 0,
+            port: DGRAM_F_LAZY_ACK,
             aux: errno,
         };
         c.out.extend(f.encode());
@@ -461,6 +506,7 @@ impl Daemon {
         let mut frames: Vec<(FrameHeader, usize)> = Vec::new();
         let mut pos = 0;
         let mut offer = None;
+        let mut flush = false;
         while frames.len() < MAX_BATCH {
             match split_frame(&d.inbuf[pos..]) {
                 Ok(Some((h, total))) if h.kind == FRAME_SEND => {
@@ -469,6 +515,14 @@ impl Daemon {
                 }
                 // A doorbell: the pump is what it asks for.
                 Ok(Some((h, total))) if h.kind == FRAME_RING && frames.is_empty() => pos += total,
+                // Every SEND before it is answered now: it ends the batch.
+                Ok(Some((h, total))) if h.kind == FRAME_FLUSH && h.len == 0 => {
+                    if frames.is_empty() {
+                        flush = true;
+                        pos += total;
+                    }
+                    break;
+                }
                 Ok(Some((h, total))) if h.kind == FRAME_CHAN && frames.is_empty() => {
                     offer = Some(h);
                     pos += total;
@@ -484,7 +538,11 @@ impl Daemon {
         }
         if frames.is_empty() {
             d.inbuf.drain(..pos);
+            if flush {
+                self.dgram_ack(t, true);
+            }
             if let Some(h) = offer {
+                self.dgram_ack(t, true);
                 self.dgram_take_chan(t, &h);
             }
             return if pos > 0 { Batch::Sent } else { Batch::Nothing };
@@ -521,6 +579,7 @@ impl Daemon {
         for (h, off) in &frames {
             let dst = Addr::new(h.domain, h.port);
             let pipelined = h.aux & SEND_F_PIPELINE != 0;
+            let lazy = pipelined && h.aux & SEND_F_LAZY != 0;
             if !valid(h) {
                 let reason = if h.port == 0 {
                     "port 0 is not a destination".to_string()
@@ -536,11 +595,16 @@ impl Daemon {
             }
             let payload = &d.inbuf[*off..*off + h.len as usize];
             answers.push(match results.next() {
-                Some(Ok(_)) => Owed::Done { dst, pipelined },
+                Some(Ok(_)) => Owed::Done {
+                    dst,
+                    pipelined,
+                    lazy,
+                },
                 Some(Err(HvError::WouldBlock | HvError::Busy)) => Owed::Retry {
                     dst,
                     payload: payload.to_vec(),
                     pipelined,
+                    lazy,
                     nowait: h.aux & SEND_F_NOWAIT != 0,
                 },
                 Some(Err(e)) => Owed::Failed {
@@ -569,7 +633,7 @@ impl Daemon {
         if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
             d.owed.extend(answers);
         }
-        self.dgram_ack(t);
+        self.dgram_ack(t, false);
         if let Some(c) = self.clients.get_mut(t)
             && c.flush().is_err()
         {
@@ -608,6 +672,7 @@ impl Daemon {
                 dst,
                 payload,
                 pipelined,
+                lazy,
                 nowait,
             } = o
             else {
@@ -615,7 +680,11 @@ impl Daemon {
                 continue;
             };
             let a = match self.send_or_wait(port, dst, PROTO_DGRAM, &payload) {
-                Ok(true) => Owed::Done { dst, pipelined },
+                Ok(true) => Owed::Done {
+                    dst,
+                    pipelined,
+                    lazy,
+                },
                 Ok(false) if nowait => Owed::Failed {
                     dst,
                     errno: abi::errno::EAGAIN as u32,
@@ -630,11 +699,12 @@ impl Daemon {
                             dst,
                             payload,
                             pipelined,
+                            lazy,
                             nowait,
                         });
                     }
                     // What came before it is answered now: its window opens that far.
-                    self.dgram_ack(t);
+                    self.dgram_ack(t, true);
                     return false;
                 }
                 Err(e) => Owed::Failed {
@@ -652,10 +722,13 @@ impl Daemon {
     fn dgram_answer(&mut self, t: usize, a: Owed) {
         let (dst, errno, reason) = match a {
             Owed::Done {
-                pipelined: true, ..
+                pipelined: true,
+                lazy,
+                ..
             } => {
                 if let Some(ClientState::Dgram(d)) = self.clients.get_mut(t).map(|c| &mut c.state) {
                     d.acks += 1;
+                    d.ack_now |= !lazy;
                 }
                 return;
             }
@@ -666,7 +739,7 @@ impl Daemon {
                 (dst, libc::EIO as u32, String::new())
             }
         };
-        self.dgram_ack(t);
+        self.dgram_ack(t, true);
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -682,8 +755,10 @@ impl Daemon {
         c.out.extend(reason.as_bytes());
     }
 
-    /// Queues the ACK of the pipelined successes not acknowledged yet.
-    fn dgram_ack(&mut self, t: usize) {
+    /// Queues the ACK of the pipelined successes not acknowledged yet: now with `force` or
+    /// when one of them was sent without `SEND_F_LAZY`; else it waits for the client's next
+    /// frame, a FLUSH, or `lazy_ack_delay` (queued in `lazy_acks`).
+    fn dgram_ack(&mut self, t: usize, force: bool) {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -693,15 +768,83 @@ impl Daemon {
         if d.acks == 0 {
             return;
         }
-        let h = FrameHeader {
+        if force || d.ack_now {
+            if let Some(a) = take_ack(d) {
+                c.out.extend(a);
+            }
+        } else if d.ack_due.is_none() {
+            let due = Instant::now() + self.cfg.lazy_ack_delay;
+            d.ack_due = Some(due);
+            self.lazy_acks.push_back((due, t));
+        }
+    }
+
+    /// The deadline of the oldest ACK held back, for the loop's poll. Entries whose ACK went
+    /// meanwhile (with a DATA frame, a STATUS, a FLUSH) are dropped here: the loop would
+    /// otherwise wake for each of them, about once per round trip when every ACK goes early.
+    pub(super) fn lazy_ack_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(due, t)) = self.lazy_acks.front() {
+            if self.lazy_ack_live(due, t) {
+                return Some(due);
+            }
+            self.lazy_acks.pop_front();
+        }
+        None
+    }
+
+    /// Whether client `t` still holds back an ACK due at `due`.
+    fn lazy_ack_live(&self, due: Instant, t: usize) -> bool {
+        matches!(
+            self.clients.get(t).map(|c| &c.state),
+            Some(ClientState::Dgram(d)) if d.ack_due == Some(due)
+        )
+    }
+
+    /// Sends the ACKs held back whose delay ran out (the queue is in deadline order: every
+    /// entry waits the same delay).
+    pub(super) fn send_due_acks(&mut self, now: Instant) {
+        while let Some(&(due, t)) = self.lazy_acks.front() {
+            if due > now {
+                return;
+            }
+            self.lazy_acks.pop_front();
+            if !self.lazy_ack_live(due, t) {
+                continue;
+            }
+            let Some(c) = self.clients.get_mut(t) else {
+                continue;
+            };
+            let ClientState::Dgram(d) = &mut c.state else {
+                continue;
+            };
+            if let Some(a) = take_ack(d) {
+                c.out.extend(a);
+            }
+            if c.flush().is_err() {
+                c.dead = true;
+            }
+        }
+    }
+}
+
+/// The ACK frame of a client's successes not acknowledged yet, if any; nothing is held back
+/// after it.
+fn take_ack(d: &mut DgramClient) -> Option<[u8; FRAME_HEADER_SIZE]> {
+    d.ack_now = false;
+    d.ack_due = None;
+    if d.acks == 0 {
+        return None;
+    }
+    Some(
+        FrameHeader {
             len: 0,
             kind: FRAME_ACK,
             domain: 0,
             port: 0,
             aux: std::mem::take(&mut d.acks),
-        };
-        c.out.extend(h.encode());
-    }
+        }
+        .encode(),
+    )
 }
 
 /// A doorbell frame.

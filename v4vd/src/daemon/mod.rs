@@ -187,6 +187,9 @@ pub struct Daemon {
     counts: Arc<HvCounts>,
     /// When a notify skipped by a drain is made anyway ([`NOTIFY_OWED`]).
     notify_owed: Option<Instant>,
+    /// Datagram clients whose ACK is held back (`SEND_F_LAZY`), with when it is due, in that
+    /// order (`dgram.rs`).
+    lazy_acks: std::collections::VecDeque<(Instant, usize)>,
     /// Reused buffers: a message read from a ring, a stream message built for `sendv`.
     ring_buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -270,6 +273,7 @@ impl Daemon {
             notifier: None,
             counts,
             notify_owed: None,
+            lazy_acks: std::collections::VecDeque::new(),
             ring_buf: Vec::new(),
             send_buf: Vec::new(),
         };
@@ -369,6 +373,9 @@ impl Daemon {
             if let Some(n) = self.notify_owed {
                 deadline = deadline.min(n);
             }
+            if let Some(a) = self.lazy_ack_deadline() {
+                deadline = deadline.min(a);
+            }
             let timeout = deadline.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -376,6 +383,7 @@ impl Daemon {
                 }
                 return Err(e.into());
             }
+            self.counts.woke();
             for ev in events.iter() {
                 match Source::of(ev.token()) {
                     Source::Listener => self.accept_clients(),
@@ -386,7 +394,10 @@ impl Daemon {
                         self.check_resumed();
                         self.check_names(false);
                     }
-                    Source::Client(t) => self.pump_client(t),
+                    Source::Client(t) => {
+                        self.dgram_readable(t);
+                        self.pump_client(t);
+                    }
                 }
                 self.run_ready();
             }
@@ -394,6 +405,7 @@ impl Daemon {
             if self.notify_owed.is_some_and(|n| n <= now) {
                 self.notify_now();
             }
+            self.send_due_acks(now);
             if self.tx.busy_due(now) {
                 self.retry_blocked(true);
             } else if self.tx.check_due(now) {
@@ -514,21 +526,17 @@ impl Daemon {
     // ---- hypervisor events ----------------------------------------------------------------
 
     fn on_hv_event(&mut self) {
-        loop {
-            match self.hv.take_event() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) if e.is_interface_lost() => {
-                    // The simulator exited (or our domain was destroyed): nothing can work.
-                    self.lost = Some(e);
-                    self.stop.store(true, Ordering::SeqCst);
-                    return;
-                }
-                Err(e) => {
-                    warn!("take_event: {e}");
-                    break;
-                }
+        // One call takes everything pending (every backend drains its descriptor); an event
+        // raised after it is a new edge for the poll, so a second call would only read nothing.
+        match self.hv.take_event() {
+            Ok(_) => {}
+            Err(e) if e.is_interface_lost() => {
+                // The simulator exited (or our domain was destroyed): nothing can work.
+                self.lost = Some(e);
+                self.stop.store(true, Ordering::SeqCst);
+                return;
             }
+            Err(e) => warn!("take_event: {e}"),
         }
         let ports = self.ports.ports();
         let mut wanted = false;
@@ -711,7 +719,19 @@ impl Daemon {
 
     /// Removes dead clients and everything they held.
     fn reap(&mut self) {
-        for t in self.clients.take_dead() {
+        // Until no client is left dead: removing one may touch others, which are then looked
+        // at (and registered for writable events if they need them) before the loop polls.
+        loop {
+            let dead = self.clients.take_dead(self.poll.registry());
+            if dead.is_empty() {
+                return;
+            }
+            self.remove_clients(dead);
+        }
+    }
+
+    fn remove_clients(&mut self, dead: Vec<usize>) {
+        for t in dead {
             let Some(mut c) = self.clients.remove(t) else {
                 continue;
             };

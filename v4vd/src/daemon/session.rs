@@ -10,7 +10,7 @@ use std::io::{self, IoSlice, Write};
 use std::time::Instant;
 
 use mio::net::UnixStream;
-use mio::{Interest, Token};
+use mio::{Interest, Registry, Token};
 use tracing::{debug, warn};
 
 use v4v::client::proto::Reply;
@@ -58,6 +58,9 @@ pub(super) struct Client {
     pub paced: bool,
     /// In [`Clients`]' list of clients touched since the last look (see [`Clients::get_mut`]).
     touched: bool,
+    /// Registered for writable events too: only while `out` holds bytes the socket did not
+    /// take (see [`Clients::take_dead`]).
+    write_armed: bool,
 }
 
 impl Client {
@@ -76,6 +79,7 @@ impl Client {
             reserved: 0,
             paced: false,
             touched: false,
+            write_armed: false,
         }
     }
 
@@ -194,7 +198,14 @@ impl Clients {
 
     /// Tokens of the clients marked dead since the last call (only touched clients are
     /// looked at); paced ones are noted for [`Clients::take_paced`].
-    pub fn take_dead(&mut self) -> Vec<usize> {
+    ///
+    /// The others are registered for writable events exactly while output waits for room.
+    /// A client is registered readable only otherwise: with writable interest always on, the
+    /// (edge-triggered) poll woke the loop every time a client read what the daemon wrote,
+    /// for nothing (two wake-ups per datagram round trip). Every change to `out` goes through
+    /// [`Clients::get_mut`], so every client whose output is left unwritten is looked at here,
+    /// before the loop polls again; arming reports a socket that has room already at once.
+    pub fn take_dead(&mut self, registry: &Registry) -> Vec<usize> {
         let mut dead = Vec::new();
         for t in std::mem::take(&mut self.touched) {
             let Some(c) = self.map.get_mut(&t) else {
@@ -206,6 +217,23 @@ impl Clients {
             }
             if c.dead {
                 dead.push(t);
+                continue;
+            }
+            let want = !c.out.is_empty();
+            if want != c.write_armed {
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                match registry.reregister(&mut c.stream, Token(t), interest) {
+                    Ok(()) => c.write_armed = want,
+                    Err(e) => {
+                        warn!(token = t, "client interest: {e}; closing it");
+                        c.dead = true;
+                        dead.push(t);
+                    }
+                }
             }
         }
         dead
@@ -341,11 +369,11 @@ impl Daemon {
                     let acl_admin = cred.uid == 0 || self.cfg.acl_group.is_some_and(member);
                     let privileged = cred.uid == 0 || self.cfg.privileged_group.is_some_and(member);
                     let t = self.clients.next_token();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut s,
-                        Token(t),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut s, Token(t), Interest::READABLE)
+                    {
                         warn!("register client: {e}");
                         continue;
                     }

@@ -149,12 +149,38 @@ fn ring(bell: BorrowedFd<'_>) -> Result<(), CallError> {
 }
 
 /// Sleeps until the doorbell rings (or rang while we were busy), taking every pending ring.
+///
+/// It sleeps in `poll(POLLIN)`, not in a blocking `recv`: a task blocked in `recv` on a Unix
+/// socket is woken by every wake-up of the socket's queue, and the simulator reading the
+/// ring byte we just sent is one ("room to write again"), so the guest woke, found nothing and
+/// slept again once per request, taking the CPU from the simulator that was serving it. `poll`
+/// wakes only for what it asked for.
 fn wait_bell(bell: BorrowedFd<'_>) -> Result<(), CallError> {
     let mut buf = [0u8; 64];
     loop {
-        // SAFETY: receives into a local buffer of the stated length. Blocking (flags 0) on our
-        // own end, which we keep blocking: one system call to sleep and drain.
-        let n = unsafe { libc::recv(bell.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let mut pfd = libc::pollfd {
+            fd: bell.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one live pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(CallError::Io(e));
+        }
+        // SAFETY: receives into a local buffer of the stated length, without blocking.
+        let n = unsafe {
+            libc::recv(
+                bell.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n > 0 {
             return Ok(());
         }
@@ -163,16 +189,7 @@ fn wait_bell(bell: BorrowedFd<'_>) -> Result<(), CallError> {
         }
         let e = std::io::Error::last_os_error();
         match e.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd {
-                    fd: bell.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: polls one live pollfd.
-                unsafe { libc::poll(&mut pfd, 1, -1) };
-            }
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => continue,
             _ => return Err(CallError::Io(e)),
         }
     }
@@ -684,6 +701,12 @@ impl Hypervisor for SimHypervisor {
             };
             if n > 0 {
                 pending = true;
+                if (n as usize) < buf.len() {
+                    // A stream socket's recv takes every byte queued: a short one left none, so
+                    // no second call to hear EAGAIN. A byte written after it makes the
+                    // descriptor readable again.
+                    return Ok(true);
+                }
                 continue;
             }
             if n == 0 {
