@@ -25,5 +25,8 @@ rc=$?
 echo "BENCH-TABLE-END"
 echo "BENCH-RUN rc=$rc secs=$(( $(date +%s) - t0 ))"
 echo "BENCH-JSON-BEGIN"; cat /tmp/bench.json; echo "BENCH-JSON-END"
+# Each v4vd's count of multicalls Xen rejected as a whole (the guest's sent the datagrams).
+put bench-done yes
+echo "BENCH-MULTICALL rejected: guest $(await multicall-rejected 60 || echo '?'), dom0 $(grep -c 'rejected a multicall' /tmp/v4vd.log)"
 [ "$rc" = 0 ] || { echo "BENCH-FAIL v4vd log:"; tail -n 20 /tmp/v4vd.log; }
 exit "$rc"
