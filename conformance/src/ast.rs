@@ -359,6 +359,38 @@ pub struct DelSpec {
     pub position: u32,
 }
 
+/// One send of a `batch`: `SRC -> DST PAYLOAD [type=T] [srcpad=N] [dstpad=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendSpec {
+    pub src: Addr,
+    pub dst: Addr,
+    pub payload: Payload,
+    pub message_type: u32,
+}
+
+/// `send`'s arguments as a scenario spells them.
+fn send_args(src: &Addr, dst: &Addr, payload: &Payload, message_type: u32) -> String {
+    let mut s = format!("{} -> {} {payload}", A(*src), A(*dst));
+    if message_type != abi::PROTO_DGRAM {
+        s.push_str(&format!(" type={}", message_type_str(message_type)));
+    }
+    if src.pad != 0 {
+        s.push_str(&format!(" srcpad={}", src.pad));
+    }
+    if dst.pad != 0 {
+        s.push_str(&format!(" dstpad={}", dst.pad));
+    }
+    s
+}
+
+/// A send's result as a scenario spells it: a byte count or an errno name.
+fn send_result(e: &Expect<u64>) -> String {
+    match e {
+        Expect::Err(e) => e.name(),
+        Expect::Ok(n) => n.to_string(),
+    }
+}
+
 /// An operation and what it must return.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -390,6 +422,12 @@ pub enum Op {
         payload: Payload,
         message_type: u32,
         expect: Expect<u64>,
+    },
+    /// `batch SEND ; SEND ... => R ; R ...`: the sends (each as `send`'s arguments) in one
+    /// `Hypervisor::sendv_batch` (on Xen one multicall), each with its own result.
+    Batch {
+        sends: Vec<SendSpec>,
+        expect: Vec<Expect<u64>>,
     },
     /// `recv NAME => from ... | empty | corrupt`: the owner reads the next message.
     Recv { ring: String, expect: RecvExpect },
@@ -776,18 +814,13 @@ impl Op {
                 payload,
                 message_type,
                 ..
-            } => {
-                let mut s = format!("send {} -> {} {payload}", A(*src), A(*dst));
-                if *message_type != abi::PROTO_DGRAM {
-                    s.push_str(&format!(" type={}", message_type_str(*message_type)));
-                }
-                if src.pad != 0 {
-                    s.push_str(&format!(" srcpad={}", src.pad));
-                }
-                if dst.pad != 0 {
-                    s.push_str(&format!(" dstpad={}", dst.pad));
-                }
-                s
+            } => format!("send {}", send_args(src, dst, payload, *message_type)),
+            Op::Batch { sends, .. } => {
+                let parts: Vec<String> = sends
+                    .iter()
+                    .map(|s| send_args(&s.src, &s.dst, &s.payload, s.message_type))
+                    .collect();
+                format!("batch {}", parts.join(" ; "))
             }
             Op::Recv { ring, .. } => format!("recv {ring}"),
             Op::Ptrs { ring, .. } => format!("ptrs {ring}"),
@@ -854,10 +887,11 @@ impl Op {
             | Op::Config { expect, .. }
             | Op::AclAdd { expect, .. }
             | Op::AclDel { expect, .. } => Unit(expect).to_string(),
-            Op::Send { expect, .. } => match expect {
-                Expect::Err(e) => e.name(),
-                Expect::Ok(n) => n.to_string(),
-            },
+            Op::Send { expect, .. } => send_result(expect),
+            Op::Batch { expect, .. } => {
+                let parts: Vec<String> = expect.iter().map(send_result).collect();
+                parts.join(" ; ")
+            }
             Op::Recv { expect, .. } => expect.to_string(),
             Op::Ptrs { rx, tx, .. } => format!("rx={rx} tx={tx}"),
             Op::Field { field, value, .. } => field_value(*field, *value),

@@ -26,6 +26,8 @@ type Res<T> = Result<T, String>;
 pub const MAX_BUFFER: u64 = 64 << 20;
 /// Most iovs one `iovs=` chunk may stand for.
 pub const MAX_REPEAT: u32 = 4096;
+/// Most sends one `batch` step may hold.
+pub const MAX_BATCH: usize = 256;
 
 fn tokenize(line: &str) -> Res<Vec<String>> {
     let mut toks = Vec::new();
@@ -401,6 +403,41 @@ fn rule(toks: &[String]) -> Res<(Rule, usize)> {
     Ok((r, used))
 }
 
+/// `SRC -> DST PAYLOAD [type=T] [srcpad=N] [dstpad=N]`, the arguments of `send`.
+fn send_spec(args: &[String]) -> Res<SendSpec> {
+    let [src, arrow, dst, rest @ ..] = args else {
+        return Err("send SRC -> DST PAYLOAD [type=T] [srcpad=N] [dstpad=N]".into());
+    };
+    if arrow != "->" {
+        return Err(format!("`->` expected, found `{arrow}`"));
+    }
+    let (mut src, mut dst) = (addr(src)?, addr(dst)?);
+    let (payload, used) = payload(rest)?;
+    let mut message_type = abi::PROTO_DGRAM;
+    for t in &rest[used..] {
+        match kv(t) {
+            Some(("type", v)) => message_type = self::message_type(v)?,
+            Some(("srcpad", v)) => src.pad = u16_of(v, "srcpad")?,
+            Some(("dstpad", v)) => dst.pad = u16_of(v, "dstpad")?,
+            _ => return Err(format!("unexpected `{t}` after the payload")),
+        }
+    }
+    Ok(SendSpec {
+        src,
+        dst,
+        payload,
+        message_type,
+    })
+}
+
+/// A send's expected result: a byte count or an errno.
+fn send_expect(t: &str) -> Res<Expect<u64>> {
+    Ok(match errno(t) {
+        Some(e) => Expect::Err(e),
+        None => Expect::Ok(num_max(t, u64::from(u32::MAX), "result")?),
+    })
+}
+
 fn split_semicolons(toks: &[String]) -> Vec<&[String]> {
     toks.split(|t| t == ";").collect()
 }
@@ -511,37 +548,46 @@ fn parse_op(word: &str, args: &[String], rhs: Option<&[String]>) -> Res<Op> {
         }
         "send" => {
             let rhs = need_rhs()?;
-            let [src, arrow, dst, rest @ ..] = args else {
-                return Err("send SRC -> DST PAYLOAD [type=T] [srcpad=N] [dstpad=N]".into());
-            };
-            if arrow != "->" {
-                return Err(format!("`->` expected, found `{arrow}`"));
-            }
-            let (mut src, mut dst) = (addr(src)?, addr(dst)?);
-            let (payload, used) = payload(rest)?;
-            let mut message_type = abi::PROTO_DGRAM;
-            for t in &rest[used..] {
-                match kv(t) {
-                    Some(("type", v)) => message_type = self::message_type(v)?,
-                    Some(("srcpad", v)) => src.pad = u16_of(v, "srcpad")?,
-                    Some(("dstpad", v)) => dst.pad = u16_of(v, "dstpad")?,
-                    _ => return Err(format!("unexpected `{t}` after the payload")),
-                }
-            }
+            let spec = send_spec(args)?;
             let expect = match rhs {
-                [t] => match errno(t) {
-                    Some(e) => Expect::Err(e),
-                    None => Expect::Ok(num_max(t, u64::from(u32::MAX), "result")?),
-                },
+                [t] => send_expect(t)?,
                 _ => return Err("one result expected: a byte count or an errno".into()),
             };
             Op::Send {
-                src,
-                dst,
-                payload,
-                message_type,
+                src: spec.src,
+                dst: spec.dst,
+                payload: spec.payload,
+                message_type: spec.message_type,
                 expect,
             }
+        }
+        "batch" => {
+            let rhs = need_rhs()?;
+            if args.is_empty() {
+                return Err("batch SEND ; SEND ... (each SRC -> DST PAYLOAD [type=T] ...)".into());
+            }
+            let sends = split_semicolons(args)
+                .into_iter()
+                .map(send_spec)
+                .collect::<Res<Vec<_>>>()?;
+            if sends.len() > MAX_BATCH {
+                return Err(format!("a batch has at most {MAX_BATCH} sends"));
+            }
+            let expect = split_semicolons(rhs)
+                .into_iter()
+                .map(|r| match r {
+                    [t] => send_expect(t),
+                    _ => Err("each result is one byte count or errno, `;` between them".into()),
+                })
+                .collect::<Res<Vec<_>>>()?;
+            if expect.len() != sends.len() {
+                return Err(format!(
+                    "{} sends but {} results: one result per send",
+                    sends.len(),
+                    expect.len()
+                ));
+            }
+            Op::Batch { sends, expect }
         }
         "recv" => {
             let ring = name_ok(one_arg(args, "a ring name")?)?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use v4v::abi::{self, Config, DomId, RingDataEnt, SendAddr};
+use v4v::hypervisor::BatchSend;
 use v4v::ring::RingReader;
 use v4v::shmem::RingMemory;
 use v4v::{HvError, Hypervisor};
@@ -420,21 +421,8 @@ impl World<'_> {
                 message_type,
                 expect,
             } => {
-                let mut bufs: Vec<(Vec<u8>, u32)> = Vec::new();
-                for c in &payload.0 {
-                    bufs.push(match c {
-                        Chunk::Text(b) | Chunk::Hex(b) => (b.clone(), 1),
-                        Chunk::Pattern { len, seed } => (pattern(*len as usize, *seed), 1),
-                        Chunk::Repeat { count, len, seed } => {
-                            (pattern(*len as usize, *seed), *count)
-                        }
-                    });
-                }
-                let iov: Vec<IoSlice<'_>> = bufs
-                    .iter()
-                    .flat_map(|(b, n)| std::iter::repeat_n(b, *n as usize))
-                    .map(|b| IoSlice::new(b))
-                    .collect();
+                let bufs = payload_buffers(payload);
+                let iov = iovs(&bufs);
                 let addr = SendAddr {
                     src: *src,
                     dst: *dst,
@@ -444,10 +432,36 @@ impl World<'_> {
                     Err(e) => Expect::Err(e),
                 };
                 if &got != expect {
-                    let s = |e: &Expect<u64>| match e {
-                        Expect::Ok(n) => n.to_string(),
-                        Expect::Err(e) => err_name(*e),
-                    };
+                    return Err(mismatch(send_str(expect), send_str(&got)));
+                }
+            }
+            Op::Batch { sends, expect } => {
+                let bufs: Vec<_> = sends.iter().map(|s| payload_buffers(&s.payload)).collect();
+                let iov: Vec<Vec<IoSlice<'_>>> = bufs.iter().map(|b| iovs(b)).collect();
+                let batch: Vec<BatchSend<'_>> = sends
+                    .iter()
+                    .zip(&iov)
+                    .map(|(s, iov)| BatchSend {
+                        addr: SendAddr {
+                            src: s.src,
+                            dst: s.dst,
+                        },
+                        iov,
+                        message_type: s.message_type,
+                    })
+                    .collect();
+                let mut results = Vec::new();
+                self.hv(me()?)?.sendv_batch(&batch, &mut results);
+                let got: Vec<Expect<u64>> = results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(n) => Expect::Ok(u64::from(n)),
+                        Err(e) => Expect::Err(e),
+                    })
+                    .collect();
+                if &got != expect {
+                    let s =
+                        |v: &[Expect<u64>]| v.iter().map(send_str).collect::<Vec<_>>().join(" ; ");
                     return Err(mismatch(s(expect), s(&got)));
                 }
             }
@@ -825,4 +839,33 @@ pub fn load(path: &Path) -> Result<Vec<LoadedScenario>, Vec<LoadError>> {
         }
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// A payload's buffers, each with how many iovs point at it.
+fn payload_buffers(payload: &Payload) -> Vec<(Vec<u8>, u32)> {
+    payload
+        .0
+        .iter()
+        .map(|c| match c {
+            Chunk::Text(b) | Chunk::Hex(b) => (b.clone(), 1),
+            Chunk::Pattern { len, seed } => (pattern(*len as usize, *seed), 1),
+            Chunk::Repeat { count, len, seed } => (pattern(*len as usize, *seed), *count),
+        })
+        .collect()
+}
+
+/// The iovs of [`payload_buffers`]' buffers, in order.
+fn iovs(bufs: &[(Vec<u8>, u32)]) -> Vec<IoSlice<'_>> {
+    bufs.iter()
+        .flat_map(|(b, n)| std::iter::repeat_n(b, *n as usize))
+        .map(|b| IoSlice::new(b))
+        .collect()
+}
+
+/// A send's result as a scenario spells it.
+fn send_str(e: &Expect<u64>) -> String {
+    match e {
+        Expect::Ok(n) => n.to_string(),
+        Expect::Err(e) => err_name(*e),
+    }
 }

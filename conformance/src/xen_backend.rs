@@ -249,6 +249,17 @@ fn map_domains(sc: &Scenario, f: &mut dyn FnMut(DomId) -> DomId) -> Scenario {
                 message_type: *message_type,
                 expect: expect.clone(),
             },
+            Op::Batch { sends, expect } => Op::Batch {
+                sends: sends
+                    .iter()
+                    .map(|s| SendSpec {
+                        src: a(f, s.src),
+                        dst: a(f, s.dst),
+                        ..s.clone()
+                    })
+                    .collect(),
+                expect: expect.clone(),
+            },
             Op::Recv {
                 ring,
                 expect:

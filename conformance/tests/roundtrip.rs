@@ -197,6 +197,31 @@ fn domain_op() -> impl Strategy<Value = Op> {
                     expect,
                 }
             }),
+        prop::collection::vec(
+            (
+                addr(),
+                padded_addr(),
+                payload(),
+                mtype(),
+                expect(0u64..=u64::from(u32::MAX)),
+            ),
+            1..4
+        )
+        .prop_map(|v| {
+            let (sends, expect) = v
+                .into_iter()
+                .map(|(src, dst, payload, message_type, e)| {
+                    let s = SendSpec {
+                        src,
+                        dst,
+                        payload,
+                        message_type,
+                    };
+                    (s, e)
+                })
+                .unzip();
+            Op::Batch { sends, expect }
+        }),
         notify.prop_map(|(entries, expect)| Op::Notify { entries, expect }),
         any::<bool>().prop_map(|expect| Op::Event { expect }),
         expect(prop::collection::vec(

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! The Xen backend: V4V hypercalls through Linux's Xen devices, with no C library in between.
 //!
-//! - `/dev/xen/privcmd`: `IOCTL_PRIVCMD_HYPERCALL` issues `HYPERVISOR_v4v_op` (number 43).
+//! - `/dev/xen/privcmd`: `IOCTL_PRIVCMD_HYPERCALL` issues `HYPERVISOR_v4v_op` (number 43), and
+//!   `HYPERVISOR_multicall` (13) for a batch of sends: Xen dispatches a multicall's entries
+//!   through the same table as single hypercalls, where the V4V patch gives `v4v_op` to 64-bit
+//!   PV and HVM/PVH callers alike.
 //! - `/dev/xen/hypercall`: memory the kernel allocated page by page and never moves or swaps, for
 //!   hypercall arguments and for rings (the hypervisor pins ring pages at registration). Where the
 //!   device is missing, locked anonymous memory stands in for arguments, as libxencall does; rings
@@ -46,6 +49,8 @@ const IOCTL_EVTCHN_BIND_INTERDOMAIN: libc::c_ulong = 0x0008_4501;
 /// `_IOC(_IOC_NONE, 'E', 5, 0)`: clears the driver's ring of pending ports after an overflow.
 const IOCTL_EVTCHN_RESET: libc::c_ulong = 0x0000_4505;
 
+/// `__HYPERVISOR_multicall`: a list of hypercalls run in order, each result written back.
+const HYPERVISOR_MULTICALL: u64 = 13;
 /// `__HYPERVISOR_xen_version`, used to tell the kernel's refusals from the hypervisor's.
 const HYPERVISOR_XEN_VERSION: u64 = 17;
 /// `XENVER_version`: any domain may ask.
@@ -364,6 +369,13 @@ impl RawHypercall for XenRaw {
                 [u64::from(cmd), arg1, arg2, u64::from(arg3), u64::from(arg4)],
             )
         }
+    }
+
+    unsafe fn multicall(&self, list: u64, count: u32) -> Option<i64> {
+        // SAFETY: the caller vouches for the list and its entries (RawHypercall::multicall's
+        // contract); the kernel passes the list's address to Xen, which copies each entry in
+        // and each result out.
+        Some(unsafe { self.hypercall(HYPERVISOR_MULTICALL, [list, u64::from(count), 0, 0, 0]) })
     }
 
     fn alloc_buffer(&self, bytes: usize) -> Result<RingMemory, HvError> {

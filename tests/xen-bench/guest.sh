@@ -16,5 +16,9 @@ v4v-bench serve --port 7700 --pids "$V4VD_PID" >/tmp/serve.out 2>/tmp/serve.err 
 sp=$!
 if until_true 30 has_port 7700; then put serving 7700
 else put serving "serve failed: $(head -c 300 /tmp/serve.err)"; fi
+# Once dom0's benchmark is over (it writes bench-done: a watch, not a poll), how many times this
+# v4vd logged that Xen rejected a multicall (its batches then fell back to a hypercall per send).
+(xenstore-watch -n 2 "$KD/bench-done" >/dev/null 2>&1
+ put multicall-rejected "$(grep -c 'rejected a multicall' /tmp/v4vd.log)") &
 wait $sp
 echo "BENCH-GUEST serve exited $?: $(tail -n 5 /tmp/serve.err)"
