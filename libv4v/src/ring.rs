@@ -132,19 +132,19 @@ impl Place {
     fn read_wrapping(&self, off: u32, out: &mut [u8]) -> Result<(), RingError> {
         let first = out.len().min((self.len - off) as usize);
         let (a, b) = out.split_at_mut(first);
-        self.mem.read_bytes(self.data(off), a)?;
-        self.mem.read_bytes(self.data(0), b)?;
+        self.mem.copy_out(self.data(off), a)?;
+        self.mem.copy_out(self.data(0), b)?;
         Ok(())
     }
 
     fn write_wrapping(&self, off: u32, data: &[u8]) -> Result<u32, RingError> {
         let first = data.len().min((self.len - off) as usize);
         let (a, b) = data.split_at(first);
-        self.mem.write_bytes(self.data(off), a)?;
+        self.mem.copy_in(self.data(off), a)?;
         if b.is_empty() {
             Ok(off + first as u32)
         } else {
-            self.mem.write_bytes(self.data(0), b)?;
+            self.mem.copy_in(self.data(0), b)?;
             Ok(b.len() as u32)
         }
     }
