@@ -18,6 +18,7 @@ use v4v::ring;
 
 use super::Daemon;
 use super::conn::{CONNECT_TIMEOUT, Conn, ConnKey, Event, Out, State, Step, stray};
+use super::creds;
 use super::ports::{PendingSyn, PortKind};
 use super::requests::errno_name;
 use super::session::{Client, ClientState, may_see};
@@ -86,6 +87,11 @@ impl CloseReason {
         }
     }
 }
+
+/// The send buffer asked for on a stream client's socket: two of the largest messages, so that
+/// one delivered from the ring goes to the client in one write, not a write and a copy into the
+/// client's output queue for the next writable event (where `net.core.wmem_max` allows).
+const STREAM_SNDBUF: usize = 512 * 1024;
 
 /// Closed streams remembered for `CLOSED` queries.
 const CLOSED_MEMORY: usize = 4096;
@@ -558,6 +564,7 @@ impl Daemon {
                     id: ps.conn.id,
                 };
                 c.state = ClientState::Stream(ps.conn);
+                creds::set_send_buffer(&c.stream, STREAM_SNDBUF);
                 c.queue_reply(&reply);
                 c.out_prefix = c.out.len();
                 c.out.extend(ps.buf);
@@ -858,6 +865,7 @@ impl Daemon {
                 self.streams.connect_sent(conn.started, t, id);
                 if let Some(c) = self.clients.get_mut(t) {
                     c.state = ClientState::Stream(Box::new(conn));
+                    creds::set_send_buffer(&c.stream, STREAM_SNDBUF);
                 }
             }
             Err(e) => {
