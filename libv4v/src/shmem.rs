@@ -302,6 +302,53 @@ impl RingMemory {
         Ok(())
     }
 
+    /// Sends the bytes of `ranges` (offset, length) of the mapping, in order, on the stream
+    /// socket `sock` with one `sendmsg` (`MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks, never
+    /// raises `SIGPIPE`), so that the kernel copies them straight from the shared pages into the
+    /// socket: a receiver passes a message's payload on without copying it out first. Returns
+    /// the bytes the socket took (a short count when it is nearly full; `WouldBlock` when full).
+    /// What the other party writes meanwhile only changes the bytes sent, never where they come
+    /// from: every range is checked against the mapping first.
+    pub fn send_ranges(
+        &self,
+        sock: BorrowedFd<'_>,
+        ranges: &[(usize, usize)],
+    ) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut iov = Vec::with_capacity(ranges.len());
+        for &(offset, len) in ranges {
+            let p = self
+                .check(offset, len)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            iov.push(libc::iovec {
+                iov_base: p.cast(),
+                iov_len: len,
+            });
+        }
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        loop {
+            // SAFETY: every iovec points inside the mapping (checked above), which outlives the
+            // call; the kernel only reads through them. msg and iov live across the call.
+            let n = unsafe {
+                libc::sendmsg(
+                    sock.as_raw_fd(),
+                    &msg,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// Copies payload bytes into the mapping in bulk (see [`RingMemory::copy_out`]).
     pub fn copy_in(&self, offset: usize, data: &[u8]) -> Result<(), ShmemError> {
         let dst = self.check(offset, data.len())?;
@@ -505,6 +552,32 @@ mod tests {
                 .is_err()
         );
         assert!(m.copy_out(usize::MAX, &mut [0u8; BULK_MIN]).is_err());
+    }
+
+    #[test]
+    fn ranges_go_to_a_socket_straight_from_the_mapping() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let m = RingMemory::anonymous(2 * PAGE_SIZE).unwrap();
+        let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+        m.copy_in(0, &data).unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let n = m
+            .send_ranges(a.as_fd(), &[(5000, 3000), (3, 100), (8000, 0)])
+            .unwrap();
+        assert_eq!(n, 3100);
+        let mut got = vec![0u8; n];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..3000], &data[5000..8000]);
+        assert_eq!(&got[3000..], &data[3..103]);
+        // A range past the mapping is refused before anything is sent.
+        let e = m
+            .send_ranges(a.as_fd(), &[(0, 10), (2 * PAGE_SIZE - 1, 2)])
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        drop(b);
+        // A closed peer is an error, not SIGPIPE.
+        assert!(m.send_ranges(a.as_fd(), &[(0, 10)]).is_err());
     }
 
     #[test]
