@@ -294,7 +294,7 @@ impl Producer {
         mem.write_u32(DATA_OFFSET + pos + 4, 0)?;
         let mut at = DATA_OFFSET + pos + RECORD_HEADER;
         for p in parts {
-            mem.write_bytes(at, p)?;
+            mem.copy_in(at, p)?;
             at += p.len();
         }
         self.tail = self.tail.wrapping_add(need);

@@ -41,6 +41,10 @@ pub enum RingError {
     ShortMessage { len: u32 },
     #[error("corrupt ring: message of {len} bytes claims more than the {avail} bytes available")]
     Overrun { len: u32, avail: u32 },
+    #[error("bytes {from}..{end} are not in the {len}-byte message at the head of the ring")]
+    OutsideMessage { from: u64, end: u64, len: u32 },
+    #[error("the ring was read since its head was taken (rx_ptr {rx}, the head was at {head})")]
+    StaleHead { rx: u32, head: u32 },
 }
 
 /// Whether `len` is a valid data-area length.
@@ -132,19 +136,19 @@ impl Place {
     fn read_wrapping(&self, off: u32, out: &mut [u8]) -> Result<(), RingError> {
         let first = out.len().min((self.len - off) as usize);
         let (a, b) = out.split_at_mut(first);
-        self.mem.read_bytes(self.data(off), a)?;
-        self.mem.read_bytes(self.data(0), b)?;
+        self.mem.copy_out(self.data(off), a)?;
+        self.mem.copy_out(self.data(0), b)?;
         Ok(())
     }
 
     fn write_wrapping(&self, off: u32, data: &[u8]) -> Result<u32, RingError> {
         let first = data.len().min((self.len - off) as usize);
         let (a, b) = data.split_at(first);
-        self.mem.write_bytes(self.data(off), a)?;
+        self.mem.copy_in(self.data(off), a)?;
         if b.is_empty() {
             Ok(off + first as u32)
         } else {
-            self.mem.write_bytes(self.data(0), b)?;
+            self.mem.copy_in(self.data(0), b)?;
             Ok(b.len() as u32)
         }
     }
@@ -157,6 +161,14 @@ pub struct Received {
     pub message_type: u32,
     /// Payload bytes (the header's `len` less 16).
     pub len: u32,
+}
+
+/// The message at the head of a ring, checked, not consumed yet ([`RingReader::head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub msg: Received,
+    /// Where its header is (the reader's `rx_ptr` when it was taken).
+    rx: u32,
 }
 
 /// The owner's side of a ring.
@@ -308,6 +320,73 @@ impl RingReader {
         self.place.read_wrapping(start, payload)?;
         self.advance(rx, r.len)?;
         Ok(Some(r))
+    }
+
+    /// The next message, checked against what is available as [`RingReader::recv`] checks it,
+    /// without consuming it: its payload can then be read in parts ([`RingReader::read_head`])
+    /// or sent on a socket straight from the ring ([`RingReader::send_head`]) before
+    /// [`RingReader::consume`] takes it. The header is copied out once: where the payload lies
+    /// and how long it is are ours from then on; the writer can change only its bytes.
+    pub fn head(&self) -> Result<Option<Head>, RingError> {
+        Ok(self.peek_at()?.map(|(msg, rx)| Head { msg, rx }))
+    }
+
+    /// Where payload bytes `from..from + len` of `h` lie: at most two runs (the payload wraps
+    /// at the end of the data area once), as (offset in the memory, length).
+    fn runs(&self, h: &Head, from: u32, len: u32) -> Result<[(usize, usize); 2], RingError> {
+        let end = u64::from(from) + u64::from(len);
+        if end > u64::from(h.msg.len) {
+            return Err(RingError::OutsideMessage {
+                from: from.into(),
+                end,
+                len: h.msg.len,
+            });
+        }
+        let ring = u64::from(self.place.len);
+        let start = ((u64::from(h.rx) + u64::from(HDR) + u64::from(from)) % ring) as u32;
+        let first = len.min(self.place.len - start);
+        Ok([
+            (self.place.data(start), first as usize),
+            (self.place.data(0), (len - first) as usize),
+        ])
+    }
+
+    /// Copies payload bytes of `h` from `from` into `out` (all of `out`).
+    pub fn read_head(&self, h: &Head, from: u32, out: &mut [u8]) -> Result<(), RingError> {
+        let len = u32::try_from(out.len()).map_err(|_| RingError::OutsideMessage {
+            from: from.into(),
+            end: u64::from(from) + out.len() as u64,
+            len: h.msg.len,
+        })?;
+        let [(a, na), (b, _)] = self.runs(h, from, len)?;
+        let (x, y) = out.split_at_mut(na);
+        self.place.mem.copy_out(a, x)?;
+        self.place.mem.copy_out(b, y)?;
+        Ok(())
+    }
+
+    /// Sends payload bytes of `h` from `from` to its end on the stream socket `sock`, straight
+    /// from the ring ([`RingMemory::send_ranges`]); the inner result is the socket's: the bytes
+    /// it took, possibly fewer, or `WouldBlock`.
+    pub fn send_head(
+        &self,
+        h: &Head,
+        from: u32,
+        sock: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<std::io::Result<usize>, RingError> {
+        let runs = self.runs(h, from, h.msg.len.saturating_sub(from))?;
+        let n = if runs[1].1 == 0 { 1 } else { 2 };
+        Ok(self.place.mem.send_ranges(sock, &runs[..n]))
+    }
+
+    /// Takes the head message `h` (read or sent). Refused if the ring was read since `h` was
+    /// taken: the head is another message then.
+    pub fn consume(&self, h: &Head) -> Result<(), RingError> {
+        let rx = self.rx()?;
+        if rx != h.rx {
+            return Err(RingError::StaleHead { rx, head: h.rx });
+        }
+        self.advance(h.rx, h.msg.len)
     }
 
     /// Drops the next message unread (returns its header).
@@ -548,6 +627,48 @@ mod tests {
         let mut buf = Vec::new();
         r.recv(&mut buf).unwrap().unwrap();
         assert_eq!(buf, b"wrapped");
+    }
+
+    /// Reading a message through its head, in parts or sent on a socket straight from the
+    /// ring, gives the bytes `recv` gives, at every wrap position; a stale or out-of-range use
+    /// of a head is an error, never bytes from elsewhere.
+    #[test]
+    fn heads_read_and_send_what_recv_would() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let (r, w) = ring(1024);
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut tx = 0;
+        let mut seed = 1u32;
+        for round in 0..400u32 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let len = (seed >> 8) % 600;
+            let msg: Vec<u8> = (0..len).map(|i| (i ^ round) as u8).collect();
+            tx = w
+                .insert(tx, 7, Addr::new(3, round), &[IoSlice::new(&msg)])
+                .unwrap();
+            let h = r.head().unwrap().unwrap();
+            assert_eq!((h.msg.len, h.msg.source), (len, Addr::new(3, round)));
+            let split = if len == 0 { 0 } else { seed % len };
+            let mut first = vec![0u8; split as usize];
+            r.read_head(&h, 0, &mut first).unwrap();
+            assert_eq!(first, &msg[..split as usize]);
+            let sent = r.send_head(&h, split, a.as_fd()).unwrap().unwrap();
+            assert_eq!(sent, (len - split) as usize);
+            let mut rest = vec![0u8; sent];
+            b.read_exact(&mut rest).unwrap();
+            assert_eq!(rest, &msg[split as usize..]);
+            assert!(matches!(
+                r.read_head(&h, split, &mut vec![0u8; (len - split + 1) as usize]),
+                Err(RingError::OutsideMessage { .. })
+            ));
+            r.consume(&h).unwrap();
+            assert!(
+                matches!(r.consume(&h), Err(RingError::StaleHead { .. })),
+                "a head is consumed once"
+            );
+        }
+        assert_eq!(r.head().unwrap(), None);
     }
 
     #[test]

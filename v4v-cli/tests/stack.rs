@@ -162,6 +162,98 @@ fn stream_of_64_mib_keeps_every_byte() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
+/// Issue 11's bulk path (full 256 KiB messages, bulk copies into and out of the channel and the
+/// rings): eight streams at once, both ways, each carrying its own pattern in writes and reads
+/// of odd sizes (1 byte to 700 KB, so messages, ring wraps and channel wraps fall at every
+/// alignment), each direction checked byte for byte by its checksum and length.
+#[test]
+fn concurrent_streams_of_odd_sized_writes_keep_every_byte_both_ways() {
+    const STREAMS: u64 = 8;
+    const EACH: usize = 12 << 20;
+    let s = Stack::start(&[1, 2]);
+    let (s1, s2) = (s.sock(1), s.sock(2));
+    let mut l = Listener::bind_with(&s2, 7100).expect("listen");
+    // Sends `EACH` bytes of pattern `seed` in odd-sized writes, then shuts down writing.
+    fn feed(mut w: Stream, seed: u64) -> u64 {
+        let mut state = seed;
+        let mut h = FNV0;
+        let mut buf = vec![0u8; 700_000];
+        let mut left = EACH;
+        let mut size = seed as usize;
+        while left > 0 {
+            size = (size * 7919 + 12_345) % buf.len() + 1;
+            let n = size.min(left);
+            fill_pattern(&mut buf[..n], &mut state);
+            h = fnv(h, &buf[..n]);
+            w.write_all(&buf[..n]).expect("write");
+            left -= n;
+        }
+        w.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        h
+    }
+    // Reads to the end in odd-sized reads: (bytes, checksum).
+    fn drain(mut r: std::os::unix::net::UnixStream, seed: u64) -> (usize, u64) {
+        r.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 700_000];
+        let (mut n, mut h, mut size) = (0usize, FNV0, seed as usize);
+        loop {
+            size = (size * 104_729 + 977) % buf.len() + 1;
+            let k = r.read(&mut buf[..size]).expect("read");
+            if k == 0 {
+                return (n, h);
+            }
+            n += k;
+            h = fnv(h, &buf[..k]);
+        }
+    }
+    // Each side writes on the stream and reads, at the same time, on a duplicate of its
+    // descriptor: a stream is a plain Unix socket.
+    let both_ways = |st: Stream, out_seed: u64, in_seed: u64| {
+        use std::os::fd::AsFd;
+        let rd =
+            std::os::unix::net::UnixStream::from(st.as_fd().try_clone_to_owned().expect("dup"));
+        let w = std::thread::spawn(move || feed(st, out_seed));
+        let r = std::thread::spawn(move || drain(rd, in_seed));
+        (w, r)
+    };
+    let acceptor = std::thread::spawn(move || {
+        (0..STREAMS)
+            .map(|_| l.accept().expect("accept").0)
+            .collect::<Vec<Stream>>()
+    });
+    let clients: Vec<Stream> = (0..STREAMS)
+        .map(|_| Stream::connect_with(&s1, SockAddr::new(2, 7100)).expect("connect"))
+        .collect();
+    let servers = acceptor.join().expect("acceptor");
+    // Connects complete in order, and accepts take them in order: stream i is client i.
+    let mut runs = Vec::new();
+    for (i, (c, srv)) in clients.into_iter().zip(servers).enumerate() {
+        let i = i as u64;
+        runs.push((
+            i,
+            both_ways(c, 1 + i, 100 + i),
+            both_ways(srv, 100 + i, 1 + i),
+        ));
+    }
+    for (i, (cw, cr), (sw, sr)) in runs {
+        let (up, down) = (
+            cw.join().expect("client writer"),
+            sw.join().expect("server writer"),
+        );
+        assert_eq!(
+            sr.join().expect("server reader"),
+            (EACH, up),
+            "stream {i}: 1 -> 2"
+        );
+        assert_eq!(
+            cr.join().expect("client reader"),
+            (EACH, down),
+            "stream {i}: 2 -> 1"
+        );
+    }
+}
+
 #[test]
 fn a_thousand_concurrent_streams_through_one_daemon_pair() {
     const N: usize = 1000;

@@ -91,10 +91,11 @@ const FRAMES_PER_TURN: usize = 64;
 const MAX_QUEUED_FDS: usize = 4;
 /// Connections accepted per wake-up.
 const ACCEPTS_PER_TURN: usize = 64;
-/// A version-2 guest's request channel: records up to 256 KiB, so that a sendv of a 128 KiB
-/// chunk or a batch of several smaller ones travels in one (larger requests use the socket).
-/// Pages are allocated as the guest touches them.
-const REQUEST_CHANNEL: usize = 1 << 20;
+/// A version-2 guest's request channel: records up to 256 KiB − 8, so that a sendv of a full
+/// stream message (v4vd's chunk, 256 KiB − 64, and its header) or a batch of several smaller
+/// ones travels in one (larger requests use the socket). Pages are allocated as the guest
+/// touches them.
+pub const REQUEST_CHANNEL: usize = 1 << 20;
 /// A version-2 guest's reply channel: records up to 32 KiB, more than the largest reply (a
 /// tables_list of every rule, about 20 KiB).
 const REPLY_CHANNEL: usize = 1 << 17;

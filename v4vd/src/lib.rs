@@ -67,7 +67,11 @@ pub struct Config {
     pub stream_ring_len: Option<u32>,
     /// Receive window per stream: the most bytes buffered for one stream's client.
     pub conn_window: u32,
-    /// Largest stream payload per V4V message.
+    /// Largest stream payload per V4V message. The default, 256 KiB − 64, is the most that
+    /// fits one record of the simulator's request channel with its headers (so a message is one
+    /// channel round trip) and a 256 KiB ring: against 128 KiB, half the data sendvs and 45 %
+    /// fewer context switches per GiB (issue 11: 0.52 → 0.41 s of CPU per GiB in v4vd and
+    /// v4v-sim together).
     pub chunk: usize,
     /// Bytes buffered for a datagram client before its ring stops being drained.
     pub dgram_buffer: usize,
@@ -118,7 +122,7 @@ impl Default for Config {
             ring_len: DEFAULT_RING_LEN,
             stream_ring_len: None,
             conn_window: 1024 * 1024,
-            chunk: 128 * 1024,
+            chunk: 256 * 1024 - 64,
             dgram_buffer: 1024 * 1024,
             backlog: 1024,
             max_clients: 65536,

@@ -157,6 +157,32 @@ fn stream_carries_mebibytes_with_checksum() {
     server.join().unwrap();
 }
 
+/// Issue 11: a full stream data message (the default chunk behind its stream header) is one
+/// sendv that fits one record of the simulator's request channel, so bulk data never falls back
+/// to a socket round trip (every record it takes is a wake-up and a copy fewer than two), and it
+/// fits the smallest ring a peer daemon registers for streams (`ring_len`, when its ring pages
+/// are short). And it uses most of the record: 128 KiB chunks took twice the sendvs.
+#[test]
+fn a_full_stream_message_fits_one_simulator_record_and_the_smallest_ring() {
+    use std::io::IoSlice;
+    use v4v::backend::sim::protocol::SendvFrame;
+    let cfg = v4vd::Config::default();
+    let msg = vec![0u8; v4vd::wire::HEADER + cfg.chunk];
+    let iov = [IoSlice::new(&msg)];
+    let frame = SendvFrame::single(&SendAddr::default(), PROTO_STREAM, &iov);
+    let record = v4v_sim::server::REQUEST_CHANNEL / 4 - v4v::chan::RECORD_HEADER;
+    assert!(
+        frame.len() <= record,
+        "a {}-byte sendv frame does not fit a {record}-byte record",
+        frame.len()
+    );
+    assert!(
+        4 * frame.len() > 3 * record,
+        "the chunk leaves a quarter of a record or more unused"
+    );
+    assert!(msg.len() <= v4v::ring::max_message_size(cfg.ring_len) as usize);
+}
+
 /// Issue 11: a stream costs few hypercalls. A writer that pauses after each 32 KiB chunk lets
 /// the reader empty its buffer every time: credit used to go back then (an ACK sendv per chunk),
 /// and every drain notified (a notify per message each way). Now credit goes back per quarter
@@ -478,7 +504,7 @@ fn slow_datagram_client_makes_the_sender_wait_then_everything_arrives() {
 }
 
 /// Issue 11: a drain notifies only when the ring was too full for a message the size of the
-/// largest it carried (or a full stream message, 128 KiB). A sender of a larger message than
+/// largest it carried (or a full stream message, 256 KiB). A sender of a larger message than
 /// that, refused by a ring that was not so full, is woken by the notify owed after such drains:
 /// without it, it would wait forever.
 #[test]
@@ -520,7 +546,7 @@ fn a_sender_of_a_larger_message_than_any_before_is_woken() {
     };
     // Read 500 of them: as the daemon refills the socket from the ring, the ring keeps about
     // half a MiB (less when the socket takes more in fewer, larger writes): too much for 900 KB
-    // to fit, too little to hold up a 128 KiB message.
+    // to fit, too little to hold up a 256 KiB message.
     for _ in 0..500 {
         assert_eq!(read_one(&mut rx), 1000);
     }

@@ -42,8 +42,25 @@ fn unexpected(reply: &Reply, what: &str) -> Error {
     Error::Protocol(format!("unexpected {what} reply {reply}"))
 }
 
+/// The send buffer a stream asks for on its socket: a whole message of the daemon's (256 KiB)
+/// can then wait in the socket, so the daemon reads it in one go and sends it as one message
+/// (with the default 208 KiB it read what fitted: 180 KB a message on average, a third more
+/// hypercalls per byte). The kernel caps it at `net.core.wmem_max`.
+const SEND_BUFFER: libc::c_int = 512 * 1024;
+
 impl Stream {
     fn new(sock: UnixStream, local_port: u32, peer: SockAddr, id: u64, daemon: &Path) -> Self {
+        // SAFETY: setsockopt on a live socket with a live c_int and its size. Best effort: a
+        // failure leaves the default, which only costs more hypercalls.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&SEND_BUFFER as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         Stream {
             sock,
             local_port,

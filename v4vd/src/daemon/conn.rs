@@ -259,6 +259,33 @@ impl Conn {
         self.state == State::Closing
     }
 
+    /// A peer's data segment of `len` payload bytes (what [`Conn::on_segment`] does with one;
+    /// the handler may deliver the payload from wherever it lies, the ring included).
+    pub fn on_data(&mut self, len: usize) -> Step {
+        use State::*;
+        match self.state {
+            TimeWait => match stray(&Segment::Data(&[]), true) {
+                Some(o) => Step::send(o),
+                None => Step::NONE,
+            },
+            // Nothing but SYN|ACK or RST may answer a SYN.
+            Connecting => self.abort_with(CloseReason::Protocol),
+            Established | FinSent => {
+                if self.held + len > self.window as usize {
+                    self.state = TimeWait;
+                    return Step::violation();
+                }
+                self.held += len;
+                self.counts.bytes_in += len as u64;
+                Step::event(Event::Deliver)
+            }
+            FinReceived | Closing => {
+                self.state = TimeWait;
+                Step::violation()
+            }
+        }
+    }
+
     /// A peer's segment.
     pub fn on_segment(&mut self, seg: &Segment<'_>) -> Step {
         use State::*;
@@ -275,25 +302,13 @@ impl Conn {
             }
             // A duplicate answer.
             (_, Segment::SynAck { .. }) => Step::NONE,
+            (_, Segment::Data(d)) => self.on_data(d.len()),
             // Nothing but SYN|ACK or RST may answer a SYN.
-            (Connecting, Segment::Data(_) | Segment::Fin) => self.abort_with(CloseReason::Protocol),
+            (Connecting, Segment::Fin) => self.abort_with(CloseReason::Protocol),
             (Connecting, Segment::Ack { .. }) => Step::NONE,
             (_, Segment::Rst) => {
                 self.state = TimeWait;
                 Step::event(Event::Closed(CloseReason::PeerReset))
-            }
-            (Established | FinSent, Segment::Data(d)) => {
-                if self.held + d.len() > self.window as usize {
-                    self.state = TimeWait;
-                    return Step::violation();
-                }
-                self.held += d.len();
-                self.counts.bytes_in += d.len() as u64;
-                Step::event(Event::Deliver)
-            }
-            (FinReceived | Closing, Segment::Data(_)) => {
-                self.state = TimeWait;
-                Step::violation()
             }
             (Established | FinReceived, Segment::Ack { credit }) => {
                 self.credit = self.credit.saturating_add(*credit);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Every libc call of v4vd: a client's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`), whether
-//! it hung up (`poll`), and the descriptor limit (`getrlimit`). Owns nothing; each function borrows a live socket for one call.
+//! it hung up (`poll`), a stream client's send buffer (`SO_SNDBUF`), and the descriptor limit
+//! (`getrlimit`). Owns nothing; each function borrows a live socket for one call.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -26,6 +27,24 @@ pub(super) fn hung_up(s: &UnixStream) -> bool {
     // SAFETY: `p` is one valid pollfd for the duration of the call; timeout 0 never blocks.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
     r > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Asks for a send buffer of `bytes` on a client's socket (the kernel caps it at
+/// `net.core.wmem_max`); best effort: a failure leaves the default, which only costs more
+/// wake-ups.
+pub(super) fn set_send_buffer(s: &UnixStream, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `v` is a live c_int for the duration of the call and its size is passed; the fd is
+    // a live socket.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// The client's supplementary groups (`SO_PEERGROUPS`, Linux 4.13).

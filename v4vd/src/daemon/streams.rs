@@ -18,6 +18,7 @@ use v4v::ring;
 
 use super::Daemon;
 use super::conn::{CONNECT_TIMEOUT, Conn, ConnKey, Event, Out, State, Step, stray};
+use super::creds;
 use super::ports::{PendingSyn, PortKind};
 use super::requests::errno_name;
 use super::session::{Client, ClientState, may_see};
@@ -86,6 +87,11 @@ impl CloseReason {
         }
     }
 }
+
+/// The send buffer asked for on a stream client's socket: two of the largest messages, so that
+/// one delivered from the ring goes to the client in one write, not a write and a copy into the
+/// client's output queue for the next writable event (where `net.core.wmem_max` allows).
+const STREAM_SNDBUF: usize = 512 * 1024;
 
 /// Closed streams remembered for `CLOSED` queries.
 const CLOSED_MEMORY: usize = 4096;
@@ -323,6 +329,77 @@ impl Daemon {
         }
     }
 
+    /// The data message at the head of `port`'s ring, when it is for a stream client with
+    /// nothing waiting to be written to it: sent to the client's socket straight from the ring
+    /// (the kernel's one copy, none into a buffer of ours), only what the socket does not take
+    /// copied into the client's output, then consumed. Returns its length. `None` leaves the
+    /// message to [`Daemon::on_stream`] (anything else; a ring found corrupt is reported there).
+    /// The header is copied out and checked before anything is used; the peer can change the
+    /// payload under us, which only garbles its own data.
+    pub(super) fn stream_data_in_place(&mut self, port: u32, buf: &mut Vec<u8>) -> Option<u32> {
+        use std::os::fd::AsFd;
+        let reader = &self.ports.get(port)?.reader;
+        let h = reader.head().ok()??;
+        if h.msg.message_type != PROTO_STREAM || (h.msg.len as usize) < wire::HEADER {
+            return None;
+        }
+        let mut hdr = [0u8; wire::HEADER];
+        reader.read_head(&h, 0, &mut hdr).ok()?;
+        let Ok((conid, Segment::Data(_))) = wire::decode(&hdr) else {
+            return None;
+        };
+        let key = ConnKey {
+            ring_port: port,
+            peer: h.msg.source,
+            conid,
+        };
+        let Some(Owner::Client(t)) = self.streams.owner(&key) else {
+            return None;
+        };
+        match self.clients.get(t) {
+            Some(c) if c.out.is_empty() && !c.dead && matches!(c.state, ClientState::Stream(_)) => {
+            }
+            _ => return None,
+        }
+        let c = self.clients.get_mut(t)?;
+        let ClientState::Stream(conn) = &mut c.state else {
+            return None;
+        };
+        let len = h.msg.len as usize - wire::HEADER;
+        let was = conn.state();
+        let step = conn.on_data(len);
+        let mut lost = false;
+        if step.event == Some(Event::Deliver) {
+            // A write error is the next flush's to report, as on the general path.
+            let from = wire::HEADER as u32;
+            let sent = match reader.send_head(&h, from, c.stream.as_fd()) {
+                Ok(Ok(n)) => n.min(len),
+                _ => 0,
+            };
+            conn.consumed(sent);
+            if sent < len {
+                buf.resize(len - sent, 0);
+                match reader.read_head(&h, from + sent as u32, buf) {
+                    Ok(()) => c.out.extend(&buf[..]),
+                    Err(_) => lost = true,
+                }
+            }
+        }
+        if let Err(e) = reader.consume(&h) {
+            lost = true;
+            warn!(port, "ring: {e}");
+        }
+        if lost {
+            // Cannot happen (the head was checked); if it did, the stream lost bytes.
+            self.abort_client(t, true, CloseReason::LocalAbort);
+        } else if step.event == Some(Event::Deliver) {
+            self.wake(t);
+        } else {
+            self.perform(t, was, step, &[]);
+        }
+        Some(h.msg.len)
+    }
+
     /// Performs a transition's step for the stream client `t` (whose connection was in state
     /// `was` before it). Nothing here re-enters another handler: the client is woken to be
     /// pumped after the current event.
@@ -558,6 +635,7 @@ impl Daemon {
                     id: ps.conn.id,
                 };
                 c.state = ClientState::Stream(ps.conn);
+                creds::set_send_buffer(&c.stream, STREAM_SNDBUF);
                 c.queue_reply(&reply);
                 c.out_prefix = c.out.len();
                 c.out.extend(ps.buf);
@@ -858,6 +936,7 @@ impl Daemon {
                 self.streams.connect_sent(conn.started, t, id);
                 if let Some(c) = self.clients.get_mut(t) {
                     c.state = ClientState::Stream(Box::new(conn));
+                    creds::set_send_buffer(&c.stream, STREAM_SNDBUF);
                 }
             }
             Err(e) => {
