@@ -3,7 +3,7 @@
 //! the daemon makes goes through [`Counted`], so that what a message costs in hypercalls can be
 //! measured (`STATUS` does not carry it; the daemon logs the totals when it stops, and tests read
 //! them through [`HvCounts`]). The loop counts its wake-ups there too: what a message costs in
-//! passes of the loop.
+//! passes of the loop, and the rings it drains: what an event costs in rings looked into.
 //!
 //! Owns nothing but the counters; every call is passed on unchanged.
 
@@ -23,6 +23,7 @@ pub struct HvCounts {
     sendv: AtomicU64,
     notify: AtomicU64,
     wakeups: AtomicU64,
+    drains: AtomicU64,
 }
 
 impl HvCounts {
@@ -43,6 +44,16 @@ impl HvCounts {
 
     pub(super) fn woke(&self) {
         self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rings drained (looked into for messages). An event drains only the rings holding
+    /// something, not every registered one.
+    pub fn drains(&self) -> u64 {
+        self.drains.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn drained(&self) {
+        self.drains.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -538,7 +538,8 @@ impl Daemon {
             }
             Err(e) => warn!("take_event: {e}"),
         }
-        let ports = self.ports.ports();
+        // An empty ring's drain would consume nothing and want no notify: only the others.
+        let ports = self.ports.with_messages();
         let mut wanted = false;
         for p in ports {
             wanted |= self.drain_port(p);
@@ -567,6 +568,7 @@ impl Daemon {
     /// used, so the estimate never misses a fuller moment.) A drain that consumed but wants no
     /// notify leaves one owed ([`NOTIFY_OWED`]).
     fn drain_port(&mut self, port: u32) -> bool {
+        self.counts.drained();
         let mut buf = std::mem::take(&mut self.ring_buf);
         let wanted = self.drain_port_into(port, &mut buf);
         self.ring_buf = buf;
@@ -614,15 +616,6 @@ impl Daemon {
             {
                 // The client is not reading: leave the rest in the ring (its senders wait).
                 return self.after_drain(consumed, wanted());
-            }
-            if let PortKind::Dgram(t) = p.kind
-                && self
-                    .clients
-                    .get(t)
-                    .is_some_and(|c| c.out.len() >= self.cfg.dgram_buffer)
-            {
-                // The client is not reading: leave the rest in the ring (its senders wait).
-                return consumed;
             }
             let r = match p.reader.recv(buf) {
                 Ok(Some(r)) => r,

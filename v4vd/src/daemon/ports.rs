@@ -122,6 +122,17 @@ impl PortTable {
         self.ports.keys().copied().collect()
     }
 
+    /// The ports whose ring holds something to read (or whose pointers cannot be read: the
+    /// drain reports that). One pass over the table with no lookups: an event drains every
+    /// ring, and most are empty (datagram senders parked on a full ring each hold one).
+    pub fn with_messages(&self) -> Vec<u32> {
+        self.ports
+            .iter()
+            .filter(|(_, p)| !matches!(p.reader.available(), Ok(0)))
+            .map(|(&port, _)| port)
+            .collect()
+    }
+
     /// `port`'s ring took a message of `len` payload bytes.
     pub fn saw_message(&mut self, port: u32, len: u32) {
         if let Some(p) = self.ports.get_mut(&port) {
