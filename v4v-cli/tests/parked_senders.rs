@@ -3,14 +3,15 @@
 //! unprivileged users (nobody and uids 1001-1003: each user may hold at most a quarter of the
 //! domain's 128 rings, and users other than root 112 together) wait on a ring nobody reads while
 //! root's stream and datagram round trips run through the same daemon; root's traffic may be at
-//! most 1.2x slower than without them.
+//! most 1.5x slower than without them, and the daemon may spend at most 1.5x the CPU on it.
 //!
 //! Robust to a loaded machine: runs with and without the parked senders alternate, and medians
 //! of three of each are compared. The gate is a count that machine noise hardly moves: the
 //! daemon's voluntary context switches for root's work (the daemon sleeps once per hypercall,
 //! waiting for the simulator's reply, and once per idle wait), which the old retry-everyone
-//! loop multiplied (about 18x the time and far more hypercalls). Wall time is reported and
-//! checked loosely, as the machine may be shared.
+//! loop multiplied (about 18x the time and far more hypercalls). Wall time and the daemon's CPU
+//! time (which grew 2.1x while every event drained each parked sender's ring) are checked
+//! loosely and measured again when over their bounds, as the machine may be shared.
 
 mod common;
 
@@ -29,11 +30,22 @@ const PAYLOAD: usize = 200 * 1024;
 /// fixed cost (some 30 ms here, as before) its share.
 const STREAM: usize = 64 << 20;
 const ROUND_TRIPS: usize = 200;
-/// How much longer root's work may take with the senders parked (best runs). Measured: 1.3-1.6x
-/// on a quiet 2-core machine (the daemon's context switches stay within 1.2x), a fixed 15-40 ms
-/// on root's ~70 ms of work; a cost that grew with the parked senders' traffic or number would
-/// pass this many times over.
-const WALL_BOUND: f64 = 2.0;
+/// How much longer root's work may take with the senders parked (best runs). Measured 1.3-1.6x
+/// while every event drained each parked sender's ring, 0.95-1.1x since only rings with
+/// messages are drained.
+const WALL_BOUND: f64 = 1.5;
+/// How much more CPU the daemon may spend on root's work with the senders parked (medians).
+/// Measured 2.1x while every event drained each parked sender's ring, 1.1-1.2x since.
+const CPU_BOUND: f64 = 1.5;
+
+/// The daemon's time on a CPU so far, in nanoseconds (`/proc/PID/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+    st.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("schedstat run time")
+}
 
 /// The daemon's voluntary context switches so far.
 fn switches(pid: u32) -> u64 {
@@ -172,13 +184,14 @@ fn parked_senders_do_not_slow_others() {
     // One measure: the better time of two runs (a loaded machine's hiccups only ever add
     // time), and the fewer context switches.
     let measure = |r: usize| {
-        let (mut t, mut sw) = (f64::MAX, f64::MAX);
+        let (mut t, mut sw, mut cpu) = (f64::MAX, f64::MAX, f64::MAX);
         for k in 0..2 {
-            let s0 = switches(daemon);
+            let (s0, c0) = (switches(daemon), cpu_ns(daemon));
             t = t.min(root_work(&s, 2 * r + k).as_secs_f64());
             sw = sw.min((switches(daemon) - s0) as f64);
+            cpu = cpu.min((cpu_ns(daemon) - c0) as f64 / 1e6);
         }
-        (t, sw)
+        (t, sw, cpu)
     };
     // The daemon's context switches are the exact measure and must hold every time. Wall time
     // on a shared machine is noisy (other processes' slices only ever add to it), so a wall
@@ -188,15 +201,18 @@ fn parked_senders_do_not_slow_others() {
     loop {
         let (mut quiet, mut loaded) = (Vec::new(), Vec::new());
         let (mut quiet_sw, mut loaded_sw) = (Vec::new(), Vec::new());
+        let (mut quiet_cpu, mut loaded_cpu) = (Vec::new(), Vec::new());
         for round in 0..3 {
             let r = 6 * attempt + 2 * round;
-            let (t, sw) = measure(r);
+            let (t, sw, cpu) = measure(r);
             quiet.push(t);
             quiet_sw.push(sw);
+            quiet_cpu.push(cpu);
             let mut senders = park_senders(&s, &payload);
-            let (t, sw) = measure(r + 1);
+            let (t, sw, cpu) = measure(r + 1);
             loaded.push(t);
             loaded_sw.push(sw);
+            loaded_cpu.push(cpu);
             for c in &mut senders {
                 let _ = c.kill();
                 let _ = c.wait();
@@ -204,12 +220,15 @@ fn parked_senders_do_not_slow_others() {
         }
         let (q, l) = (median(quiet.clone()), median(loaded.clone()));
         let (qs, ls) = (median(quiet_sw.clone()), median(loaded_sw.clone()));
+        let (qc, lc) = (median(quiet_cpu.clone()), median(loaded_cpu.clone()));
         eprintln!(
             "attempt {attempt}: root's work: {q:.3} s alone, {l:.3} s with {PARKED} parked \
              senders ({:.2}x; runs {quiet:?} / {loaded:?}); daemon context switches {qs} / {ls} \
-             ({:.2}x; {quiet_sw:?} / {loaded_sw:?})",
+             ({:.2}x; {quiet_sw:?} / {loaded_sw:?}); daemon CPU {qc:.1} / {lc:.1} ms ({:.2}x; \
+             {quiet_cpu:?} / {loaded_cpu:?})",
             l / q,
-            ls / qs
+            ls / qs,
+            lc / qc
         );
         assert!(
             ls <= qs * 1.2,
@@ -220,13 +239,17 @@ fn parked_senders_do_not_slow_others() {
         let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
         let (qb, lb) = (best(&quiet), best(&loaded));
         attempt += 1;
-        if lb <= qb * WALL_BOUND {
+        // What the daemon does for root's traffic must not grow with the parked senders'
+        // number either (it once drained each one's empty ring on every event: 2.1x the CPU,
+        // as many context switches). CPU time is noisy too (a busy core's caches), so it is
+        // measured again like the wall time.
+        if lb <= qb * WALL_BOUND && lc <= qc * CPU_BOUND {
             break;
         }
         assert!(
             attempt < 3,
-            "root's work took {lb:.3} s with parked senders, {qb:.3} s without (best runs, \
-             {attempt} attempts)"
+            "root's work took {lb:.3} s with parked senders, {qb:.3} s without (best runs), the \
+             daemon's CPU {lc:.1} ms / {qc:.1} ms ({attempt} attempts)"
         );
     }
 }
