@@ -604,9 +604,17 @@ impl Daemon {
             let Some(p) = self.ports.get(port) else {
                 return consumed;
             };
+            // Whether a sender may be waiting for the room just made: one whose message did not
+            // fit. The biggest message seen stands for it, and on a ring where streams arrive
+            // also a full stream message. (Not on a datagram ring: a stream message is as big as
+            // a whole default ring, so every drain would notify.)
+            let biggest = match p.kind {
+                PortKind::Dgram(_) => p.largest,
+                _ => p.largest.max(stream_msg),
+            };
             let wanted = || {
                 let free = u64::from(p.reader.len()).saturating_sub(fullest);
-                ring::message_slot(p.largest.max(stream_msg)) >= free
+                ring::message_slot(biggest) >= free
             };
             if let PortKind::Dgram(t) = p.kind
                 && self
