@@ -834,30 +834,7 @@ fn a_round_trip_wakes_each_daemon_twice() {
         [0, 1].map(|i| (after[i] - before[i]) as f64 / ROUNDS as f64)
     };
 
-    let mut echo = Datagram::bind_with(&n2.sock, 700, None).unwrap();
-    let peer = std::thread::spawn(move || {
-        for _ in 0..ROUNDS + 1 {
-            let (m, from) = echo.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-            echo.send_to(&m, from).unwrap();
-        }
-        echo.flush().unwrap();
-    });
-    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
-    let to = SockAddr::new(2, 700);
-    // One round to set up both ends, not counted.
-    d.send_to(b"warm", to).unwrap();
-    d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let before = wakeups();
-    for _ in 0..ROUNDS {
-        std::thread::sleep(PAUSE);
-        d.send_to(&[7u8; 64], to).unwrap();
-        let (m, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert_eq!(m.len(), 64);
-    }
-    let dgram = per_round(before, wakeups());
-    d.flush().unwrap();
-    peer.join().unwrap();
+    let dgram = datagram_round_trips(&n1, &n2, 700, ROUNDS, PAUSE, wakeups);
 
     let mut l = Listener::bind_with(&n2.sock, 701).unwrap();
     let peer = std::thread::spawn(move || {
@@ -902,29 +879,7 @@ fn a_datagram_round_trip_does_not_notify() {
     let n1 = Node::start(&model, 1);
     let n2 = Node::start(&model, 2);
     let notifies = || [n1.counts.notify(), n2.counts.notify()];
-    let mut echo = Datagram::bind_with(&n2.sock, 710, None).unwrap();
-    let peer = std::thread::spawn(move || {
-        for _ in 0..ROUNDS + 1 {
-            let (m, from) = echo.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-            echo.send_to(&m, from).unwrap();
-        }
-        echo.flush().unwrap();
-    });
-    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
-    let to = SockAddr::new(2, 710);
-    d.send_to(b"warm", to).unwrap();
-    d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let before = notifies();
-    for _ in 0..ROUNDS {
-        d.send_to(&[7u8; 64], to).unwrap();
-        let (m, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert_eq!(m.len(), 64);
-    }
-    let after = notifies();
-    d.flush().unwrap();
-    peer.join().unwrap();
-    let per_round = [0, 1].map(|i| (after[i] - before[i]) as f64 / ROUNDS as f64);
+    let per_round = datagram_round_trips(&n1, &n2, 710, ROUNDS, Duration::ZERO, notifies);
     eprintln!("notifies per datagram round trip: {per_round:?}");
     // The owed notify (every 5 ms while a ring was consumed) is the rest.
     assert!(
@@ -1171,6 +1126,43 @@ fn the_client_asks_for_held_back_answers_when_it_waits() {
         assert_eq!(d.outstanding(), 0, "the ACK came before the echo");
     }
     peer.join().unwrap();
+}
+
+/// `rounds` 64-byte datagram round trips from domain 1 to an echo at `port` in domain 2 (after
+/// one to set up both ends, not counted), `pause` before each; what `count` (one figure per
+/// daemon) grew by, per round trip.
+fn datagram_round_trips(
+    n1: &Node,
+    n2: &Node,
+    port: u32,
+    rounds: u64,
+    pause: Duration,
+    count: impl Fn() -> [u64; 2],
+) -> [f64; 2] {
+    let mut echo = Datagram::bind_with(&n2.sock, port, None).unwrap();
+    let peer = std::thread::spawn(move || {
+        for _ in 0..rounds + 1 {
+            let (m, from) = echo.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+            echo.send_to(&m, from).unwrap();
+        }
+        echo.flush().unwrap();
+    });
+    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    let to = SockAddr::new(2, port);
+    d.send_to(b"warm", to).unwrap();
+    d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = count();
+    for _ in 0..rounds {
+        std::thread::sleep(pause);
+        d.send_to(&[7u8; 64], to).unwrap();
+        let (m, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(m.len(), 64);
+    }
+    let after = count();
+    d.flush().unwrap();
+    peer.join().unwrap();
+    [0, 1].map(|i| (after[i] - before[i]) as f64 / rounds as f64)
 }
 
 /// The calling thread's voluntary context switches so far (it slept this many times).
