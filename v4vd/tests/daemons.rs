@@ -976,6 +976,16 @@ fn next_frame(s: &mut UnixStream, timeout: Duration) -> Option<(FrameHeader, Vec
 
 const LAZY: u32 = SEND_F_PIPELINE | SEND_F_LAZY;
 
+/// Domains 1 and 2, domain 1's daemon holding back lazy ACKs for an hour (so that only a
+/// frame, a FLUSH or an eager SEND can send one).
+fn nodes_holding_acks_an_hour(model: &Model) -> (Node, Node) {
+    let cfg = v4vd::Config {
+        lazy_ack_delay: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    (Node::start_with(model, 1, cfg), Node::start(model, 2))
+}
+
 /// `SEND_F_LAZY` (docs/protocol.md, "Datagrams"): a success's ACK is held back until the
 /// daemon writes the client something else (before a DATA frame, a STATUS), a SEND without the
 /// flag, or a FLUSH; failures are answered at once. The delay is raised to an hour here, so
@@ -983,12 +993,7 @@ const LAZY: u32 = SEND_F_PIPELINE | SEND_F_LAZY;
 #[test]
 fn lazy_acks_go_with_the_next_frame_a_flush_or_an_eager_send() {
     let model = Model::new();
-    let cfg = v4vd::Config {
-        lazy_ack_delay: Duration::from_secs(3600),
-        ..Default::default()
-    };
-    let n1 = Node::start_with(&model, 1, cfg);
-    let n2 = Node::start(&model, 2);
+    let (n1, n2) = nodes_holding_acks_an_hour(&model);
     let mut rx = Datagram::bind_with(&n2.sock, 900, None).unwrap();
     let to = SockAddr::new(2, 900);
     let quiet = Duration::from_millis(200);
@@ -1081,12 +1086,7 @@ fn a_lazy_ack_comes_within_the_delay() {
 #[test]
 fn the_client_asks_for_held_back_answers_when_it_waits() {
     let model = Model::new();
-    let cfg = v4vd::Config {
-        lazy_ack_delay: Duration::from_secs(3600),
-        ..Default::default()
-    };
-    let n1 = Node::start_with(&model, 1, cfg);
-    let n2 = Node::start(&model, 2);
+    let (n1, n2) = nodes_holding_acks_an_hour(&model);
     let mut rx = Datagram::bind_with(&n2.sock, 920, None).unwrap();
     let to = SockAddr::new(2, 920);
     let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
