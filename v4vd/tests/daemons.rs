@@ -904,30 +904,8 @@ fn a_round_trip_drains_only_the_rings_with_messages() {
         .flat_map(|_| [&n1.sock, &n2.sock])
         .map(|sock| Datagram::bind_with(sock, 0, None).unwrap())
         .collect();
-    let mut echo = Datagram::bind_with(&n2.sock, 702, None).unwrap();
-    let peer = std::thread::spawn(move || {
-        for _ in 0..ROUNDS + 1 {
-            let (m, from) = echo.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-            echo.send_to(&m, from).unwrap();
-        }
-        echo.flush().unwrap();
-    });
-    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
-    let to = SockAddr::new(2, 702);
-    d.send_to(b"warm", to).unwrap();
-    d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
     let drains = || [n1.counts.drains(), n2.counts.drains()];
-    let before = drains();
-    for _ in 0..ROUNDS {
-        d.send_to(&[7u8; 64], to).unwrap();
-        let (m, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert_eq!(m.len(), 64);
-    }
-    let after = drains();
-    let per_round = [0, 1].map(|i| (after[i] - before[i]) as f64 / ROUNDS as f64);
-    d.flush().unwrap();
-    peer.join().unwrap();
+    let per_round = datagram_round_trips(&n1, &n2, 702, ROUNDS, Duration::ZERO, drains);
     drop(idle);
     eprintln!("rings drained per round trip with {IDLE} idle rings each: {per_round:?}");
     assert!(
