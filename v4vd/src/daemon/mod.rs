@@ -588,7 +588,7 @@ impl Daemon {
             let used = p.reader.available().map_or(u64::MAX, u64::from);
             fullest = fullest.max(used.saturating_add(last_slot));
             // Stream data for a client: straight from the ring (only where streams arrive, and
-            // only when there is a message: an event drains every ring, most of them empty).
+            // only when a message is there).
             let streams = !matches!(p.kind, PortKind::Dgram(_));
             if used > 0
                 && streams
@@ -596,9 +596,7 @@ impl Daemon {
             {
                 consumed = true;
                 last_slot = ring::message_slot(u64::from(len));
-                self.ports.saw_message(port, len);
-                self.stats.msgs_in += 1;
-                self.stats.bytes_in += u64::from(len);
+                self.took_message(port, len);
                 continue;
             }
             let Some(p) = self.ports.get(port) else {
@@ -651,9 +649,7 @@ impl Daemon {
             };
             consumed = true;
             last_slot = ring::message_slot(u64::from(r.len));
-            self.ports.saw_message(port, r.len);
-            self.stats.msgs_in += 1;
-            self.stats.bytes_in += u64::from(r.len);
+            self.took_message(port, r.len);
             match r.message_type {
                 PROTO_DGRAM => self.on_dgram(port, r.source, buf),
                 PROTO_STREAM => self.on_stream(port, r.source, buf),
@@ -663,6 +659,14 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Books a message of `len` bytes taken from `port`'s ring: its size for the notify
+    /// estimate, and the counters.
+    fn took_message(&mut self, port: u32, len: u32) {
+        self.ports.saw_message(port, len);
+        self.stats.msgs_in += 1;
+        self.stats.bytes_in += u64::from(len);
     }
 
     /// The end of a drain: whether to notify now; else, if it consumed, a notify is owed.
