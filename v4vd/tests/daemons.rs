@@ -779,6 +779,43 @@ fn many_streams_share_a_handful_of_rings() {
     assert!(s2.rings == 1 && s2.streams.len() == 200, "{s2:?}");
 }
 
+/// An idle stream costs each daemon at most two loop wake-ups a second: its keepalive tick (a
+/// ping to the peer) and the peer's ping (1.0-2.0 a second measured). The notify owed after
+/// draining the peer's ping once came 5 ms later, one more wake-up a second (2.25-2.75); on a
+/// ring where streams arrive it now waits for the tick. (Idle CPU is the same with one stream as
+/// with 10,000, so this is all of it.)
+#[test]
+fn an_idle_stream_wakes_each_daemon_twice_a_second() {
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 9150).unwrap();
+    let mut c = Stream::connect_with(&n1.sock, SockAddr::new(2, 9150)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).unwrap();
+    // Past the connect's after-effects (credit, the owed notifies) and one keepalive round.
+    std::thread::sleep(Duration::from_millis(1500));
+    let wakeups = || [n1.counts.wakeups(), n2.counts.wakeups()];
+    let before = wakeups();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let after = wakeups();
+    let secs = t0.elapsed().as_secs_f64();
+    let per_sec = [0, 1].map(|i| (after[i] - before[i]) as f64 / secs);
+    eprintln!("idle wake-ups per second: {per_sec:.2?}");
+    assert!(
+        per_sec.iter().all(|w| *w <= 2.2),
+        "idle daemons' wake-ups per second: {per_sec:.2?}"
+    );
+    // Still a working stream.
+    s.write_all(b"back").unwrap();
+    let mut b = [0u8; 4];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"back");
+}
+
 #[test]
 fn data_still_buffered_for_a_slow_reader_survives_the_connector_finishing_first() {
     let model = Model::new();

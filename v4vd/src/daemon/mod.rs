@@ -105,8 +105,12 @@ const TOKEN_HV: Token = Token(1);
 const TOKEN_WAKER: Token = Token(2);
 const TOKEN_NAMES: Token = Token(3);
 const FIRST_CLIENT: usize = 16;
-/// How long after a drain that did not notify (no sender could have been waiting for a message
-/// the size of the ring's) a notify is made anyway.
+/// How long after a drain of a datagram ring that did not notify (no sender could have been
+/// waiting for a message the size of the largest the ring carried) a notify is made anyway: for a
+/// sender of a bigger one. On a ring where streams arrive the estimate counts a full stream
+/// message, the largest a peer daemon with our chunk size sends, so the notify owed waits for the
+/// next keepalive tick, which wakes the loop anyway; otherwise an idle stream's keepalive cost
+/// each daemon a third wake-up a second (the tick, the peer's ping, this notify).
 const NOTIFY_OWED: Duration = Duration::from_millis(5);
 
 impl Source {
@@ -621,13 +625,13 @@ impl Daemon {
                     .is_some_and(|c| c.out.len() >= self.cfg.dgram_buffer)
             {
                 // The client is not reading: leave the rest in the ring (its senders wait).
-                return self.after_drain(consumed, wanted());
+                return self.after_drain(consumed, wanted(), false);
             }
             let r = match p.reader.recv(buf) {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     let wanted = wanted();
-                    return self.after_drain(consumed, wanted);
+                    return self.after_drain(consumed, wanted, streams);
                 }
                 Err(e) => {
                     self.stats.corrupt += 1;
@@ -669,10 +673,17 @@ impl Daemon {
         self.stats.bytes_in += u64::from(len);
     }
 
-    /// The end of a drain: whether to notify now; else, if it consumed, a notify is owed.
-    fn after_drain(&mut self, consumed: bool, wanted: bool) -> bool {
-        if consumed && !wanted && self.notify_owed.is_none() {
-            self.notify_owed = Some(Instant::now() + NOTIFY_OWED);
+    /// The end of a drain: whether to notify now; else, if it consumed, a notify is owed (at the
+    /// next keepalive tick after a drain of a ring where `streams` arrive, [`NOTIFY_OWED`]).
+    fn after_drain(&mut self, consumed: bool, wanted: bool, streams: bool) -> bool {
+        if consumed && !wanted {
+            // (A tick due already, the drain being part of its wake-up, makes it now.)
+            let due = if streams {
+                self.next_keepalive
+            } else {
+                Instant::now() + NOTIFY_OWED
+            };
+            self.notify_owed = Some(self.notify_owed.map_or(due, |d| d.min(due)));
         }
         consumed && wanted
     }
