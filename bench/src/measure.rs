@@ -212,7 +212,10 @@ impl Bench<'_> {
 
     fn peer(&self, role: &[String]) -> Command {
         let mut c = Command::new(&self.exe);
-        c.arg("__peer").args(role).stdin(Stdio::null());
+        sys::die_with_parent(&mut c)
+            .arg("__peer")
+            .args(role)
+            .stdin(Stdio::null());
         c
     }
 

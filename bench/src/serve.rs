@@ -133,7 +133,7 @@ fn read_line(r: &mut impl Read) -> Result<String, String> {
 fn run_peer(exe: &Path, o: &ServeOpts, args: &[String]) -> Value {
     let cpu0: Vec<_> = o.pids.iter().map(|&p| sys::cpu_time(p)).collect();
     let children0 = sys::rusage(libc::RUSAGE_CHILDREN);
-    let child = Command::new(exe)
+    let child = sys::die_with_parent(&mut Command::new(exe))
         .arg("__peer")
         .args(args)
         .stdin(Stdio::null())

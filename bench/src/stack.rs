@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use v4v::abi::DomId;
 
+use crate::sys;
+
 /// A process of the stack whose CPU time and memory the benchmark reports.
 #[derive(Debug, Clone)]
 pub struct Proc {
@@ -67,7 +69,7 @@ impl Stack {
             dir: Some(dir.clone()),
         };
         let sim_sock = dir.join("sim.sock");
-        let c = Command::new(&sim)
+        let c = sys::die_with_parent(&mut Command::new(&sim))
             .arg("--socket")
             .arg(&sim_sock)
             .args(["--log-level", "error"])
@@ -77,7 +79,7 @@ impl Stack {
         s.adopt("v4v-sim", c, false);
         wait_until("v4v-sim", || sim_sock.exists())?;
         for i in 0..2 {
-            let c = Command::new(&v4vd)
+            let c = sys::die_with_parent(&mut Command::new(&v4vd))
                 .arg("--hypervisor")
                 .arg(format!("sim:{}", sim_sock.display()))
                 .args(["--domid", &s.domid[i].to_string(), "--socket"])

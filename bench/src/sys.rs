@@ -1,12 +1,44 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! What the benchmark reads from and asks of the kernel: CPU time and resident memory of a
-//! process, CPU affinity of every thread of a process, socket pairs, the load average.
+//! process, CPU affinity of every thread of a process, socket pairs, the load average, children
+//! that die with it.
 //!
 //! Owns no process: it only observes (and pins) pids it is given.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
+
+/// Makes the process `cmd` starts get SIGKILL when this one exits, however it exits: `Drop`
+/// stops the stack and the peers only on a normal exit, and a benchmark killed by a signal (a
+/// `timeout`, a SIGTERM) left its simulator and daemons running. The benchmark spawns from its
+/// one thread only (the signal comes when the spawning thread exits).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure only calls prctl and getppid, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Exited before the prctl: nobody would send the signal any more.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
 
 /// The threads of process `pid` (its `/proc/PID/task` entries).
 pub fn tasks(pid: u32) -> io::Result<Vec<u32>> {
