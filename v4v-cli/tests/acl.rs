@@ -49,7 +49,7 @@ fn table(s: &Stack) -> Vec<String> {
 /// Sends one datagram from `from` to `to:port` and says whether the hypervisor took it: exit 0,
 /// or exit 6 (denied by the ACL). A receiver is bound at the destination first.
 fn can_send(s: &Stack, from: u16, to: u16, port: u32) -> bool {
-    let _rx = v4v::client::Datagram::bind_with(&s.sock(to), port, None).expect("bind receiver");
+    let _rx = common::bind_again(&s.sock(to), port);
     let o = s.run(from, &["send", &format!("{to}:{port}"), "probe"]);
     match code(&o) {
         0 => true,

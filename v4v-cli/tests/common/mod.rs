@@ -243,6 +243,21 @@ impl Drop for Stack {
     }
 }
 
+/// Binds datagram port `port` at `sock` that this process just closed, as UDP code rebinds:
+/// it may still be bound for a moment, because another test thread's child process holds a copy
+/// of the closed descriptor between its fork and exec (as it would hold a UDP socket's).
+pub fn bind_again(sock: &Path, port: u32) -> v4v::client::Datagram {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match v4v::client::Datagram::bind_with(sock, port, None) {
+            Err(v4v::client::Error::AddrInUse(_)) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.unwrap_or_else(|e| panic!("bind {port}: {e}")),
+        }
+    }
+}
+
 /// `program`, to be run as the unprivileged user nobody through `setpriv`.
 pub fn as_nobody(program: &Path) -> Command {
     let mut c = Command::new("setpriv");

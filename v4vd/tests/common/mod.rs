@@ -21,6 +21,9 @@ pub fn tmpdir() -> PathBuf {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     ));
+    // A directory left by an earlier run whose process had the same id holds a stale socket
+    // (the bind below failed with EADDRINUSE once pids came round).
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("tmpdir");
     d
 }
