@@ -305,6 +305,41 @@ fn cpu_json(c: &Cpu) -> Value {
     )
 }
 
+/// The p50, p99 and p99.9 rows of one RTT variant (`rtt_KEY_pinned_p50`, ...).
+fn rtt_figures(key: &str, what: &str, pinned: bool, v4v: &[Rtt], unix: &[Rtt]) -> Vec<Figure> {
+    let cpu = if pinned { "all on one CPU" } else { "unpinned" };
+    let pin = if pinned { "pinned" } else { "unpinned" };
+    [
+        ("p50", "p50", 8.0),
+        ("p99", "p99", 30.0),
+        ("p999", "p99.9", 30.0),
+    ]
+    .into_iter()
+    .map(|(q, name, target)| {
+        let get = |r: &Rtt| match q {
+            "p50" => r.p50,
+            "p99" => r.p99,
+            _ => r.p999,
+        };
+        Figure {
+            key: format!("rtt_{key}_{pin}_{q}"),
+            label: format!("RTT 64 B {what} {name}, {cpu}"),
+            unit: "µs",
+            v4v: median(v4v.iter().map(get).collect()),
+            unix: Some(median(unix.iter().map(get).collect())),
+            // The targets are for the pinned runs; p99.9 is held to p99's.
+            target: pinned.then_some(target),
+            higher_better: false,
+            absolute: false,
+            samples: json!({
+                "v4v": v4v.iter().map(get).collect::<Vec<_>>(),
+                "unix": unix.iter().map(get).collect::<Vec<_>>(),
+            }),
+        }
+    })
+    .collect()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
@@ -409,6 +444,15 @@ fn measure_all(
     let mut s4 = Runs::default();
     let mut d64 = Runs::default();
     let mut d4k = Runs::default();
+    // The same stream rows through shared memory (`ShmStream` at both ends); their baselines
+    // are the socket rows' Unix runs.
+    let mut s64_shm: Vec<Xfer> = Vec::new();
+    let mut s4_shm: Vec<Xfer> = Vec::new();
+    let mut rtt_shm: Vec<(bool, Vec<Rtt>)> = [true, false]
+        .into_iter()
+        .filter(|&pinned| pinned_rows || !pinned)
+        .map(|k| (k, Vec::new()))
+        .collect();
     // (stream?, pinned?) → runs
     let mut rtts: Vec<((bool, bool), Runs<Rtt>)> =
         [(false, true), (false, false), (true, true), (true, false)]
@@ -429,6 +473,8 @@ fn measure_all(
                 b.rtt(side, stream, q(p.rtt_rounds[i] as u64) as usize, pinned)?;
             }
         }
+        let i = p.of(Side::V4v);
+        b.stream_via(Side::V4v, q(p.stream_bytes[i]), 64 << 10, true)?;
     }
     for pair in 0..p.pairs {
         progress(&format!(
@@ -451,6 +497,13 @@ fn measure_all(
             d4k.push(side, b.dgrams(side, p.dgrams[i], 4 << 10)?);
             for ((stream, pinned), runs) in rtts.iter_mut() {
                 runs.push(side, b.rtt(side, *stream, p.rtt_rounds[i], *pinned)?);
+            }
+            if side == Side::V4v {
+                s64_shm.push(b.stream_via(side, p.stream_bytes[i], 64 << 10, true)?);
+                s4_shm.push(b.stream_via(side, p.stream_bytes[i], 4 << 10, true)?);
+                for (pinned, runs) in rtt_shm.iter_mut() {
+                    runs.push(b.rtt_via(side, true, p.rtt_rounds[i], *pinned, true)?);
+                }
             }
         }
     }
@@ -509,39 +562,36 @@ fn measure_all(
     ));
     for ((stream, pinned), runs) in &rtts {
         let what = if *stream { "stream" } else { "datagram" };
-        let cpu = if *pinned {
-            "all on one CPU"
-        } else {
-            "unpinned"
-        };
-        for (q, name, target) in [
-            ("p50", "p50", 8.0),
-            ("p99", "p99", 30.0),
-            ("p999", "p99.9", 30.0),
-        ] {
-            let get = |r: &Rtt| match q {
-                "p50" => r.p50,
-                "p99" => r.p99,
-                _ => r.p999,
-            };
-            figs.push(Figure {
-                key: format!(
-                    "rtt_{what}_{}_{q}",
-                    if *pinned { "pinned" } else { "unpinned" }
-                ),
-                label: format!("RTT 64 B {what} {name}, {cpu}"),
-                unit: "µs",
-                v4v: median(runs.v4v.iter().map(get).collect()),
-                unix: Some(median(runs.unix.iter().map(get).collect())),
-                // The targets are for the pinned runs; p99.9 is held to p99's.
-                target: pinned.then_some(target),
-                higher_better: false,
-                absolute: false,
-                samples: json!({
-                    "v4v": runs.v4v.iter().map(get).collect::<Vec<_>>(),
-                    "unix": runs.unix.iter().map(get).collect::<Vec<_>>(),
-                }),
-            });
+        figs.extend(rtt_figures(what, what, *pinned, &runs.v4v, &runs.unix));
+    }
+    let shm_xfer = |v4v: &[Xfer], base: &Runs<Xfer>| Runs {
+        v4v: v4v.to_vec(),
+        unix: base.unix.clone(),
+    };
+    figs.push(xfer_fig(
+        "stream_64k_shm",
+        "stream through shared memory (ShmStream), 64 KiB writes (SOCK_STREAM pair)",
+        &shm_xfer(&s64_shm, &s64),
+        false,
+        0.3,
+    ));
+    figs.push(xfer_fig(
+        "stream_4k_shm",
+        "stream through shared memory (ShmStream), 4 KiB writes (SOCK_STREAM pair)",
+        &shm_xfer(&s4_shm, &s4),
+        false,
+        0.3,
+    ));
+    for (pinned, runs) in &rtt_shm {
+        // The baseline is the socket stream row's.
+        if let Some((_, base)) = rtts.iter().find(|(k, _)| *k == (true, *pinned)) {
+            figs.extend(rtt_figures(
+                "stream_shm",
+                "ShmStream",
+                *pinned,
+                runs,
+                &base.unix,
+            ));
         }
     }
     let cpu_per_gb = |x: &Xfer| x.cpu.total().as_secs_f64() / (x.bytes as f64 / 1e9);
@@ -556,6 +606,20 @@ fn measure_all(
         absolute: false,
         samples: json!({
             "v4v": s64.v4v.iter().map(cpu_per_gb).collect::<Vec<_>>(),
+            "unix": s64.unix.iter().map(cpu_per_gb).collect::<Vec<_>>(),
+        }),
+    });
+    figs.push(Figure {
+        key: "cpu_per_gb_shm".into(),
+        label: "CPU per GB moved, all processes (64 KiB ShmStream runs)".into(),
+        unit: "s",
+        v4v: median(s64_shm.iter().map(cpu_per_gb).collect()),
+        unix: Some(median(s64.unix.iter().map(cpu_per_gb).collect())),
+        target: Some(3.0),
+        higher_better: false,
+        absolute: false,
+        samples: json!({
+            "v4v": s64_shm.iter().map(cpu_per_gb).collect::<Vec<_>>(),
             "unix": s64.unix.iter().map(cpu_per_gb).collect::<Vec<_>>(),
         }),
     });

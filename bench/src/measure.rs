@@ -151,6 +151,23 @@ fn remote_answer(b: &[u8]) -> Result<Parts, String> {
         .collect()
 }
 
+/// `rounds` round trips of `msg` to an echoing stream peer; `timed(i, start)` after each.
+fn stream_rounds(
+    s: &mut (impl Read + Write),
+    msg: &[u8],
+    rounds: usize,
+    timed: &mut impl FnMut(usize, Instant),
+) -> Result<(), String> {
+    let mut back = vec![0u8; msg.len()];
+    for i in 0..rounds {
+        let t0 = Instant::now();
+        s.write_all(msg).map_err(io_err("send"))?;
+        s.read_exact(&mut back).map_err(io_err("recv"))?;
+        timed(i, t0);
+    }
+    Ok(())
+}
+
 /// Reads exactly `total` bytes in reads of up to 64 KiB.
 fn recv_bytes(r: &mut impl Read, total: u64) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -276,6 +293,17 @@ impl Bench<'_> {
 
     /// `total` bytes, written by the peer in writes of `wsize`, read here.
     pub fn stream(&self, side: Side, total: u64, wsize: usize) -> Result<Xfer, String> {
+        self.stream_via(side, total, wsize, false)
+    }
+
+    /// [`Bench::stream`]; with `shm`, V4V's two ends are `ShmStream`s.
+    pub fn stream_via(
+        &self,
+        side: Side,
+        total: u64,
+        wsize: usize,
+        shm: bool,
+    ) -> Result<Xfer, String> {
         let w = self.window(side)?;
         let (secs, child) = match side {
             Side::Unix => {
@@ -295,13 +323,27 @@ impl Bench<'_> {
             Side::V4v => {
                 let mut l =
                     Listener::bind_with(&self.stack.sock[1], 0).map_err(v4v_err("listen"))?;
-                let mut role = self.dst_args("v4v-stream-send", l.local_port());
+                let role = if shm {
+                    "v4v-shm-stream-send"
+                } else {
+                    "v4v-stream-send"
+                };
+                let mut role = self.dst_args(role, l.local_port());
                 role.extend([total.to_string(), wsize.to_string()]);
                 let child = self.spawn_v4v(&role)?;
-                let (mut s, _) = l.accept().map_err(v4v_err("accept"))?;
-                s.write_all(b"G").map_err(io_err("go"))?;
-                let t0 = Instant::now();
-                recv_bytes(&mut s, total)?;
+                let t0 = if shm {
+                    let (mut s, _) = l.accept_shm().map_err(v4v_err("accept"))?;
+                    s.write_all(b"G").map_err(io_err("go"))?;
+                    let t0 = Instant::now();
+                    recv_bytes(&mut s, total)?;
+                    t0
+                } else {
+                    let (mut s, _) = l.accept().map_err(v4v_err("accept"))?;
+                    s.write_all(b"G").map_err(io_err("go"))?;
+                    let t0 = Instant::now();
+                    recv_bytes(&mut s, total)?;
+                    t0
+                };
                 (t0.elapsed().as_secs_f64(), child)
             }
         };
@@ -392,15 +434,27 @@ impl Bench<'_> {
         rounds: usize,
         pinned: bool,
     ) -> Result<Rtt, String> {
+        self.rtt_via(side, stream, rounds, pinned, false)
+    }
+
+    /// [`Bench::rtt`] over a stream; with `shm`, V4V's two ends are `ShmStream`s.
+    pub fn rtt_via(
+        &self,
+        side: Side,
+        stream: bool,
+        rounds: usize,
+        pinned: bool,
+        shm: bool,
+    ) -> Result<Rtt, String> {
         self.pin(pinned)?;
-        let r = self.rtt_run(side, stream, rounds);
+        let r = self.rtt_run(side, stream, rounds, shm);
         let unpinned = self.pin(false);
         let r = r?;
         unpinned?;
         Ok(r)
     }
 
-    fn rtt_run(&self, side: Side, stream: bool, rounds: usize) -> Result<Rtt, String> {
+    fn rtt_run(&self, side: Side, stream: bool, rounds: usize, shm: bool) -> Result<Rtt, String> {
         let msg = [0x5au8; 64];
         let mut back = [0u8; 64 * 2];
         let warm = rounds / 10;
@@ -437,13 +491,19 @@ impl Bench<'_> {
             Side::V4v if stream => {
                 let mut l =
                     Listener::bind_with(&self.stack.sock[1], 0).map_err(v4v_err("listen"))?;
-                let child = self.spawn_v4v(&self.dst_args("v4v-stream-echo", l.local_port()))?;
-                let (mut s, _) = l.accept().map_err(v4v_err("accept"))?;
-                for i in 0..warm + rounds {
-                    let t0 = Instant::now();
-                    s.write_all(&msg).map_err(io_err("send"))?;
-                    s.read_exact(&mut back[..64]).map_err(io_err("recv"))?;
-                    time(&mut lat, i, t0);
+                let role = if shm {
+                    "v4v-shm-stream-echo"
+                } else {
+                    "v4v-stream-echo"
+                };
+                let child = self.spawn_v4v(&self.dst_args(role, l.local_port()))?;
+                let mut timed = |i, t0| time(&mut lat, i, t0);
+                if shm {
+                    let (mut s, _) = l.accept_shm().map_err(v4v_err("accept"))?;
+                    stream_rounds(&mut s, &msg, warm + rounds, &mut timed)?;
+                } else {
+                    let (mut s, _) = l.accept().map_err(v4v_err("accept"))?;
+                    stream_rounds(&mut s, &msg, warm + rounds, &mut timed)?;
                 }
                 child
             }

@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use v4v::client::{Datagram, Listener, SockAddr, Stream};
+use v4v::client::{Datagram, Listener, ShmStream, SockAddr, Stream};
 
 /// Descriptor 3: the child's end of the socket pair.
 pub const PEER_FD: i32 = 3;
@@ -63,6 +63,12 @@ fn echo(s: &mut (impl Read + Write)) -> Result<(), String> {
     }
 }
 
+/// Waits for the parent's go on `s`, then writes `total` bytes in writes of `wsize`.
+fn stream_send(mut s: impl Read + Write, total: u64, wsize: usize) -> Result<(), String> {
+    go(&mut s)?;
+    send_bytes(&mut s, total, wsize).map_err(|e| format!("peer send: {e}"))
+}
+
 fn go(s: &mut impl Read) -> Result<(), String> {
     let mut b = [0u8; 1];
     s.read_exact(&mut b)
@@ -107,18 +113,22 @@ pub fn main(args: &[String]) -> Result<(), String> {
         Some("unix-echo") => echo(&mut fd3()),
         // v4v-stream-send SOCK DOM PORT BYTES WSIZE
         Some("v4v-stream-send") => {
-            let mut s = Stream::connect_with(&sock()?, dst()?).map_err(|e| e.to_string())?;
-            go(&mut s)?;
-            send_bytes(
-                &mut s,
-                num(a(4), "bytes")?,
-                num(a(5), "write size")? as usize,
-            )
-            .map_err(|e| format!("peer send: {e}"))
+            let s = Stream::connect_with(&sock()?, dst()?).map_err(|e| e.to_string())?;
+            stream_send(s, num(a(4), "bytes")?, num(a(5), "write size")? as usize)
+        }
+        // v4v-shm-stream-send SOCK DOM PORT BYTES WSIZE: the same through shared memory.
+        Some("v4v-shm-stream-send") => {
+            let s = ShmStream::connect_with(&sock()?, dst()?).map_err(|e| e.to_string())?;
+            stream_send(s, num(a(4), "bytes")?, num(a(5), "write size")? as usize)
         }
         // v4v-stream-echo SOCK DOM PORT
         Some("v4v-stream-echo") => {
             let mut s = Stream::connect_with(&sock()?, dst()?).map_err(|e| e.to_string())?;
+            echo(&mut s)
+        }
+        // v4v-shm-stream-echo SOCK DOM PORT
+        Some("v4v-shm-stream-echo") => {
+            let mut s = ShmStream::connect_with(&sock()?, dst()?).map_err(|e| e.to_string())?;
             echo(&mut s)
         }
         // v4v-dgram-send SOCK DOM PORT COUNT SIZE: says hello, waits for go, sends.

@@ -35,6 +35,8 @@ use crate::sys;
 pub const ROLES: &[(&str, usize)] = &[
     ("v4v-stream-send", 4),
     ("v4v-stream-echo", 2),
+    ("v4v-shm-stream-send", 4),
+    ("v4v-shm-stream-echo", 2),
     ("v4v-dgram-send", 4),
     ("v4v-dgram-echo", 2),
 ];

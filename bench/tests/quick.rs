@@ -59,6 +59,8 @@ fn quick_run_reports_measured_figures() {
     for (key, msgs) in [
         ("stream_64k", false),
         ("stream_4k", false),
+        ("stream_64k_shm", false),
+        ("stream_4k_shm", false),
         ("dgram_64", true),
         ("dgram_4k", true),
     ] {
@@ -102,8 +104,16 @@ fn quick_run_reports_measured_figures() {
     assert_eq!(row("stream_64k")["samples"]["v4v"][0]["bytes"], 4 << 20);
     assert_eq!(row("dgram_64")["samples"]["unix"][0]["msgs"], 5000);
 
+    // The shared-memory rows' baselines are the socket rows' Unix runs.
+    for (shm, sock) in [
+        ("stream_64k_shm", "stream_64k"),
+        ("stream_4k_shm", "stream_4k"),
+    ] {
+        assert_eq!(row(shm)["baseline"], row(sock)["baseline"]);
+    }
+
     // RTT: percentiles in order, both sides, for every variant.
-    for what in ["datagram", "stream"] {
+    for what in ["datagram", "stream", "stream_shm"] {
         for pin in ["pinned", "unpinned"] {
             let q = |p: &str| row(&format!("rtt_{what}_{pin}_{p}")).clone();
             let (p50, p99, p999) = (q("p50"), q("p99"), q("p999"));

@@ -171,6 +171,10 @@ fn quick_run_with_the_peers_in_another_domain() {
         "dgram_64",
         "dgram_4k",
         "cpu_per_gb",
+        "stream_64k_shm",
+        "stream_4k_shm",
+        "cpu_per_gb_shm",
+        "rtt_stream_shm_unpinned_p50",
     ] {
         assert!(keys.contains(&k), "{k}: {keys:?}");
     }
