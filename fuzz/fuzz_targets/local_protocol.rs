@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use v4v::client::SockAddr;
 use v4v::client::proto::{
-    FRAME_HEADER_SIZE, FrameHeader, Incoming, Reply, Request, Status, split_frame,
+    FRAME_HEADER_SIZE, FrameHeader, Incoming, Reply, Request, Status, Via, split_frame,
 };
 
 /// Requests a reply can answer, so that reply lines are parsed in every context.
@@ -20,8 +20,8 @@ fn contexts() -> [Request; 7] {
         Request::NameOf(7),
         Request::Version,
         Request::Dgram(0, None),
-        Request::Connect(SockAddr::new(1, 5000)),
-        Request::Accept(5000, Some(1)),
+        Request::Connect(SockAddr::new(1, 5000), Via::Socket),
+        Request::Accept(5000, Some(1), Via::Shm(1 << 19)),
         Request::Status,
     ]
 }

@@ -41,22 +41,25 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Request::decode(h2.kind, 0, body2), Ok(req));
     }
     if let Ok((h, body)) = split_record(frame, true)
-        && let Ok(rep) = Reply::decode(req_kind, h.kind, 0, body) {
-            let again = rep.encode(req_kind);
-            let (h2, body2) = split_record(&again, true).expect("an encoded reply is a record");
-            assert_eq!(Reply::decode(req_kind, h2.kind, 0, body2), Ok(rep));
-        }
+        && let Ok(rep) = Reply::decode(req_kind, h.kind, 0, body)
+    {
+        let again = rep.encode(req_kind);
+        let (h2, body2) = split_record(&again, true).expect("an encoded reply is a record");
+        assert_eq!(Reply::decode(req_kind, h2.kind, 0, body2), Ok(rep));
+    }
     if let Some((h, body)) = split(frame, false)
-        && let Ok(req) = Request::decode(h.kind, h.nfds, body) {
-            let again = req.encode();
-            let (h2, body2) = split(&again, false).expect("an encoded request has a valid header");
-            assert_eq!(Request::decode(h2.kind, h2.nfds, body2), Ok(req));
-        }
+        && let Ok(req) = Request::decode(h.kind, h.nfds, body)
+    {
+        let again = req.encode();
+        let (h2, body2) = split(&again, false).expect("an encoded request has a valid header");
+        assert_eq!(Request::decode(h2.kind, h2.nfds, body2), Ok(req));
+    }
     // Replies are decoded against the request they answer: try the one the input names.
     if let Some((h, body)) = split(frame, true)
-        && let Ok(rep) = Reply::decode(req_kind, h.kind, h.nfds, body) {
-            let again = rep.encode(req_kind);
-            let (h2, body2) = split(&again, true).expect("an encoded reply has a valid header");
-            assert_eq!(Reply::decode(req_kind, h2.kind, h2.nfds, body2), Ok(rep));
-        }
+        && let Ok(rep) = Reply::decode(req_kind, h.kind, h.nfds, body)
+    {
+        let again = rep.encode(req_kind);
+        let (h2, body2) = split(&again, true).expect("an encoded reply has a valid header");
+        assert_eq!(Reply::decode(req_kind, h2.kind, h2.nfds, body2), Ok(rep));
+    }
 });

@@ -20,6 +20,7 @@
 //! | 128 | `sleeping`: 1 while the consumer sleeps | the consumer sets, the producer clears |
 //! | 192 | `head`: bytes ever consumed (wrapping `u32`) | the consumer |
 //! | 256 | `waiting`: bytes the producer waits for, 0 if none | the producer sets, the consumer clears |
+//! | 320 | `closed`: 1 once the producer published its last record ([`Producer::close`]) | the producer |
 //!
 //! A record is an 8-byte header (`u32 len`, `u32` zero) and `len` bytes, padded to 8, never split
 //! across the end of the data area: when it does not fit before the end, the producer writes the
@@ -73,6 +74,7 @@ const OFF_TAIL: usize = 64;
 const OFF_SLEEPING: usize = 128;
 const OFF_HEAD: usize = 192;
 const OFF_WAITING: usize = 256;
+const OFF_CLOSED: usize = 320;
 const WRAP: u32 = u32::MAX;
 
 /// Why a channel cannot be used.
@@ -184,7 +186,8 @@ impl ChanMemory {
                 "its size is not the channel's (header page + capacity)",
             ));
         }
-        let mem = RingMemory::map_fd(fd, size)?;
+        // The descriptor is not kept: a daemon maps one or two channels per client.
+        let mem = RingMemory::map_fd_closing(fd, size)?;
         if mem.read_u32(OFF_MAGIC)? != MAGIC
             || mem.read_u32(OFF_VERSION)? != VERSION
             || mem.read_u32(OFF_CAPACITY)? != cap
@@ -206,7 +209,8 @@ impl ChanMemory {
         self.capacity as usize / 4 - RECORD_HEADER
     }
 
-    /// The descriptor of the memfd (to pass again, e.g. after a peer reconnects).
+    /// The descriptor of the memfd (to pass again, e.g. after a peer reconnects): the
+    /// creator's only; a channel mapped with [`ChanMemory::map`] keeps none.
     pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.mem.fd()
     }
@@ -317,6 +321,14 @@ impl Producer {
         Ok(false)
     }
 
+    /// Says that nothing follows the records published so far (a stream's end of file): it
+    /// needs no room, so it never waits. Returns whether the consumer sleeps (ring it).
+    pub fn close(&mut self) -> Result<bool, ChanError> {
+        let mem = &self.chan.mem;
+        mem.store_seqcst_u32(OFF_CLOSED, 1)?;
+        Ok(mem.load_seqcst_u32(OFF_SLEEPING)? != 0 && mem.swap_u32(OFF_SLEEPING, 0)? != 0)
+    }
+
     /// Whether the consumer has taken everything published.
     pub fn is_drained(&self) -> Result<bool, ChanError> {
         Ok(self.used()? == 0)
@@ -330,6 +342,10 @@ pub struct Consumer {
     head: u32,
     /// `sleeping` is raised (by us) and may still be.
     armed: bool,
+    /// [`Consumer::read_bytes`]: the record at `head` is partly taken: its length, as checked
+    /// when it was first seen (never read again: the producer may rewrite it), and how much of
+    /// it was taken.
+    partial: Option<(usize, usize)>,
 }
 
 impl Consumer {
@@ -339,6 +355,7 @@ impl Consumer {
             head: chan.mem.load_acquire_u32(OFF_HEAD)?,
             chan: chan.clone(),
             armed: false,
+            partial: None,
         })
     }
 
@@ -366,10 +383,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Appends the next record's payload to `out` and returns its length, or `None` when the
-    /// channel is empty.
-    pub fn pop_into(&mut self, out: &mut Vec<u8>) -> Result<Option<usize>, ChanError> {
-        self.disarm()?;
+    /// The record at `head`, past any skip marker: where its payload starts in the mapping and
+    /// its length, checked against what was published; `None` when the channel is empty.
+    fn next_record(&mut self) -> Result<Option<(usize, usize)>, ChanError> {
         let mem = &self.chan.mem;
         // At most one skip marker precedes a record.
         for _ in 0..2 {
@@ -408,25 +424,93 @@ impl Consumer {
                     "a record longer than what was published",
                 ));
             }
-            mem.append_to_vec(DATA_OFFSET + pos + RECORD_HEADER, len, out)?;
-            self.head = self.head.wrapping_add(need as u32);
-            mem.store_seqcst_u32(OFF_HEAD, self.head)?;
-            return Ok(Some(len));
+            return Ok(Some((DATA_OFFSET + pos + RECORD_HEADER, len)));
         }
         Err(ChanError::Corrupt("two skip markers in a row"))
     }
 
-    /// Whether nothing is published that has not been taken.
-    pub fn is_empty(&self) -> Result<bool, ChanError> {
+    /// Takes the record at `head` (of payload `len`): publishes the new head.
+    fn advance(&mut self, len: usize) -> Result<(), ChanError> {
+        self.head = self.head.wrapping_add(footprint(len) as u32);
+        self.chan.mem.store_seqcst_u32(OFF_HEAD, self.head)?;
+        Ok(())
+    }
+
+    /// Appends the next record's payload to `out` and returns its length, or `None` when the
+    /// channel is empty. A channel is read by records or as bytes ([`Consumer::read_bytes`]),
+    /// not both.
+    pub fn pop_into(&mut self, out: &mut Vec<u8>) -> Result<Option<usize>, ChanError> {
+        self.disarm()?;
+        let Some((at, len)) = self.next_record()? else {
+            return Ok(None);
+        };
+        self.chan.mem.append_to_vec(at, len, out)?;
+        self.advance(len)?;
+        Ok(Some(len))
+    }
+
+    /// Reads the channel as a byte stream: fills `out` from as many records as are there,
+    /// taking a record that does not fit whole in part (the rest comes first next time).
+    /// Returns how many bytes it wrote (0 when the channel is empty, or `out` is) and whether
+    /// the channel is now empty and closed ([`Producer::close`]): nothing more will come.
+    /// Record boundaries are not kept; an empty record is corruption (a byte stream has none,
+    /// and a loop over them would be unbounded).
+    pub fn read_bytes(&mut self, out: &mut [u8]) -> Result<(usize, bool), ChanError> {
+        self.disarm()?;
+        let mut n = 0;
+        while n < out.len() {
+            let (at, len, taken) = match self.partial {
+                Some((len, taken)) => {
+                    let pos = (self.head & self.chan.mask()) as usize;
+                    (DATA_OFFSET + pos + RECORD_HEADER, len, taken)
+                }
+                None => match self.next_record()? {
+                    // Each record read must fill at least a byte, or a producer publishing empty
+                    // records as fast as they are taken would keep this loop going for ever.
+                    Some((_, 0)) => {
+                        return Err(ChanError::Corrupt("an empty record in a byte stream"));
+                    }
+                    Some((at, len)) => (at, len, 0),
+                    None => break,
+                },
+            };
+            let k = (len - taken).min(out.len() - n);
+            self.chan.mem.copy_out(at + taken, &mut out[n..n + k])?;
+            n += k;
+            if taken + k == len {
+                self.partial = None;
+                self.advance(len)?;
+            } else {
+                self.partial = Some((len, taken + k));
+            }
+        }
+        Ok((n, self.is_closed_and_empty()?))
+    }
+
+    /// Whether the producer closed the channel and everything it published was taken. The
+    /// flag is read before the index: a record published before the close is never missed.
+    pub fn is_closed_and_empty(&self) -> Result<bool, ChanError> {
+        if self.partial.is_some() || self.chan.mem.load_seqcst_u32(OFF_CLOSED)? == 0 {
+            return Ok(false);
+        }
         Ok(self.used()? == 0)
     }
 
+    /// Whether nothing is published that has not been taken (a record partly taken by
+    /// [`Consumer::read_bytes`] is not).
+    pub fn is_empty(&self) -> Result<bool, ChanError> {
+        Ok(self.partial.is_none() && self.used()? == 0)
+    }
+
     /// Before sleeping: raises `sleeping` and looks again. `Ok(true)`: sleep, the producer will
-    /// ring; `Ok(false)`: a record arrived, pop it instead.
+    /// ring; `Ok(false)`: a record arrived (or the channel is closed), pop it instead.
     pub fn prepare_sleep(&mut self) -> Result<bool, ChanError> {
+        if self.partial.is_some() {
+            return Ok(false);
+        }
         self.chan.mem.store_seqcst_u32(OFF_SLEEPING, 1)?;
         self.armed = true;
-        if self.used()? != 0 {
+        if self.used()? != 0 || self.chan.mem.load_seqcst_u32(OFF_CLOSED)? != 0 {
             self.disarm()?;
             return Ok(false);
         }
@@ -521,6 +605,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_record_in_a_byte_stream_is_corruption() {
+        let (mut p, mut c, _) = pair(4096);
+        p.push(&[b"ab"]).unwrap();
+        p.push(&[]).unwrap();
+        p.push(&[b"cd"]).unwrap();
+        let mut out = [0u8; 8];
+        assert_eq!(c.read_bytes(&mut out[..1]).unwrap(), (1, false));
+        assert!(matches!(
+            c.read_bytes(&mut out),
+            Err(ChanError::Corrupt("an empty record in a byte stream"))
+        ));
+    }
+
+    #[test]
     fn map_refuses_what_is_not_a_sealed_channel() {
         let (_, fd) = ChanMemory::create(8192).unwrap();
         let again = fd.try_clone().unwrap();
@@ -528,7 +626,11 @@ mod tests {
             ChanMemory::map(fd, 4096),
             Err(ChanError::BadDescriptor(_))
         ));
-        assert!(ChanMemory::map(again, 8192).is_ok());
+        let mapped = ChanMemory::map(again, 8192).unwrap();
+        assert!(
+            mapped.fd().is_none(),
+            "a mapped channel holds no descriptor"
+        );
         assert_eq!(
             ChanMemory::map(std::fs::File::open("/dev/null").unwrap().into(), 4096).unwrap_err(),
             ChanError::BadDescriptor("not a memfd")
@@ -632,6 +734,60 @@ mod tests {
                         mem.mem.write_u32(off, v).unwrap();
                         scribbled = true;
                     }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Read as bytes, the channel is the concatenation of its records whatever the read
+        /// sizes; a record taken in part keeps its place and is not slept over; a close is
+        /// reported once everything before it was read, never earlier. Scribbles give Corrupt,
+        /// never a panic.
+        #[test]
+        fn read_bytes_is_the_concatenation(
+            steps in prop::collection::vec((0usize..1100, 0usize..1500, any::<bool>()), 1..200),
+            close_at in 0usize..250,
+            scribble in proptest::option::of((0usize..(DATA_OFFSET + 4096) / 4, any::<u32>())),
+        ) {
+            let (mut p, mut c, mem) = pair(4096);
+            let mut want: VecDeque<u8> = VecDeque::new();
+            let (mut n, mut closed) = (0u8, false);
+            for (i, &(push, read, sleep)) in steps.iter().enumerate() {
+                if let Some((w, v)) = scribble && i == steps.len() / 2 {
+                    mem.mem.write_u32(w * 4, v).unwrap();
+                }
+                let scribbled = scribble.is_some() && i >= steps.len() / 2;
+                if i == close_at {
+                    p.close().unwrap();
+                    closed = true;
+                }
+                n = n.wrapping_add(1);
+                let rec: Vec<u8> = (0..push.clamp(1, 1016)).map(|k| n.wrapping_add(k as u8)).collect();
+                if !closed {
+                    match p.push(&[&rec]) {
+                        Ok(Pushed::Done { .. }) => want.extend(&rec),
+                        Ok(Pushed::Full) => {}
+                        Err(e) => { prop_assert!(scribbled, "{e}"); return Ok(()); }
+                    }
+                }
+                let mut out = vec![0u8; read];
+                match c.read_bytes(&mut out) {
+                    Ok((k, end)) => {
+                        prop_assert!(k <= read);
+                        if !scribbled {
+                            let got: Vec<u8> = want.drain(..k).collect();
+                            prop_assert_eq!(&out[..k], &got[..]);
+                            prop_assert!(k == read || want.is_empty(), "short read with data left");
+                            prop_assert_eq!(end, closed && want.is_empty());
+                            prop_assert_eq!(c.is_empty().unwrap(), want.is_empty());
+                            if sleep {
+                                prop_assert_eq!(c.prepare_sleep().unwrap(), want.is_empty() && !closed);
+                            }
+                        }
+                    }
+                    Err(ChanError::Corrupt(_)) => { prop_assert!(scribbled); return Ok(()); }
+                    Err(e) => prop_assert!(false, "{e}"),
                 }
             }
         }

@@ -149,6 +149,17 @@ impl RingMemory {
         Self::map_fd(fd, size)
     }
 
+    /// [`RingMemory::map_fd`], closing the descriptor once mapped: for memory a peer passed that
+    /// is never passed on, so that holding many such mappings costs no descriptors (a
+    /// daemon's clients could otherwise take the descriptors its rings need).
+    pub fn map_fd_closing(fd: OwnedFd, size: usize) -> Result<Self, ShmemError> {
+        let mut m = Self::map_fd(fd, size)?;
+        if let Some(map) = Arc::get_mut(&mut m.map) {
+            map.fd = None;
+        }
+        Ok(m)
+    }
+
     /// Maps `size` bytes of a shared-memory descriptor (a memfd received from a peer).
     pub fn map_fd(fd: OwnedFd, size: usize) -> Result<Self, ShmemError> {
         use std::os::fd::AsRawFd;

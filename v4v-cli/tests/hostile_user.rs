@@ -211,3 +211,169 @@ fn nobody_tries_everything_at_once_and_root_keeps_working() {
         "v4vd RSS {during}/{after} KiB, bound {bound} KiB"
     );
 }
+
+/// The `v4v::chan` mappings of this process whose memfds are the library's (`memfd:v4v-chan`),
+/// as (start address, length), in address order.
+fn chan_mappings() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    maps.lines()
+        .filter(|l| l.contains("memfd:v4v-chan"))
+        .filter_map(|l| {
+            let (a, b) = l.split(' ').next()?.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            Some((a, b - a))
+        })
+        .collect()
+}
+
+/// Issue 11, item 3, as a hostile user: nobody opens shared-memory streams to root's service and
+/// scribbles over its channels' headers (every mapping of its own, both directions) while root
+/// moves 32 MiB over a shared-memory stream of its own through the same daemons. Nobody's
+/// streams are reset; root's arrives whole; the daemons serve on.
+#[test]
+fn nobody_corrupting_its_stream_channels_stops_only_its_streams() {
+    use v4v::client::ShmStream;
+    let s = Stack::start(&[0, 1]);
+    let mut l = Listener::bind_with(&s.sock(1), 6100).expect("listen");
+    let dst = SockAddr::new(1, 6100);
+    // Root's transfer, running throughout.
+    let mut root = ShmStream::connect_with(&s.sock(0), dst).expect("root connects");
+    let (mut root_srv, _) = l.accept_shm().expect("root accepted");
+    let reader = std::thread::spawn(move || {
+        let (mut n, mut buf) = (0usize, vec![0u8; 65536]);
+        loop {
+            match root_srv.read(&mut buf) {
+                Ok(0) => break n,
+                Ok(k) => {
+                    assert!(buf[..k].iter().all(|&b| b == 0));
+                    n += k;
+                }
+                Err(e) => panic!("root's stream: {e}"),
+            }
+        }
+    });
+    // Half before nobody's streams are broken, half after.
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        for i in 0..(32 << 20) / ZEROS.len() {
+            if i == (16 << 20) / ZEROS.len() {
+                go_rx.recv().expect("go");
+            }
+            root.write_all(&ZEROS).expect("root's write");
+        }
+        root.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    });
+    // Nobody's streams: connected and used; accepted by root's service.
+    let sock = s.sock(0);
+    let before = chan_mappings();
+    let streams = as_user(NOBODY, move || {
+        (0..4)
+            .map(|_| {
+                let mut c = ShmStream::connect_with(&sock, dst).expect("nobody connects");
+                c.write_all(b"hello").expect("nobody writes");
+                c
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut accepted: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut srv, _) = l.accept().expect("nobody's stream accepted");
+            let mut b = [0u8; 5];
+            srv.read_exact(&mut b).expect("hello");
+            srv.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            srv
+        })
+        .collect();
+    // Then scribbled over: the tail and head words (offsets 64 and 192) of both channels of
+    // each, and rung.
+    for (addr, len) in chan_mappings() {
+        if before.contains(&(addr, len)) || len < 4096 {
+            continue;
+        }
+        // SAFETY: this process's own shared mapping of a memfd the library created for one of
+        // nobody's streams; page 0 (the header) holds these words, which a hostile client may
+        // write at will.
+        unsafe {
+            std::ptr::write_volatile((addr + 64) as *mut u32, 0xdead_0000);
+            std::ptr::write_volatile((addr + 192) as *mut u32, 0x0bad_0000);
+        }
+    }
+    for c in &streams {
+        use std::os::fd::AsRawFd;
+        // A doorbell byte straight on the socket (the library's own write sees the corruption
+        // and refuses).
+        // SAFETY: one byte from a static buffer to a live descriptor.
+        let n = unsafe { libc::write(c.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+    }
+    let mut resets = 0;
+    for srv in &mut accepted {
+        let mut got = Vec::new();
+        match srv.read_to_end(&mut got) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => resets += 1,
+            other => panic!("nobody's stream: {other:?} after {got:?}"),
+        }
+    }
+    assert_eq!(resets, 4);
+    drop(streams);
+    go_tx.send(()).expect("go");
+    writer.join().expect("root's writer");
+    assert_eq!(reader.join().expect("root's reader"), 32 << 20);
+    // Both daemons still answer.
+    for d in [0, 1] {
+        v4v::client::status(&s.sock(d)).expect("status");
+    }
+}
+
+/// The client memory a daemon maps for shared-memory streams counts in the user's buffer
+/// budget (pages the client never touched are allocated when the daemon first touches them):
+/// nobody's streams with the largest channels (2 × 4 MiB each) are refused with `ENOBUFS`, the
+/// limit named, once its `max_buffer_per_user` (64 MiB) is used; root's still open.
+#[test]
+fn nobody_s_shared_memory_channels_count_in_its_budget() {
+    use v4v::client::ShmStream;
+    let s = Stack::start(&[0, 1]);
+    let mut l = Listener::bind_with(&s.sock(1), 6200).expect("listen");
+    let dst = SockAddr::new(1, 6200);
+    let sock = s.sock(0);
+    let accepter = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = l.accept() {
+            held.push(c);
+            if held.len() == 21 {
+                break;
+            }
+        }
+        held
+    });
+    let (opened, refusal) = as_user(NOBODY, move || {
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            match ShmStream::connect_with_capacity(&sock, dst, 4 << 20) {
+                Ok(c) => held.push(c),
+                Err(e) => return (held.len(), Some(e.to_string())),
+            }
+        }
+        (held.len(), None)
+    });
+    let refusal = refusal.expect("nobody's streams were never refused");
+    assert!(
+        opened < 8,
+        "{opened} streams of 8 MiB each for a 64 MiB budget"
+    );
+    assert!(
+        refusal.contains("max_buffer_per_user"),
+        "the refusal names the limit: {refusal}"
+    );
+    // Root is not held to it.
+    let mut root =
+        ShmStream::connect_with_capacity(&s.sock(0), dst, 4 << 20).expect("root's stream");
+    root.write_all(b"root").expect("root writes");
+    drop(root);
+    drop(s);
+    let _ = accepter.join();
+}

@@ -404,6 +404,28 @@ fn malformed_requests_get_err_and_the_daemon_survives() {
     assert_eq!(reply, "OK 2\n");
 }
 
+/// Writes 64 KiB chunks of 0x5a to `w` (non-blocking) until it took nothing for 0.5 s; returns
+/// how much it took, at most 16 MiB (else it never blocked, and the test fails).
+fn write_until_blocked(w: &mut impl Write) -> usize {
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut written = 0usize;
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_millis(500) {
+        match w.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                idle_since = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(written < 16 << 20, "the sender never blocked");
+    }
+    written
+}
+
 #[test]
 fn slow_reader_stalls_only_its_own_stream_and_memory_stays_bounded() {
     let model = Model::new();
@@ -418,22 +440,7 @@ fn slow_reader_stalls_only_its_own_stream_and_memory_stays_bounded() {
 
     // Fill the slow stream until writes would block for a while.
     slow.set_nonblocking(true).unwrap();
-    let chunk = vec![0x5au8; 64 * 1024];
-    let mut written = 0usize;
-    let mut idle_since = Instant::now();
-    while idle_since.elapsed() < Duration::from_millis(500) {
-        match slow.write(&chunk) {
-            Ok(n) => {
-                written += n;
-                idle_since = Instant::now();
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("{e}"),
-        }
-        assert!(written < 16 << 20, "the sender never blocked");
-    }
+    let written = write_until_blocked(&mut slow);
     // Window (256 KiB) + a chunk in flight + the Unix socket buffers on both ends.
     assert!(
         written < 4 << 20,
@@ -1270,5 +1277,528 @@ fn pin_to_one_cpu() {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
             0
         );
+    }
+}
+
+/// Reads `s` to end of file, then writes back the checksum and count of what it read and
+/// shuts its side.
+fn digest_and_answer<S: Read + Write>(s: &mut S) -> (u64, usize) {
+    let (mut h, mut total) = (FNV0, 0usize);
+    let mut buf = vec![0u8; 77_777];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        h = fnv(h, &buf[..n]);
+    }
+    s.write_all(&h.to_le_bytes()).unwrap();
+    s.write_all(&(total as u64).to_le_bytes()).unwrap();
+    (h, total)
+}
+
+/// Issue 11, item 3: a stream through shared memory carries mebibytes intact both ways, with
+/// the other end a socket stream or a shared-memory one, and ends orderly: end of file after
+/// the last byte, each direction closed on its own (a half-closed stream still answers).
+#[test]
+fn shared_memory_streams_carry_mebibytes_to_either_kind_of_peer() {
+    use v4v::client::ShmStream;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5300).unwrap();
+    for (round, (client_shm, server_shm)) in [(true, true), (true, false), (false, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let server = std::thread::spawn(move || {
+            if server_shm {
+                let (mut s, peer) = l.accept_shm().unwrap();
+                assert_eq!(peer.domid, 1);
+                digest_and_answer(&mut s);
+                s.shutdown(Shutdown::Write).unwrap();
+            } else {
+                let (mut s, _) = l.accept().unwrap();
+                digest_and_answer(&mut s);
+                s.shutdown(Shutdown::Write).unwrap();
+            }
+            l
+        });
+        let data = pattern((5 << 20) + 12_345, round as u64);
+        let dst = SockAddr::new(2, 5300);
+        let mut reply = Vec::new();
+        if client_shm {
+            let mut c = ShmStream::connect_with(&n1.sock, dst).unwrap();
+            // Writes of many sizes: a record taken in part, records bigger than a message.
+            let mut rest = &data[..];
+            let mut k = 1;
+            while !rest.is_empty() {
+                let n = c.write(&rest[..rest.len().min(k)]).unwrap();
+                rest = &rest[n..];
+                k = (k * 7 + 13) % 300_000 + 1;
+            }
+            c.shutdown(Shutdown::Write).unwrap();
+            assert!(c.write(b"x").is_err(), "a write after shutdown fails");
+            c.read_to_end(&mut reply).unwrap();
+            assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0, "end of file stays");
+        } else {
+            let mut c = Stream::connect_with(&n1.sock, dst).unwrap();
+            c.write_all(&data).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            c.read_to_end(&mut reply).unwrap();
+        }
+        assert_eq!(reply.len(), 16, "round {round}");
+        let got = u64::from_le_bytes(reply[8..].try_into().unwrap());
+        assert_eq!(got, data.len() as u64, "round {round}: bytes the peer read");
+        assert_eq!(&reply[..8], &fnv(FNV0, &data).to_le_bytes());
+        l = server.join().unwrap();
+    }
+}
+
+/// A shared-memory stream ends as a socket stream does: dropping it is an orderly close after
+/// everything written (the peer reads it all, then end of file), aborting it a reset; and the
+/// peer's reset reaches a blocked reader as `ConnectionReset`.
+#[test]
+fn shared_memory_streams_close_and_reset_like_socket_streams() {
+    use v4v::client::ShmStream;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5301).unwrap();
+    let dst = SockAddr::new(2, 5301);
+    // Dropped right after a write bigger than the channel: all of it arrives, then EOF.
+    let data = pattern(3 << 20, 9);
+    let writer = {
+        let data = data.clone();
+        let sock = n1.sock.clone();
+        std::thread::spawn(move || {
+            let mut c = ShmStream::connect_with(&sock, dst).unwrap();
+            c.write_all(&data).unwrap();
+        })
+    };
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+    writer.join().unwrap();
+    // Aborted: the peer reads a reset.
+    let mut c = ShmStream::connect_with(&n1.sock, dst).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.write_all(b"partial").unwrap();
+    let mut b = [0u8; 7];
+    s.read_exact(&mut b).unwrap();
+    c.abort().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    match s.read_to_end(&mut Vec::new()) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    // The peer resets: our blocked read says so.
+    let mut c = ShmStream::connect_with(&n1.sock, dst).unwrap();
+    let (s, _) = l.accept().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 16];
+        c.read(&mut b)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    s.abort().unwrap();
+    match reader.join().unwrap() {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+/// Non-blocking mode and timeouts: `WouldBlock` when nothing came, and the descriptor polls
+/// readable once data arrives after a `WouldBlock` (the readiness contract an event loop uses).
+#[test]
+fn a_shared_memory_stream_polls_readable_after_would_block() {
+    use std::os::fd::AsRawFd;
+    use v4v::client::ShmStream;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5302).unwrap();
+    let mut c = ShmStream::connect_with(&n1.sock, SockAddr::new(2, 5302)).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        c.read(&mut [0u8; 4]).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    assert!(t.elapsed() >= Duration::from_millis(45));
+    c.set_nonblocking(true).unwrap();
+    assert_eq!(
+        c.read(&mut [0u8; 4]).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    let fd = c.as_raw_fd();
+    let poll = |ms| {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) }
+    };
+    assert_eq!(poll(100), 0, "nothing came: not readable");
+    s.write_all(b"ping").unwrap();
+    assert_eq!(poll(5000), 1, "readable once data came");
+    let mut b = [0u8; 4];
+    assert_eq!(c.read(&mut b).unwrap(), 4);
+    assert_eq!(&b, b"ping");
+    assert_eq!(c.read(&mut b).unwrap_err().kind(), ErrorKind::WouldBlock);
+    // The peer resets: the descriptor polls readable, and the read says so (it used to answer
+    // WouldBlock forever, the descriptor staying readable: a busy loop).
+    s.abort().unwrap();
+    assert_eq!(poll(5000), 1, "readable once the stream is reset");
+    assert_eq!(
+        c.read(&mut b).unwrap_err().kind(),
+        ErrorKind::ConnectionReset
+    );
+}
+
+/// Sends `line` with descriptors `fds` attached, as a client offering stream channels does.
+fn send_line_with_fds(s: &UnixStream, line: &str, fds: &[std::os::fd::RawFd]) {
+    use std::os::fd::AsRawFd;
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: line.as_ptr() as *mut libc::c_void,
+        iov_len: line.len(),
+    };
+    // SAFETY: a zeroed msghdr pointing at live buffers; the cmsg fits `cbuf` (at most a few
+    // descriptors).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
+        }
+        assert_eq!(
+            libc::sendmsg(s.as_raw_fd(), &msg, 0),
+            line.len() as isize,
+            "sendmsg"
+        );
+    }
+}
+
+/// A hostile shared-memory stream client: offers that are not two sealed channels of the size
+/// it names are refused with `EINVAL` and the reason; one that corrupts its channel after
+/// connecting loses only its own stream (the peer reads a reset) while another stream of the
+/// same daemons goes on.
+#[test]
+fn a_client_corrupting_its_stream_channel_resets_only_its_stream() {
+    use std::os::fd::AsRawFd;
+    use v4v::chan::ChanMemory;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5303).unwrap();
+    let offer = |line: &str, fds: &[std::os::fd::RawFd]| {
+        let s = UnixStream::connect(&n1.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        send_line_with_fds(&s, line, fds);
+        let mut r = BufReader::new(s);
+        let mut reply = String::new();
+        r.read_line(&mut reply).unwrap();
+        (r, reply)
+    };
+    let (_a, afd) = ChanMemory::create(8192).unwrap();
+    let scribbler = afd.try_clone().unwrap();
+    let (_b, bfd) = ChanMemory::create(8192).unwrap();
+    let (_, small) = ChanMemory::create(4096).unwrap();
+    let fds = [afd.as_raw_fd(), bfd.as_raw_fd()];
+    for (line, fds, why) in [
+        ("CONNECT 2:5303 SHM 8192\n", &[][..], "two memfds"),
+        ("CONNECT 2:5303 SHM 8192\n", &fds[..1], "two memfds"),
+        (
+            "CONNECT 2:5303 SHM 8192\n",
+            &[small.as_raw_fd(), fds[1]][..],
+            "size",
+        ),
+        ("CONNECT 2:5303 SHM 16777216\n", &fds[..], "at most"),
+        ("CONNECT 2:5303 SHM 4096\n", &fds[..], "size"),
+    ] {
+        let (_, reply) = offer(line, fds);
+        assert!(
+            reply.starts_with("ERR EINVAL") && reply.contains(why),
+            "{line:?}: {reply:?}"
+        );
+    }
+    // A well-behaved stream beside it.
+    let mut good = v4v::client::ShmStream::connect_with(&n1.sock, SockAddr::new(2, 5303)).unwrap();
+    let (mut good_peer, _) = l.accept().unwrap();
+    // The hostile one: a valid offer, then garbage in its channel's tail and a doorbell.
+    let (mut r, reply) = offer("CONNECT 2:5303 SHM 8192\n", &fds);
+    assert!(reply.starts_with("OK "), "{reply:?}");
+    let (mut victim, _) = l.accept().unwrap();
+    // The tail word (offset 64, `v4v::chan`'s layout), through a mapping of our own.
+    // SAFETY: a fresh shared mapping of the memfd's first page; written once, then unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            scribbler.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::write_volatile(p.cast::<u8>().add(64).cast::<u32>(), 0x7fff_0000);
+        libc::munmap(p, 4096);
+    }
+    r.get_mut().write_all(b"!").unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    match victim.read_to_end(&mut Vec::new()) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    // The daemon closed the hostile client's connection.
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    // The other stream still works both ways.
+    good.write_all(b"still here").unwrap();
+    let mut b = [0u8; 10];
+    good_peer.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still here");
+    good_peer.write_all(b"yes").unwrap();
+    let mut b = [0u8; 3];
+    good.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"yes");
+}
+
+/// A shared-memory stream whose reader reads nothing: the sender blocks after the window and
+/// the two channels (the daemon buffers nothing more), another stream on the same rings still
+/// flows, and everything arrives once the reader reads. Then a reader that goes away
+/// mid-transfer (its connection closed, as when its process dies) resets the sender.
+#[test]
+fn a_shared_memory_reader_that_stops_stalls_only_its_stream_and_its_death_resets() {
+    use v4v::client::{SHM_STREAM_CAPACITY, ShmStream};
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 8100).unwrap();
+    let dst = SockAddr::new(2, 8100);
+    let mut slow = ShmStream::connect_with(&n1.sock, dst).unwrap();
+    let (mut slow_srv, _) = l.accept_shm().unwrap();
+    let mut fast = ShmStream::connect_with(&n1.sock, dst).unwrap();
+    let (mut fast_srv, _) = l.accept_shm().unwrap();
+    slow.set_nonblocking(true).unwrap();
+    let written = write_until_blocked(&mut slow);
+    // Window (256 KiB) + a chunk in flight + both channels.
+    assert!(
+        written < 2 * SHM_STREAM_CAPACITY + (1 << 20),
+        "{written} bytes accepted for a reader that reads nothing"
+    );
+    let data = pattern(1 << 20, 4);
+    let d2 = data.clone();
+    let t = std::thread::spawn(move || {
+        fast.write_all(&d2).unwrap();
+        fast.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    fast_srv.read_to_end(&mut got).unwrap();
+    assert!(got == data);
+    t.join().unwrap();
+    slow.set_nonblocking(false).unwrap();
+    slow.shutdown(Shutdown::Write).unwrap();
+    let (mut total, mut buf) = (0usize, vec![0u8; 100_000]);
+    loop {
+        let n = slow_srv.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0x5a));
+        total += n;
+    }
+    assert_eq!(total, written);
+
+    // The reader goes away mid-transfer: the blocked sender is reset.
+    let mut sender = ShmStream::connect_with(&n1.sock, dst).unwrap();
+    let (mut reader, _) = l.accept_shm().unwrap();
+    let w = std::thread::spawn(move || {
+        sender
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        loop {
+            if let Err(e) = sender.write(&chunk) {
+                return e;
+            }
+        }
+    });
+    let mut b = [0u8; 1000];
+    reader.read_exact(&mut b).unwrap();
+    // Until the sender is blocked and nothing is in flight: then only the close itself can
+    // tell the sender (it reset the stream only when more data came after it).
+    std::thread::sleep(Duration::from_millis(300));
+    drop(reader);
+    let e = w.join().unwrap();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+}
+
+/// What a connector writes before its connection is accepted waits in the listening daemon's
+/// backlog; an acceptor through shared memory gets it first, intact (it went into the
+/// acceptor's socket, where a shared-memory client never reads stream data, and was lost).
+#[test]
+fn data_sent_before_a_shared_memory_accept_is_delivered() {
+    use v4v::client::ShmStream;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5304).unwrap();
+    let data = pattern(200_000, 5);
+    let mut c = ShmStream::connect_with(&n1.sock, SockAddr::new(2, 5304)).unwrap();
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    // Until the listening daemon holds it all in the backlog.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v4v::client::status(&n2.sock).unwrap().bytes_in < data.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the data never reached the backlog"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut s, _) = l.accept_shm().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+}
+
+/// Small channels (4 KiB) and bursts bigger than them both ways, read in small pieces: the
+/// daemon keeps peer data waiting for room in the client's channel over and over, and the
+/// client's doorbells for room race with the daemon's own reads of its socket (a doorbell taken
+/// off the socket while that data waited used to be lost: the stream then hung).
+#[test]
+fn small_shared_memory_channels_under_bursts_never_stall() {
+    use v4v::client::ShmStream;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5305).unwrap();
+    const ROUNDS: usize = 300;
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let burst = pattern(20_000, 6);
+        let mut b = [0u8; 1];
+        for _ in 0..ROUNDS {
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&burst).unwrap();
+        }
+    });
+    let mut c = ShmStream::connect_with_capacity(&n1.sock, SockAddr::new(2, 5305), 4096).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let want = pattern(20_000, 6);
+    let mut got = vec![0u8; 20_000];
+    for round in 0..ROUNDS {
+        c.write_all(b"?").unwrap();
+        let mut at = 0;
+        while at < got.len() {
+            let k = (at % 700 + 1).min(got.len() - at);
+            match c.read(&mut got[at..at + k]) {
+                Ok(n) => at += n,
+                Err(e) => panic!("round {round}, at {at}: {e}"),
+            }
+        }
+        assert!(got == want, "round {round}");
+    }
+    peer.join().unwrap();
+}
+
+/// A shared-memory client that may send nothing more (it shut down its side) and writes
+/// doorbells without end does not keep the daemon's loop: another stream's round trips go on
+/// meanwhile (its pump went back to the socket each time it found a doorbell, for ever).
+#[test]
+fn a_client_flooding_doorbells_does_not_starve_others() {
+    use std::os::fd::AsRawFd;
+    use v4v::client::ShmStream;
+    let model = Model::new();
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start(&model, 2);
+    let mut l = Listener::bind_with(&n2.sock, 5306).unwrap();
+    let dst = SockAddr::new(2, 5306);
+    let mut hostile = ShmStream::connect_with(&n1.sock, dst).unwrap();
+    let (_hostile_peer, _) = l.accept().unwrap();
+    hostile.shutdown(Shutdown::Write).unwrap();
+    let fd = hostile.as_raw_fd();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let bells = vec![1u8; 64 * 1024];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: sends from a live buffer on the stream's live descriptor (the stream
+                // outlives this thread: it is joined first); never blocks.
+                let r = unsafe {
+                    libc::send(fd, bells.as_ptr().cast(), bells.len(), libc::MSG_DONTWAIT)
+                };
+                if r < 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = Stream::connect_with(&n1.sock, dst).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    for _ in 0..200 {
+        c.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+        c.read_exact(&mut b).expect("the other stream's answer");
+    }
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(hostile);
+}
+
+/// A daemon whose datagram allotment cannot hold a receive channel besides room for big frames
+/// keeps writing to the socket, without a word; the send channel is still taken.
+#[test]
+fn a_small_datagram_allotment_keeps_the_socket_for_receiving() {
+    let model = Model::new();
+    let small = v4vd::Config {
+        dgram_buffer: 256 << 10,
+        ..v4vd::Config::default()
+    };
+    let n1 = Node::start(&model, 1);
+    let n2 = Node::start_with(&model, 2, small);
+    let mut rx = Datagram::bind_with(&n2.sock, 8210, None).unwrap();
+    assert!(!rx.receives_through_channel());
+    assert!(rx.uses_channel());
+    let mut d = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    assert!(
+        d.receives_through_channel(),
+        "the default allotment takes one"
+    );
+    for i in 0..300u32 {
+        let msg = vec![i as u8; 1000 + i as usize];
+        d.send_to(&msg, SockAddr::new(2, 8210)).unwrap();
+        let (p, from) = rx.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!((p, from.domid), (msg, 1));
+        rx.send_to(b"ok", from).unwrap();
+        let (a, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(a, b"ok");
     }
 }

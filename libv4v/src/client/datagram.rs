@@ -23,16 +23,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
-    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM,
-    Reply, Request, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, split_frame,
+    CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD,
+    DGRAM_RX_CAPACITY, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE,
+    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_LAZY,
+    SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, ring_frame, split_frame,
 };
 use super::{Error, handshake, socket_path};
 use crate::abi::DomId;
-use crate::chan::{ChanMemory, Producer, Pushed};
+use crate::chan::{ChanError, ChanMemory, Consumer, Producer, Pushed};
 
-/// The environment variable that turns the shared-memory channel off (`0`): sends then go over
-/// the socket, as socat's do.
+/// The environment variable that turns the shared-memory channels off (`0`): sends and what the
+/// daemon writes back (datagrams, answers) then go over the socket, as socat's do. With them, a
+/// send is a copy into memory shared with the daemon, and so is a received datagram; the socket
+/// carries a doorbell only when a side sleeps.
 pub const CHANNEL_ENV: &str = "V4V_DGRAM_CHANNEL";
 
 /// Datagrams a new [`Datagram`] keeps outstanding at most (see [`Datagram::set_window`]).
@@ -91,6 +94,82 @@ pub struct Datagram {
     chan_answer: Option<(u32, u32)>,
     /// The daemon honours `SEND_F_LAZY` and takes `FRAME_FLUSH` (its channel answer said so).
     lazy_acks: bool,
+    /// The channel the daemon writes its frames into, when it took one (then the socket brings
+    /// only RING frames).
+    rx: Option<RecvChannel>,
+}
+
+/// The client's end of a receive channel: the daemon's frames as a byte stream.
+#[derive(Debug)]
+pub(crate) struct RecvChannel {
+    cons: Consumer,
+    /// Bytes taken from the channel and not sorted into frames yet: `buf[..have]`.
+    buf: Vec<u8>,
+    have: usize,
+}
+
+impl RecvChannel {
+    fn new(mem: &ChanMemory) -> Result<Self, ChanError> {
+        Ok(RecvChannel {
+            cons: Consumer::new(mem)?,
+            buf: vec![0; READ_CHUNK],
+            have: 0,
+        })
+    }
+
+    /// Takes what the channel holds (at most its capacity, so a daemon that keeps writing
+    /// cannot keep us here) and hands the whole frames to `sort`; returns whether the daemon
+    /// waits for the room made (ring it). A corrupt channel is a protocol error.
+    pub(crate) fn read(
+        &mut self,
+        mut sort: impl FnMut(&FrameHeader, &[u8]) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let cap = self.cons.chan().capacity();
+        let mut taken = 0;
+        loop {
+            if self.have == self.buf.len() {
+                let grown = (self.buf.len() * 2).max(READ_CHUNK);
+                self.buf.resize(grown, 0);
+            }
+            let (n, _) = self
+                .cons
+                .read_bytes(&mut self.buf[self.have..])
+                .map_err(chan_error)?;
+            self.have += n;
+            taken += n;
+            if n == 0 || taken >= cap {
+                break;
+            }
+        }
+        let mut pos = 0;
+        let r = loop {
+            match split_frame(&self.buf[pos..self.have]) {
+                Ok(Some((h, total))) => {
+                    let payload = &self.buf[pos + FRAME_HEADER_SIZE..pos + total];
+                    pos += total;
+                    if let Err(e) = sort(&h, payload) {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Error::Protocol(format!("receive channel: {e}"))),
+            }
+        };
+        self.buf.copy_within(pos..self.have, 0);
+        self.have -= pos;
+        r?;
+        self.cons.space_doorbell_wanted().map_err(chan_error)
+    }
+
+    /// Before sleeping on the socket: asks the daemon to ring when it writes. `false`: bytes
+    /// came meanwhile, read them instead.
+    pub(crate) fn arm(&mut self) -> Result<bool, Error> {
+        self.cons.prepare_sleep().map_err(chan_error)
+    }
+}
+
+fn chan_error(e: ChanError) -> Error {
+    Error::Protocol(format!("receive channel: {e}"))
 }
 
 /// How often a pipelined `send_to` looks for answers that came (failures to report) when it
@@ -330,7 +409,11 @@ impl SendWindow {
 
 /// Polls `fd` for `events` until `deadline`: the events that came (hang-up and error read as
 /// both), 0 when the deadline passed.
-fn poll_until(fd: RawFd, events: libc::c_short, deadline: Option<Instant>) -> io::Result<i16> {
+pub(crate) fn poll_until(
+    fd: RawFd,
+    events: libc::c_short,
+    deadline: Option<Instant>,
+) -> io::Result<i16> {
     let mut p = libc::pollfd {
         fd,
         events,
@@ -379,6 +462,16 @@ impl Datagram {
 
     /// Binds `port` through the daemon at `daemon`, optionally accepting only from `partner`.
     pub fn bind_with(daemon: &Path, port: u32, partner: Option<DomId>) -> Result<Self, Error> {
+        Self::bind_channels(daemon, port, partner, true)
+    }
+
+    /// [`Datagram::bind_with`]; `receive`: also offer the daemon a channel for what it writes.
+    pub(crate) fn bind_channels(
+        daemon: &Path,
+        port: u32,
+        partner: Option<DomId>,
+        receive: bool,
+    ) -> Result<Self, Error> {
         let (sock, reply) = handshake(daemon, &Request::Dgram(port, partner))?;
         let Reply::Port(local_port) = reply else {
             return Err(Error::Protocol(format!("unexpected DGRAM reply {reply}")));
@@ -396,29 +489,51 @@ impl Datagram {
             on_chan: false,
             chan_answer: None,
             lazy_acks: false,
+            rx: None,
         };
         if std::env::var(CHANNEL_ENV).map_or(true, |v| v != "0") {
-            d.offer_chan()?;
+            d.offer_chan(receive)?;
         }
         Ok(d)
     }
 
-    /// Offers the daemon a shared-memory channel for sends; without one (no memfd, or the
-    /// daemon refused it) sends keep going over the socket.
-    fn offer_chan(&mut self) -> Result<(), Error> {
+    /// Offers the daemon a shared-memory channel for sends, and with `receive` one for what it
+    /// writes; without them (no memfd, or the daemon refused) the socket carries that direction.
+    fn offer_chan(&mut self, receive: bool) -> Result<(), Error> {
         let Ok((mem, fd)) = ChanMemory::create(DGRAM_CHAN_CAPACITY) else {
             return Ok(());
         };
+        let rx = if receive {
+            ChanMemory::create(DGRAM_RX_CAPACITY).ok()
+        } else {
+            None
+        };
+        let rx_cap = (DGRAM_RX_CAPACITY as u32).to_le_bytes();
         let h = FrameHeader {
-            len: 0,
+            len: if rx.is_some() { 4 } else { 0 },
             kind: FRAME_CHAN,
             domain: 0,
-            port: 0,
+            port: if rx.is_some() { CHAN_F_RECEIVE } else { 0 },
             aux: DGRAM_CHAN_CAPACITY as u32,
         };
-        send_with_fd(self.sock.as_raw_fd(), &h.encode(), fd.as_raw_fd())
-            .map_err(|e| self.broken(e))?;
+        let mut frame = h.encode().to_vec();
+        if rx.is_some() {
+            frame.extend_from_slice(&rx_cap);
+        }
+        let mut fds = vec![fd.as_raw_fd()];
+        fds.extend(rx.as_ref().map(|(_, fd)| fd.as_raw_fd()));
+        // Armed before the daemon has it: the first frame it writes rings the socket, so a
+        // port polled before its first `recv_from` is woken too.
+        let mut rx_end = match rx.as_ref() {
+            Some((m, _)) => Some(RecvChannel::new(m).map_err(chan_error)?),
+            None => None,
+        };
+        if let Some(r) = rx_end.as_mut() {
+            r.arm()?;
+        }
+        super::send_with_fds(self.sock.as_raw_fd(), &frame, &fds).map_err(|e| self.broken(e))?;
         drop(fd);
+        drop(rx);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some((errno, features)) = self.chan_answer.take() {
@@ -426,6 +541,12 @@ impl Datagram {
                 if errno == 0 {
                     self.chan =
                         Some(Producer::new(&mem).map_err(|e| Error::Protocol(e.to_string()))?);
+                }
+                // Every frame after the answer comes through it.
+                if errno == 0 && features & DGRAM_F_RECV_CHAN != 0 {
+                    self.rx = rx_end;
+                    // Frames that came with the answer (their doorbell was read with it).
+                    self.read_channel()?;
                 }
                 return Ok(());
             }
@@ -440,6 +561,22 @@ impl Datagram {
     /// Whether sends go through the shared-memory channel (see [`CHANNEL_ENV`]).
     pub fn uses_channel(&self) -> bool {
         self.chan.is_some()
+    }
+
+    /// Whether what the daemon sends (datagrams, answers) comes through a shared-memory channel
+    /// instead of the socket (see [`CHANNEL_ENV`]).
+    pub fn receives_through_channel(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    /// Before returning `WouldBlock` or sleeping in `poll`: the daemon is asked to ring the
+    /// socket when it writes into the receive channel. `false`: something came meanwhile (read
+    /// again instead).
+    fn arm_rx(&mut self) -> Result<bool, Error> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.arm(),
+            None => Ok(true),
+        }
     }
 
     /// Before a send on the channel (`to_chan`) or the socket: sends outstanding on the other
@@ -458,11 +595,7 @@ impl Datagram {
 
     /// Rings the daemon's doorbell: it sleeps on the channel.
     fn ring(&mut self) -> Result<(), Error> {
-        let h = FrameHeader {
-            kind: FRAME_RING,
-            ..Default::default()
-        };
-        self.out.extend_from_slice(&h.encode());
+        self.ring_soon();
         self.finish_out()
     }
 
@@ -596,6 +729,9 @@ impl Datagram {
                 }
                 // The caller polls for the answers next: none is to be held back.
                 self.ask_answers()?;
+                if !self.arm_rx()? {
+                    continue;
+                }
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
             }
             if self.out.is_empty() {
@@ -623,6 +759,14 @@ impl Datagram {
             return self.send_chan(&hb, buf, dst, lazy);
         }
         self.use_path(false)?;
+        // A doorbell queued meanwhile goes first: nothing is ever written inside a frame.
+        self.push_out()?;
+        if !self.out.is_empty() {
+            if self.nonblocking {
+                return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
+            }
+            self.finish_out()?;
+        }
         let n = self.write_some(&[&hb, buf])?;
         if n == 0 {
             // Only in non-blocking mode (else the window loop saw the socket writable... or it
@@ -706,17 +850,16 @@ impl Datagram {
             }
         }
         let hb = h.encode();
-        let mut parts: [&[u8]; 2] = [&hb, buf];
-        while !parts[1].is_empty() || !parts[0].is_empty() {
-            let n = self.write_some(&parts)?;
-            if n == 0 {
-                self.wait(true, None)?;
-                continue;
-            }
-            let k = n.min(parts[0].len());
-            parts[0] = &parts[0][k..];
-            parts[1] = &parts[1][n - k..];
+        let n = self.write_some(&[&hb, buf])?;
+        // The rest waits in `out`, so that nothing written while we wait (a doorbell) can land
+        // inside the frame.
+        if n < hb.len() {
+            self.out.extend_from_slice(&hb[n..]);
+            self.out.extend_from_slice(buf);
+        } else {
+            self.out.extend_from_slice(&buf[n - hb.len()..]);
         }
+        self.finish_out()?;
         let seq = self.window.push(dst, buf.len(), false);
         loop {
             if let Some(r) = self.window.take_answer(seq) {
@@ -777,15 +920,18 @@ impl Datagram {
     /// bytes copied and the sender.
     pub fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SockAddr), Error> {
         let (payload, from) = if self.nonblocking {
-            match self.queued.pop_front() {
-                Some((from, p)) => (p, from),
-                None => {
-                    let _ = self.push_out();
-                    self.read_ready()?;
-                    match self.queued.pop_front() {
-                        Some((from, p)) => (p, from),
-                        None => return Err(Error::Io(io::ErrorKind::WouldBlock.into())),
-                    }
+            loop {
+                if let Some((from, p)) = self.queued.pop_front() {
+                    break (p, from);
+                }
+                let _ = self.push_out();
+                self.read_ready()?;
+                if let Some((from, p)) = self.queued.pop_front() {
+                    break (p, from);
+                }
+                // The descriptor turns readable when the next one comes.
+                if self.arm_rx()? {
+                    return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
                 }
             }
         } else {
@@ -817,6 +963,10 @@ impl Datagram {
     /// Waits for the socket to be readable (or writable, with `write`), then reads and sorts
     /// what came. `Ok(false)`: the deadline passed.
     fn wait(&mut self, write: bool, deadline: Option<Instant>) -> Result<bool, Error> {
+        if !self.arm_rx()? {
+            self.read_ready()?;
+            return Ok(true);
+        }
         let events = if write {
             libc::POLLIN | libc::POLLOUT
         } else {
@@ -867,24 +1017,78 @@ impl Datagram {
                 break;
             }
         }
-        self.sort_frames()
+        self.sort_frames()?;
+        self.read_channel()
+    }
+
+    /// Takes the frames waiting in the receive channel, if there is one; rings the daemon if
+    /// it waits for the room made.
+    fn read_channel(&mut self) -> Result<(), Error> {
+        let Some(mut rx) = self.rx.take() else {
+            return Ok(());
+        };
+        // Until it is armed again (the next frame rings the socket): an API call that returns
+        // leaves it so, whatever the caller polls next. A daemon that keeps writing stops
+        // this after a few rounds; the frames read are queued (read until `WouldBlock`).
+        let mut r = Ok(());
+        for _ in 0..4 {
+            match rx.read(|h, payload| self.sort_frame(h, payload)) {
+                Ok(wants_ring) => {
+                    if wants_ring {
+                        self.ring_soon();
+                    }
+                }
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+            match rx.arm() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        self.rx = Some(rx);
+        r?;
+        self.push_out()
+    }
+
+    /// Owes the daemon a doorbell for room made in the receive channel: written now if the
+    /// socket takes it, else after what waits in `out` (never waited for here: the daemon
+    /// reads ahead of its full channel, and every send or wait writes `out` first).
+    fn ring_soon(&mut self) {
+        self.out.extend_from_slice(&ring_frame());
+    }
+
+    /// One frame from the daemon: DATA to the queue, STATUS and ACK to the window.
+    fn sort_frame(&mut self, h: &FrameHeader, payload: &[u8]) -> Result<(), Error> {
+        if h.kind == FRAME_DATA {
+            self.queued.push_back((h.addr(), payload.to_vec()));
+        } else if h.kind == FRAME_RING {
+            // Room on the channel, or frames in the receive channel: the caller looks again.
+        } else if h.kind == FRAME_CHAN {
+            self.chan_answer = Some((h.aux, h.port));
+        } else {
+            self.window.on_frame(h, payload)?;
+        }
+        Ok(())
     }
 
     /// Splits `inbuf`'s whole frames: DATA to the queue, STATUS and ACK to the window.
     fn sort_frames(&mut self) -> Result<(), Error> {
         let mut pos = 0;
+        // Out of `self` while its frames are sorted into `self`.
+        let mut inbuf = std::mem::take(&mut self.inbuf);
         let r = loop {
-            match split_frame(&self.inbuf[pos..]) {
+            match split_frame(&inbuf[pos..]) {
                 Ok(Some((h, total))) => {
-                    let payload = &self.inbuf[pos + FRAME_HEADER_SIZE..pos + total];
+                    let payload = &inbuf[pos + FRAME_HEADER_SIZE..pos + total];
                     pos += total;
-                    if h.kind == FRAME_DATA {
-                        self.queued.push_back((h.addr(), payload.to_vec()));
-                    } else if h.kind == FRAME_RING {
-                        // Room on the channel: the waiting send looks again.
-                    } else if h.kind == FRAME_CHAN {
-                        self.chan_answer = Some((h.aux, h.port));
-                    } else if let Err(e) = self.window.on_frame(&h, payload) {
+                    if let Err(e) = self.sort_frame(&h, payload) {
                         break Err(e);
                     }
                 }
@@ -892,7 +1096,8 @@ impl Datagram {
                 Err(e) => break Err(Error::Protocol(e.to_string())),
             }
         };
-        self.inbuf.drain(..pos);
+        inbuf.drain(..pos);
+        self.inbuf = inbuf;
         r
     }
 
@@ -976,65 +1181,7 @@ pub(crate) struct DatagramParts {
     pub(crate) queued: VecDeque<(SockAddr, Vec<u8>)>,
     pub(crate) window: SendWindow,
     pub(crate) out: Vec<u8>,
-}
-
-/// Writes `bytes` (all of them, waiting) with descriptor `fd` attached (`SCM_RIGHTS`).
-fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
-    let space = {
-        // SAFETY: CMSG_SPACE only computes a size.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize }
-    };
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let iov = [IoSlice::new(bytes)];
-    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is ABI-compatible with iovec; sendmsg only reads through it.
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: `msg` has room for one cmsg of one descriptor (CMSG_SPACE), so CMSG_FIRSTHDR is
-    // not NULL and CMSG_DATA points inside `cbuf`.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-    }
-    loop {
-        // SAFETY: `msg` and what it points at live across the call.
-        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            if (r as usize) < bytes.len() {
-                // The descriptor went with the first byte; the rest goes plainly.
-                let mut rest = &bytes[r as usize..];
-                while !rest.is_empty() {
-                    // SAFETY: `rest` is valid for reading its length.
-                    let n = unsafe {
-                        libc::send(sock, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
-                    };
-                    if n < 0 {
-                        let e = io::Error::last_os_error();
-                        if e.kind() == io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                    rest = &rest[n as usize..];
-                }
-            }
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => {
-                poll_until(sock, libc::POLLOUT, None)?;
-            }
-            _ => return Err(e),
-        }
-    }
+    pub(crate) rx: Option<RecvChannel>,
 }
 
 #[cfg(feature = "tokio")]
@@ -1054,6 +1201,7 @@ impl Datagram {
             queued: self.queued,
             window: self.window,
             out: self.out,
+            rx: self.rx,
         }
     }
 
@@ -1071,6 +1219,7 @@ impl Datagram {
             on_chan: false,
             chan_answer: None,
             lazy_acks: false,
+            rx: p.rx,
         }
     }
 }

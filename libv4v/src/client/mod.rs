@@ -4,7 +4,10 @@
 //! - [`Datagram`]: `bind` / `send_to` / `recv_from`, message boundaries kept.
 //! - [`Stream`]: `connect`, [`std::io::Read`] / [`std::io::Write`], `shutdown`;
 //!   [`Stream::connect_start`] and [`Connecting`] connect without waiting, for event loops.
-//! - [`Listener`]: `bind`, `accept`, `incoming`.
+//! - [`Listener`]: `bind`, `accept`, `incoming`; [`Listener::accept_shm`].
+//! - [`ShmStream`]: a stream whose bytes pass through memory shared with the daemon (two
+//!   channels, doorbells on the Unix connection only when a side sleeps): the same reads,
+//!   writes, ends and resets, for programs that read and write it themselves.
 //!
 //! Every type wraps a Unix connection to the daemon (path from `V4V_SOCKET`, else
 //! [`proto::DEFAULT_SOCKET`]) and implements `AsRawFd`, so it plugs into mio or tokio; each
@@ -14,9 +17,11 @@ pub mod proto;
 
 mod admin;
 pub(crate) mod datagram;
+pub(crate) mod shm_stream;
 pub(crate) mod stream;
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +35,7 @@ pub use admin::{
 pub use datagram::{CHANNEL_ENV, DEFAULT_WINDOW, Datagram, MAX_WINDOW};
 pub use proto::SockAddr;
 pub use proto::Status;
+pub use shm_stream::{DEFAULT_CAPACITY as SHM_STREAM_CAPACITY, ShmStream};
 pub use stream::{Connecting, Incoming, Listener, Stream};
 
 /// What went wrong talking V4V through the daemon.
@@ -254,8 +260,8 @@ pub fn parse_secs(v: &str) -> Option<Option<Duration>> {
 fn reply_deadline(req: &proto::Request) -> Option<Instant> {
     let extra = match req {
         // Waits for a connection to arrive: that is what it asks for.
-        proto::Request::Accept(_, None) => return None,
-        proto::Request::Connect(_) => CONNECT_ANSWER_TIME,
+        proto::Request::Accept(_, None, _) => return None,
+        proto::Request::Connect(..) => CONNECT_ANSWER_TIME,
         _ => Duration::ZERO,
     };
     handshake_timeout().map(|t| Instant::now() + t + extra)
@@ -277,6 +283,16 @@ pub(crate) fn handshake_with(
     req: &proto::Request,
     extra: &str,
 ) -> Result<(UnixStream, proto::Reply), Error> {
+    handshake_passing(path, req, extra, &[])
+}
+
+/// [`handshake_with`], passing descriptors `fds` with the request line (`SCM_RIGHTS`).
+pub(crate) fn handshake_passing(
+    path: &Path,
+    req: &proto::Request,
+    extra: &str,
+    fds: &[std::os::fd::RawFd],
+) -> Result<(UnixStream, proto::Reply), Error> {
     let mut s = connect_daemon(path)?;
     let deadline = reply_deadline(req);
     let timed_out = || {
@@ -289,7 +305,14 @@ pub(crate) fn handshake_with(
     };
     // A daemon that refuses the connection (too many clients) answers before reading anything
     // and closes: the write may fail, and the reply line still says why.
-    let written = write_until(&mut s, format!("{req}\n{extra}").as_bytes(), deadline);
+    let text = format!("{req}\n{extra}");
+    let written = if fds.is_empty() {
+        write_until(&mut s, text.as_bytes(), deadline)
+    } else {
+        // A short line into the empty buffer of a new connection: it does not wait.
+        use std::os::fd::AsRawFd;
+        send_with_fds(s.as_raw_fd(), text.as_bytes(), fds).map_err(Line::Io)
+    };
     let line = match (written, read_line_until(&mut s, deadline)) {
         (_, Ok(line)) => line,
         (_, Err(Line::TimedOut)) | (Err(Line::TimedOut), _) => return Err(timed_out()),
@@ -475,4 +498,66 @@ pub fn status_json(path: &Path) -> Result<(proto::Status, String), Error> {
     let text =
         String::from_utf8(json).map_err(|_| Error::Protocol("STATUS is not UTF-8".into()))?;
     Ok((status, text))
+}
+
+/// Writes `bytes` (all of them, waiting) with descriptors `fds` attached (`SCM_RIGHTS`).
+pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let space = {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
+    };
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let iov = [IoSlice::new(bytes)];
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec; sendmsg only reads through it.
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `msg` has room for one cmsg of `fds.len()` descriptors (CMSG_SPACE), so
+    // CMSG_FIRSTHDR is not NULL and CMSG_DATA has room for all of them inside `cbuf`.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+        let data = libc::CMSG_DATA(c).cast::<RawFd>();
+        for (i, &fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), fd);
+        }
+    }
+    loop {
+        // SAFETY: `msg` and what it points at live across the call.
+        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            if (r as usize) < bytes.len() {
+                // The descriptor went with the first byte; the rest goes plainly.
+                let mut rest = &bytes[r as usize..];
+                while !rest.is_empty() {
+                    // SAFETY: `rest` is valid for reading its length.
+                    let n = unsafe {
+                        libc::send(sock, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
+                    };
+                    if n < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    rest = &rest[n as usize..];
+                }
+            }
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                datagram::poll_until(sock, libc::POLLOUT, None)?;
+            }
+            _ => return Err(e),
+        }
+    }
 }

@@ -49,6 +49,19 @@ pub const DGRAM_CHAN_CAPACITY: usize = 2 << 20;
 /// Feature bit in the `port` field of the daemon's `FRAME_CHAN` answer (taken or refused): it
 /// honours `SEND_F_LAZY` and takes `FRAME_FLUSH`. Older daemons answer 0 there.
 pub const DGRAM_F_LAZY_ACK: u32 = 1;
+/// Flag in the `port` field of a client's `FRAME_CHAN` offer: a second sealed memfd comes with
+/// it, a channel for everything the daemon writes to this client (DATA, STATUS and ACK frames as
+/// a byte stream), its capacity the offer's 4-byte payload (little-endian). Older daemons ignore
+/// the flag and close the second descriptor.
+pub const CHAN_F_RECEIVE: u32 = 1;
+/// Data bytes of the receive channel a client offers. The daemon counts its pages in the
+/// client's output allotment (`dgram_buffer`), and takes it only if that is at least twice as
+/// big.
+pub const DGRAM_RX_CAPACITY: usize = 256 << 10;
+/// Feature bit in the `port` field of the daemon's `FRAME_CHAN` answer: it took the receive
+/// channel too. Every frame after the answer comes through that channel; the socket carries only
+/// RING frames from then on.
+pub const DGRAM_F_RECV_CHAN: u32 = 2;
 /// How long a daemon holds back the ACK of `SEND_F_LAZY` successes at most, when nothing else
 /// sends it sooner.
 pub const LAZY_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
@@ -177,16 +190,39 @@ impl FromStr for SockAddr {
     }
 }
 
+/// How a stream's bytes travel between the client and the daemon, as `CONNECT` and `ACCEPT`
+/// choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// The Unix connection is the byte stream (what socat and `listen --exec` programs use).
+    #[default]
+    Socket,
+    /// `... SHM CAPACITY`: through two shared-memory channels of `CAPACITY` data bytes each,
+    /// whose sealed memfds come with the request line (`SCM_RIGHTS`: client to daemon first,
+    /// then daemon to client); the connection carries only doorbell bytes and the end.
+    Shm(u32),
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Socket => Ok(()),
+            Via::Shm(cap) => write!(f, " SHM {cap}"),
+        }
+    }
+}
+
 /// A client's first line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `CONNECT DOM:PORT`: open a stream.
-    Connect(SockAddr),
+    /// `CONNECT DOM:PORT [SHM CAPACITY]`: open a stream.
+    Connect(SockAddr, Via),
     /// `LISTEN PORT`: listen for streams (0 = ephemeral); the connection then gets one
     /// `INCOMING ID DOM:PORT` line per waiting connection.
     Listen(u32),
-    /// `ACCEPT PORT [ID]`: take one incoming stream (the given one, or the next).
-    Accept(u32, Option<u64>),
+    /// `ACCEPT PORT [ID] [SHM CAPACITY]`: take one incoming stream (the given one, or the
+    /// next).
+    Accept(u32, Option<u64>, Via),
     /// `DGRAM PORT [PARTNER]`: bind a datagram port (0 = ephemeral), optionally to one domain.
     Dgram(u32, Option<DomId>),
     /// `STATUS`: one line of daemon state, then close.
@@ -272,17 +308,27 @@ impl Request {
     pub fn parse(line: &str) -> Result<Self, ParseError> {
         let mut it = line.split_ascii_whitespace();
         let verb = it.next().ok_or(ParseError::Empty)?;
-        let args: Vec<&str> = it.collect();
+        let mut args: Vec<&str> = it.collect();
         let port = |s: &str, what| s.parse::<u32>().map_err(|_| ParseError::BadArgs(what));
+        // `SHM CAPACITY` ends a stream request.
+        let mut via = Via::Socket;
+        if matches!(verb, "CONNECT" | "ACCEPT")
+            && let [.., shm, cap] = args.as_slice()
+            && *shm == "SHM"
+        {
+            via = Via::Shm(port(cap, "SHM")?);
+            args.truncate(args.len() - 2);
+        }
         match (verb, args.as_slice()) {
-            ("CONNECT", [a]) => Ok(Request::Connect(a.parse()?)),
+            ("CONNECT", [a]) => Ok(Request::Connect(a.parse()?, via)),
             ("CONNECT", _) => Err(ParseError::BadArgs("CONNECT")),
             ("LISTEN", [p]) => Ok(Request::Listen(port(p, "LISTEN")?)),
             ("LISTEN", _) => Err(ParseError::BadArgs("LISTEN")),
-            ("ACCEPT", [p]) => Ok(Request::Accept(port(p, "ACCEPT")?, None)),
+            ("ACCEPT", [p]) => Ok(Request::Accept(port(p, "ACCEPT")?, None, via)),
             ("ACCEPT", [p, id]) => Ok(Request::Accept(
                 port(p, "ACCEPT")?,
                 Some(id.parse().map_err(|_| ParseError::BadArgs("ACCEPT"))?),
+                via,
             )),
             ("ACCEPT", _) => Err(ParseError::BadArgs("ACCEPT")),
             ("DGRAM", [p]) => Ok(Request::Dgram(port(p, "DGRAM")?, None)),
@@ -317,10 +363,10 @@ impl Request {
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Request::Connect(a) => write!(f, "CONNECT {a}"),
+            Request::Connect(a, via) => write!(f, "CONNECT {a}{via}"),
             Request::Listen(p) => write!(f, "LISTEN {p}"),
-            Request::Accept(p, None) => write!(f, "ACCEPT {p}"),
-            Request::Accept(p, Some(id)) => write!(f, "ACCEPT {p} {id}"),
+            Request::Accept(p, None, via) => write!(f, "ACCEPT {p}{via}"),
+            Request::Accept(p, Some(id), via) => write!(f, "ACCEPT {p} {id}{via}"),
             Request::Dgram(p, None) => write!(f, "DGRAM {p}"),
             Request::Dgram(p, Some(d)) => write!(f, "DGRAM {p} {d}"),
             Request::Status => write!(f, "STATUS"),
@@ -421,7 +467,7 @@ impl Reply {
         match (req, words.as_slice()) {
             (Request::Version, [n]) => Ok(Reply::Version(num(n)?)),
             (Request::Dgram(..) | Request::Listen(_), [p]) => Ok(Reply::Port(num(p)?)),
-            (Request::Connect(_), [p, i]) => Ok(Reply::Connected {
+            (Request::Connect(..), [p, i]) => Ok(Reply::Connected {
                 local_port: num(p)?,
                 id: id(i)?,
             }),
@@ -697,6 +743,15 @@ impl FrameHeader {
 #[error("a frame of {0} bytes (at most {MAX_DGRAM})")]
 pub struct FrameTooBig(pub u32);
 
+/// A RING frame (a doorbell, no payload), as either side writes it.
+pub fn ring_frame() -> [u8; FRAME_HEADER_SIZE] {
+    FrameHeader {
+        kind: FRAME_RING,
+        ..Default::default()
+    }
+    .encode()
+}
+
 /// The first whole frame at the start of `buf`: its header and its total size (header and
 /// payload), `None` while it is incomplete. Shared by both ends of the datagram protocol.
 pub fn split_frame(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameTooBig> {
@@ -721,10 +776,13 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         for r in [
-            Request::Connect(SockAddr::new(2, 5000)),
+            Request::Connect(SockAddr::new(2, 5000), Via::Socket),
+            Request::Connect(SockAddr::new(2, 5000), Via::Shm(1 << 19)),
             Request::Listen(0),
-            Request::Accept(7, None),
-            Request::Accept(7, Some(3)),
+            Request::Accept(7, None, Via::Socket),
+            Request::Accept(7, Some(3), Via::Socket),
+            Request::Accept(7, None, Via::Shm(4096)),
+            Request::Accept(7, Some(3), Via::Shm(4096)),
             Request::Dgram(9, Some(4)),
             Request::Dgram(0, None),
             Request::Status,
@@ -768,7 +826,7 @@ mod tests {
         // does not fit the request is refused.
         let list = Request::Acl(AclRequest::List);
         assert_eq!(Reply::parse(&list, "OK 5"), Ok(Reply::Rules(5)));
-        assert!(Reply::parse(&Request::Connect(SockAddr::new(1, 2)), "OK 5").is_err());
+        assert!(Reply::parse(&Request::Connect(SockAddr::new(1, 2), Via::Socket), "OK 5").is_err());
         assert!(Reply::parse(&dgram, "OKAY").is_err());
         assert!(Reply::parse(&dgram, "OK").is_err());
         assert!(Reply::parse(&dgram, "ERR ").is_err());
@@ -825,12 +883,16 @@ mod tests {
             )
         }
 
+        fn via() -> impl Strategy<Value = Via> {
+            prop_oneof![Just(Via::Socket), any::<u32>().prop_map(Via::Shm)]
+        }
+
         fn request() -> impl Strategy<Value = Request> {
             prop_oneof![
-                addr().prop_map(Request::Connect),
+                (addr(), via()).prop_map(|(a, v)| Request::Connect(a, v)),
                 any::<u32>().prop_map(Request::Listen),
-                (any::<u32>(), proptest::option::of(any::<u64>()))
-                    .prop_map(|(p, i)| Request::Accept(p, i)),
+                (any::<u32>(), proptest::option::of(any::<u64>()), via())
+                    .prop_map(|(p, i, v)| Request::Accept(p, i, v)),
                 (any::<u32>(), proptest::option::of(0..DOMID_FIRST_RESERVED))
                     .prop_map(|(p, d)| Request::Dgram(p, d)),
                 Just(Request::Status),
@@ -861,11 +923,11 @@ mod tests {
                 (any::<u32>(), any::<u32>())
                     .prop_map(|(q, p)| (Request::Dgram(q, None), Reply::Port(p))),
                 (addr(), any::<u32>(), any::<u64>()).prop_map(|(a, local_port, id)| (
-                    Request::Connect(a),
+                    Request::Connect(a, Via::Socket),
                     Reply::Connected { local_port, id }
                 )),
                 (addr(), any::<u64>()).prop_map(|(peer, id)| (
-                    Request::Accept(1, None),
+                    Request::Accept(1, None, Via::Socket),
                     Reply::Accepted { peer, id }
                 )),
                 Just((Request::Closed(1), Reply::Closed(StreamEnd::Open))),

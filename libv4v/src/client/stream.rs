@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use super::proto::{Incoming as ProtoIncoming, Reply, Request, SockAddr, StreamEnd};
-use super::{Error, handshake, socket_path};
+use super::proto::{Incoming as ProtoIncoming, Reply, Request, SockAddr, StreamEnd, Via};
+use super::{Error, ShmStream, handshake, socket_path};
 
 /// A V4V stream, like `std::net::TcpStream`. After the handshake the Unix connection is the
 /// byte stream itself, so reads and writes go straight to it.
@@ -93,7 +93,7 @@ impl Stream {
         if addr.port == 0 {
             return Err(Error::Invalid("port 0 is not a destination".into()));
         }
-        match handshake(daemon, &Request::Connect(addr))? {
+        match handshake(daemon, &Request::Connect(addr, Via::Socket))? {
             (sock, Reply::Connected { local_port, id }) => {
                 Ok(Stream::new(sock, local_port, addr, id, daemon))
             }
@@ -163,7 +163,9 @@ impl Stream {
             source,
         })?;
         // One short line into an empty socket buffer: this write does not wait for the peer.
-        if let Err(e) = sock.write_all(format!("{}\n", Request::Connect(addr)).as_bytes()) {
+        if let Err(e) =
+            sock.write_all(format!("{}\n", Request::Connect(addr, Via::Socket)).as_bytes())
+        {
             // A daemon refusing the client (too many connections) has answered already.
             sock.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
             return match super::read_line(&mut sock) {
@@ -184,7 +186,7 @@ impl Stream {
 impl Connecting {
     /// The error a CONNECT reply line stands for (an `OK` here is out of place).
     fn reply_error(peer: SockAddr, line: &str) -> Error {
-        match Reply::parse(&Request::Connect(peer), line) {
+        match Reply::parse(&Request::Connect(peer, Via::Socket), line) {
             Ok(Reply::Err { code, reason }) => Error::from_reply(&code, &reason),
             Ok(other) => unexpected(&other, "CONNECT"),
             Err(e) => Error::Protocol(e.to_string()),
@@ -224,7 +226,7 @@ impl Connecting {
         };
         let line = String::from_utf8(std::mem::take(&mut self.line))
             .map_err(|_| Error::Protocol("reply is not UTF-8".into()))?;
-        match Reply::parse(&Request::Connect(self.peer), &line)
+        match Reply::parse(&Request::Connect(self.peer, Via::Socket), &line)
             .map_err(|e| Error::Protocol(e.to_string()))?
         {
             Reply::Connected { local_port, id } => Ok(Some(Stream::new(
@@ -447,6 +449,18 @@ impl Listener {
         }
     }
 
+    /// [`Listener::accept`], the stream through shared memory ([`ShmStream`]).
+    pub fn accept_shm(&mut self) -> Result<(ShmStream, SockAddr), Error> {
+        loop {
+            let Some(id) = self.next_incoming()? else {
+                return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
+            };
+            if let Some(accepted) = ShmStream::accept_announced(&self.daemon, self.port, id)? {
+                return Ok(accepted);
+            }
+        }
+    }
+
     /// Accepted connections, forever.
     pub fn incoming(&mut self) -> Incoming<'_> {
         Incoming { l: self }
@@ -633,7 +647,7 @@ pub(crate) fn accept_announced(
     port: u32,
     id: u64,
 ) -> Result<Option<(Stream, SockAddr)>, Error> {
-    match handshake(daemon, &Request::Accept(port, Some(id))) {
+    match handshake(daemon, &Request::Accept(port, Some(id), Via::Socket)) {
         Ok((sock, Reply::Accepted { peer, id: sid })) => {
             Ok(Some((Stream::new(sock, port, peer, sid, daemon), peer)))
         }

@@ -6,14 +6,15 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ::tokio::io::{AsyncWriteExt, Interest};
 use ::tokio::net::UnixStream;
 
 use super::blocking;
 use crate::abi::DomId;
-use crate::client::datagram::{DatagramParts, SendWindow, send_header};
+use crate::client::datagram::{DatagramParts, RecvChannel, SendWindow, send_header};
 use crate::client::proto::{
-    FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_RING, SockAddr, split_frame,
+    FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_RING, FrameHeader, SockAddr, ring_frame,
+    split_frame,
 };
 use crate::client::{self, Error};
 
@@ -40,6 +41,9 @@ pub struct Datagram {
     window: SendWindow,
     /// Bytes of SEND frames not yet written (left by a dropped `send_to`).
     out: Vec<u8>,
+    /// The channel the daemon writes its frames into, if it took one at bind (the socket then
+    /// brings only RING frames, the doorbell).
+    rx: Option<RecvChannel>,
 }
 
 impl Datagram {
@@ -177,31 +181,57 @@ impl Datagram {
         Ok(())
     }
 
-    /// Sorts the whole frames read: DATA to the queue, answers to the window. Whether there
-    /// was any.
+    /// Sorts the whole frames read (from the socket, then the receive channel): DATA to the
+    /// queue, answers to the window. Whether there was any besides doorbells.
     fn sort_frames(&mut self) -> Result<bool, Error> {
         let mut pos = 0;
         let mut sorted = false;
+        let inbuf = std::mem::take(&mut self.inbuf);
         let r = loop {
-            match split_frame(&self.inbuf[pos..]) {
+            match split_frame(&inbuf[pos..]) {
                 Ok(Some((h, total))) => {
-                    let payload = &self.inbuf[pos + FRAME_HEADER_SIZE..pos + total];
+                    let payload = &inbuf[pos + FRAME_HEADER_SIZE..pos + total];
                     pos += total;
-                    sorted = true;
-                    if h.kind == FRAME_DATA {
-                        self.queued.push_back((h.addr(), payload.to_vec()));
-                    } else if h.kind == FRAME_RING || h.kind == FRAME_CHAN {
-                        // The shared-memory channel's: this type sends over the socket.
-                    } else if let Err(e) = self.window.on_frame(&h, payload) {
-                        break Err(e);
+                    match self.sort_frame(&h, payload) {
+                        Ok(s) => sorted |= s,
+                        Err(e) => break Err(e),
                     }
                 }
-                Ok(None) => break Ok(sorted),
+                Ok(None) => break Ok(()),
                 Err(e) => break Err(Error::Protocol(e.to_string())),
             }
         };
+        self.inbuf = inbuf;
         self.inbuf.drain(..pos);
-        r
+        r?;
+        let Some(mut rx) = self.rx.take() else {
+            return Ok(sorted);
+        };
+        let r = rx.read(|h, payload| {
+            sorted |= self.sort_frame(h, payload)?;
+            Ok(())
+        });
+        self.rx = Some(rx);
+        if r? {
+            // The daemon waits for the room made: a doorbell, after what waits in `out`, written
+            // as far as the socket takes it now.
+            self.out.extend_from_slice(&ring_frame());
+            self.try_flush_out()?;
+        }
+        Ok(sorted)
+    }
+
+    /// One frame: DATA to the queue, answers to the window; whether it was one of those.
+    fn sort_frame(&mut self, h: &FrameHeader, payload: &[u8]) -> Result<bool, Error> {
+        if h.kind == FRAME_DATA {
+            self.queued.push_back((h.addr(), payload.to_vec()));
+        } else if h.kind == FRAME_RING || h.kind == FRAME_CHAN {
+            // Doorbells, and the channel answer at bind: nothing to sort.
+            return Ok(false);
+        } else {
+            self.window.on_frame(h, payload)?;
+        }
+        Ok(true)
     }
 
     /// What `read` returned: bytes appended, or the connection's end.
@@ -236,8 +266,45 @@ impl Datagram {
     async fn next_answer(&mut self) -> Result<(), Error> {
         let mut tmp = vec![0u8; 64 * 1024];
         while !self.sort_frames()? {
-            let r = self.io.read(&mut tmp).await;
-            self.took(r, &tmp)?;
+            // What waits to be written (a doorbell owed to the daemon, the end of a cancelled
+            // send) goes as the socket takes it, while we also wait for what comes.
+            self.try_flush_out()?;
+            // The daemon rings the socket when it next writes into the channel.
+            if let Some(rx) = self.rx.as_mut()
+                && !rx.arm()?
+            {
+                continue;
+            }
+            let interest = if self.out.is_empty() {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            let ready = match self.io.ready(interest).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.broken(e)),
+            };
+            if ready.is_readable() {
+                match self.io.try_read(&mut tmp) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => self.took(r, &tmp)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes of `out` now.
+    fn try_flush_out(&mut self) -> Result<(), Error> {
+        while !self.out.is_empty() {
+            match self.io.try_write(&self.out) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(self.broken(e)),
+            }
         }
         Ok(())
     }
@@ -271,6 +338,7 @@ impl Datagram {
             queued: self.queued,
             window: self.window,
             out: Vec::new(),
+            rx: self.rx,
         }))
     }
 }
@@ -289,6 +357,7 @@ impl TryFrom<client::Datagram> for Datagram {
             queued: p.queued,
             window: p.window,
             out: p.out,
+            rx: p.rx,
         })
     }
 }

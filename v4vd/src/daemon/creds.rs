@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Every libc call of v4vd: a client's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`), whether
+//! The libc calls of v4vd about clients (but reading passed descriptors, `fdpass.rs`): their credentials (`SO_PEERCRED`, `SO_PEERGROUPS`), whether
 //! it hung up (`poll`), a stream client's send buffer (`SO_SNDBUF`), and the descriptor limit
 //! (`getrlimit`). Owns nothing; each function borrows a live socket for one call.
 

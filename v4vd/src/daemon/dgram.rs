@@ -16,21 +16,24 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
-    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_LAZY,
-    SEND_F_NOWAIT, SEND_F_PIPELINE, split_frame,
+    CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD,
+    FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND,
+    FRAME_STATUS, FrameHeader, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, ring_frame,
+    split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
 use super::Daemon;
+use super::fdpass;
 use super::ports::PortKind;
+use super::recv_chan::RecvChan;
 use super::session::ClientState;
 
 /// Bytes asked of one read from a client.
@@ -56,8 +59,8 @@ pub(super) struct DgramClient {
     ack_due: Option<Instant>,
     /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
     reserved: usize,
-    /// A descriptor the client passed (for its channel offer).
-    fd: Option<OwnedFd>,
+    /// Descriptors the client passed (for its channel offer: at most two).
+    fds: Vec<OwnedFd>,
     /// The client's shared-memory channel of SEND records, once it offered one.
     chan: Option<Consumer>,
     /// The socket may hold bytes: set by every poll event of the client, cleared by a read
@@ -99,7 +102,7 @@ impl DgramClient {
             ack_now: false,
             ack_due: None,
             reserved: 0,
-            fd: None,
+            fds: Vec::new(),
             chan: None,
             readable: true,
         }
@@ -177,10 +180,29 @@ impl Daemon {
             port: src.port,
             aux: 0,
         };
+        let head = h.encode();
+        // Into the receive channel at once when it has room and nothing else waits: the client
+        // is pumped only to ring its doorbell, if it sleeps.
+        if let Some(rx) = c.rx.as_mut() {
+            match rx.push_frame(&mut c.out, &head, payload) {
+                Ok(true) => {
+                    if rx.wants_socket() {
+                        self.wake(t);
+                    }
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let why = format!("its receive channel: {e}");
+                    self.close_broken_channel(t, &why);
+                    return;
+                }
+            }
+        }
         // One write per drained batch, not per datagram: the client is pumped (and its output
-        // flushed) once this event is handled. Output left over means the socket was full: its
-        // writable event pumps it.
-        c.out.extend(h.encode());
+        // flushed) once this event is handled. Output left over means the socket (or receive
+        // channel) was full: its writable event (or doorbell) pumps it.
+        c.out.extend(head);
         c.out.extend(payload);
         if idle {
             self.wake(t);
@@ -198,6 +220,10 @@ impl Daemon {
             let Some(ClientState::Dgram(d)) = self.clients.get(t).map(|c| &c.state) else {
                 return;
             };
+            let held = self
+                .clients
+                .get(t)
+                .is_some_and(|c| c.rx.is_some() && c.out_full(self.cfg.dgram_buffer));
             if d.parked() {
                 // Sent again only once the hypervisor may have room (the transmitter unparked
                 // it); meanwhile what the client sends is read ahead, up to a bound.
@@ -207,6 +233,12 @@ impl Daemon {
                 let Some(ClientState::Dgram(d)) = self.clients.get(t).map(|c| &c.state) else {
                     return;
                 };
+                if !d.may_read_ahead() {
+                    break;
+                }
+            } else if held {
+                // Its receive channel and output are full: nothing is sent (no answers to
+                // queue) until it reads, but what it sends is read ahead, up to a bound.
                 if !d.may_read_ahead() {
                     break;
                 }
@@ -252,8 +284,25 @@ impl Daemon {
         d.reserved -= n;
         c.reserved -= n;
         self.budgets.release(c.cred.uid, n);
-        if c.flush().is_err() {
-            c.dead = true;
+        self.dgram_flush(t);
+    }
+
+    /// Writes what datagram client `t` is owed; a client whose socket failed is dead, one that
+    /// broke its receive channel is closed with a warning.
+    pub(super) fn dgram_flush(&mut self, t: usize) -> bool {
+        let Some(c) = self.clients.get_mut(t) else {
+            return false;
+        };
+        match c.flush() {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                self.close_broken_channel(t, &e);
+                false
+            }
+            Err(_) => {
+                c.dead = true;
+                false
+            }
         }
     }
 
@@ -278,14 +327,12 @@ impl Daemon {
         loop {
             // SAFETY: `spare` is writable memory of at least `ask` bytes owned by `inbuf`;
             // recvmsg writes at most `ask` there and only what it reports is counted.
-            let (r, fd) =
-                unsafe { recv_with_fd(c.stream.as_raw_fd(), spare.as_mut_ptr().cast(), ask) };
-            let had_fd = fd.is_some();
-            if let Some(fd) = fd
-                && d.fd.is_none()
-                && d.chan.is_none()
-            {
-                d.fd = Some(fd);
+            let (r, fds) =
+                unsafe { fdpass::recv_with_fds(c.stream.as_raw_fd(), spare.as_mut_ptr(), ask, 2) };
+            let had_fd = !fds.is_empty();
+            // Kept for the one offer a client may make; any others are closed here.
+            if d.fds.is_empty() && d.chan.is_none() {
+                d.fds = fds;
             }
             if r == 0 {
                 c.dead = true;
@@ -323,11 +370,15 @@ impl Daemon {
         let Some(c) = self.clients.get_mut(t) else {
             return false;
         };
+        let full = c.out_full(self.cfg.dgram_buffer);
+        let receive_chan = c.rx.is_some();
         let ClientState::Dgram(d) = &mut c.state else {
             return false;
         };
         // Answers come before more requests: not read while the client does not read them.
-        if c.out.len() >= self.cfg.dgram_buffer {
+        // With a receive channel, read ahead as for a parked datagram (nothing is sent): the
+        // doorbell that says the client made room comes on the socket, behind what it sent.
+        if full && !(receive_chan && d.may_read_ahead()) {
             return false;
         }
         let want = d.needed() + READ_CHUNK;
@@ -393,7 +444,10 @@ impl Daemon {
             if let Some(a) = take_ack(d) {
                 c.out.extend(a);
             }
-            c.out.extend(ring_frame());
+            match c.rx.as_mut() {
+                Some(rx) => rx.ring(),
+                None => c.out.extend(ring_frame()),
+            }
         }
         if let Some(why) = broken {
             self.close_broken_channel(t, &why);
@@ -408,6 +462,10 @@ impl Daemon {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
+        // Once: the datagrams still drained for it find it closed already.
+        if c.dead {
+            return;
+        }
         c.dead = true;
         let uid = c.cred.uid;
         user_warn!(
@@ -424,11 +482,12 @@ impl Daemon {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
+        let full = c.out_full(self.cfg.dgram_buffer);
         let ClientState::Dgram(d) = &mut c.state else {
             return;
         };
         // Not while it is held back: it is pumped again when that ends.
-        if d.parked() || c.paced || c.out.len() >= self.cfg.dgram_buffer {
+        if d.parked() || c.paced || full {
             return;
         }
         let Some(cons) = d.chan.as_mut() else {
@@ -450,7 +509,7 @@ impl Daemon {
 
     /// Takes the channel a client offers (the descriptor it passed with the CHAN frame) and
     /// answers whether it did.
-    fn dgram_take_chan(&mut self, t: usize, h: &FrameHeader) {
+    fn dgram_take_chan(&mut self, t: usize, h: &FrameHeader, rx_cap: Option<u32>) {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
@@ -458,7 +517,9 @@ impl Daemon {
             return;
         };
         let cap = h.aux as usize;
-        let r = match d.fd.take() {
+        let mut fds = std::mem::take(&mut d.fds).into_iter();
+        let wants_rx = h.port & CHAN_F_RECEIVE != 0;
+        let r = match fds.next() {
             _ if d.chan.is_some() => Err("a channel is set up already".to_string()),
             None => Err("no descriptor came with the offer".to_string()),
             // The daemon maps it: at most a few times the size clients offer.
@@ -477,18 +538,65 @@ impl Daemon {
             }
             Err(why) => (abi::errno::EINVAL as u32, why),
         };
+        // The receive channel, with the send channel only: its refusal leaves the socket path
+        // for what the daemon writes (said in the answer's feature bits, and warned). Its pages
+        // come out of the client's output allotment, which must keep room for frames too big
+        // for it.
+        let uid = c.cred.uid;
+        let allotment = self.cfg.dgram_buffer;
+        let mut rx_refused = None;
+        let rx = match (fds.next(), rx_cap.map(|c| c as usize)) {
+            _ if !wants_rx || errno != 0 => None,
+            (None, _) => {
+                rx_refused = Some("no second descriptor came with the offer".to_string());
+                None
+            }
+            (_, None) => {
+                rx_refused = Some("the offer does not say its size".to_string());
+                None
+            }
+            (Some(_), Some(rx_cap))
+                if rx_cap.saturating_add(v4v::shmem::PAGE_SIZE) > allotment / 2 =>
+            {
+                // The daemon's configuration, not the client's doing: no warning.
+                debug!(
+                    rx_cap,
+                    allotment, "receive channel refused: bigger than half of dgram_buffer"
+                );
+                None
+            }
+            (Some(fd), Some(rx_cap)) => {
+                match ChanMemory::map(fd, rx_cap).and_then(|m| RecvChan::new(&m)) {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        rx_refused = Some(e.to_string());
+                        None
+                    }
+                }
+            }
+        };
+        let mut features = DGRAM_F_LAZY_ACK;
+        if rx.is_some() {
+            features |= DGRAM_F_RECV_CHAN;
+        }
         let f = FrameHeader {
             len: why.len() as u32,
             kind: FRAME_CHAN,
             domain: 0,
-            port: DGRAM_F_LAZY_ACK,
+            port: features,
             aux: errno,
         };
         c.out.extend(f.encode());
         c.out.extend(why.as_bytes());
+        if let Some(mut rx) = rx {
+            rx.owe_socket(c.out.len());
+            c.rx = Some(Box::new(rx));
+        }
         if errno != 0 {
-            let uid = c.cred.uid;
             user_warn!(self, uid, uid, "datagram channel refused: {why}");
+        }
+        if let Some(why) = rx_refused {
+            user_warn!(self, uid, uid, "datagram receive channel refused: {why}");
         }
     }
 
@@ -524,7 +632,8 @@ impl Daemon {
                     break;
                 }
                 Ok(Some((h, total))) if h.kind == FRAME_CHAN && frames.is_empty() => {
-                    offer = Some(h);
+                    let payload = &d.inbuf[pos + FRAME_HEADER_SIZE..pos + total];
+                    offer = Some((h, payload.get(..4).and_then(|b| b.try_into().ok())));
                     pos += total;
                     break;
                 }
@@ -541,9 +650,9 @@ impl Daemon {
             if flush {
                 self.dgram_ack(t, true);
             }
-            if let Some(h) = offer {
+            if let Some((h, rx_cap)) = offer {
                 self.dgram_ack(t, true);
-                self.dgram_take_chan(t, &h);
+                self.dgram_take_chan(t, &h, rx_cap.map(u32::from_le_bytes));
             }
             return if pos > 0 { Batch::Sent } else { Batch::Nothing };
         }
@@ -634,11 +743,7 @@ impl Daemon {
             d.owed.extend(answers);
         }
         self.dgram_ack(t, false);
-        if let Some(c) = self.clients.get_mut(t)
-            && c.flush().is_err()
-        {
-            c.dead = true;
-        }
+        self.dgram_flush(t);
         Batch::Sent
     }
 
@@ -820,9 +925,7 @@ impl Daemon {
             if let Some(a) = take_ack(d) {
                 c.out.extend(a);
             }
-            if c.flush().is_err() {
-                c.dead = true;
-            }
+            self.dgram_flush(t);
         }
     }
 }
@@ -845,65 +948,6 @@ fn take_ack(d: &mut DgramClient) -> Option<[u8; FRAME_HEADER_SIZE]> {
         }
         .encode(),
     )
-}
-
-/// A doorbell frame.
-fn ring_frame() -> [u8; FRAME_HEADER_SIZE] {
-    FrameHeader {
-        kind: FRAME_RING,
-        ..Default::default()
-    }
-    .encode()
-}
-
-/// `read` of up to `len` bytes into `buf` that also takes one descriptor passed with them
-/// (`SCM_RIGHTS`; any more are closed). Returns what read returns (or -1, errno set) and the
-/// descriptor.
-///
-/// # Safety
-/// `buf` is valid for writing `len` bytes.
-unsafe fn recv_with_fd(
-    sock: RawFd,
-    buf: *mut libc::c_void,
-    len: usize,
-) -> (isize, Option<OwnedFd>) {
-    // Room for a few descriptors: a client passing more loses them, not us.
-    let mut cbuf = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf,
-        iov_len: len,
-    };
-    // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: `msg` points at `iov` (valid for `len` bytes, by contract) and `cbuf`.
-    let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    let mut first = None;
-    if r >= 0 {
-        // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with well-formed cmsgs;
-        // CMSG_NXTHDR stays within them.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                        / std::mem::size_of::<RawFd>();
-                    for i in 0..n {
-                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
-                        if first.is_none() {
-                            first = Some(fd);
-                        }
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-    }
-    (r, first)
 }
 
 /// How many of `frames` one batch may send without reordering a destination's datagrams. The

@@ -63,11 +63,14 @@ mod creds;
 mod dgram;
 #[cfg(test)]
 mod explore;
+mod fdpass;
 mod names;
 mod ports;
+mod recv_chan;
 mod requests;
 mod resume;
 mod session;
+mod shm_stream;
 mod stats;
 mod streams;
 mod tx;
@@ -167,6 +170,9 @@ pub struct Daemon {
     /// Clients to pump after the current event: handlers wake each other through this list
     /// instead of calling each other.
     ready: Vec<usize>,
+    /// Clients to pump again after the next poll, not before: a pump that stopped early so
+    /// that one client cannot keep the loop (`wake_later`).
+    later: Vec<usize>,
     /// Per-uid memory budgets.
     budgets: budget::Budgets,
     /// Per-uid rate limits of the warnings users cause.
@@ -262,6 +268,7 @@ impl Daemon {
             stats: Stats::default(),
             next_keepalive: Instant::now() + KEEPALIVE,
             ready: Vec::new(),
+            later: Vec::new(),
             warnings: warnings::WarnLimiter::new(Instant::now()),
             budgets,
             stop: Arc::new(AtomicBool::new(false)),
@@ -380,7 +387,10 @@ impl Daemon {
             if let Some(a) = self.lazy_ack_deadline() {
                 deadline = deadline.min(a);
             }
-            let timeout = deadline.saturating_duration_since(now);
+            let mut timeout = deadline.saturating_duration_since(now);
+            if !self.later.is_empty() {
+                timeout = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -434,6 +444,8 @@ impl Daemon {
                     );
                 }
             }
+            // After every event of this poll: the clients whose pump stopped early.
+            self.ready.append(&mut self.later);
             self.run_ready();
             self.reap();
         }
@@ -622,7 +634,7 @@ impl Daemon {
                 && self
                     .clients
                     .get(t)
-                    .is_some_and(|c| c.out.len() >= self.cfg.dgram_buffer)
+                    .is_some_and(|c| c.out_full(self.cfg.dgram_buffer))
             {
                 // The client is not reading: leave the rest in the ring (its senders wait).
                 return self.after_drain(consumed, wanted(), false);
@@ -693,6 +705,11 @@ impl Daemon {
         self.ready.push(t);
     }
 
+    /// Queues client `t` to be pumped after the next poll's events: after everyone else.
+    fn wake_later(&mut self, t: usize) {
+        self.later.push(t);
+    }
+
     /// Pumps the clients woken so far (and those they wake).
     fn run_ready(&mut self) {
         while !self.ready.is_empty() {
@@ -710,6 +727,7 @@ impl Daemon {
         let Some(c) = self.clients.get_mut(t) else {
             return;
         };
+        let was_full = c.out_full(self.cfg.dgram_buffer);
         match &mut c.state {
             ClientState::Handshake(_) => self.pump_handshake(t),
             ClientState::Closing => {
@@ -719,15 +737,22 @@ impl Daemon {
             }
             ClientState::Dgram(d) => {
                 let port = d.port;
-                let was_full = c.out.len() >= self.cfg.dgram_buffer;
                 // A parked client is not read, so its end of file would go unseen: a sender that
-                // vanished while waiting for ring space must not keep its port and ring.
+                // vanished while waiting for ring space must not keep its port and ring. Nor is
+                // one whose output is full, and with a receive channel no write to its socket
+                // fails either: a reader that vanished must not keep its port and ring.
                 let parked = d.parked();
-                if c.flush().is_err() || (parked && creds::hung_up(&c.stream)) {
+                if (parked || was_full) && creds::hung_up(&c.stream) {
                     c.dead = true;
                     return;
                 }
-                let now_room = c.out.len() < self.cfg.dgram_buffer;
+                if !self.dgram_flush(t) {
+                    return;
+                }
+                let Some(c) = self.clients.get(t) else {
+                    return;
+                };
+                let now_room = !c.out_full(self.cfg.dgram_buffer);
                 self.pump_dgram(t);
                 if was_full && now_room && self.drain_port(port) {
                     self.notify_now();

@@ -5,18 +5,21 @@
 //! Owns nothing: it moves a client from its handshake into the state its request names, using
 //! the port and stream tables' own operations.
 
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::AsRawFd;
 
 use tracing::debug;
 use v4v::HvError;
 use v4v::abi::DOMID_ANY;
-use v4v::client::proto::{Incoming, MAX_LINE, PROTOCOL_VERSION, Reply, Request, SockAddr};
+use v4v::client::proto::{Incoming, MAX_LINE, PROTOCOL_VERSION, Reply, Request, SockAddr, Via};
 
 use super::Daemon;
 use super::creds::hung_up;
 use super::dgram::DgramClient;
+use super::fdpass;
 use super::ports::{ListenState, PortKind};
 use super::session::ClientState;
+use super::shm_stream::ShmPath;
 use super::streams::CloseReason;
 use crate::MAX_PRIVILEGED_PORT;
 
@@ -45,6 +48,9 @@ impl Daemon {
     }
 }
 
+/// Descriptors a client may pass with its request line: a stream's two channels.
+const MAX_PASSED: usize = 2;
+
 impl Daemon {
     pub(super) fn pump_handshake(&mut self, t: usize) {
         let Some(c) = self.clients.get_mut(t) else {
@@ -64,19 +70,27 @@ impl Daemon {
                 c.state = ClientState::Closing;
                 return self.pump_client(t);
             }
-            match c.stream.read(&mut b) {
-                Ok(0) => {
+            // recvmsg: a stream client's channels come with the line (two at most are kept).
+            let room = MAX_PASSED - c.passed.len();
+            // SAFETY: `b` is writable for its one byte.
+            let (r, fds) =
+                unsafe { fdpass::recv_with_fds(c.stream.as_raw_fd(), b.as_mut_ptr(), 1, room) };
+            c.passed.extend(fds);
+            match r {
+                0 => {
                     c.dead = true;
                     return;
                 }
-                Ok(_) if b[0] == b'\n' => break std::mem::take(buf),
-                Ok(_) => buf.push(b[0]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    c.dead = true;
-                    return;
-                }
+                1 if b[0] == b'\n' => break std::mem::take(buf),
+                1 => buf.push(b[0]),
+                _ => match io::Error::last_os_error().kind() {
+                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::Interrupted => {}
+                    _ => {
+                        c.dead = true;
+                        return;
+                    }
+                },
             }
         };
         let text = String::from_utf8_lossy(&line);
@@ -92,6 +106,44 @@ impl Daemon {
         debug!(token = t, %req, "request");
         self.start(t, req);
         self.pump_client(t);
+    }
+
+    /// Sets up a stream client's shared-memory channels when its request asks for them (else
+    /// drops any descriptors it passed). `false`: refused, and answered.
+    fn take_channels(&mut self, t: usize, via: Via) -> bool {
+        let Some(c) = self.clients.get_mut(t) else {
+            return false;
+        };
+        let fds = std::mem::take(&mut c.passed);
+        let Via::Shm(cap) = via else {
+            return true;
+        };
+        match ShmPath::take(fds, cap) {
+            Ok(shm) => {
+                // Counted in its user's budget: pages the client never touched are allocated
+                // (and charged) when the daemon first reads or writes them.
+                let uid = c.cred.uid;
+                let cost = shm.mapped_bytes();
+                if let Err(why) = self.budgets.reserve(uid, cost) {
+                    user_warn!(self, uid, uid, "stream channels refused: {why}");
+                    self.reply_err(t, "ENOBUFS", &format!("stream channels refused: {why}"));
+                    return false;
+                }
+                if let Some(c) = self.clients.get_mut(t) {
+                    c.reserved += cost;
+                    c.shm = Some(shm);
+                } else {
+                    self.budgets.release(uid, cost);
+                }
+                true
+            }
+            Err(why) => {
+                let uid = c.cred.uid;
+                user_warn!(self, uid, uid, "stream channels refused: {why}");
+                self.reply_err(t, "EINVAL", &format!("stream channels refused: {why}"));
+                false
+            }
+        }
     }
 
     pub(super) fn reply_err(&mut self, t: usize, code: &str, reason: &str) {
@@ -112,9 +164,14 @@ impl Daemon {
     }
 
     pub(super) fn start(&mut self, t: usize, req: Request) {
+        if !matches!(req, Request::Connect(..) | Request::Accept(..))
+            && let Some(c) = self.clients.get_mut(t)
+        {
+            c.passed.clear();
+        }
         let uid = self.clients.get(t).map_or(u32::MAX, |c| c.cred.uid);
         let privileged = self.clients.get(t).is_some_and(|c| c.privileged);
-        if let Request::Dgram(port, _) | Request::Listen(port) | Request::Accept(port, _) = req
+        if let Request::Dgram(port, _) | Request::Listen(port) | Request::Accept(port, ..) = req
             && (1..=MAX_PRIVILEGED_PORT).contains(&port)
             && !privileged
         {
@@ -196,9 +253,12 @@ impl Daemon {
                 }
                 Err((code, reason)) => self.reply_err(t, &code, &reason),
             },
-            Request::Accept(port, id) => {
+            Request::Accept(port, id, via) => {
                 if port == 0 {
                     return self.reply_err(t, "EINVAL", "ACCEPT needs a port");
+                }
+                if !self.take_channels(t, via) {
+                    return;
                 }
                 match self.listen_port(port, uid) {
                     Ok(p) => {
@@ -220,7 +280,11 @@ impl Daemon {
                     Err((code, reason)) => self.reply_err(t, &code, &reason),
                 }
             }
-            Request::Connect(addr) => self.connect(t, addr),
+            Request::Connect(addr, via) => {
+                if self.take_channels(t, via) {
+                    self.connect(t, addr);
+                }
+            }
             Request::Closed(id) => match self.closed_query(uid, id) {
                 Ok(reply) => self.set_state(t, ClientState::Closing, &reply),
                 Err((code, reason)) => self.reply_err(t, code, &reason),

@@ -20,6 +20,8 @@ use super::acl;
 use super::conn::Conn;
 use super::creds::{Cred, peer_cred, peer_groups};
 use super::dgram::DgramClient;
+use super::recv_chan::{FlushError, RecvChan};
+use super::shm_stream::ShmPath;
 use super::warnings::UNKNOWN_UID;
 
 /// Where a client is in the local protocol.
@@ -61,6 +63,13 @@ pub(super) struct Client {
     /// Registered for writable events too: only while `out` holds bytes the socket did not
     /// take (see [`Clients::take_dead`]).
     write_armed: bool,
+    /// Descriptors that came with the request line (at most two), for `SHM`.
+    pub passed: Vec<std::os::fd::OwnedFd>,
+    /// A stream through shared memory: its channels (then `out` carries only reply lines and
+    /// doorbell bytes).
+    pub shm: Option<Box<ShmPath>>,
+    /// A datagram client's receive channel: once active, `out` goes there, not to the socket.
+    pub rx: Option<Box<RecvChan>>,
 }
 
 impl Client {
@@ -80,6 +89,9 @@ impl Client {
             paced: false,
             touched: false,
             write_armed: false,
+            passed: Vec::new(),
+            shm: None,
+            rx: None,
         }
     }
 
@@ -97,8 +109,19 @@ impl Client {
         self.queue_line(&r.to_string());
     }
 
-    /// Writes as much of `out` as the socket takes; returns data bytes written.
+    /// Writes as much of `out` as the socket (or the receive channel) takes; returns stream
+    /// data bytes written. A receive channel the client broke is `InvalidData`.
     pub fn flush(&mut self) -> io::Result<usize> {
+        if let Some(rx) = self.rx.as_mut() {
+            return match rx.flush(&mut self.stream, &mut self.out) {
+                Ok(()) => Ok(0),
+                Err(FlushError::Socket(e)) => Err(e),
+                Err(FlushError::Chan(e)) => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("its receive channel: {e}"),
+                )),
+            };
+        }
         let mut data = 0;
         while !self.out.is_empty() {
             let (a, b) = self.out.as_slices();
@@ -119,6 +142,21 @@ impl Client {
             }
         }
         Ok(data)
+    }
+
+    /// Whether a datagram client's output reached `limit` bytes (a receive channel's pages
+    /// count: they come out of the same allotment).
+    pub fn out_full(&self, limit: usize) -> bool {
+        self.out.len() + self.rx.as_ref().map_or(0, |rx| rx.mapped_bytes()) >= limit
+    }
+
+    /// Whether output waits for the socket to take it (with a receive channel: only the bytes
+    /// from before it and a doorbell; a full channel waits for the client's RING instead).
+    pub fn wants_writable(&self) -> bool {
+        match &self.rx {
+            Some(rx) => rx.wants_socket(),
+            None => !self.out.is_empty(),
+        }
     }
 
     /// Whether this is a stream with FIN in both directions (our client's end was sent or
@@ -219,7 +257,7 @@ impl Clients {
                 dead.push(t);
                 continue;
             }
-            let want = !c.out.is_empty();
+            let want = c.wants_writable();
             if want != c.write_armed {
                 let interest = if want {
                     Interest::READABLE | Interest::WRITABLE

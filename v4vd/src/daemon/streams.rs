@@ -22,8 +22,11 @@ use super::creds;
 use super::ports::{PendingSyn, PortKind};
 use super::requests::errno_name;
 use super::session::{Client, ClientState, may_see};
+use super::shm_stream::{Filled, Undeliverable};
 use crate::wire::{self, Segment};
 
+/// How often one pump goes back to a shared-memory client's channel because it rang.
+const MAX_RELOOKS: usize = 2;
 /// How often idle peers are probed.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long a closed connection is remembered so that its late segments are absorbed: well
@@ -357,8 +360,11 @@ impl Daemon {
             return None;
         };
         match self.clients.get(t) {
-            Some(c) if c.out.is_empty() && !c.dead && matches!(c.state, ClientState::Stream(_)) => {
-            }
+            Some(c)
+                if c.out.is_empty()
+                    && !c.dead
+                    && c.shm.is_none()
+                    && matches!(c.state, ClientState::Stream(_)) => {}
             _ => return None,
         }
         let c = self.clients.get_mut(t)?;
@@ -418,18 +424,33 @@ impl Daemon {
         let mut closed = None;
         match step.event {
             None => {}
-            Some(Event::Deliver) => {
-                // Straight to the client when nothing waits before it; the rest is buffered
-                // (a write error is the next flush's to report).
-                let mut rest = payload;
-                if c.out.is_empty()
-                    && let Ok(n) = c.stream.write(payload)
-                {
-                    conn.consumed(n);
-                    rest = &payload[n..];
+            Some(Event::Deliver) => match c.shm.as_mut() {
+                Some(shm) => match shm.deliver(payload) {
+                    Ok((n, bell)) => {
+                        conn.consumed(n);
+                        if bell {
+                            ring(&mut c.out);
+                        }
+                    }
+                    Err(e) => {
+                        // Its own channel: the stream is over for it.
+                        self.shm_failed(t, &e);
+                        return;
+                    }
+                },
+                None => {
+                    // Straight to the client when nothing waits before it; the rest is
+                    // buffered (a write error is the next flush's to report).
+                    let mut rest = payload;
+                    if c.out.is_empty()
+                        && let Ok(n) = c.stream.write(payload)
+                    {
+                        conn.consumed(n);
+                        rest = &payload[n..];
+                    }
+                    c.out.extend(rest);
                 }
-                c.out.extend(rest);
-            }
+            },
             Some(Event::Connected) => {
                 self.streams.probe(&key);
                 c.queue_reply(&Reply::Connected {
@@ -634,11 +655,29 @@ impl Daemon {
                     peer: SockAddr::new(key.peer.domain, key.peer.port),
                     id: ps.conn.id,
                 };
-                c.state = ClientState::Stream(ps.conn);
+                let (mut conn, mut early) = (ps.conn, ps.buf);
+                // What came before the accept: into the channel, or after the reply line.
+                let mut broken = None;
+                match c.shm.as_mut() {
+                    Some(shm) => match shm.deliver(early.make_contiguous()) {
+                        // The client is not reading yet: no doorbell is owed.
+                        Ok((n, _)) => conn.consumed(n),
+                        Err(e) => broken = Some(e),
+                    },
+                    None => {
+                        c.queue_reply(&reply);
+                        c.out_prefix = c.out.len();
+                        c.out.extend(early);
+                    }
+                }
+                if c.shm.is_some() {
+                    c.queue_reply(&reply);
+                }
+                c.state = ClientState::Stream(conn);
                 creds::set_send_buffer(&c.stream, STREAM_SNDBUF);
-                c.queue_reply(&reply);
-                c.out_prefix = c.out.len();
-                c.out.extend(ps.buf);
+                if let Some(e) = broken {
+                    self.shm_failed(t, &e);
+                }
             }
             debug!(?key, "stream accepted");
             self.wake(t);
@@ -669,6 +708,8 @@ impl Daemon {
     }
 
     fn pump_stream_with(&mut self, t: usize, buf: &mut Vec<u8>) {
+        // Passes back to step 1 because a shared-memory client rang (its channel may have room).
+        let mut relooks = 0;
         loop {
             let Some(c) = self.clients.get_mut(t) else {
                 return;
@@ -682,14 +723,47 @@ impl Daemon {
                 return;
             };
             match flushed {
-                Ok(n) => conn.consumed(n),
+                // Through shared memory, the socket carries no stream data.
+                Ok(n) if c.shm.is_none() => conn.consumed(n),
+                Ok(_) => {}
+                // Only a doorbell was lost: whether the stream ends orderly or is reset depends
+                // on what it left unread (`watch`, `fill`).
+                Err(_) if c.shm.is_some() => {
+                    c.out.clear();
+                    if let Some(shm) = c.shm.as_mut() {
+                        shm.client_gone();
+                    }
+                }
                 Err(e) => {
                     debug!(key = ?conn.key, "client gone mid-stream: {e}");
                     self.abort_client(t, true, CloseReason::LocalAbort);
                     return;
                 }
             }
-            if conn.peer_finished() && c.out.is_empty() && !conn.write_shut {
+            if let Some(shm) = c.shm.as_mut() {
+                // Peer data, then its end, into the channel.
+                let moved = if conn.peer_finished() && !conn.write_shut {
+                    conn.write_shut = true;
+                    shm.finish()
+                } else if shm.has_pending() {
+                    shm.flush()
+                } else {
+                    Ok((0, false))
+                };
+                match moved {
+                    Ok((n, bell)) => {
+                        conn.consumed(n);
+                        if bell {
+                            ring(&mut c.out);
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        self.shm_failed(t, &e);
+                        return;
+                    }
+                }
+            } else if conn.peer_finished() && c.out.is_empty() && !conn.write_shut {
                 conn.write_shut = true;
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
             }
@@ -725,7 +799,8 @@ impl Daemon {
                 return;
             };
             // 4. Done?
-            let step = conn.try_finish(c.out.is_empty());
+            let out_empty = c.out.is_empty() && !c.shm.as_ref().is_some_and(|s| s.has_pending());
+            let step = conn.try_finish(out_empty);
             if step.event.is_some() {
                 let was = State::Closing;
                 self.perform(t, was, step, &[]);
@@ -737,6 +812,17 @@ impl Daemon {
                 if progressed {
                     continue;
                 }
+                match c.shm.as_mut().and_then(|shm| shm.watch(&mut c.stream)) {
+                    Some(Filled::Abandoned) => self.shm_failed(t, &Undeliverable::Gone),
+                    // A few looks again per pump, then after the next poll: a client writing
+                    // doorbells without end must not keep the loop here.
+                    Some(_) if relooks < MAX_RELOOKS => {
+                        relooks += 1;
+                        continue;
+                    }
+                    Some(_) => self.wake_later(t),
+                    None => {}
+                }
                 return;
             }
             if buf.len() < wire::HEADER + n {
@@ -745,8 +831,32 @@ impl Daemon {
             // Fill the message as far as the socket has bytes now: a short read (the client
             // wrote in pieces) is followed by another before the send, which costs a system
             // call where one more message would cost a hypercall.
-            let (mut k, mut eof, mut failed) = (0, false, None);
-            while k < n {
+            let (mut k, mut eof, mut failed, mut rang) = (0, false, None, false);
+            if let Some(shm) = c.shm.as_mut() {
+                let (filled, bell) =
+                    shm.fill(&mut c.stream, &mut buf[wire::HEADER..wire::HEADER + n]);
+                if bell {
+                    ring(&mut c.out);
+                }
+                match filled {
+                    Filled::Bytes(m) => k = m,
+                    // A client writing doorbells faster than they are read is read again when
+                    // it writes more (each write is a new readable event): others come first.
+                    Filled::Empty | Filled::Busy => {}
+                    Filled::Rang => rang = true,
+                    Filled::Eof => eof = true,
+                    Filled::Abandoned => {
+                        self.shm_failed(t, &Undeliverable::Gone);
+                        return;
+                    }
+                    Filled::Failed(e) => failed = Some(e),
+                    Filled::Corrupt(e) => {
+                        self.shm_failed(t, &Undeliverable::Corrupt(e));
+                        return;
+                    }
+                }
+            }
+            while k < n && c.shm.is_none() {
                 match c.stream.read(&mut buf[wire::HEADER + k..wire::HEADER + n]) {
                     Ok(0) => {
                         eof = true;
@@ -797,7 +907,15 @@ impl Daemon {
                     conn.outq.push_back(o.encode(conn.key.conid));
                 }
             } else if k == 0 && !progressed {
-                // Nothing to read (WouldBlock), nothing moved.
+                // Nothing to read (WouldBlock), nothing moved: unless a doorbell taken off the
+                // socket may have said that the client's channel has room (step 1 again).
+                if rang {
+                    if relooks < MAX_RELOOKS {
+                        relooks += 1;
+                        continue;
+                    }
+                    self.wake_later(t);
+                }
                 return;
             }
         }
@@ -833,6 +951,24 @@ impl Daemon {
                 Sent::Aborted
             }
         }
+    }
+
+    /// A shared-memory stream client that broke its channel, or closed its connection while
+    /// the peer still sends: reset, as a socket client that stopped reading would be.
+    fn shm_failed(&mut self, t: usize, e: &Undeliverable) {
+        let uid = self.clients.get(t).map_or(u32::MAX, |c| c.cred.uid);
+        match e {
+            Undeliverable::Corrupt(_) => {
+                user_warn!(
+                    self,
+                    uid,
+                    uid,
+                    "stream client {t}: {e}; resetting its stream"
+                );
+            }
+            Undeliverable::Gone => debug!("stream client {t}: {e}; resetting its stream"),
+        }
+        self.abort_client(t, true, CloseReason::LocalAbort);
     }
 
     /// Ends a client at once. A stream sends RST to the peer when `rst` (our side aborted) and
@@ -994,5 +1130,13 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+/// Queues a doorbell byte for a shared-memory stream client, unless a byte is on its way to it
+/// already (any byte wakes it).
+fn ring(out: &mut VecDeque<u8>) {
+    if out.is_empty() {
+        out.push_back(1);
     }
 }
