@@ -218,7 +218,8 @@ pub trait Hypervisor: Send + Sync {
     /// `V4VOP_tables_list` (dom0 only): up to `max` rules from 0-based `start`.
     fn tables_list(&self, start: u32, max: u32) -> Result<TablesPage, HvError>;
 
-    /// A descriptor that polls readable while the domain's V4V event is pending.
+    /// A descriptor that polls readable while the domain's V4V event is pending. Poll it; do not
+    /// change its flags (it is non-blocking, and [`Hypervisor::take_event`] relies on that).
     fn event_fd(&self) -> BorrowedFd<'_>;
 
     /// Consumes the pending event, if any: returns whether one was pending. Does not block.

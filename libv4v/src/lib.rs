@@ -26,6 +26,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod event;
 pub mod hypervisor;
+pub mod listen;
 pub mod names;
 // Hidden: typed operations marshalled into `v4v.h` structures for raw hypercalls, shared by the
 // Xen backend and the conformance runner's Xen and C-harness backends.

@@ -56,6 +56,10 @@ fn failures_in_a_burst_come_back_with_their_numbers() {
     let mut d = Datagram::bind_with(&s.sock(1), 0, None).expect("bind");
     assert_eq!(d.window(), v4v::client::DEFAULT_WINDOW);
     assert!(d.uses_channel(), "sends go through shared memory");
+    assert!(
+        d.rings_through_eventfd(),
+        "and ring the daemon through an eventfd"
+    );
     assert!(matches!(d.set_window(0), Err(Error::Invalid(_))));
     let (good, acl, dead) = (
         SockAddr::new(2, 5000),

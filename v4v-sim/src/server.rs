@@ -5,11 +5,12 @@
 //! guest connection. Each connection claims a domid with a hello and then sends one request at a
 //! time; the reply carries the model's return value. Ring memory arrives as a sealed memfd and
 //! is mapped here, so the model writes messages straight into the guest's pages. Each guest's
-//! event channel is a socket pair: when the model signals a domain, the loop writes a byte into
-//! that guest's end. A connection that closes is a destroyed domain. A version-2 guest also has a
-//! request and a reply channel in shared memory that we create at hello ([`v4v::chan`]) and a
-//! doorbell socket pair in the same poll set: requests are copied out of the channel, decoded by
-//! the same codec and answered in the reply channel, at most 64 per turn.
+//! event channel is a pipe (a socket pair before protocol version 3): when the model signals a
+//! domain, the loop writes a byte into it. A connection that closes is a destroyed domain. A
+//! version-2 or version-3 guest also has a request and a reply channel in shared memory that we
+//! create at hello ([`v4v::chan`]) and a doorbell (two pipes; a socket pair with version 2)
+//! whose receiving end is in the same poll set: requests are copied out of the channel, decoded
+//! by the same codec and answered in the reply channel, at most 64 per turn.
 //! `docs/sim.md` specifies it all.
 //!
 //! Nothing a guest sends can stop the loop or reach another domain: frames are decoded by the
@@ -21,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use v4v::backend::sim::protocol::{
     self as proto, ChannelSizes, FRAME_HEADER_SIZE, FrameHeader, KIND_FATAL, Reply, ReplyData,
     Request, fdpass,
 };
+use v4v::backend::sim::{ignore_sigpipe_if_default, set_nonblocking};
 use v4v::chan::{ChanMemory, Consumer, Producer, Pushed};
 use v4v::shmem::{PAGE_SIZE, RingMemory};
 use v4v::{HvError, Hypervisor};
@@ -134,8 +136,11 @@ struct Guest {
 struct GuestChan {
     requests: Consumer,
     replies: Producer,
-    /// Our end of the doorbell socket pair (used with `MSG_DONTWAIT` only).
-    doorbell: OwnedFd,
+    /// Where the guest rings us: the read end of a pipe (version 3) or our end of the doorbell
+    /// socket pair (version 2). Non-blocking, and its open file description is ours alone.
+    bell_in: OwnedFd,
+    /// Where we ring the guest: the write end of a pipe, or the same socket. Non-blocking.
+    bell_out: OwnedFd,
     /// The one reply that did not fit in the reply channel: the guest is not reading. No
     /// request is taken until it is out, so this is all we ever buffer for the guest.
     pending: Option<Vec<u8>>,
@@ -160,7 +165,7 @@ impl GuestChan {
             match self.replies.push(&[&frame]).map_err(bad)? {
                 Pushed::Done { doorbell } => {
                     if doorbell {
-                        ring(self.doorbell.as_fd());
+                        ring(self.bell_out.as_fd());
                     }
                     self.pending = None;
                     self.pending_deadline = None;
@@ -181,15 +186,8 @@ impl GuestChan {
     /// Takes the doorbell's pending bytes: one read, at most `DOORBELL_DRAIN`.
     fn drain_doorbell(&self) -> Result<(), &'static str> {
         let mut buf = [0u8; DOORBELL_DRAIN];
-        // SAFETY: receives into a live local buffer of the stated length, never blocking.
-        let n = unsafe {
-            libc::recv(
-                self.doorbell.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
+        // SAFETY: reads into a live local buffer of the stated length from our non-blocking end.
+        let n = unsafe { libc::read(self.bell_in.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n == 0 {
             return Err("closed its doorbell");
         }
@@ -206,19 +204,14 @@ impl GuestChan {
     }
 }
 
-/// Rings a guest's doorbell: one byte, never blocking. A full socket means a ring is pending
-/// already; a closed one means the guest is going away (its connection will say so).
+/// Rings a guest's doorbell or event channel: one byte, never blocking (our end is
+/// non-blocking and its open file description is ours alone). A full pipe or socket means a ring
+/// is pending already; a closed one means the guest is going away (its connection will say so),
+/// and `SIGPIPE` is ignored ([`Server::bind`]).
 fn ring(fd: BorrowedFd<'_>) {
     let one = [1u8];
-    // SAFETY: sends one byte from a live buffer, without blocking or SIGPIPE.
-    unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            one.as_ptr().cast(),
-            1,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    // SAFETY: writes one byte from a live buffer to a descriptor we own.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 1) };
 }
 
 struct Conn {
@@ -325,21 +318,16 @@ impl Server {
             path: path.clone(),
             source,
         };
-        // Create the socket with no more than `mode` from the start (no window with the umask's
-        // bits), then set exactly `mode`. The process is single-threaded here.
-        // SAFETY: umask only swaps the process's creation mask.
-        let old = unsafe { libc::umask(!(config.mode as libc::mode_t) & 0o777) };
-        let bound = UnixListener::bind(&path);
-        // SAFETY: as above, restoring it.
-        unsafe { libc::umask(old) };
-        let listener = bound.map_err(bind_err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(config.mode))
-            .map_err(bind_err)?;
+        // The socket appears at `path` listening and with exactly `mode`: a guest started as soon
+        // as the name exists connects.
+        let listener = v4v::listen::bind_ready(&path, config.mode).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let meta = std::fs::symlink_metadata(&path).map_err(bind_err)?;
         info!("listening on {} (mode {:o})", path.display(), config.mode);
         // Events are forwarded from the model's set of signalled domains (forward_events).
         model.forward_signals_only();
+        // A ring of a guest's pipe after the guest died must fail with EPIPE, not kill us.
+        ignore_sigpipe_if_default();
         Ok(Server {
             config,
             listener,
@@ -390,7 +378,7 @@ impl Server {
                 let chan = c.guest.as_ref().and_then(|g| g.chan.as_ref());
                 let bell = chan.map(|ch| {
                     busy |= ch.more;
-                    pfds.push(pfd(ch.doorbell.as_raw_fd(), libc::POLLIN));
+                    pfds.push(pfd(ch.bell_in.as_raw_fd(), libc::POLLIN));
                     pfds.len() - 1
                 });
                 tokens.push((t, bell));
@@ -689,7 +677,7 @@ impl Server {
             records += 1;
             bytes += n;
             if ch.requests.space_doorbell_wanted().map_err(|_| CORRUPT)? {
-                ring(ch.doorbell.as_fd());
+                ring(ch.bell_out.as_fd());
             }
             // A record is a whole frame; one that is not is a broken channel, not a request.
             let (h, body) = proto::split_record(&ch.buf, false).map_err(|e| {
@@ -734,20 +722,8 @@ impl Server {
                 continue;
             };
             let Some(g) = &c.guest else { continue };
-            {
-                let one = [1u8];
-                // SAFETY: sends one byte from a live buffer, without blocking or SIGPIPE. A full
-                // socket (EAGAIN) means an event is pending already, which is all a signal means;
-                // a closed one means the guest is going away.
-                unsafe {
-                    libc::send(
-                        g.event_tx.as_raw_fd(),
-                        one.as_ptr().cast(),
-                        1,
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
-            }
+            // A full channel means an event is pending already, which is all a signal means.
+            ring(g.event_tx.as_fd());
         }
     }
 
@@ -968,11 +944,11 @@ fn hello(
     version: u16,
     want: DomId,
 ) -> (Reply, Vec<OwnedFd>) {
-    if version != proto::VERSION_SOCKET && version != proto::VERSION_CHANNEL {
+    if !(proto::VERSION_SOCKET..=proto::VERSION_PIPES).contains(&version) {
         info!(
-            "refusing protocol version {version} (this simulator speaks {} and {})",
+            "refusing protocol version {version} (this simulator speaks {} to {})",
             proto::VERSION_SOCKET,
-            proto::VERSION_CHANNEL
+            proto::VERSION_PIPES
         );
         return (Reply::error(proto::errno::EPROTO), Vec::new());
     }
@@ -1000,7 +976,7 @@ fn hello(
             return (Reply::error(errno), Vec::new());
         }
     };
-    let (rx, tx) = match event_channel() {
+    let (rx, tx) = match event_channel(version) {
         Ok(p) => p,
         Err(e) => {
             error!("event channel for domain {domid}: {e}");
@@ -1009,8 +985,8 @@ fn hello(
         }
     };
     let mut fds = vec![rx];
-    let (chan, channels) = if version == proto::VERSION_CHANNEL {
-        match guest_channels() {
+    let (chan, channels) = if proto::has_channels(version) {
+        match guest_channels(version) {
             Ok((chan, theirs)) => {
                 fds.extend(theirs);
                 (
@@ -1054,39 +1030,74 @@ fn hello(
     )
 }
 
-/// A version-2 guest's channels: ours, and the descriptors the hello reply passes (the guest's
-/// doorbell end, the request channel's memory, the reply channel's). We create the memory, so
-/// it is ours to size and seal; the guest can only write into it.
-fn guest_channels() -> Result<(GuestChan, [OwnedFd; 3]), String> {
+/// A version-2 or version-3 guest's channels: ours, and the descriptors the hello reply passes
+/// (the guest's doorbell ends, the request channel's memory, the reply channel's). We create the
+/// memory, so it is ours to size and seal; the guest can only write into it.
+fn guest_channels(version: u16) -> Result<(GuestChan, Vec<OwnedFd>), String> {
     let (req_mem, req_fd) = ChanMemory::create(REQUEST_CHANNEL).map_err(|e| e.to_string())?;
     let (rep_mem, rep_fd) = ChanMemory::create(REPLY_CHANNEL).map_err(|e| e.to_string())?;
-    let (theirs, ours) = socket_pair().map_err(|e| e.to_string())?;
+    let mut theirs = Vec::with_capacity(usize::from(proto::HELLO_PIPES_FDS));
+    let (bell_in, bell_out) = if version == proto::VERSION_PIPES {
+        let (to_us_rx, to_us_tx) = pipe().map_err(|e| e.to_string())?;
+        let (to_guest_rx, to_guest_tx) = pipe().map_err(|e| e.to_string())?;
+        theirs.push(to_us_tx);
+        theirs.push(to_guest_rx);
+        (to_us_rx, to_guest_tx)
+    } else {
+        let (guest, ours) = socket_pair().map_err(|e| e.to_string())?;
+        theirs.push(guest);
+        let dup = ours.try_clone().map_err(|e| e.to_string())?;
+        (ours, dup)
+    };
+    // The socket pair's two descriptors share one description: setting it once covers both.
+    set_nonblocking(bell_in.as_fd()).map_err(|e| e.to_string())?;
+    set_nonblocking(bell_out.as_fd()).map_err(|e| e.to_string())?;
+    theirs.push(req_fd);
+    theirs.push(rep_fd);
     let mut requests = Consumer::new(&req_mem).map_err(|e| e.to_string())?;
     // We sleep until the first request rings (the guest cannot have written anything yet).
     requests.prepare_sleep().map_err(|e| e.to_string())?;
     let chan = GuestChan {
         requests,
         replies: Producer::new(&rep_mem).map_err(|e| e.to_string())?,
-        doorbell: ours,
+        bell_in,
+        bell_out,
         pending: None,
         pending_deadline: None,
         more: false,
         buf: Vec::new(),
     };
-    Ok((chan, [theirs, req_fd, rep_fd]))
+    Ok((chan, theirs))
 }
 
-/// A guest's event channel: a connected pair of stream sockets, (the guest's end, ours). Both
-/// sides use per-call non-blocking flags (`MSG_DONTWAIT`), so nothing the guest does to its
-/// descriptor's flags can make our writes block. Our end is shut for reading: the guest cannot
-/// make us buffer what it writes.
-fn event_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (guest, ours) = socket_pair()?;
-    // SAFETY: shutdown on a descriptor we own.
-    if unsafe { libc::shutdown(ours.as_raw_fd(), libc::SHUT_RD) } != 0 {
+/// A guest's event channel: (the guest's end, ours). A pipe from protocol version 3, before it a
+/// connected pair of stream sockets whose end of ours is shut for reading (the guest cannot make
+/// us buffer what it writes). Our end is non-blocking and its open file description is ours
+/// alone, so nothing the guest does to its descriptor can make our writes block.
+fn event_channel(version: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (guest, ours) = if version >= proto::VERSION_PIPES {
+        pipe()?
+    } else {
+        let (guest, ours) = socket_pair()?;
+        // SAFETY: shutdown on a descriptor we own.
+        if unsafe { libc::shutdown(ours.as_raw_fd(), libc::SHUT_RD) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        (guest, ours)
+    };
+    set_nonblocking(ours.as_fd())?;
+    Ok((guest, ours))
+}
+
+/// A close-on-exec pipe: (read end, write end), each its own open file description.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills a live two-int array; the result is checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((guest, ours))
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A connected pair of close-on-exec stream sockets.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! The shared-memory channel of protocol version 2 (docs/sim.md, "Channel"): negotiation,
+//! The shared-memory channel of protocol versions 2 and 3 (docs/sim.md, "Channel"): negotiation,
 //! sendv_batch in one request, and guests that abuse the memory they share with the simulator
 //! (corrupt indexes and records, rewrite requests while they are read, flood, never read their
 //! replies). Each abuse must cost only the abuser its domain.
@@ -19,7 +19,7 @@ use v4v::abi::{self, Addr, DOMID_ANY, DOMID_SELF, DomId, PROTO_DGRAM, SendAddr};
 use v4v::backend::sim::protocol::{
     self as proto, FRAME_HEADER_SIZE, FrameHeader, Reply, ReplyData, Request, fdpass, kind,
 };
-use v4v::backend::sim::{SimHypervisor, Transport};
+use v4v::backend::sim::{SimHypervisor, Transport, set_nonblocking};
 use v4v::chan::{ChanMemory, Consumer, DATA_OFFSET, Producer, Pushed};
 use v4v::hypervisor::BatchSend;
 use v4v::shmem::RingMemory;
@@ -29,12 +29,15 @@ use v4v::{HvError, Hypervisor};
 const OFF_TAIL: usize = 64;
 const OFF_HEAD: usize = 192;
 
-/// A version-2 guest written by hand: the channels as the simulator passed them, plus raw
-/// mappings of the same memory to scribble on.
+/// A version-3 (or version-2) guest written by hand: the channels as the simulator passed them,
+/// plus raw mappings of the same memory to scribble on.
 struct RawGuest {
     sock: UnixStream,
     _event: OwnedFd,
-    bell: OwnedFd,
+    /// Where we ring the simulator, and where it rings us: two pipe ends with version 3, one
+    /// socket (twice) with version 2. Both non-blocking.
+    bell_out: OwnedFd,
+    bell_in: OwnedFd,
     tx: Producer,
     rx: Consumer,
     req_raw: RingMemory,
@@ -45,24 +48,36 @@ struct RawGuest {
 
 impl RawGuest {
     fn connect(path: &Path, domid: DomId) -> RawGuest {
+        Self::connect_version(path, domid, proto::VERSION_PIPES)
+    }
+
+    fn connect_version(path: &Path, domid: DomId, version: u16) -> RawGuest {
         let sock = UnixStream::connect(path).unwrap();
-        let hello = Request::Hello {
-            version: proto::VERSION_CHANNEL,
-            domid,
-        }
-        .encode();
+        let hello = Request::Hello { version, domid }.encode();
         (&sock).write_all(&hello).unwrap();
         let (h, body, fds) = read_frame(&sock).unwrap();
         let reply = Reply::decode(kind::HELLO, h.kind, h.nfds, &body).unwrap();
         let ReplyData::Hello {
-            version: proto::VERSION_CHANNEL,
+            version: answered,
             channels: Some(sizes),
             ..
         } = reply.data
         else {
-            panic!("not a version-2 hello reply: {reply:?}");
+            panic!("not a hello reply with channels: {reply:?}");
         };
-        let [event, bell, req, rep]: [OwnedFd; 4] = fds.try_into().unwrap();
+        assert_eq!(answered, version);
+        let mut fds = fds.into_iter();
+        let event = fds.next().unwrap();
+        let bell_out = fds.next().unwrap();
+        let bell_in = if version == proto::VERSION_PIPES {
+            fds.next().unwrap()
+        } else {
+            bell_out.try_clone().unwrap()
+        };
+        let (req, rep) = (fds.next().unwrap(), fds.next().unwrap());
+        assert!(fds.next().is_none());
+        set_nonblocking(bell_out.as_fd()).unwrap();
+        set_nonblocking(bell_in.as_fd()).unwrap();
         let (req_cap, rep_cap) = (sizes.requests as usize, sizes.replies as usize);
         let req_raw = RingMemory::map_fd(req.try_clone().unwrap(), DATA_OFFSET + req_cap).unwrap();
         let rep_raw = RingMemory::map_fd(rep.try_clone().unwrap(), DATA_OFFSET + rep_cap).unwrap();
@@ -73,7 +88,8 @@ impl RawGuest {
         RawGuest {
             sock,
             _event: event,
-            bell,
+            bell_out,
+            bell_in,
             tx: Producer::new(&req).unwrap(),
             rx: Consumer::new(&rep).unwrap(),
             req_raw,
@@ -84,7 +100,7 @@ impl RawGuest {
     }
 
     fn ring(&self) {
-        ring_fd(self.bell.as_fd());
+        ring_fd(self.bell_out.as_fd());
     }
 
     /// Publishes a request record (ringing as the channel asks). False when the channel is full.
@@ -110,25 +126,20 @@ impl RawGuest {
                 return Some(Reply::decode(req_kind, h.kind, 0, body).unwrap());
             }
             if self.rx.prepare_sleep().unwrap() {
-                poll_in(self.bell.as_fd(), 50);
-                let mut b = [0u8; 64];
-                // SAFETY: non-blocking receive into a live local buffer.
-                unsafe {
-                    libc::recv(
-                        self.bell.as_raw_fd(),
-                        b.as_mut_ptr().cast(),
-                        b.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
+                poll_in(self.bell_in.as_fd(), 50);
+                drain_fd(self.bell_in.as_fd());
             }
         }
         None
     }
 
     fn call(&mut self, req: &Request<'_>) -> Option<Reply> {
-        assert!(self.push(&req.encode()));
-        self.reply(req.kind())
+        self.call_frame(&req.encode(), req.kind())
+    }
+
+    fn call_frame(&mut self, frame: &[u8], req_kind: u16) -> Option<Reply> {
+        assert!(self.push(frame));
+        self.reply(req_kind)
     }
 
     /// Publishes `words` as if they were a record, straight into the data area at the tail, and
@@ -162,17 +173,18 @@ impl RawGuest {
     }
 }
 
+/// A one-byte write to our non-blocking doorbell end (a full one has a ring pending already).
 fn ring_fd(fd: BorrowedFd<'_>) {
     let one = [1u8];
-    // SAFETY: a non-blocking one-byte send from a live buffer.
-    unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            one.as_ptr().cast(),
-            1,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    // SAFETY: a one-byte write from a live buffer.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 1) };
+}
+
+/// Takes what is pending on our non-blocking doorbell end.
+fn drain_fd(fd: BorrowedFd<'_>) {
+    let mut b = [0u8; 64];
+    // SAFETY: a read into a live local buffer of the stated length.
+    unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
 }
 
 fn poll_in(fd: BorrowedFd<'_>, ms: i32) -> bool {
@@ -213,7 +225,32 @@ fn sim_rss_kib(sim: &Sim) -> u64 {
 }
 
 #[test]
-fn version_2_is_negotiated_and_both_versions_talk() {
+fn a_version_2_guest_is_still_served_through_its_socket_doorbell() {
+    // Version 3 changed only the kind of the event channel and doorbells: a guest built before it
+    // keeps its socket pair, and a version-3 guest talks to it.
+    let sim = Sim::start(&[]);
+    let mut old = RawGuest::connect_version(sim.path(), 3, proto::VERSION_CHANNEL);
+    let new = SimHypervisor::connect_with(sim.path(), Some(4), Transport::Channel).unwrap();
+    let rb = ring(&new, 20, DOMID_ANY, 4096);
+    let addr = SendAddr {
+        src: Addr::new(DOMID_SELF, 5),
+        dst: Addr::new(4, 20),
+    };
+    let mut buf = Vec::new();
+    for i in 0..200u32 {
+        let payload = i.to_le_bytes();
+        let frame = proto::encode_sendv(&addr, PROTO_DGRAM, &[IoSlice::new(&payload)]);
+        let reply = old.call_frame(&frame, kind::SENDV).expect("a reply");
+        assert_eq!(reply.ret, 4, "send {i}");
+        assert!(rb.recv(&mut buf).unwrap().is_some());
+        assert_eq!(buf, payload);
+    }
+    let r = old.call(&Request::Info).expect("info reply");
+    assert!(matches!(r.data, ReplyData::Info(i) if i.domid == 3));
+}
+
+#[test]
+fn version_3_is_negotiated_and_both_versions_talk() {
     let sim = Sim::start(&[]);
     let new = SimHypervisor::connect_with(sim.path(), Some(1), Transport::Channel).unwrap();
     let old = SimHypervisor::connect_with(sim.path(), Some(2), Transport::Socket).unwrap();
@@ -484,17 +521,8 @@ fn rewriting_requests_mid_flight_gets_nothing_past_the_checks() {
             match g.rx.pop_into(&mut g.buf) {
                 Ok(Some(_)) => break true,
                 Ok(None) if Instant::now() < deadline => {
-                    poll_in(g.bell.as_fd(), 5);
-                    let mut bb = [0u8; 64];
-                    // SAFETY: non-blocking receive into a live local buffer.
-                    unsafe {
-                        libc::recv(
-                            g.bell.as_raw_fd(),
-                            bb.as_mut_ptr().cast(),
-                            bb.len(),
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
+                    poll_in(g.bell_in.as_fd(), 5);
+                    drain_fd(g.bell_in.as_fd());
                 }
                 _ => break false,
             }
@@ -596,7 +624,7 @@ fn a_flooding_guest_cannot_starve_the_others() {
         sock: _sock,
         mut tx,
         mut rx,
-        bell,
+        bell_out: bell,
         ..
     } = g;
     let bell2 = bell.try_clone().unwrap();
@@ -739,7 +767,11 @@ fn a_new_client_falls_back_to_version_1_with_an_old_simulator() {
     assert_eq!(hv.info().unwrap().domid, 5);
     assert_eq!(
         old.join().unwrap(),
-        [proto::VERSION_CHANNEL, proto::VERSION_SOCKET]
+        [
+            proto::VERSION_PIPES,
+            proto::VERSION_CHANNEL,
+            proto::VERSION_SOCKET
+        ]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

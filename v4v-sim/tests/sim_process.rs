@@ -405,34 +405,97 @@ fn default_mode_is_0600_and_sigint_stops() {
 
 #[test]
 fn the_event_descriptor_is_the_guests_own() {
-    // The guest's event descriptor is its end of a socket pair the simulator writes with
-    // MSG_DONTWAIT: whatever the guest does to its flags, neither side blocks, and what the guest
-    // writes into it goes nowhere.
+    // The guest's event descriptor is the read end of a pipe whose write end the simulator keeps
+    // in an open file description of its own, non-blocking. Whatever the guest does to its end
+    // (make it blocking, shrink the pipe to a page, never read it, write into it) cannot make the
+    // simulator block or buffer: a full pipe already says "event pending".
     let sim = Sim::start(&[]);
     let a = sim.guest(1);
     let b = sim.guest(2);
     let rb = ring(b.as_ref(), 20, DOMID_ANY, 256);
     let fd = b.event_fd().as_raw_fd();
     // SAFETY: fcntl on a descriptor this process holds.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    assert_eq!(r, 0);
+    // SAFETY: as above; the smallest pipe the kernel makes is one page.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096) }, 4096);
     // SAFETY: writing a live buffer to a descriptor this process holds.
-    let w = unsafe {
-        libc::send(
-            fd,
-            b"junk".as_ptr().cast(),
-            4,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    assert_eq!(w, -1, "the simulator's end must be shut for reading");
-    for _ in 0..20 {
+    let w = unsafe { libc::write(fd, b"junk".as_ptr().cast(), 4) };
+    assert_eq!(w, -1, "the guest's end is the pipe's read end");
+    let started = Instant::now();
+    for i in 0..6000u32 {
         let mut buf = Vec::new();
-        send(a.as_ref(), 1, 2, 20, b"ping").unwrap();
+        send(a.as_ref(), 1, 2, 20, &i.to_le_bytes()).unwrap();
         rb.recv(&mut buf).unwrap().unwrap();
+        assert_eq!(buf, i.to_le_bytes());
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "6000 deliveries took {:?}",
+        started.elapsed()
+    );
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD into a live int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) }, 0);
+    assert_eq!(
+        queued, 4096,
+        "the pipe holds exactly a page of pending events"
+    );
+    // SAFETY: as above, making it non-blocking again, as take_event needs.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }, 0);
     assert!(readable(b.event_fd(), 1000));
-    // A blocking descriptor does not make take_event block.
     assert!(b.take_event().unwrap());
     assert!(!b.take_event().unwrap());
     assert_eq!(a.info().unwrap().domid, 1);
+}
+
+#[test]
+fn the_socket_appears_only_once_it_listens() {
+    // A guest started as soon as the socket's name exists must be able to connect: the
+    // simulator binds and listens under a private name and only then moves the socket into
+    // place. Bound at its name, it refused connections between bind and listen (16 of 1000
+    // starts), and v4vd's tests saw a daemon started right after the simulator fail.
+    let dir = std::env::temp_dir().join(format!("v4v-sim-appears-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut refused = 0;
+    for i in 0..500 {
+        let path = dir.join(format!("sim{i}.sock"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_v4v-sim"))
+            .arg("--socket")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "no socket");
+        }
+        match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => panic!("connect: {e}"),
+        }
+        // The private directory the socket was bound in goes once it is moved out.
+        let staged = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with('.'))
+        };
+        while staged() {
+            assert!(Instant::now() < deadline, "the private directory stays");
+            std::thread::yield_now();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        refused, 0,
+        "connections refused right after the socket appeared"
+    );
 }

@@ -249,17 +249,10 @@ fn bind(socket: &Path, mode: u32) -> Result<UnixListener, String> {
     {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    // A stale socket from a dead daemon: remove it only if nobody answers on it.
-    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
-        let _ = std::fs::remove_file(socket);
-    }
-    let listener =
-        UnixListener::bind(socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
     // Every local user may use V4V by default: the daemon checks each request itself (ports are
-    // owned by the connection that bound them; ACL changes need privilege).
-    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
-    Ok(listener)
+    // owned by the connection that bound them; ACL changes need privilege). The socket appears
+    // listening and with its mode, replacing a stale one from a dead daemon, never a live one's.
+    v4v::listen::bind_ready(socket, mode).map_err(|e| format!("bind {}: {e}", socket.display()))
 }
 
 /// Logging: to the journal (native fields, priorities) when stderr is the journal, else plain

@@ -1464,11 +1464,16 @@ fn a_shared_memory_stream_polls_readable_after_would_block() {
 
 /// Sends `line` with descriptors `fds` attached, as a client offering stream channels does.
 fn send_line_with_fds(s: &UnixStream, line: &str, fds: &[std::os::fd::RawFd]) {
+    send_with_fds(s, line.as_bytes(), fds);
+}
+
+/// Sends `bytes` in one `sendmsg` with descriptors `fds` attached.
+fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[std::os::fd::RawFd]) {
     use std::os::fd::AsRawFd;
     let mut cbuf = [0u64; 8];
     let mut iov = libc::iovec {
-        iov_base: line.as_ptr() as *mut libc::c_void,
-        iov_len: line.len(),
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
     };
     // SAFETY: a zeroed msghdr pointing at live buffers; the cmsg fits `cbuf` (at most a few
     // descriptors).
@@ -1487,7 +1492,7 @@ fn send_line_with_fds(s: &UnixStream, line: &str, fds: &[std::os::fd::RawFd]) {
         }
         assert_eq!(
             libc::sendmsg(s.as_raw_fd(), &msg, 0),
-            line.len() as isize,
+            bytes.len() as isize,
             "sendmsg"
         );
     }
@@ -1800,5 +1805,169 @@ fn a_small_datagram_allotment_keeps_the_socket_for_receiving() {
         rx.send_to(b"ok", from).unwrap();
         let (a, _) = d.recv_timeout(Some(Duration::from_secs(10))).unwrap();
         assert_eq!(a, b"ok");
+    }
+}
+
+/// A fresh eventfd, as a client's doorbell.
+fn eventfd() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes integers; the result is checked before it is owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor eventfd just returned, owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Adds 1 to an eventfd: one ring.
+fn add_one(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes the 8 bytes of a live local buffer.
+    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    assert_eq!(n, 8);
+}
+
+/// A raw datagram client that offered a send channel with `bell` as its doorbell: its socket,
+/// the channel's producer, and the daemon's answer (errno, feature bits).
+fn dgram_with_bell(
+    sock: &std::path::Path,
+    bell: std::os::fd::BorrowedFd<'_>,
+) -> (UnixStream, v4v::chan::Producer, (u32, u32)) {
+    use std::os::fd::AsRawFd;
+    use v4v::client::proto::{CHAN_F_BELL, DGRAM_CHAN_CAPACITY};
+    let (mut s, _port) = raw_dgram(sock);
+    let (mem, fd) = v4v::chan::ChanMemory::create(DGRAM_CHAN_CAPACITY).unwrap();
+    let offer = FrameHeader {
+        len: 0,
+        kind: FRAME_CHAN,
+        domain: 0,
+        port: CHAN_F_BELL,
+        aux: DGRAM_CHAN_CAPACITY as u32,
+    };
+    send_with_fds(&s, &offer.encode(), &[fd.as_raw_fd(), bell.as_raw_fd()]);
+    let (h, why) = next_frame(&mut s, Duration::from_secs(10)).expect("the channel answer");
+    assert_eq!(h.kind, FRAME_CHAN, "{}", String::from_utf8_lossy(&why));
+    (s, v4v::chan::Producer::new(&mem).unwrap(), (h.aux, h.port))
+}
+
+/// Publishes one SEND record of `msg` to `to`; whether the daemon sleeps on the channel.
+fn push_send(p: &mut v4v::chan::Producer, to: SockAddr, msg: &[u8]) -> bool {
+    let h = FrameHeader {
+        len: msg.len() as u32,
+        kind: FRAME_SEND,
+        domain: to.domid,
+        port: to.port,
+        aux: 0,
+    };
+    match p.push(&[&h.encode(), msg]).unwrap() {
+        v4v::chan::Pushed::Done { doorbell } => doorbell,
+        v4v::chan::Pushed::Full => panic!("an empty channel is full"),
+    }
+}
+
+/// docs/protocol.md, "Doorbell": the eventfd a client passes with its channel offer wakes the
+/// daemon alone (no RING frame on the socket), and once the client is gone its copy of the
+/// eventfd wakes the daemon no more: the daemon's epoll entry would outlive the daemon's close
+/// of its own copy, so it deregisters first (300 rings woke it 300 times without that).
+#[test]
+fn a_client_eventfd_is_its_doorbell_until_the_client_goes() {
+    use std::os::fd::AsFd;
+    use v4v::client::proto::DGRAM_F_BELL;
+    let model = Model::new();
+    let (n1, n2) = (Node::start(&model, 1), Node::start(&model, 2));
+    let mut rx = Datagram::bind_with(&n2.sock, 910, None).unwrap();
+    let bell = eventfd();
+    let (mut s, mut chan, (errno, features)) = dgram_with_bell(&n1.sock, bell.as_fd());
+    assert_eq!(errno, 0, "the channel is taken");
+    assert_ne!(features & DGRAM_F_BELL, 0, "and the doorbell with it");
+    for i in 0..20u32 {
+        let msg = format!("rung {i}");
+        // Long enough for the daemon to have gone back to sleep on the channel.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            push_send(&mut chan, SockAddr::new(2, 910), msg.as_bytes()),
+            "the daemon sleeps on its empty channel"
+        );
+        add_one(bell.as_fd());
+        let (got, from) = rx.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(got, msg.as_bytes());
+        assert_eq!(from.domid, 1);
+        let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("its STATUS");
+        assert_eq!((h.kind, h.aux), (FRAME_STATUS, 0));
+    }
+    drop(s);
+    drop(chan);
+    // The daemon sees the socket close and drops the client.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = n1.counts.wakeups();
+    for _ in 0..300 {
+        add_one(bell.as_fd());
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let woke = n1.counts.wakeups() - before;
+    assert!(
+        woke < 30,
+        "a gone client's doorbell woke the daemon {woke} times"
+    );
+}
+
+/// A doorbell that is not an eventfd (here a pipe, which would let the client make the daemon
+/// hold what it writes) is refused, said in the answer, and the channel works with RING frames.
+#[test]
+fn a_doorbell_that_is_not_an_eventfd_is_refused_and_the_channel_works() {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use v4v::client::proto::{DGRAM_F_BELL, FRAME_RING};
+    let model = Model::new();
+    let (n1, n2) = (Node::start(&model, 1), Node::start(&model, 2));
+    let mut rx = Datagram::bind_with(&n2.sock, 911, None).unwrap();
+    let mut p = [0; 2];
+    // SAFETY: pipe fills a live two-int array.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    // SAFETY: fresh descriptors, owned here.
+    let (pr, _pw) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let (mut s, mut chan, (errno, features)) = dgram_with_bell(&n1.sock, pr.as_fd());
+    assert_eq!(errno, 0, "the channel is taken");
+    assert_eq!(features & DGRAM_F_BELL, 0, "the pipe is not");
+    for i in 0..5u32 {
+        let msg = format!("frame-rung {i}");
+        if push_send(&mut chan, SockAddr::new(2, 911), msg.as_bytes()) {
+            write_frame(&mut s, FRAME_RING, SockAddr::new(0, 0), 0, b"");
+        }
+        let (got, _) = rx.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(got, msg.as_bytes());
+        let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("its STATUS");
+        assert_eq!((h.kind, h.aux), (FRAME_STATUS, 0));
+    }
+}
+
+/// Each doorbell is a descriptor the daemon holds: clients and their doorbells together stay
+/// within `max_clients`, past which a client keeps RING frames and works the same.
+#[test]
+fn doorbells_count_against_the_clients_descriptors() {
+    let model = Model::new();
+    // 32 of them are kept for root; the rest serve anyone, so this runs as any user.
+    let few = v4vd::Config {
+        max_clients: 37,
+        ..v4vd::Config::default()
+    };
+    let n1 = Node::start_with(&model, 1, few);
+    let n2 = Node::start(&model, 2);
+    let mut rx = Datagram::bind_with(&n2.sock, 912, None).unwrap();
+    let ports: Vec<Datagram> = (0..20)
+        .map(|_| Datagram::bind_with(&n1.sock, 0, None).unwrap())
+        .collect();
+    // The k-th client finds k clients and k - 1 doorbells: taken while 2k - 1 < 37.
+    let rung: Vec<bool> = ports.iter().map(Datagram::rings_through_eventfd).collect();
+    let want: Vec<bool> = (1..=20).map(|k| 2 * k - 1 < 37).collect();
+    assert_eq!(rung, want);
+    for (i, mut d) in ports.into_iter().enumerate() {
+        assert!(d.uses_channel());
+        let msg = format!("from port {i}");
+        if let Some(e) = send_and_flush(&mut d, msg.as_bytes(), SockAddr::new(2, 912)) {
+            panic!("port {i}: {e}");
+        }
+        let (got, _) = rx.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(got, msg.as_bytes());
     }
 }

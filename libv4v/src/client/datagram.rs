@@ -23,12 +23,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD,
-    DGRAM_RX_CAPACITY, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE,
-    FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_LAZY,
-    SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, ring_frame, split_frame,
+    CHAN_F_BELL, CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_BELL, DGRAM_F_LAZY_ACK,
+    DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD, DGRAM_RX_CAPACITY, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
+    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM,
+    Reply, Request, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, ring_frame, split_frame,
 };
-use super::{Error, handshake, socket_path};
+use super::{Doorbell, Error, handshake, socket_path};
 use crate::abi::DomId;
 use crate::chan::{ChanError, ChanMemory, Consumer, Producer, Pushed};
 
@@ -97,6 +97,8 @@ pub struct Datagram {
     /// The channel the daemon writes its frames into, when it took one (then the socket brings
     /// only RING frames).
     rx: Option<RecvChannel>,
+    /// The eventfd the daemon took as this client's doorbell: rung instead of RING frames.
+    bell: Option<Doorbell>,
 }
 
 /// The client's end of a receive channel: the daemon's frames as a byte stream.
@@ -490,6 +492,7 @@ impl Datagram {
             chan_answer: None,
             lazy_acks: false,
             rx: None,
+            bell: None,
         };
         if std::env::var(CHANNEL_ENV).map_or(true, |v| v != "0") {
             d.offer_chan(receive)?;
@@ -508,12 +511,20 @@ impl Datagram {
         } else {
             None
         };
+        let bell = Doorbell::new();
         let rx_cap = (DGRAM_RX_CAPACITY as u32).to_le_bytes();
+        let mut flags = 0;
+        if rx.is_some() {
+            flags |= CHAN_F_RECEIVE;
+        }
+        if bell.is_some() {
+            flags |= CHAN_F_BELL;
+        }
         let h = FrameHeader {
             len: if rx.is_some() { 4 } else { 0 },
             kind: FRAME_CHAN,
             domain: 0,
-            port: if rx.is_some() { CHAN_F_RECEIVE } else { 0 },
+            port: flags,
             aux: DGRAM_CHAN_CAPACITY as u32,
         };
         let mut frame = h.encode().to_vec();
@@ -522,6 +533,7 @@ impl Datagram {
         }
         let mut fds = vec![fd.as_raw_fd()];
         fds.extend(rx.as_ref().map(|(_, fd)| fd.as_raw_fd()));
+        fds.extend(bell.as_ref().map(Doorbell::as_raw_fd));
         // Armed before the daemon has it: the first frame it writes rings the socket, so a
         // port polled before its first `recv_from` is woken too.
         let mut rx_end = match rx.as_ref() {
@@ -541,6 +553,9 @@ impl Datagram {
                 if errno == 0 {
                     self.chan =
                         Some(Producer::new(&mem).map_err(|e| Error::Protocol(e.to_string()))?);
+                }
+                if errno == 0 && features & DGRAM_F_BELL != 0 {
+                    self.bell = bell;
                 }
                 // Every frame after the answer comes through it.
                 if errno == 0 && features & DGRAM_F_RECV_CHAN != 0 {
@@ -567,6 +582,12 @@ impl Datagram {
     /// instead of the socket (see [`CHANNEL_ENV`]).
     pub fn receives_through_channel(&self) -> bool {
         self.rx.is_some()
+    }
+
+    /// Whether this port rings its daemon through an eventfd the daemon took with the channel
+    /// (docs/protocol.md, "Doorbell") instead of RING frames on the socket.
+    pub fn rings_through_eventfd(&self) -> bool {
+        self.bell.is_some()
     }
 
     /// Before returning `WouldBlock` or sleeping in `poll`: the daemon is asked to ring the
@@ -1061,7 +1082,9 @@ impl Datagram {
     /// socket takes it, else after what waits in `out` (never waited for here: the daemon
     /// reads ahead of its full channel, and every send or wait writes `out` first).
     fn ring_soon(&mut self) {
-        self.out.extend_from_slice(&ring_frame());
+        if !self.bell.as_ref().is_some_and(Doorbell::ring) {
+            self.out.extend_from_slice(&ring_frame());
+        }
     }
 
     /// One frame from the daemon: DATA to the queue, STATUS and ACK to the window.
@@ -1182,6 +1205,7 @@ pub(crate) struct DatagramParts {
     pub(crate) window: SendWindow,
     pub(crate) out: Vec<u8>,
     pub(crate) rx: Option<RecvChannel>,
+    pub(crate) bell: Option<Doorbell>,
 }
 
 #[cfg(feature = "tokio")]
@@ -1202,6 +1226,7 @@ impl Datagram {
             window: self.window,
             out: self.out,
             rx: self.rx,
+            bell: self.bell,
         }
     }
 
@@ -1220,6 +1245,7 @@ impl Datagram {
             chan_answer: None,
             lazy_acks: false,
             rx: p.rx,
+            bell: p.bell,
         }
     }
 }

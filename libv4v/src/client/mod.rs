@@ -500,6 +500,46 @@ pub fn status_json(path: &Path) -> Result<(proto::Status, String), Error> {
     Ok((status, text))
 }
 
+/// A datagram client's eventfd doorbell (docs/protocol.md, "Doorbell"): passed with its channel
+/// offer, rung by adding 1. The daemon polls it and never reads it, so the counter only grows; a
+/// ring that finds it full (never, in practice: 2^64 - 2 rings) says so, and the caller writes a
+/// RING frame instead.
+#[derive(Debug)]
+pub(crate) struct Doorbell(std::os::fd::OwnedFd);
+
+impl Doorbell {
+    /// A fresh non-blocking eventfd, or `None` where there is none to be had.
+    pub(crate) fn new() -> Option<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd takes integer arguments and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: a descriptor eventfd just returned, owned by nobody else.
+        (fd >= 0).then(|| Doorbell(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Rings: whether it was written.
+    pub(crate) fn ring(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let one = 1u64.to_ne_bytes();
+        loop {
+            // SAFETY: writes the 8 bytes of a live local buffer.
+            let n = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            if n == one.len() as isize {
+                return true;
+            }
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+    }
+
+    pub(crate) fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
 /// Writes `bytes` (all of them, waiting) with descriptors `fds` attached (`SCM_RIGHTS`).
 pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let space = {

@@ -62,6 +62,13 @@ pub const DGRAM_RX_CAPACITY: usize = 256 << 10;
 /// channel too. Every frame after the answer comes through that channel; the socket carries only
 /// RING frames from then on.
 pub const DGRAM_F_RECV_CHAN: u32 = 2;
+/// Flag in the `port` field of a client's `FRAME_CHAN` offer: an eventfd comes with it, after
+/// the memfds, the client's doorbell: it adds 1 to the eventfd instead of writing a RING frame.
+/// Older daemons ignore the flag and close the descriptor.
+pub const CHAN_F_BELL: u32 = 2;
+/// Feature bit in the `port` field of the daemon's `FRAME_CHAN` answer: it took the eventfd
+/// doorbell (polls it; never reads or writes it). Without it the client rings with RING frames.
+pub const DGRAM_F_BELL: u32 = 4;
 /// How long a daemon holds back the ACK of `SEND_F_LAZY` successes at most, when nothing else
 /// sends it sooner.
 pub const LAZY_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);

@@ -11,6 +11,7 @@ use ::tokio::net::UnixStream;
 
 use super::blocking;
 use crate::abi::DomId;
+use crate::client::Doorbell;
 use crate::client::datagram::{DatagramParts, RecvChannel, SendWindow, send_header};
 use crate::client::proto::{
     FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_RING, FrameHeader, SockAddr, ring_frame,
@@ -44,6 +45,8 @@ pub struct Datagram {
     /// The channel the daemon writes its frames into, if it took one at bind (the socket then
     /// brings only RING frames, the doorbell).
     rx: Option<RecvChannel>,
+    /// The eventfd doorbell the daemon took, rung instead of RING frames.
+    bell: Option<Doorbell>,
 }
 
 impl Datagram {
@@ -213,10 +216,12 @@ impl Datagram {
         });
         self.rx = Some(rx);
         if r? {
-            // The daemon waits for the room made: a doorbell, after what waits in `out`, written
-            // as far as the socket takes it now.
-            self.out.extend_from_slice(&ring_frame());
-            self.try_flush_out()?;
+            // The daemon waits for the room made: its eventfd, or a doorbell after what waits in
+            // `out`, written as far as the socket takes it now.
+            if !self.bell.as_ref().is_some_and(Doorbell::ring) {
+                self.out.extend_from_slice(&ring_frame());
+                self.try_flush_out()?;
+            }
         }
         Ok(sorted)
     }
@@ -339,6 +344,7 @@ impl Datagram {
             window: self.window,
             out: Vec::new(),
             rx: self.rx,
+            bell: self.bell,
         }))
     }
 }
@@ -358,6 +364,7 @@ impl TryFrom<client::Datagram> for Datagram {
             window: p.window,
             out: p.out,
             rx: p.rx,
+            bell: p.bell,
         })
     }
 }

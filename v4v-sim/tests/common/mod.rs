@@ -156,7 +156,8 @@ pub fn readable(fd: BorrowedFd<'_>, ms: i32) -> bool {
     };
     // SAFETY: polls one live pollfd.
     let n = unsafe { libc::poll(&mut p, 1, ms) };
-    n == 1 && p.revents & libc::POLLIN != 0
+    // A pipe whose writer closed polls POLLHUP alone: a read would say so at once.
+    n == 1 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
 }
 
 /// Reads one frame the simulator sent (header, body, descriptors) from a blocking socket: a

@@ -17,20 +17,22 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_LAZY_ACK, DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD,
-    FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND,
-    FRAME_STATUS, FrameHeader, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, ring_frame,
-    split_frame,
+    CHAN_F_BELL, CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_BELL, DGRAM_F_LAZY_ACK,
+    DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH,
+    FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_LAZY,
+    SEND_F_NOWAIT, SEND_F_PIPELINE, ring_frame, split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
 use super::Daemon;
+use super::bell::ClientBell;
 use super::fdpass;
 use super::ports::PortKind;
 use super::recv_chan::RecvChan;
@@ -59,8 +61,10 @@ pub(super) struct DgramClient {
     ack_due: Option<Instant>,
     /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
     reserved: usize,
-    /// Descriptors the client passed (for its channel offer: at most two).
+    /// Descriptors the client passed (for its channel offer: at most three).
     fds: Vec<OwnedFd>,
+    /// Its eventfd doorbell, when it offered one with its channel and the daemon took it.
+    bell: Option<super::bell::ClientBell>,
     /// The client's shared-memory channel of SEND records, once it offered one.
     chan: Option<Consumer>,
     /// The socket may hold bytes: set by every poll event of the client, cleared by a read
@@ -103,6 +107,7 @@ impl DgramClient {
             ack_due: None,
             reserved: 0,
             fds: Vec::new(),
+            bell: None,
             chan: None,
             readable: true,
         }
@@ -328,7 +333,7 @@ impl Daemon {
             // SAFETY: `spare` is writable memory of at least `ask` bytes owned by `inbuf`;
             // recvmsg writes at most `ask` there and only what it reports is counted.
             let (r, fds) =
-                unsafe { fdpass::recv_with_fds(c.stream.as_raw_fd(), spare.as_mut_ptr(), ask, 2) };
+                unsafe { fdpass::recv_with_fds(c.stream.as_raw_fd(), spare.as_mut_ptr(), ask, 3) };
             let had_fd = !fds.is_empty();
             // Kept for the one offer a client may make; any others are closed here.
             if d.fds.is_empty() && d.chan.is_none() {
@@ -545,7 +550,13 @@ impl Daemon {
         let uid = c.cred.uid;
         let allotment = self.cfg.dgram_buffer;
         let mut rx_refused = None;
-        let rx = match (fds.next(), rx_cap.map(|c| c as usize)) {
+        let rx_fd = if wants_rx { fds.next() } else { None };
+        let bell_fd = if h.port & CHAN_F_BELL != 0 {
+            fds.next()
+        } else {
+            None
+        };
+        let rx = match (rx_fd, rx_cap.map(|c| c as usize)) {
             _ if !wants_rx || errno != 0 => None,
             (None, _) => {
                 rx_refused = Some("no second descriptor came with the offer".to_string());
@@ -575,9 +586,40 @@ impl Daemon {
                 }
             }
         };
+        // The doorbell, with the channel only, and only while clients and their doorbells
+        // stay within the descriptors the clients may hold.
+        let mut bell_refused = None;
+        let bell = match bell_fd {
+            Some(_) if errno != 0 => None,
+            Some(_)
+                if self.clients.len() + self.live_bells.load(Ordering::Relaxed)
+                    >= self.cfg.max_clients =>
+            {
+                debug!("doorbell refused: clients' descriptors at max_clients");
+                None
+            }
+            Some(fd) => match ClientBell::take(fd, t, &self.bell_registry, &self.live_bells) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    bell_refused = Some(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        let Some(c) = self.clients.get_mut(t) else {
+            return;
+        };
+        let ClientState::Dgram(d) = &mut c.state else {
+            return;
+        };
         let mut features = DGRAM_F_LAZY_ACK;
         if rx.is_some() {
             features |= DGRAM_F_RECV_CHAN;
+        }
+        if bell.is_some() {
+            features |= DGRAM_F_BELL;
+            d.bell = bell;
         }
         let f = FrameHeader {
             len: why.len() as u32,
@@ -597,6 +639,9 @@ impl Daemon {
         }
         if let Some(why) = rx_refused {
             user_warn!(self, uid, uid, "datagram receive channel refused: {why}");
+        }
+        if let Some(why) = bell_refused {
+            user_warn!(self, uid, uid, "datagram doorbell refused: {why}");
         }
     }
 

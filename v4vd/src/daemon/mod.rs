@@ -56,6 +56,7 @@ macro_rules! user_warn {
 }
 
 mod acl;
+mod bell;
 mod budget;
 mod conn;
 mod counted;
@@ -101,6 +102,8 @@ enum Source {
     Names,
     /// One client connection.
     Client(usize),
+    /// A datagram client's eventfd doorbell (`bell.rs`).
+    ClientBell(usize),
 }
 
 const TOKEN_LISTENER: Token = Token(0);
@@ -123,6 +126,7 @@ impl Source {
             TOKEN_HV => Source::Hypervisor,
             TOKEN_WAKER => Source::Waker,
             TOKEN_NAMES => Source::Names,
+            Token(n) if n & bell::BELL_BIT != 0 => Source::ClientBell(n & !bell::BELL_BIT),
             Token(n) => Source::Client(n),
         }
     }
@@ -206,6 +210,10 @@ pub struct Daemon {
     /// The service manager to tell of readiness and stopping, and how often the watchdog
     /// wants `WATCHDOG=1` with the next time it is due.
     notifier: Option<Notifier>,
+    /// Where clients' doorbells register (and deregister when they drop), and how many are held:
+    /// each is a descriptor, counted with the clients' own against `max_clients`.
+    bell_registry: Arc<mio::Registry>,
+    live_bells: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The service manager's notify socket and its watchdog, as the loop uses them.
@@ -253,6 +261,7 @@ impl Daemon {
         poll.registry()
             .register(&mut SourceFd(&hv_fd), TOKEN_HV, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), TOKEN_WAKER)?);
+        let bell_registry = Arc::new(poll.registry().try_clone()?);
         info!(domid = info.domid, "v4vd ready");
         let budgets = budget::Budgets::new(cfg.max_buffer_per_user);
         let mut d = Daemon {
@@ -287,6 +296,8 @@ impl Daemon {
             lazy_acks: std::collections::VecDeque::new(),
             ring_buf: Vec::new(),
             send_buf: Vec::new(),
+            bell_registry,
+            live_bells: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         };
         d.open_names()?;
         if let Some(fd) = d.names_watch_fd() {
@@ -412,6 +423,8 @@ impl Daemon {
                         self.dgram_readable(t);
                         self.pump_client(t);
                     }
+                    // Its channel has records, or room: the socket has nothing new.
+                    Source::ClientBell(t) => self.pump_client(t),
                 }
                 self.run_ready();
             }

@@ -4,15 +4,16 @@
 //! Each [`SimHypervisor`] is one connection, and so one domain: connecting claims the domid,
 //! closing the connection destroys the domain. Ring memory is a sealed memfd that the simulator
 //! maps too, so it writes messages straight into the memory this process reads with
-//! [`crate::ring::RingReader`], as Xen does into a guest's pages. The event channel is a stream
-//! socket whose other end the simulator holds; it passed ours at claim time, and writes a byte
-//! into it when the model signals the domain. At end of stream the simulator is gone.
+//! [`crate::ring::RingReader`], as Xen does into a guest's pages. The event channel is a pipe
+//! (a stream socket with protocol version 1) whose write end the simulator holds; it passed our
+//! read end at claim time, and writes a byte into it when the model signals the domain. At end of
+//! stream the simulator is gone.
 //! `docs/sim.md` is the protocol.
 //!
 //! Calls are serialised by a mutex around the connection: one request, one reply. With protocol
-//! version 2 (the default; [`Transport`]) requests that pass no descriptor and fit travel through
-//! a shared-memory channel pair the simulator created at hello, with a doorbell byte on a socket
-//! pair only when the other side sleeps; ring registration and oversized requests still use the
+//! version 3 (the default; [`Transport`]) requests that pass no descriptor and fit travel through
+//! a shared-memory channel pair the simulator created at hello, with a doorbell byte through a
+//! pipe only when the other side sleeps; ring registration and oversized requests still use the
 //! socket. A failure of the connection itself (the simulator died, or answered garbage, or
 //! corrupted the channel) is reported as [`HvError::Other`] with `EPIPE` (or `EPROTO` for
 //! garbage), and every later call fails the same way: the domain is gone.
@@ -54,8 +55,8 @@ pub struct SimHypervisor {
 /// How a guest talks to the simulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Protocol version 2: the shared-memory channel where it can, the socket where it must.
-    /// Falls back to [`Transport::Socket`] with a simulator that only speaks version 1.
+    /// Protocol version 3 (or 2, from an older simulator): the shared-memory channel where it
+    /// can, the socket where it must. Falls back to [`Transport::Socket`] with a simulator that only speaks version 1.
     Channel,
     /// Protocol version 1: every request a socket round trip.
     Socket,
@@ -86,13 +87,16 @@ struct Conn {
     chan: Option<Chan>,
 }
 
-/// The guest's ends of the shared-memory channels (protocol version 2).
+/// The guest's ends of the shared-memory channels (protocol versions 2 and 3).
 #[derive(Debug)]
 struct Chan {
     requests: Producer,
     replies: Consumer,
-    /// Our end of the doorbell socket pair: a byte either way wakes the side that sleeps.
-    doorbell: OwnedFd,
+    /// Where we ring the simulator: the write end of a pipe (version 3) or our end of the
+    /// doorbell socket pair (version 2). Non-blocking.
+    bell_out: OwnedFd,
+    /// Where the simulator rings us: the read end of a pipe, or the same socket. Non-blocking.
+    bell_in: OwnedFd,
     /// The last reply, copied out of the channel.
     buf: Vec<u8>,
     spin: Duration,
@@ -122,20 +126,13 @@ impl From<ChanError> for CallError {
     }
 }
 
-/// Rings a doorbell: one byte, never blocking. A full socket means a ring is pending already.
+/// Rings a doorbell: one byte, never blocking (our end is non-blocking, and only we hold our
+/// open file description). A full pipe means a ring is pending already.
 fn ring(bell: BorrowedFd<'_>) -> Result<(), CallError> {
     let one = [1u8];
     loop {
-        // SAFETY: sends one byte from a live buffer; MSG_DONTWAIT and MSG_NOSIGNAL: no blocking,
-        // no SIGPIPE, whatever the descriptor's flags.
-        let n = unsafe {
-            libc::send(
-                bell.as_raw_fd(),
-                one.as_ptr().cast(),
-                1,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        // SAFETY: writes one byte from a live buffer to a descriptor we own.
+        let n = unsafe { libc::write(bell.as_raw_fd(), one.as_ptr().cast(), 1) };
         if n >= 0 {
             return Ok(());
         }
@@ -150,11 +147,10 @@ fn ring(bell: BorrowedFd<'_>) -> Result<(), CallError> {
 
 /// Sleeps until the doorbell rings (or rang while we were busy), taking every pending ring.
 ///
-/// It sleeps in `poll(POLLIN)`, not in a blocking `recv`: a task blocked in `recv` on a Unix
-/// socket is woken by every wake-up of the socket's queue, and the simulator reading the
-/// ring byte we just sent is one ("room to write again"), so the guest woke, found nothing and
-/// slept again once per request, taking the CPU from the simulator that was serving it. `poll`
-/// wakes only for what it asked for.
+/// It sleeps in `poll(POLLIN)`, not in a blocking read: with a socket pair (version 2) a task
+/// blocked in `recv` is woken by every wake-up of the socket's queue, and the simulator reading
+/// the ring byte we just sent is one, so the guest woke, found nothing and slept again once per
+/// request. `poll` wakes only for what it asked for.
 fn wait_bell(bell: BorrowedFd<'_>) -> Result<(), CallError> {
     let mut buf = [0u8; 64];
     loop {
@@ -172,15 +168,9 @@ fn wait_bell(bell: BorrowedFd<'_>) -> Result<(), CallError> {
             }
             return Err(CallError::Io(e));
         }
-        // SAFETY: receives into a local buffer of the stated length, without blocking.
-        let n = unsafe {
-            libc::recv(
-                bell.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
+        // SAFETY: reads into a local buffer of the stated length from a non-blocking descriptor
+        // we own.
+        let n = unsafe { libc::read(bell.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 {
             return Ok(());
         }
@@ -196,14 +186,28 @@ fn wait_bell(bell: BorrowedFd<'_>) -> Result<(), CallError> {
 }
 
 impl Chan {
-    /// Maps the channels a version-2 hello reply passed: `fds` holds the doorbell, the request
-    /// channel's memory and the reply channel's, in that order.
+    /// Maps the channels a hello reply of `version` 2 or 3 passed: `fds` holds the doorbell (two
+    /// pipe ends with version 3), the request channel's memory and the reply channel's, in that
+    /// order.
     fn open(
+        version: u16,
         sizes: ChannelSizes,
         fds: &mut impl Iterator<Item = OwnedFd>,
     ) -> Result<Chan, BackendError> {
-        let mut next = || fds.next().ok_or(ProtocolError::FdCount { got: 1, want: 4 });
-        let doorbell = next()?;
+        let mut next = || {
+            fds.next().ok_or(ProtocolError::FdCount {
+                got: 1,
+                want: proto::HELLO_PIPES_FDS,
+            })
+        };
+        let bell_out = next()?;
+        let bell_in = if version == proto::VERSION_PIPES {
+            next()?
+        } else {
+            bell_out.try_clone()?
+        };
+        set_nonblocking(bell_out.as_fd())?;
+        set_nonblocking(bell_in.as_fd())?;
         let requests = ChanMemory::map(next()?, sizes.requests as usize)?;
         let replies = ChanMemory::map(next()?, sizes.replies as usize)?;
         let spin = std::env::var("V4V_SIM_SPIN_US")
@@ -213,7 +217,8 @@ impl Chan {
         Ok(Chan {
             requests: Producer::new(&requests)?,
             replies: Consumer::new(&replies)?,
-            doorbell,
+            bell_out,
+            bell_in,
             buf: Vec::new(),
             spin,
         })
@@ -225,13 +230,13 @@ impl Chan {
             match self.requests.push(parts)? {
                 Pushed::Done { doorbell } => {
                     if doorbell {
-                        ring(self.doorbell.as_fd())?;
+                        ring(self.bell_out.as_fd())?;
                     }
                     break;
                 }
                 Pushed::Full => {
                     if !self.requests.wait_for_space(len)? {
-                        wait_bell(self.doorbell.as_fd())?;
+                        wait_bell(self.bell_in.as_fd())?;
                     }
                 }
             }
@@ -241,7 +246,7 @@ impl Chan {
             self.buf.clear();
             if self.replies.pop_into(&mut self.buf)?.is_some() {
                 if self.replies.space_doorbell_wanted()? {
-                    ring(self.doorbell.as_fd())?;
+                    ring(self.bell_out.as_fd())?;
                 }
                 let (h, body) =
                     proto::split_record(&self.buf, true).map_err(CallError::Protocol)?;
@@ -252,7 +257,7 @@ impl Chan {
                 continue;
             }
             if self.replies.prepare_sleep()? {
-                wait_bell(self.doorbell.as_fd())?;
+                wait_bell(self.bell_in.as_fd())?;
             }
         }
     }
@@ -323,9 +328,13 @@ impl SimHypervisor {
         };
         let want = domid.unwrap_or(proto::CLAIM_ANY);
         let mut version = match transport {
-            Transport::Channel => proto::VERSION_CHANNEL,
+            Transport::Channel => proto::VERSION_PIPES,
             Transport::Socket => proto::VERSION_SOCKET,
         };
+        if version == proto::VERSION_PIPES {
+            // Ringing a doorbell pipe whose reader died raises SIGPIPE.
+            ignore_sigpipe_if_default();
+        }
         let (reply, fds) = loop {
             let frame = Request::Hello {
                 version,
@@ -337,9 +346,10 @@ impl SimHypervisor {
                 CallError::Protocol(p) => BackendError::Protocol(p),
                 CallError::Chan(c) => BackendError::Channel(c),
             })?;
-            // A simulator that speaks only version 1 refuses 2 with EPROTO and stays connected.
-            if reply.ret == -i64::from(proto::errno::EPROTO) && version == proto::VERSION_CHANNEL {
-                version = proto::VERSION_SOCKET;
+            // An older simulator refuses a version it does not speak with EPROTO and stays
+            // connected: try the next older one.
+            if reply.ret == -i64::from(proto::errno::EPROTO) && version > proto::VERSION_SOCKET {
+                version -= 1;
                 continue;
             }
             break (reply, fds);
@@ -366,14 +376,14 @@ impl SimHypervisor {
                 theirs,
             });
         }
-        // Reply::decode checked the count: 1, or 4 with channels.
+        // Reply::decode checked the count: 1, or 4 or 5 with channels.
         let mut fds = fds.into_iter();
         let event = fds
             .next()
             .ok_or(ProtocolError::FdCount { got: 0, want: 1 })?;
         set_nonblocking(event.as_fd())?;
         if let Some(sizes) = channels {
-            conn.chan = Some(Chan::open(sizes, &mut fds)?);
+            conn.chan = Some(Chan::open(theirs, sizes, &mut fds)?);
         }
         Ok(SimHypervisor {
             conn: Mutex::new(conn),
@@ -384,7 +394,7 @@ impl SimHypervisor {
         })
     }
 
-    /// Whether requests travel through the shared-memory channel (protocol version 2).
+    /// Whether requests travel through the shared-memory channel (protocol version 2 or 3).
     pub fn uses_channel(&self) -> bool {
         self.lock().chan.is_some()
     }
@@ -471,7 +481,10 @@ impl SimHypervisor {
     }
 }
 
-fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+/// Sets `O_NONBLOCK` on the open file description behind `fd`. Both ends of the protocol call
+/// it on their own ends of pipes and socket pairs, whose descriptions the other side does not
+/// share: nothing the other side does can make them block.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor we own, with integer arguments.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if flags < 0 {
@@ -482,6 +495,22 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Ignores `SIGPIPE` unless the process has chosen a disposition for it: a write to a doorbell or
+/// event pipe whose reader is gone must fail with `EPIPE`, not kill the process. Rust programs
+/// ignore `SIGPIPE` from the start, so this changes only a host that left it at the default.
+pub fn ignore_sigpipe_if_default() {
+    // SAFETY: sigaction with a null new action only reads the current one into a zeroed local.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) } != 0 {
+        return;
+    }
+    if old.sa_sigaction == libc::SIG_DFL {
+        // SAFETY: installing SIG_IGN, which runs no code of ours.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    }
 }
 
 /// Zeroed ring memory the simulator accepts: a memfd sealed against shrinking, so that no one can
@@ -689,21 +718,15 @@ impl Hypervisor for SimHypervisor {
         let mut buf = [0u8; 64];
         let mut pending = false;
         loop {
-            // SAFETY: receiving into a local buffer of the stated length from a descriptor we own.
-            // MSG_DONTWAIT: never blocks, whatever the descriptor's own flags.
-            let n = unsafe {
-                libc::recv(
-                    self.event.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            // SAFETY: reads into a local buffer of the stated length from a descriptor we own,
+            // made non-blocking at connect (a pipe's or socket's end of our own).
+            let n =
+                unsafe { libc::read(self.event.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
                 pending = true;
                 if (n as usize) < buf.len() {
-                    // A stream socket's recv takes every byte queued: a short one left none, so
-                    // no second call to hear EAGAIN. A byte written after it makes the
+                    // A read of a pipe or stream socket takes every byte queued: a short one left
+                    // none, so no second call to hear EAGAIN. A byte written after it makes the
                     // descriptor readable again.
                     return Ok(true);
                 }

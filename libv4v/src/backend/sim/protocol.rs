@@ -7,9 +7,10 @@
 //! number of descriptors passed with it by `SCM_RIGHTS`, `u8` reserved zero) and a body. The guest
 //! sends one request and reads one reply, whose kind is the request's with [`REPLY_BIT`] set and
 //! whose body starts with the hypervisor's return value (`i64`, negative errno on failure).
-//! With protocol version 2 the same frames (without descriptors) also travel as records of the
-//! shared-memory channels set up at hello ([`split_record`] takes one apart); `sendv_batch`
-//! carries several sendvs in one request ([`SendvFrame::batch`]).
+//! With protocol versions 2 and 3 the same frames (without descriptors) also travel as records of
+//! the shared-memory channels set up at hello ([`split_record`] takes one apart); `sendv_batch`
+//! carries several sendvs in one request ([`SendvFrame::batch`]). Version 3 differs from 2 only in
+//! its wake-ups: the event channel and the doorbells are pipes, not socket pairs.
 //!
 //! Decoding never trusts its input: every length is checked before it is used, every reserved
 //! field must be zero, and a body must be exactly as long as its contents say. ABI structures
@@ -28,11 +29,16 @@ pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"V4VS");
 /// Version 1: every request and reply travels on the socket.
 pub const VERSION_SOCKET: u16 = 1;
 /// Version 2: as version 1, plus a shared-memory request/reply channel set up at hello (see
-/// [`ChannelSizes`]); requests that need no descriptor may travel through it.
+/// [`ChannelSizes`]); requests that need no descriptor may travel through it. Its event channel
+/// and doorbell are stream socket pairs.
 pub const VERSION_CHANNEL: u16 = 2;
-/// The newest protocol version this build speaks. A simulator serves [`VERSION_SOCKET`] and
-/// [`VERSION_CHANNEL`] and refuses any other with `EPROTO`.
-pub const VERSION: u16 = VERSION_CHANNEL;
+/// Version 3: version 2 with pipes for the event channel and one pipe per doorbell direction. A
+/// byte through a pipe wakes the other side for about half of what a socket's costs, and a
+/// round trip rings several.
+pub const VERSION_PIPES: u16 = 3;
+/// The newest protocol version this build speaks. A simulator serves all three and refuses any
+/// other with `EPROTO`; this build's guests ask for [`VERSION_PIPES`] (or [`VERSION_SOCKET`]).
+pub const VERSION: u16 = VERSION_PIPES;
 
 /// Bytes of a frame header.
 pub const FRAME_HEADER_SIZE: usize = 8;
@@ -42,12 +48,20 @@ pub const FRAME_HEADER_SIZE: usize = 8;
 pub const MAX_BODY: usize = abi::MAX_MESSAGE_SIZE as usize + 64 * 1024;
 /// The most descriptors a request frame carries.
 pub const MAX_FDS: usize = 1;
-/// The most descriptors a reply frame carries: a version-2 hello reply's event channel,
-/// doorbell and two channel memories.
-pub const MAX_REPLY_FDS: usize = 4;
+/// The most descriptors a reply frame carries: a version-3 hello reply's five.
+pub const MAX_REPLY_FDS: usize = HELLO_PIPES_FDS as usize;
 /// Descriptors a successful version-2 hello reply carries, in this order: the event channel,
 /// the doorbell, the request channel's memory, the reply channel's memory.
 pub const HELLO_CHANNEL_FDS: u8 = 4;
+/// Descriptors a successful version-3 hello reply carries, in this order: the event pipe's read
+/// end, the write end of the doorbell pipe to the simulator, the read end of the doorbell pipe
+/// to the guest, the request channel's memory, the reply channel's memory.
+pub const HELLO_PIPES_FDS: u8 = 5;
+
+/// Whether a protocol version has the shared-memory channels.
+pub fn has_channels(version: u16) -> bool {
+    version == VERSION_CHANNEL || version == VERSION_PIPES
+}
 /// The most sendvs one sendv_batch request carries.
 pub const MAX_WIRE_BATCH: usize = 256;
 /// The most iovs a sendv request carries: one more than the hypervisor accepts, which is enough
@@ -669,9 +683,9 @@ pub enum ReplyData {
     None,
     /// The protocol version the simulator speaks and the domid claimed. One descriptor (the
     /// domain's event descriptor) travels with a successful hello reply.
-    /// A version-2 hello reply also carries the channels' sizes and three more descriptors
-    /// (see [`HELLO_CHANNEL_FDS`]); `channels` is `Some` exactly when `version` is
-    /// [`VERSION_CHANNEL`].
+    /// A version-2 or version-3 hello reply also carries the channels' sizes and more
+    /// descriptors (see [`HELLO_CHANNEL_FDS`], [`HELLO_PIPES_FDS`]); `channels` is `Some` exactly
+    /// when [`has_channels`] says so of `version`.
     Hello {
         version: u16,
         domid: DomId,
@@ -714,10 +728,15 @@ impl Reply {
     }
 
     /// Descriptors that travel with this reply to a request of kind `req_kind`: only a
-    /// successful hello's (1, or [`HELLO_CHANNEL_FDS`] with channels).
+    /// successful hello's (1, or [`HELLO_CHANNEL_FDS`] or [`HELLO_PIPES_FDS`] with channels).
     pub fn nfds(&self, req_kind: u16) -> u8 {
         match &self.data {
             _ if req_kind != kind::HELLO || self.ret < 0 => 0,
+            ReplyData::Hello {
+                version: VERSION_PIPES,
+                channels: Some(_),
+                ..
+            } => HELLO_PIPES_FDS,
             ReplyData::Hello {
                 channels: Some(_), ..
             } => HELLO_CHANNEL_FDS,
@@ -813,7 +832,7 @@ impl Reply {
                 if r.u32()? != 0 {
                     return Err(ProtocolError::Reserved);
                 }
-                let channels = if version == VERSION_CHANNEL {
+                let channels = if has_channels(version) {
                     Some(ChannelSizes {
                         requests: r.u32()?,
                         replies: r.u32()?,
@@ -1229,7 +1248,7 @@ pub mod fdpass {
 
     /// The most descriptors one `recvmsg` accepts; more sets `truncated` (the kernel closes the
     /// excess).
-    pub const RECV_MAX_FDS: usize = 4;
+    pub const RECV_MAX_FDS: usize = super::MAX_REPLY_FDS;
     const CMSG_BUF_WORDS: usize = 16;
 
     /// What one `recvmsg` returned.
