@@ -260,7 +260,8 @@ async fn datagrams_keep_boundaries_and_source() {
     }
     tx.flush().await.expect("reported once");
     tx.send_to(b"y", nowhere).await.expect("accepted");
-    tx.send_to(b"z", dst).await.expect("accepted");
+    // A later send_to returns it and sends nothing: the very next one if the failure came back
+    // more than a millisecond before it (as on a loaded machine), else one after.
     let r = timeout(LIMIT, async {
         loop {
             match tx.send_to(b"w", dst).await {
@@ -281,7 +282,7 @@ async fn datagrams_keep_boundaries_and_source() {
             .await
             .expect("in time")
             .expect("recv");
-        assert!(got == b"z" || got == b"w");
+        assert_eq!(got, b"w");
     }
     // Window 1: refused with the blocking API's error, by the send itself.
     tx.set_window(1).expect("window");

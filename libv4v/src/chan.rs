@@ -30,7 +30,9 @@
 //! # Doorbells
 //!
 //! The channel never makes a system call. It tells its user when the other side must be woken, and
-//! the user rings its own doorbell (a byte on a socket both already share). A consumer about to
+//! the user rings its own doorbell (a byte on a pipe or socket both already share). A consumer
+//! that can be woken more than one way raises `sleeping` to a value saying which
+//! ([`Consumer::prepare_sleep_as`]); the producer reads it back ([`Producer::last_sleeper`]). A consumer about to
 //! sleep calls [`Consumer::prepare_sleep`], which raises `sleeping` and looks once more; a producer
 //! that finds `sleeping` raised after publishing a record takes it down and reports
 //! `doorbell: true`. Both the flag and the index are accessed sequentially consistently, so one of
@@ -239,6 +241,8 @@ pub enum Pushed {
 pub struct Producer {
     chan: ChanMemory,
     tail: u32,
+    /// The `sleeping` word the last doorbell took down: how that sleeper asked to be woken.
+    sleeper: u32,
 }
 
 impl Producer {
@@ -247,6 +251,7 @@ impl Producer {
         Ok(Producer {
             tail: chan.mem.load_acquire_u32(OFF_TAIL)?,
             chan: chan.clone(),
+            sleeper: 0,
         })
     }
 
@@ -303,9 +308,28 @@ impl Producer {
         }
         self.tail = self.tail.wrapping_add(need);
         mem.store_seqcst_u32(OFF_TAIL, self.tail)?;
-        let doorbell =
-            mem.load_seqcst_u32(OFF_SLEEPING)? != 0 && mem.swap_u32(OFF_SLEEPING, 0)? != 0;
+        let doorbell = self.take_sleeper()?;
         Ok(Pushed::Done { doorbell })
+    }
+
+    /// Takes `sleeping` down if it is raised; whether it was (ring the consumer).
+    fn take_sleeper(&mut self) -> Result<bool, ChanError> {
+        let mem = &self.chan.mem;
+        if mem.load_seqcst_u32(OFF_SLEEPING)? == 0 {
+            return Ok(false);
+        }
+        let was = mem.swap_u32(OFF_SLEEPING, 0)?;
+        if was != 0 {
+            self.sleeper = was;
+        }
+        Ok(was != 0)
+    }
+
+    /// The value the consumer raised `sleeping` with, for the last doorbell [`Producer::push`]
+    /// or [`Producer::close`] reported: how it asked to be woken
+    /// ([`Consumer::prepare_sleep_as`]). The consumer wrote it: any value may come back.
+    pub fn last_sleeper(&self) -> u32 {
+        self.sleeper
     }
 
     /// Before sleeping until a record of `len` bytes fits: asks the consumer to ring once it
@@ -324,9 +348,8 @@ impl Producer {
     /// Says that nothing follows the records published so far (a stream's end of file): it
     /// needs no room, so it never waits. Returns whether the consumer sleeps (ring it).
     pub fn close(&mut self) -> Result<bool, ChanError> {
-        let mem = &self.chan.mem;
-        mem.store_seqcst_u32(OFF_CLOSED, 1)?;
-        Ok(mem.load_seqcst_u32(OFF_SLEEPING)? != 0 && mem.swap_u32(OFF_SLEEPING, 0)? != 0)
+        self.chan.mem.store_seqcst_u32(OFF_CLOSED, 1)?;
+        self.take_sleeper()
     }
 
     /// Whether the consumer has taken everything published.
@@ -505,10 +528,17 @@ impl Consumer {
     /// Before sleeping: raises `sleeping` and looks again. `Ok(true)`: sleep, the producer will
     /// ring; `Ok(false)`: a record arrived (or the channel is closed), pop it instead.
     pub fn prepare_sleep(&mut self) -> Result<bool, ChanError> {
+        self.prepare_sleep_as(1)
+    }
+
+    /// [`Consumer::prepare_sleep`], raising `sleeping` to `how` (not 0; 0 counts as 1): a
+    /// producer with more than one way to wake this consumer reads it back with
+    /// [`Producer::last_sleeper`].
+    pub fn prepare_sleep_as(&mut self, how: u32) -> Result<bool, ChanError> {
         if self.partial.is_some() {
             return Ok(false);
         }
-        self.chan.mem.store_seqcst_u32(OFF_SLEEPING, 1)?;
+        self.chan.mem.store_seqcst_u32(OFF_SLEEPING, how.max(1))?;
         self.armed = true;
         if self.used()? != 0 || self.chan.mem.load_seqcst_u32(OFF_CLOSED)? != 0 {
             self.disarm()?;
@@ -602,6 +632,24 @@ mod tests {
         assert_eq!(p.push(&[b"c"]).unwrap(), Pushed::Done { doorbell: false });
         assert_eq!(pop(&mut c).unwrap(), b"b");
         assert_eq!(pop(&mut c).unwrap(), b"c");
+    }
+
+    #[test]
+    fn the_producer_learns_how_the_sleeper_asked_to_be_woken() {
+        let (mut p, mut c, _) = pair(4096);
+        assert_eq!(p.last_sleeper(), 0);
+        assert!(c.prepare_sleep_as(2).unwrap());
+        assert_eq!(p.push(&[b"a"]).unwrap(), Pushed::Done { doorbell: true });
+        assert_eq!(p.last_sleeper(), 2);
+        assert_eq!(pop(&mut c).unwrap(), b"a");
+        assert!(c.prepare_sleep().unwrap());
+        assert_eq!(p.push(&[b"b"]).unwrap(), Pushed::Done { doorbell: true });
+        assert_eq!(p.last_sleeper(), 1);
+        assert_eq!(pop(&mut c).unwrap(), b"b");
+        // 0 would read as awake: it counts as 1.
+        assert!(c.prepare_sleep_as(0).unwrap());
+        assert!(p.close().unwrap());
+        assert_eq!(p.last_sleeper(), 1);
     }
 
     #[test]

@@ -1941,7 +1941,7 @@ fn a_doorbell_that_is_not_an_eventfd_is_refused_and_the_channel_works() {
     }
 }
 
-/// Each doorbell is a descriptor the daemon holds: clients and their doorbells together stay
+/// Each doorbell and wake pipe is a descriptor the daemon holds: clients and those together stay
 /// within `max_clients`, past which a client keeps RING frames and works the same.
 #[test]
 fn doorbells_count_against_the_clients_descriptors() {
@@ -1957,10 +1957,23 @@ fn doorbells_count_against_the_clients_descriptors() {
     let ports: Vec<Datagram> = (0..20)
         .map(|_| Datagram::bind_with(&n1.sock, 0, None).unwrap())
         .collect();
-    // The k-th client finds k clients and k - 1 doorbells: taken while 2k - 1 < 37.
-    let rung: Vec<bool> = ports.iter().map(Datagram::rings_through_eventfd).collect();
-    let want: Vec<bool> = (1..=20).map(|k| 2 * k - 1 < 37).collect();
-    assert_eq!(rung, want);
+    // The k-th client finds k clients and the descriptors the others made the daemon hold: its
+    // doorbell, then its wake pipe, each taken while those stay under 37.
+    let mut held = 0;
+    let mut want = Vec::new();
+    for k in 1..=20 {
+        let bell = k + held < 37;
+        held += usize::from(bell);
+        let wake = k + held < 37;
+        held += usize::from(wake);
+        want.push((bell, wake));
+    }
+    let got: Vec<(bool, bool)> = ports
+        .iter()
+        .map(|d| (d.rings_through_eventfd(), d.woken_through_pipe()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(want.contains(&(false, false)), "the limit was reached");
     for (i, mut d) in ports.into_iter().enumerate() {
         assert!(d.uses_channel());
         let msg = format!("from port {i}");
@@ -1970,4 +1983,206 @@ fn doorbells_count_against_the_clients_descriptors() {
         let (got, _) = rx.recv_timeout(Some(Duration::from_secs(10))).unwrap();
         assert_eq!(got, msg.as_bytes());
     }
+}
+
+/// A pipe: (read end, write end), both non-blocking.
+fn wake_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills a live two-int array.
+    let r = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert_eq!(r, 0);
+    // SAFETY: fresh descriptors, owned here.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(p[0]),
+            std::os::fd::OwnedFd::from_raw_fd(p[1]),
+        )
+    }
+}
+
+fn readable_within(fd: std::os::fd::BorrowedFd<'_>, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one live pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+/// A raw datagram client that offered a send channel, a receive channel and
+/// `wake` as its wake pipe: its socket, the receive channel's consumer, the answer's feature
+/// bits and its port.
+fn dgram_with_wake(
+    sock: &std::path::Path,
+    wake: std::os::fd::BorrowedFd<'_>,
+) -> (UnixStream, v4v::chan::Consumer, u32, u32) {
+    use std::os::fd::AsRawFd;
+    use v4v::client::proto::{
+        CHAN_F_RECEIVE, CHAN_F_WAKE_PIPE, DGRAM_CHAN_CAPACITY, DGRAM_RX_CAPACITY,
+    };
+    let (mut s, port) = raw_dgram(sock);
+    let (_tx, tx_fd) = v4v::chan::ChanMemory::create(DGRAM_CHAN_CAPACITY).unwrap();
+    let (rx, rx_fd) = v4v::chan::ChanMemory::create(DGRAM_RX_CAPACITY).unwrap();
+    let offer = FrameHeader {
+        len: 4,
+        kind: FRAME_CHAN,
+        domain: 0,
+        port: CHAN_F_RECEIVE | CHAN_F_WAKE_PIPE,
+        aux: DGRAM_CHAN_CAPACITY as u32,
+    };
+    let mut frame = offer.encode().to_vec();
+    frame.extend_from_slice(&(DGRAM_RX_CAPACITY as u32).to_le_bytes());
+    let mut cons = v4v::chan::Consumer::new(&rx).unwrap();
+    assert!(
+        cons.prepare_sleep().unwrap(),
+        "armed before the daemon has it"
+    );
+    send_with_fds(
+        &s,
+        &frame,
+        &[tx_fd.as_raw_fd(), rx_fd.as_raw_fd(), wake.as_raw_fd()],
+    );
+    let (h, why) = next_frame(&mut s, Duration::from_secs(10)).expect("the channel answer");
+    assert_eq!(
+        (h.kind, h.aux),
+        (FRAME_CHAN, 0),
+        "{}",
+        String::from_utf8_lossy(&why)
+    );
+    (s, cons, h.port, port)
+}
+
+/// The DATA frames' payloads in what a receive channel holds.
+fn data_payloads(cons: &mut v4v::chan::Consumer) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (n, _) = cons.read_bytes(&mut buf).unwrap();
+    let mut pos = 0;
+    let mut v = Vec::new();
+    while let Ok(Some((h, total))) = v4v::client::proto::split_frame(&buf[pos..n]) {
+        if h.kind == FRAME_DATA {
+            v.push(buf[pos + FRAME_HEADER_SIZE..pos + total].to_vec());
+        }
+        pos += total;
+    }
+    v
+}
+
+/// docs/protocol.md, "Wake pipe": a client sleeping inside a call (`sleeping` =
+/// `SLEEP_WAKE_PIPE`) is woken by a byte in its wake pipe and nothing on its socket; one that
+/// sleeps for its caller's poll (`SLEEP_SOCKET`) by a RING frame on its socket and nothing in
+/// the pipe.
+#[test]
+fn a_client_sleeping_inside_a_call_is_woken_through_its_wake_pipe() {
+    use std::os::fd::AsFd;
+    use v4v::client::proto::{
+        DGRAM_F_RECV_CHAN, DGRAM_F_WAKE_PIPE, FRAME_RING, SLEEP_SOCKET, SLEEP_WAKE_PIPE,
+    };
+    let model = Model::new();
+    let (n1, n2) = (Node::start(&model, 1), Node::start(&model, 2));
+    let (pr, pw) = wake_pipe();
+    let (mut s, mut cons, features, port) = dgram_with_wake(&n2.sock, pw.as_fd());
+    drop(pw);
+    assert_eq!(
+        features & (DGRAM_F_RECV_CHAN | DGRAM_F_WAKE_PIPE),
+        DGRAM_F_RECV_CHAN | DGRAM_F_WAKE_PIPE
+    );
+    let mut tx = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+    let to = SockAddr::new(2, port);
+    assert!(data_payloads(&mut cons).is_empty());
+    for round in 0..5 {
+        let how = if round % 2 == 0 {
+            SLEEP_WAKE_PIPE
+        } else {
+            SLEEP_SOCKET
+        };
+        assert!(cons.prepare_sleep_as(how).unwrap());
+        let msg = format!("round {round}");
+        assert!(send_and_flush(&mut tx, msg.as_bytes(), to).is_none());
+        let (woken, quiet) = if how == SLEEP_WAKE_PIPE {
+            (pr.as_fd(), s.as_fd())
+        } else {
+            (s.as_fd(), pr.as_fd())
+        };
+        assert!(readable_within(woken, 10_000), "round {round}: not woken");
+        assert!(!readable_within(quiet, 100), "round {round}: woken twice");
+        if how == SLEEP_WAKE_PIPE {
+            let mut b = [0u8; 16];
+            assert_eq!(
+                std::io::Read::read(&mut std::fs::File::from(pr.try_clone().unwrap()), &mut b)
+                    .unwrap(),
+                1
+            );
+        } else {
+            let (h, _) = next_frame(&mut s, Duration::from_secs(1)).unwrap();
+            assert_eq!(h.kind, FRAME_RING);
+        }
+        assert_eq!(data_payloads(&mut cons), [msg.into_bytes()]);
+    }
+}
+
+/// A wake pipe is the daemon's own open file description of the client's pipe: a client that
+/// makes its end blocking and fills the pipe stalls nobody (the wake-up is pending anyway); a
+/// "pipe" that is not one is refused and the client is rung on its socket instead.
+#[test]
+fn a_wake_pipe_its_client_fills_or_one_that_is_no_pipe_stalls_nobody() {
+    use std::os::fd::{AsFd, AsRawFd};
+    use v4v::client::proto::{DGRAM_F_RECV_CHAN, DGRAM_F_WAKE_PIPE, FRAME_RING, SLEEP_WAKE_PIPE};
+    let model = Model::new();
+    let (n1, n2) = (Node::start(&model, 1), Node::start(&model, 2));
+    let mut tx = Datagram::bind_with(&n1.sock, 0, None).unwrap();
+
+    // Not a pipe: refused, and the RING frame comes instead.
+    let bell = eventfd();
+    let (mut s, mut cons, features, port) = dgram_with_wake(&n2.sock, bell.as_fd());
+    assert_eq!(
+        features & (DGRAM_F_RECV_CHAN | DGRAM_F_WAKE_PIPE),
+        DGRAM_F_RECV_CHAN
+    );
+    assert!(cons.prepare_sleep_as(SLEEP_WAKE_PIPE).unwrap());
+    assert!(send_and_flush(&mut tx, b"rung on the socket", SockAddr::new(2, port)).is_none());
+    let (h, _) = next_frame(&mut s, Duration::from_secs(10)).expect("a RING frame");
+    assert_eq!(h.kind, FRAME_RING);
+    assert_eq!(data_payloads(&mut cons), [b"rung on the socket".to_vec()]);
+
+    // A pipe the client fills and makes blocking, through the descriptor it passed.
+    let (pr, pw) = wake_pipe();
+    let (_s2, mut cons2, features, port2) = dgram_with_wake(&n2.sock, pw.as_fd());
+    assert_ne!(features & DGRAM_F_WAKE_PIPE, 0);
+    let junk = [0u8; 4096];
+    // SAFETY: non-blocking writes from a live buffer until the pipe is full.
+    while unsafe { libc::write(pw.as_raw_fd(), junk.as_ptr().cast(), junk.len()) } > 0 {}
+    // SAFETY: fcntl on a descriptor this process holds.
+    let flags = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    let r = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    assert_eq!(r, 0);
+    let mut good = Datagram::bind_with(&n2.sock, 913, None).unwrap();
+    for i in 0..20u32 {
+        assert!(cons2.prepare_sleep_as(SLEEP_WAKE_PIPE).unwrap());
+        let msg = format!("to the full pipe {i}");
+        assert!(send_and_flush(&mut tx, msg.as_bytes(), SockAddr::new(2, port2)).is_none());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            let got = data_payloads(&mut cons2);
+            if !got.is_empty() || Instant::now() > deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(got, [msg.into_bytes()]);
+        // The daemon serves everyone else meanwhile.
+        let t = Instant::now();
+        assert!(send_and_flush(&mut tx, b"and others", SockAddr::new(2, 913)).is_none());
+        let (got, _) = good.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(got, b"and others");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    drop(pr);
 }

@@ -23,12 +23,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::proto::{
-    CHAN_F_BELL, CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_BELL, DGRAM_F_LAZY_ACK,
-    DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD, DGRAM_RX_CAPACITY, FRAME_ACK, FRAME_CHAN, FRAME_DATA,
-    FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, MAX_DGRAM,
-    Reply, Request, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, SockAddr, ring_frame, split_frame,
+    CHAN_F_BELL, CHAN_F_RECEIVE, CHAN_F_WAKE_PIPE, DGRAM_CHAN_CAPACITY, DGRAM_F_BELL,
+    DGRAM_F_LAZY_ACK, DGRAM_F_RECV_CHAN, DGRAM_F_WAKE_PIPE, DGRAM_READ_AHEAD, DGRAM_RX_CAPACITY,
+    FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND,
+    FRAME_STATUS, FrameHeader, MAX_DGRAM, Reply, Request, SEND_F_LAZY, SEND_F_NOWAIT,
+    SEND_F_PIPELINE, SLEEP_SOCKET, SLEEP_WAKE_PIPE, SockAddr, ring_frame, split_frame,
 };
-use super::{Doorbell, Error, handshake, socket_path};
+use super::{Doorbell, Error, WakePipe, handshake, socket_path};
 use crate::abi::DomId;
 use crate::chan::{ChanError, ChanMemory, Consumer, Producer, Pushed};
 
@@ -99,6 +100,8 @@ pub struct Datagram {
     rx: Option<RecvChannel>,
     /// The eventfd the daemon took as this client's doorbell: rung instead of RING frames.
     bell: Option<Doorbell>,
+    /// The wake pipe the daemon took: polled beside the socket while a call sleeps.
+    wake: Option<WakePipe>,
 }
 
 /// The client's end of a receive channel: the daemon's frames as a byte stream.
@@ -163,10 +166,15 @@ impl RecvChannel {
         self.cons.space_doorbell_wanted().map_err(chan_error)
     }
 
-    /// Before sleeping on the socket: asks the daemon to ring when it writes. `false`: bytes
+    /// Before sleeping on the socket: asks the daemon to ring it when it writes. `false`: bytes
     /// came meanwhile, read them instead.
     pub(crate) fn arm(&mut self) -> Result<bool, Error> {
-        self.cons.prepare_sleep().map_err(chan_error)
+        self.arm_as(SLEEP_SOCKET)
+    }
+
+    /// [`RecvChannel::arm`], saying how to be rung ([`SLEEP_SOCKET`], [`SLEEP_WAKE_PIPE`]).
+    pub(crate) fn arm_as(&mut self, how: u32) -> Result<bool, Error> {
+        self.cons.prepare_sleep_as(how).map_err(chan_error)
     }
 }
 
@@ -416,11 +424,30 @@ pub(crate) fn poll_until(
     events: libc::c_short,
     deadline: Option<Instant>,
 ) -> io::Result<i16> {
-    let mut p = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    poll_with_wake(fd, events, None, deadline).map(|(ev, _)| ev)
+}
+
+/// [`poll_until`], also waking when the pipe `wake` is readable (or hung up): the events of `fd`
+/// and whether `wake` woke us.
+fn poll_with_wake(
+    fd: RawFd,
+    events: libc::c_short,
+    wake: Option<RawFd>,
+    deadline: Option<Instant>,
+) -> io::Result<(i16, bool)> {
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let n = if wake.is_some() { 2 } else { 1 };
     loop {
         let ms = match deadline {
             None => -1,
@@ -435,17 +462,17 @@ pub(crate) fn poll_until(
                 }
             }
         };
-        // SAFETY: `p` is one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        // SAFETY: `p` holds `n` valid pollfds for the duration of the call.
+        let r = unsafe { libc::poll(p.as_mut_ptr(), n, ms) };
         if r > 0 {
-            let mut ev = p.revents & events;
-            if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            let mut ev = p[0].revents & events;
+            if p[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                 ev |= events;
             }
-            return Ok(ev);
+            return Ok((ev, n == 2 && p[1].revents != 0));
         }
         if r == 0 && ms == 0 {
-            return Ok(0);
+            return Ok((0, false));
         }
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -493,6 +520,7 @@ impl Datagram {
             lazy_acks: false,
             rx: None,
             bell: None,
+            wake: None,
         };
         if std::env::var(CHANNEL_ENV).map_or(true, |v| v != "0") {
             d.offer_chan(receive)?;
@@ -512,6 +540,7 @@ impl Datagram {
             None
         };
         let bell = Doorbell::new();
+        let wake = if rx.is_some() { WakePipe::new() } else { None };
         let rx_cap = (DGRAM_RX_CAPACITY as u32).to_le_bytes();
         let mut flags = 0;
         if rx.is_some() {
@@ -519,6 +548,9 @@ impl Datagram {
         }
         if bell.is_some() {
             flags |= CHAN_F_BELL;
+        }
+        if wake.is_some() {
+            flags |= CHAN_F_WAKE_PIPE;
         }
         let h = FrameHeader {
             len: if rx.is_some() { 4 } else { 0 },
@@ -534,6 +566,7 @@ impl Datagram {
         let mut fds = vec![fd.as_raw_fd()];
         fds.extend(rx.as_ref().map(|(_, fd)| fd.as_raw_fd()));
         fds.extend(bell.as_ref().map(Doorbell::as_raw_fd));
+        fds.extend(wake.as_ref().map(|(_, w)| w.as_raw_fd()));
         // Armed before the daemon has it: the first frame it writes rings the socket, so a
         // port polled before its first `recv_from` is woken too.
         let mut rx_end = match rx.as_ref() {
@@ -546,6 +579,8 @@ impl Datagram {
         super::send_with_fds(self.sock.as_raw_fd(), &frame, &fds).map_err(|e| self.broken(e))?;
         drop(fd);
         drop(rx);
+        // Only the daemon's own description of the write end stays: if it goes, we hear EOF.
+        let wake = wake.map(|(r, _w)| r);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some((errno, features)) = self.chan_answer.take() {
@@ -560,6 +595,9 @@ impl Datagram {
                 // Every frame after the answer comes through it.
                 if errno == 0 && features & DGRAM_F_RECV_CHAN != 0 {
                     self.rx = rx_end;
+                    if features & DGRAM_F_WAKE_PIPE != 0 {
+                        self.wake = wake;
+                    }
                     // Frames that came with the answer (their doorbell was read with it).
                     self.read_channel()?;
                 }
@@ -590,12 +628,19 @@ impl Datagram {
         self.bell.is_some()
     }
 
-    /// Before returning `WouldBlock` or sleeping in `poll`: the daemon is asked to ring the
-    /// socket when it writes into the receive channel. `false`: something came meanwhile (read
+    /// Whether the daemon wakes a call of this port that sleeps for its receive channel through
+    /// a wake pipe (docs/protocol.md, "Wake pipe") instead of a RING frame on the socket.
+    pub fn woken_through_pipe(&self) -> bool {
+        self.wake.is_some()
+    }
+
+    /// Before returning `WouldBlock` (`how` = [`SLEEP_SOCKET`]: the caller polls the socket) or
+    /// sleeping in `poll` here (the wake pipe too, if the daemon took one): the daemon is asked
+    /// to ring when it writes into the receive channel. `false`: something came meanwhile (read
     /// again instead).
-    fn arm_rx(&mut self) -> Result<bool, Error> {
+    fn arm_rx(&mut self, how: u32) -> Result<bool, Error> {
         match self.rx.as_mut() {
-            Some(rx) => rx.arm(),
+            Some(rx) => rx.arm_as(how),
             None => Ok(true),
         }
     }
@@ -750,7 +795,7 @@ impl Datagram {
                 }
                 // The caller polls for the answers next: none is to be held back.
                 self.ask_answers()?;
-                if !self.arm_rx()? {
+                if !self.arm_rx(SLEEP_SOCKET)? {
                     continue;
                 }
                 return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
@@ -951,7 +996,7 @@ impl Datagram {
                     break (p, from);
                 }
                 // The descriptor turns readable when the next one comes.
-                if self.arm_rx()? {
+                if self.arm_rx(SLEEP_SOCKET)? {
                     return Err(Error::Io(io::ErrorKind::WouldBlock.into()));
                 }
             }
@@ -984,7 +1029,13 @@ impl Datagram {
     /// Waits for the socket to be readable (or writable, with `write`), then reads and sorts
     /// what came. `Ok(false)`: the deadline passed.
     fn wait(&mut self, write: bool, deadline: Option<Instant>) -> Result<bool, Error> {
-        if !self.arm_rx()? {
+        let wake = self.wake.as_ref().map(WakePipe::as_raw_fd);
+        let how = if wake.is_some() {
+            SLEEP_WAKE_PIPE
+        } else {
+            SLEEP_SOCKET
+        };
+        if !self.arm_rx(how)? {
             self.read_ready()?;
             return Ok(true);
         }
@@ -993,12 +1044,20 @@ impl Datagram {
         } else {
             libc::POLLIN
         };
-        let ev = poll_until(self.sock.as_raw_fd(), events, deadline)?;
-        if ev == 0 {
+        let (ev, woke) = poll_with_wake(self.sock.as_raw_fd(), events, wake, deadline)?;
+        if ev == 0 && !woke {
             return Ok(false);
+        }
+        if woke {
+            // The daemon wrote into the receive channel: the socket is not read for it.
+            if let Some(w) = &self.wake {
+                w.drain();
+            }
         }
         if ev & libc::POLLIN != 0 {
             self.read_ready()?;
+        } else if woke {
+            self.read_channel()?;
         }
         Ok(true)
     }
@@ -1206,6 +1265,7 @@ pub(crate) struct DatagramParts {
     pub(crate) out: Vec<u8>,
     pub(crate) rx: Option<RecvChannel>,
     pub(crate) bell: Option<Doorbell>,
+    pub(crate) wake: Option<WakePipe>,
 }
 
 #[cfg(feature = "tokio")]
@@ -1227,6 +1287,7 @@ impl Datagram {
             out: self.out,
             rx: self.rx,
             bell: self.bell,
+            wake: self.wake,
         }
     }
 
@@ -1246,6 +1307,7 @@ impl Datagram {
             lazy_acks: false,
             rx: p.rx,
             bell: p.bell,
+            wake: p.wake,
         }
     }
 }

@@ -540,6 +540,52 @@ impl Doorbell {
     }
 }
 
+/// A datagram client's wake pipe (docs/protocol.md, "Wake pipe"): its read end, polled beside the
+/// socket while the client sleeps inside a call; the daemon writes a byte into its own open file
+/// description of the write end, which the client passed with its channel offer.
+#[derive(Debug)]
+pub(crate) struct WakePipe(std::os::fd::OwnedFd);
+
+impl WakePipe {
+    /// A fresh pipe: our non-blocking read end and the write end to pass (then close).
+    pub(crate) fn new() -> Option<(Self, std::os::fd::OwnedFd)> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 fills a live two-int array; the result is checked.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return None;
+        }
+        // SAFETY: both descriptors are fresh and owned by nobody else.
+        let (r, w) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        Some((WakePipe(r), w))
+    }
+
+    /// Takes the pending wake-ups.
+    pub(crate) fn drain(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reads into a live local buffer of the stated length, never blocking.
+            let n = unsafe { libc::read(self.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < buf.len() as isize {
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
 /// Writes `bytes` (all of them, waiting) with descriptors `fds` attached (`SCM_RIGHTS`).
 pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let space = {

@@ -69,6 +69,19 @@ pub const CHAN_F_BELL: u32 = 2;
 /// Feature bit in the `port` field of the daemon's `FRAME_CHAN` answer: it took the eventfd
 /// doorbell (polls it; never reads or writes it). Without it the client rings with RING frames.
 pub const DGRAM_F_BELL: u32 = 4;
+/// Flag in the `port` field of a client's `FRAME_CHAN` offer, with `CHAN_F_RECEIVE`: a pipe comes
+/// with it, after the other descriptors, its wake pipe. The daemon opens the pipe anew for writing
+/// (its own non-blocking open file description) and, when the client sleeps on its receive
+/// channel with `sleeping` = [`SLEEP_WAKE_PIPE`], writes a byte into it instead of a RING frame.
+pub const CHAN_F_WAKE_PIPE: u32 = 4;
+/// Feature bit in the `port` field of the daemon's `FRAME_CHAN` answer: it took the wake pipe.
+pub const DGRAM_F_WAKE_PIPE: u32 = 8;
+/// The receive channel's `sleeping` word of a client that sleeps in `poll` on its socket: the
+/// daemon rings with a RING frame.
+pub const SLEEP_SOCKET: u32 = 1;
+/// The receive channel's `sleeping` word of a client that sleeps in `poll` on its socket and its
+/// wake pipe: the daemon writes a byte into the wake pipe.
+pub const SLEEP_WAKE_PIPE: u32 = 2;
 /// How long a daemon holds back the ACK of `SEND_F_LAZY` successes at most, when nothing else
 /// sends it sooner.
 pub const LAZY_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);

@@ -11,13 +11,13 @@ use ::tokio::net::UnixStream;
 
 use super::blocking;
 use crate::abi::DomId;
-use crate::client::Doorbell;
 use crate::client::datagram::{DatagramParts, RecvChannel, SendWindow, send_header};
 use crate::client::proto::{
     FRAME_CHAN, FRAME_DATA, FRAME_HEADER_SIZE, FRAME_RING, FrameHeader, SockAddr, ring_frame,
     split_frame,
 };
 use crate::client::{self, Error};
+use crate::client::{Doorbell, WakePipe};
 
 /// A bound V4V datagram port on tokio, like `tokio::net::UdpSocket`.
 ///
@@ -47,6 +47,9 @@ pub struct Datagram {
     rx: Option<RecvChannel>,
     /// The eventfd doorbell the daemon took, rung instead of RING frames.
     bell: Option<Doorbell>,
+    /// The wake pipe the daemon took: unused here (this type sleeps in the reactor, on the
+    /// socket, and arms its receive channel so), kept for `into_std`.
+    wake: Option<WakePipe>,
 }
 
 impl Datagram {
@@ -345,6 +348,7 @@ impl Datagram {
             out: Vec::new(),
             rx: self.rx,
             bell: self.bell,
+            wake: self.wake,
         }))
     }
 }
@@ -365,6 +369,7 @@ impl TryFrom<client::Datagram> for Datagram {
             out: p.out,
             rx: p.rx,
             bell: p.bell,
+            wake: p.wake,
         })
     }
 }

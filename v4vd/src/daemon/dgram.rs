@@ -24,15 +24,15 @@ use tracing::debug;
 use v4v::abi::{self, Addr, PROTO_DGRAM, RING_DATA_F_EXISTS, RingDataEnt};
 use v4v::chan::{ChanMemory, Consumer};
 use v4v::client::proto::{
-    CHAN_F_BELL, CHAN_F_RECEIVE, DGRAM_CHAN_CAPACITY, DGRAM_F_BELL, DGRAM_F_LAZY_ACK,
-    DGRAM_F_RECV_CHAN, DGRAM_READ_AHEAD, FRAME_ACK, FRAME_CHAN, FRAME_DATA, FRAME_FLUSH,
-    FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS, FrameHeader, SEND_F_LAZY,
-    SEND_F_NOWAIT, SEND_F_PIPELINE, ring_frame, split_frame,
+    CHAN_F_BELL, CHAN_F_RECEIVE, CHAN_F_WAKE_PIPE, DGRAM_CHAN_CAPACITY, DGRAM_F_BELL,
+    DGRAM_F_LAZY_ACK, DGRAM_F_RECV_CHAN, DGRAM_F_WAKE_PIPE, DGRAM_READ_AHEAD, FRAME_ACK,
+    FRAME_CHAN, FRAME_DATA, FRAME_FLUSH, FRAME_HEADER_SIZE, FRAME_RING, FRAME_SEND, FRAME_STATUS,
+    FrameHeader, SEND_F_LAZY, SEND_F_NOWAIT, SEND_F_PIPELINE, ring_frame, split_frame,
 };
 use v4v::{HvError, Hypervisor};
 
 use super::Daemon;
-use super::bell::ClientBell;
+use super::bell::{self, ClientBell};
 use super::fdpass;
 use super::ports::PortKind;
 use super::recv_chan::RecvChan;
@@ -61,7 +61,7 @@ pub(super) struct DgramClient {
     ack_due: Option<Instant>,
     /// Bytes reserved in the user's budget for `inbuf` and the owed payloads.
     reserved: usize,
-    /// Descriptors the client passed (for its channel offer: at most three).
+    /// Descriptors the client passed (for its channel offer: at most four).
     fds: Vec<OwnedFd>,
     /// Its eventfd doorbell, when it offered one with its channel and the daemon took it.
     bell: Option<super::bell::ClientBell>,
@@ -333,7 +333,7 @@ impl Daemon {
             // SAFETY: `spare` is writable memory of at least `ask` bytes owned by `inbuf`;
             // recvmsg writes at most `ask` there and only what it reports is counted.
             let (r, fds) =
-                unsafe { fdpass::recv_with_fds(c.stream.as_raw_fd(), spare.as_mut_ptr(), ask, 3) };
+                unsafe { fdpass::recv_with_fds(c.stream.as_raw_fd(), spare.as_mut_ptr(), ask, 4) };
             let had_fd = !fds.is_empty();
             // Kept for the one offer a client may make; any others are closed here.
             if d.fds.is_empty() && d.chan.is_none() {
@@ -556,6 +556,11 @@ impl Daemon {
         } else {
             None
         };
+        let wake_fd = if h.port & CHAN_F_WAKE_PIPE != 0 {
+            fds.next()
+        } else {
+            None
+        };
         let rx = match (rx_fd, rx_cap.map(|c| c as usize)) {
             _ if !wants_rx || errno != 0 => None,
             (None, _) => {
@@ -586,26 +591,40 @@ impl Daemon {
                 }
             }
         };
-        // The doorbell, with the channel only, and only while clients and their doorbells
-        // stay within the descriptors the clients may hold.
+        // The doorbell, with the channel only, and the wake pipe, with the receive channel
+        // only; each only while clients and the descriptors they made the daemon hold stay
+        // within max_clients.
         let mut bell_refused = None;
-        let bell = match bell_fd {
-            Some(_) if errno != 0 => None,
-            Some(_)
-                if self.clients.len() + self.live_bells.load(Ordering::Relaxed)
-                    >= self.cfg.max_clients =>
-            {
+        let room = |d: &Daemon| {
+            let ok = d.clients.len() + d.live_bells.load(Ordering::Relaxed) < d.cfg.max_clients;
+            if !ok {
                 debug!("doorbell refused: clients' descriptors at max_clients");
-                None
             }
-            Some(fd) => match ClientBell::take(fd, t, &self.bell_registry, &self.live_bells) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    bell_refused = Some(e.to_string());
-                    None
+            ok
+        };
+        let bell = match bell_fd {
+            Some(fd) if errno == 0 && room(self) => {
+                match ClientBell::take(fd, t, &self.bell_registry, &self.live_bells) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        bell_refused = Some(e.to_string());
+                        None
+                    }
                 }
-            },
-            None => None,
+            }
+            _ => None,
+        };
+        let wake = match wake_fd {
+            Some(fd) if rx.is_some() && room(self) => {
+                match bell::take_wake_pipe(fd, &self.live_bells) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        bell_refused = Some(e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         let Some(c) = self.clients.get_mut(t) else {
             return;
@@ -620,6 +639,11 @@ impl Daemon {
         if bell.is_some() {
             features |= DGRAM_F_BELL;
             d.bell = bell;
+        }
+        let mut rx = rx;
+        if let (Some(rx), Some(w)) = (rx.as_mut(), wake) {
+            rx.set_wake_pipe(w);
+            features |= DGRAM_F_WAKE_PIPE;
         }
         let f = FrameHeader {
             len: why.len() as u32,

@@ -3,8 +3,10 @@
 //! everything the daemon writes to it (DATA, STATUS and ACK frames, as a byte stream of records).
 //!
 //! Owns the channel's producer end, the bytes of the client's output still owed to its socket
-//! from before the channel was taken (the CHAN answer is the last of them), and the doorbell
-//! (a RING frame on the socket, written only when the client sleeps on the channel). It writes
+//! from before the channel was taken (the CHAN answer is the last of them), and the doorbell,
+//! rung only when the client sleeps on the channel: a byte into the client's wake pipe when it
+//! sleeps inside a call and passed one (`sleeping` = `SLEEP_WAKE_PIPE`), else a RING frame on the
+//! socket, the descriptor the client's caller polls. It writes
 //! the client's socket only through [`RecvChan::flush`], called from `Client::flush`; it never
 //! reads the socket, never sends to the hypervisor and never touches a ring.
 //!
@@ -16,7 +18,9 @@ use std::io::{self, Write};
 
 use mio::net::UnixStream;
 use v4v::chan::{ChanError, ChanMemory, Producer, Pushed};
-use v4v::client::proto::{FRAME_HEADER_SIZE, ring_frame};
+use v4v::client::proto::{FRAME_HEADER_SIZE, SLEEP_WAKE_PIPE, ring_frame};
+
+use super::bell::{self, CountedFd};
 
 /// Queued bytes a frame published straight into the channel may take along (an ACK or two).
 const SMALL_QUEUE: usize = 2 * FRAME_HEADER_SIZE;
@@ -38,6 +42,8 @@ pub(super) struct RecvChan {
     socket_bytes: usize,
     /// Bytes of the current RING frame still to write (0: none owed).
     bell_left: usize,
+    /// Our end of the client's wake pipe, if it passed one.
+    wake: Option<CountedFd>,
 }
 
 impl RecvChan {
@@ -48,7 +54,25 @@ impl RecvChan {
             prod: Producer::new(mem)?,
             socket_bytes: 0,
             bell_left: 0,
+            wake: None,
         })
+    }
+
+    /// Wakes the client through `pipe` when it sleeps asking for that.
+    pub fn set_wake_pipe(&mut self, pipe: CountedFd) {
+        self.wake = Some(pipe);
+    }
+
+    /// The consumer slept: wakes it the way it asked (its wake pipe, while that works), else
+    /// owes it a RING frame.
+    fn wake_client(&mut self) {
+        if self.prod.last_sleeper() == SLEEP_WAKE_PIPE
+            && let Some(w) = &self.wake
+            && bell::wake(w)
+        {
+            return;
+        }
+        self.ring();
     }
 
     /// The first `queued` bytes of the client's output go to its socket (the CHAN answer last).
@@ -98,7 +122,7 @@ impl RecvChan {
             Pushed::Done { doorbell } => {
                 out.clear();
                 if doorbell {
-                    self.ring();
+                    self.wake_client();
                 }
                 Ok(true)
             }
@@ -135,7 +159,7 @@ impl RecvChan {
                 Pushed::Done { doorbell } => {
                     out.drain(..n);
                     if doorbell {
-                        self.ring();
+                        self.wake_client();
                     }
                 }
                 Pushed::Full => {
