@@ -364,3 +364,27 @@ fn a_full_receive_channel_does_not_stall_a_big_send_over_the_socket() {
     assert!(got <= sent);
     let _ = answer;
 }
+
+/// A port polled after a call that slept and came back without reading (a receive that timed
+/// out, a send that waited only for its socket to take it) wakes for what comes next: the call
+/// asked for the wake pipe while it slept, and says "the socket" again before it returns.
+#[test]
+fn a_port_polled_after_a_receive_timed_out_wakes_for_the_next_datagram() {
+    let s = Stack::start(&[1, 2]);
+    let mut tx = Datagram::bind_with(&s.sock(2), 0, None).expect("bind");
+    let mut d = Datagram::bind_with(&s.sock(1), 8250, None).expect("bind");
+    assert!(d.woken_through_pipe());
+    let mut buf = [0u8; 256];
+    for i in 0..5u64 {
+        match d.recv_timeout(Some(Duration::from_millis(20))) {
+            Err(Error::TimedOut(_)) => {}
+            r => panic!("round {i}: {r:?}"),
+        }
+        tx.send_to(&payload(i, 64), SockAddr::new(1, 8250))
+            .expect("send");
+        d.set_nonblocking(true).expect("nonblocking");
+        let n = recv_when_readable(&mut d, &mut buf, &format!("round {i}: after a timeout"));
+        assert_eq!(&buf[..n], &payload(i, 64)[..]);
+        d.set_nonblocking(false).expect("blocking");
+    }
+}

@@ -1045,9 +1045,6 @@ impl Datagram {
             libc::POLLIN
         };
         let (ev, woke) = poll_with_wake(self.sock.as_raw_fd(), events, wake, deadline)?;
-        if ev == 0 && !woke {
-            return Ok(false);
-        }
         if woke {
             // The daemon wrote into the receive channel: the socket is not read for it.
             if let Some(w) = &self.wake {
@@ -1055,11 +1052,17 @@ impl Datagram {
             }
         }
         if ev & libc::POLLIN != 0 {
+            // Reads the channel too, and leaves it armed for the socket.
             self.read_ready()?;
-        } else if woke {
+            return Ok(true);
+        }
+        let queued = self.queued.len();
+        if wake.is_some() {
+            // Whatever woke us, the call may return now, and its caller polls the socket: the
+            // channel says so again before it does (taking what came meanwhile).
             self.read_channel()?;
         }
-        Ok(true)
+        Ok(ev != 0 || woke || self.queued.len() != queued)
     }
 
     /// Reads what the daemon sent, without waiting, and sorts the whole frames: datagrams are
