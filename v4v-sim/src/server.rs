@@ -34,7 +34,7 @@ use v4v::backend::sim::protocol::{
     self as proto, ChannelSizes, FRAME_HEADER_SIZE, FrameHeader, KIND_FATAL, Reply, ReplyData,
     Request, fdpass,
 };
-use v4v::backend::sim::{ignore_sigpipe_if_default, set_nonblocking};
+use v4v::backend::sim::{ignore_sigpipe_if_default, ring_byte, set_nonblocking};
 use v4v::chan::{ChanMemory, Consumer, Producer, Pushed};
 use v4v::shmem::{PAGE_SIZE, RingMemory};
 use v4v::{HvError, Hypervisor};
@@ -209,9 +209,7 @@ impl GuestChan {
 /// is pending already; a closed one means the guest is going away (its connection will say so),
 /// and `SIGPIPE` is ignored ([`Server::bind`]).
 fn ring(fd: BorrowedFd<'_>) {
-    let one = [1u8];
-    // SAFETY: writes one byte from a live buffer to a descriptor we own.
-    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 1) };
+    let _ = ring_byte(fd);
 }
 
 struct Conn {

@@ -27,7 +27,7 @@
 //! pending already. Only a pipe is taken (a FIFO in the file system or anything else is refused).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,19 +116,7 @@ pub(super) fn take_wake_pipe(fd: OwnedFd, live: &Arc<AtomicUsize>) -> Result<Cou
 /// Writes one byte into a wake pipe. `false`: the pipe is broken (the client closed its read
 /// end); a full one has a wake-up pending and counts as written.
 pub(super) fn wake(pipe: &CountedFd) -> bool {
-    let one = [1u8];
-    loop {
-        // SAFETY: writes one byte from a live buffer to our own non-blocking descriptor.
-        let n = unsafe { libc::write(pipe.as_raw_fd(), one.as_ptr().cast(), 1) };
-        if n == 1 {
-            return true;
-        }
-        match io::Error::last_os_error().kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return true,
-            _ => return false,
-        }
-    }
+    v4v::backend::sim::ring_byte(pipe.fd.as_fd()).is_ok()
 }
 
 impl ClientBell {

@@ -56,7 +56,8 @@ pub struct SimHypervisor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// Protocol version 3 (or 2, from an older simulator): the shared-memory channel where it
-    /// can, the socket where it must. Falls back to [`Transport::Socket`] with a simulator that only speaks version 1.
+    /// can, the socket where it must. Falls back to [`Transport::Socket`] with a simulator that
+    /// only speaks version 1.
     Channel,
     /// Protocol version 1: every request a socket round trip.
     Socket,
@@ -127,12 +128,20 @@ impl From<ChanError> for CallError {
 }
 
 /// Rings a doorbell: one byte, never blocking (our end is non-blocking, and only we hold our
-/// open file description). A full pipe means a ring is pending already.
+/// open file description).
 fn ring(bell: BorrowedFd<'_>) -> Result<(), CallError> {
+    ring_byte(bell).map_err(CallError::Io)
+}
+
+/// Writes one wake-up byte into `fd`, a non-blocking pipe or socket end whose open file
+/// description is the caller's alone: the one ring of the simulator, its guests and v4vd. A full
+/// one has a wake-up pending already, which is all a ring says: `Ok` too. An error (`EPIPE`: the
+/// reader is gone) is the caller's to judge.
+pub fn ring_byte(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let one = [1u8];
     loop {
-        // SAFETY: writes one byte from a live buffer to a descriptor we own.
-        let n = unsafe { libc::write(bell.as_raw_fd(), one.as_ptr().cast(), 1) };
+        // SAFETY: writes one byte from a live buffer to a descriptor the caller holds.
+        let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 1) };
         if n >= 0 {
             return Ok(());
         }
@@ -140,7 +149,7 @@ fn ring(bell: BorrowedFd<'_>) -> Result<(), CallError> {
         match e.kind() {
             std::io::ErrorKind::WouldBlock => return Ok(()),
             std::io::ErrorKind::Interrupted => continue,
-            _ => return Err(CallError::Io(e)),
+            _ => return Err(e),
         }
     }
 }
