@@ -201,6 +201,12 @@ impl ChanMemory {
         Ok(ChanMemory { mem, capacity: cap })
     }
 
+    /// The mapping (header page and data area), for reading a record in place
+    /// ([`Consumer::peek`]).
+    pub fn memory(&self) -> &RingMemory {
+        &self.mem
+    }
+
     /// Data bytes.
     pub fn capacity(&self) -> usize {
         self.capacity as usize
@@ -225,6 +231,14 @@ impl ChanMemory {
 /// Space a record of `len` payload bytes takes.
 fn footprint(len: usize) -> usize {
     RECORD_HEADER + len.div_ceil(8) * 8
+}
+
+/// A record [`Consumer::peek`] found: where its payload starts in the channel's mapping, and
+/// its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked {
+    pub offset: usize,
+    pub len: usize,
 }
 
 /// What [`Producer::push`] did.
@@ -459,6 +473,23 @@ impl Consumer {
         Ok(())
     }
 
+    /// The next record where it lies, not taken yet, or `None` when the channel is empty: for a
+    /// reader that copies its payload straight out of the mapping ([`ChanMemory::memory`],
+    /// [`RingMemory::copy_to`](crate::shmem::RingMemory::copy_to)) rather than into a buffer
+    /// first. Its place and length are checked against what was published; what the producer
+    /// writes there before [`Consumer::consume`] takes it changes only the producer's own bytes.
+    pub fn peek(&mut self) -> Result<Option<Peeked>, ChanError> {
+        self.disarm()?;
+        Ok(self
+            .next_record()?
+            .map(|(offset, len)| Peeked { offset, len }))
+    }
+
+    /// Takes the record that [`Consumer::peek`] returned (the next one).
+    pub fn consume(&mut self, record: Peeked) -> Result<(), ChanError> {
+        self.advance(record.len)
+    }
+
     /// Appends the next record's payload to `out` and returns its length, or `None` when the
     /// channel is empty. A channel is read by records or as bytes ([`Consumer::read_bytes`]),
     /// not both.
@@ -596,6 +627,26 @@ mod tests {
             assert_eq!(pop(&mut c), Some(want));
         }
         assert_eq!(pop(&mut c), None);
+        assert!(p.is_drained().unwrap());
+    }
+
+    /// A record read in place (`peek`, copy out of the mapping, `consume`) is the record
+    /// `pop_into` would give, across the wrap; peeking again without consuming gives it again.
+    #[test]
+    fn a_peeked_record_lies_where_pop_would_have_read_it() {
+        let (mut p, mut c, _) = pair(4096);
+        for round in 0..200u32 {
+            let a = vec![round as u8; (round as usize * 53) % 1000 + 1];
+            assert!(matches!(p.push(&[&a]).unwrap(), Pushed::Done { .. }));
+            let rec = c.peek().unwrap().expect("a record");
+            assert_eq!(c.peek().unwrap(), Some(rec), "peek takes nothing");
+            assert_eq!(rec.len, a.len());
+            let mut out = vec![0u8; rec.len];
+            c.chan().memory().copy_out(rec.offset, &mut out).unwrap();
+            assert_eq!(out, a);
+            c.consume(rec).unwrap();
+        }
+        assert_eq!(c.peek().unwrap(), None);
         assert!(p.is_drained().unwrap());
     }
 

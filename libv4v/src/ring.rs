@@ -141,6 +141,24 @@ impl Place {
         Ok(())
     }
 
+    /// [`Place::write_wrapping`] of `len` bytes of `src` at `src_offset`.
+    fn write_wrapping_from(
+        &self,
+        off: u32,
+        src: &RingMemory,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<u32, RingError> {
+        let first = len.min((self.len - off) as usize);
+        src.copy_to(src_offset, &self.mem, self.data(off), first)?;
+        if first == len {
+            Ok(off + first as u32)
+        } else {
+            src.copy_to(src_offset + first, &self.mem, self.data(0), len - first)?;
+            Ok((len - first) as u32)
+        }
+    }
+
     fn write_wrapping(&self, off: u32, data: &[u8]) -> Result<u32, RingError> {
         let first = data.len().min((self.len - off) as usize);
         let (a, b) = data.split_at(first);
@@ -510,9 +528,60 @@ impl RingWriter {
         source: Addr,
         payload: &[IoSlice<'_>],
     ) -> Result<u32, InsertError> {
+        let total: u64 = payload.iter().map(|s| s.len() as u64).sum();
+        self.insert_with(tx, message_type, source, total, |place, mut at| {
+            for s in payload {
+                at = place.write_wrapping(at, s)? % place.len;
+            }
+            Ok(at)
+        })
+    }
+
+    /// [`RingWriter::insert`] of a payload that lies in another shared memory: the bytes of
+    /// `ranges` (offset, length) of `src`, in order, copied straight into the ring. A hypervisor
+    /// moving a guest's payload from memory it shares with the guest needs no private copy of
+    /// it: what the guest writes there meanwhile is only its own message garbled, as when Xen
+    /// copies from guest memory.
+    pub fn insert_from(
+        &self,
+        tx: u32,
+        message_type: u32,
+        source: Addr,
+        src: &RingMemory,
+        ranges: &[(usize, usize)],
+    ) -> Result<u32, InsertError> {
+        // Every range is checked before anything is written: a failed insert writes nothing.
+        for &(offset, len) in ranges {
+            if offset.checked_add(len).is_none_or(|end| end > src.size()) {
+                return Err(RingError::from(ShmemError::OutOfBounds {
+                    offset,
+                    len,
+                    size: src.size(),
+                })
+                .into());
+            }
+        }
+        let total: u64 = ranges.iter().map(|&(_, l)| l as u64).sum();
+        self.insert_with(tx, message_type, source, total, |place, mut at| {
+            for &(offset, len) in ranges {
+                at = place.write_wrapping_from(at, src, offset, len)? % place.len;
+            }
+            Ok(at)
+        })
+    }
+
+    /// Checks that `total` payload bytes fit, writes the header and (with `write`, from the
+    /// data offset after it, returning where the payload ended) the payload, and publishes.
+    fn insert_with(
+        &self,
+        tx: u32,
+        message_type: u32,
+        source: Addr,
+        total: u64,
+        write: impl FnOnce(&Place, u32) -> Result<u32, RingError>,
+    ) -> Result<u32, InsertError> {
         let len = self.place.len;
         debug_assert!(tx.is_multiple_of(abi::RING_ALIGN) && tx < len);
-        let total: u64 = payload.iter().map(|s| s.len() as u64).sum();
         if total > u64::from(max_message_size(len)) {
             return Err(InsertError::NeverFits {
                 len: total,
@@ -528,10 +597,7 @@ impl RingWriter {
             source,
         };
         self.place.mem.write_obj(self.place.data(tx), &h)?;
-        let mut at = (tx + HDR) % len;
-        for s in payload {
-            at = self.place.write_wrapping(at, s)? % len;
-        }
+        let at = write(&self.place, (tx + HDR) % len)?;
         let next = (roundup16(u64::from(at)) % u64::from(len)) as u32;
         self.publish_tx(next)?;
         Ok(next)

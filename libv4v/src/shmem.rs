@@ -368,6 +368,32 @@ impl RingMemory {
         Ok(())
     }
 
+    /// Copies `len` payload bytes of this mapping at `offset` into `dst` at `dst_offset`, in bulk
+    /// (see [`RingMemory::copy_out`]): for a hypervisor that moves a guest's payload from memory
+    /// it shares with that guest straight into a ring, without a private copy in between. What
+    /// either party writes meanwhile changes only the bytes copied, never where they go: both
+    /// ranges are checked first. `dst` may be this very mapping, the ranges overlapping.
+    pub fn copy_to(
+        &self,
+        offset: usize,
+        dst: &RingMemory,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), ShmemError> {
+        let src = self.check(offset, len)?;
+        let to = dst.check(dst_offset, len)?;
+        if self.same_mapping(dst) {
+            // SAFETY: both ranges are inside the one mapping (checked); `copy` allows overlap.
+            // The shared bytes are reached only through raw pointers, as in `bulk_copy`.
+            unsafe { std::ptr::copy(src, to, len) };
+        } else {
+            // SAFETY: each range is inside its own mapping (checked), and two mappings are
+            // distinct address ranges (each is its own mmap), so the ranges do not overlap.
+            unsafe { bulk_copy(src, to, len) };
+        }
+        Ok(())
+    }
+
     /// Copies bytes out of the mapping with volatile reads.
     pub fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<(), ShmemError> {
         let src = self.check(offset, out.len())?;
@@ -506,6 +532,26 @@ mod tests {
             m.load_acquire_u32(2),
             Err(ShmemError::Misaligned { offset: 2 })
         );
+    }
+
+    #[test]
+    fn copy_to_checks_both_ranges_and_allows_overlap_within_one_mapping() {
+        let a = RingMemory::anonymous(PAGE_SIZE).unwrap();
+        let b = RingMemory::anonymous(2 * PAGE_SIZE).unwrap();
+        let data: Vec<u8> = (0..600u32).map(|i| (i % 251) as u8).collect();
+        a.copy_in(100, &data).unwrap();
+        a.copy_to(100, &b, PAGE_SIZE + 7, data.len()).unwrap();
+        let mut out = vec![0u8; data.len()];
+        b.copy_out(PAGE_SIZE + 7, &mut out).unwrap();
+        assert_eq!(out, data);
+        // Past either end: refused, nothing copied.
+        assert!(a.copy_to(PAGE_SIZE - 10, &b, 0, 11).is_err());
+        assert!(a.copy_to(0, &b, 2 * PAGE_SIZE - 10, 11).is_err());
+        assert!(a.copy_to(usize::MAX, &b, 0, 2).is_err());
+        // Within one mapping, overlapping forwards: as memmove.
+        a.copy_to(100, &a.clone(), 150, data.len()).unwrap();
+        a.copy_out(150, &mut out).unwrap();
+        assert_eq!(out, data);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Property tests of the ring writer (`RingWriter::insert`, the hypervisor's side) and reader
+//! Property tests of the ring writer (`RingWriter::insert` and `insert_from`, the hypervisor's
+//! side) and reader
 //! (`RingReader::recv`, the owner's side) against the plain arithmetic of `docs/abi.md`.
 //!
 //! Every test keeps a byte-exact shadow of the whole shared memory: the ring sits at a non-zero
@@ -234,6 +235,8 @@ struct Send {
     message_type: u32,
     domain: u16,
     port: u32,
+    /// Through `insert_from`: the iovs lie in another shared memory, this far apart.
+    from_shared: Option<u8>,
 }
 
 fn send() -> impl Strategy<Value = Send> {
@@ -244,15 +247,49 @@ fn send() -> impl Strategy<Value = Send> {
         any::<u32>(),
         any::<u16>(),
         any::<u32>(),
+        prop::option::of(any::<u8>()),
     )
-        .prop_map(|(size, cuts, seed, message_type, domain, port)| Send {
-            size,
-            cuts,
-            seed,
-            message_type,
-            domain,
-            port,
-        })
+        .prop_map(
+            |(size, cuts, seed, message_type, domain, port, from_shared)| Send {
+                size,
+                cuts,
+                seed,
+                message_type,
+                domain,
+                port,
+                from_shared,
+            },
+        )
+}
+
+/// `insert_from` of the iovs `iov`, each copied first into a fresh shared memory `gap` bytes
+/// after the one before (at a non-zero offset), so that the ranges point at the same bytes.
+fn insert_from_shared(
+    writer: &RingWriter,
+    tx: u32,
+    message_type: u32,
+    source: Addr,
+    iov: &[IoSlice<'_>],
+    gap: u8,
+) -> Result<u32, InsertError> {
+    let total: usize = iov.iter().map(|s| s.len() + usize::from(gap)).sum();
+    let src = RingMemory::anonymous(v4v::shmem::page_round(total + 1)).unwrap();
+    let mut ranges = Vec::new();
+    let mut at = 1 + usize::from(gap) % 7;
+    for s in iov {
+        src.copy_in(at, s).unwrap();
+        ranges.push((at, s.len()));
+        at += s.len() + usize::from(gap);
+    }
+    // Past the end of the source: refused before anything is written (the shadow checks that).
+    let beyond = [(src.size() - 1, 2)];
+    if !matches!(
+        writer.insert_from(tx, message_type, source, &src, &beyond),
+        Err(InsertError::Ring(_))
+    ) {
+        panic!("a range past the end of the source was taken");
+    }
+    writer.insert_from(tx, message_type, source, &src, &ranges)
 }
 
 #[derive(Debug, Clone)]
@@ -326,7 +363,10 @@ fn run_model(
                     step
                 );
                 let iov = split(&payload, &s.cuts);
-                let got = writer.insert(tx, s.message_type, source, &iov);
+                let got = match s.from_shared {
+                    None => writer.insert(tx, s.message_type, source, &iov),
+                    Some(gap) => insert_from_shared(&writer, tx, s.message_type, source, &iov, gap),
+                };
                 let want = predicted_insert(payload.len() as u64, free, tx, len);
                 prop_assert_eq!(
                     got,

@@ -229,12 +229,70 @@ fn chan_mappings() -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Issue 11, item 3, as a hostile user: nobody opens shared-memory streams to root's service and
-/// scribbles over its channels' headers (every mapping of its own, both directions) while root
-/// moves 32 MiB over a shared-memory stream of its own through the same daemons. Nobody's
-/// streams are reset; root's arrives whole; the daemons serve on.
+/// Nobody's side of the test below, in a process of its own (this binary again, run as nobody;
+/// `SCRIBBLE_SOCK` names dom0's daemon, `SCRIBBLE_PORT` root's service on dom1): opens four
+/// shared-memory streams, writes "hello" on each and says `connected`; at a line on stdin,
+/// scribbles over the tail and head words (offsets 64 and 192) of every channel mapping of this
+/// process, all of them nobody's, rings each stream and says `scribbled`; keeps the streams
+/// until stdin closes. A process of its own, because the tests of one binary are threads of one
+/// process: the channel mappings of the test's process are every test's, root's too.
+#[test]
+#[ignore = "a helper: run as nobody by the test below"]
+fn nobody_s_scribbling_helper() {
+    use v4v::client::ShmStream;
+    let (Ok(sock), Ok(port)) = (
+        std::env::var("SCRIBBLE_SOCK"),
+        std::env::var("SCRIBBLE_PORT"),
+    ) else {
+        return;
+    };
+    let dst = SockAddr::new(1, port.parse().expect("port"));
+    let streams: Vec<ShmStream> = (0..4)
+        .map(|_| {
+            let mut c =
+                ShmStream::connect_with(std::path::Path::new(&sock), dst).expect("nobody connects");
+            c.write_all(b"hello").expect("nobody writes");
+            c
+        })
+        .collect();
+    println!("connected");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("go");
+    let mut scribbled = 0;
+    for (addr, len) in chan_mappings() {
+        if len < 4096 {
+            continue;
+        }
+        // SAFETY: this process's own shared mapping of a memfd the library created for one of
+        // its streams; page 0 (the header) holds these words, which a hostile client may
+        // write at will.
+        unsafe {
+            std::ptr::write_volatile((addr + 64) as *mut u32, 0xdead_0000);
+            std::ptr::write_volatile((addr + 192) as *mut u32, 0x0bad_0000);
+        }
+        scribbled += 1;
+    }
+    assert_eq!(scribbled, 8, "two channels for each of four streams");
+    for c in &streams {
+        use std::os::fd::AsRawFd;
+        // A doorbell byte straight on the socket (the library's own write sees the corruption
+        // and refuses).
+        // SAFETY: one byte from a static buffer to a live descriptor.
+        let n = unsafe { libc::write(c.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+    }
+    println!("scribbled");
+    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+}
+
+/// Issue 11, item 3, as a hostile user: nobody, in a process of its own, opens shared-memory
+/// streams to root's service and scribbles over its channels' headers (every mapping of its
+/// own, both directions) while root moves 32 MiB over a shared-memory stream of its own through
+/// the same daemons, and opens another meanwhile. Nobody's streams are reset; root's arrive
+/// whole; the daemons serve on.
 #[test]
 fn nobody_corrupting_its_stream_channels_stops_only_its_streams() {
+    use std::io::BufRead;
     use v4v::client::ShmStream;
     let s = Stack::start(&[0, 1]);
     let mut l = Listener::bind_with(&s.sock(1), 6100).expect("listen");
@@ -267,17 +325,30 @@ fn nobody_corrupting_its_stream_channels_stops_only_its_streams() {
         root.shutdown(std::net::Shutdown::Write).expect("shutdown");
     });
     // Nobody's streams: connected and used; accepted by root's service.
-    let sock = s.sock(0);
-    let before = chan_mappings();
-    let streams = as_user(NOBODY, move || {
-        (0..4)
-            .map(|_| {
-                let mut c = ShmStream::connect_with(&sock, dst).expect("nobody connects");
-                c.write_all(b"hello").expect("nobody writes");
-                c
-            })
-            .collect::<Vec<_>>()
-    });
+    let mut nobody = common::as_nobody(&std::env::current_exe().expect("exe"))
+        .args([
+            "nobody_s_scribbling_helper",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SCRIBBLE_SOCK", s.sock(0))
+        .env("SCRIBBLE_PORT", "6100")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("nobody's process");
+    let mut to_nobody = nobody.stdin.take().expect("stdin");
+    let mut said = std::io::BufReader::new(nobody.stdout.take().expect("stdout")).lines();
+    let mut wait_for = |what: &str| loop {
+        match said.next() {
+            Some(Ok(l)) if l.contains(what) => break,
+            Some(Ok(_)) => {}
+            other => panic!("nobody's process ended before saying {what:?}: {other:?}"),
+        }
+    };
+    wait_for("connected");
     let mut accepted: Vec<_> = (0..4)
         .map(|_| {
             let (mut srv, _) = l.accept().expect("nobody's stream accepted");
@@ -288,28 +359,12 @@ fn nobody_corrupting_its_stream_channels_stops_only_its_streams() {
             srv
         })
         .collect();
-    // Then scribbled over: the tail and head words (offsets 64 and 192) of both channels of
-    // each, and rung.
-    for (addr, len) in chan_mappings() {
-        if before.contains(&(addr, len)) || len < 4096 {
-            continue;
-        }
-        // SAFETY: this process's own shared mapping of a memfd the library created for one of
-        // nobody's streams; page 0 (the header) holds these words, which a hostile client may
-        // write at will.
-        unsafe {
-            std::ptr::write_volatile((addr + 64) as *mut u32, 0xdead_0000);
-            std::ptr::write_volatile((addr + 192) as *mut u32, 0x0bad_0000);
-        }
-    }
-    for c in &streams {
-        use std::os::fd::AsRawFd;
-        // A doorbell byte straight on the socket (the library's own write sees the corruption
-        // and refuses).
-        // SAFETY: one byte from a static buffer to a live descriptor.
-        let n = unsafe { libc::write(c.as_raw_fd(), b"!".as_ptr().cast(), 1) };
-        assert_eq!(n, 1);
-    }
+    // A stream of root's, opened while nobody is at it: not nobody's, so never scribbled on.
+    let mut root2 = ShmStream::connect_with(&s.sock(0), dst).expect("root's second stream");
+    let (mut root2_srv, _) = l.accept().expect("root's second stream accepted");
+    // Then nobody scribbles over its channels, and rings.
+    writeln!(to_nobody, "scribble").expect("tell nobody");
+    wait_for("scribbled");
     let mut resets = 0;
     for srv in &mut accepted {
         let mut got = Vec::new();
@@ -319,7 +374,15 @@ fn nobody_corrupting_its_stream_channels_stops_only_its_streams() {
         }
     }
     assert_eq!(resets, 4);
-    drop(streams);
+    root2
+        .write_all(b"root's")
+        .expect("root's second stream, after nobody's scribbling");
+    let mut b = [0u8; 6];
+    root2_srv.read_exact(&mut b).expect("root's second stream");
+    assert_eq!(&b, b"root's");
+    drop(to_nobody);
+    let out = common::wait_limited(nobody, Duration::from_secs(30));
+    assert!(out.status.success(), "nobody's process: {:?}", out.status);
     go_tx.send(()).expect("go");
     writer.join().expect("root's writer");
     assert_eq!(reader.join().expect("root's reader"), 32 << 20);

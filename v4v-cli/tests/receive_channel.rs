@@ -388,3 +388,32 @@ fn a_port_polled_after_a_receive_timed_out_wakes_for_the_next_datagram() {
         d.set_nonblocking(false).expect("blocking");
     }
 }
+
+/// A receiver asleep inside `recv_timeout`, the daemon asked to wake it through its wake pipe
+/// rather than its socket, hears its daemon die at once (the socket it also polls hangs up, and
+/// so does the pipe, whose only writer was the daemon): the call says the daemon is gone instead
+/// of sleeping out its timeout.
+#[test]
+fn a_receiver_asleep_on_its_wake_pipe_hears_its_daemon_die() {
+    let mut s = Stack::start(&[1, 2]);
+    let mut d = Datagram::bind_with(&s.sock(1), 8260, None).expect("bind");
+    assert!(d.woken_through_pipe(), "the daemon took the wake pipe");
+    let (done, result) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = d.recv_timeout(Some(Duration::from_secs(60)));
+        let _ = done.send((r.map(|(p, from)| (p.len(), from)), t.elapsed()));
+    });
+    // Long enough for it to be asleep in the call.
+    std::thread::sleep(Duration::from_millis(300));
+    s.kill_daemon(1);
+    let (r, took) = result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the receiver slept on after its daemon died");
+    receiver.join().expect("receiver");
+    match r {
+        Err(Error::DaemonGone(_)) => {}
+        other => panic!("a receive whose daemon died: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "it took {took:?} to notice");
+}

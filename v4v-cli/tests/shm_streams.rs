@@ -161,3 +161,60 @@ fn a_shared_memory_stream_costs_its_daemon_one_descriptor() {
         a.read_exact(&mut b).expect("read");
     }
 }
+
+/// Runs `call` on a shared-memory stream from domain 1 to a peer in domain 2 that never reads
+/// nor writes, kills domain 1's daemon once the call is asleep, and checks that the call then
+/// returns at once, saying the daemon is gone (`NotConnected`), not end of file: nobody closed
+/// the stream.
+fn call_hears_its_daemon_die(
+    what: &str,
+    call: impl FnOnce(&mut ShmStream) -> std::io::Result<usize> + Send + 'static,
+) {
+    let mut s = Stack::start(&[1, 2]);
+    let mut l = Listener::bind_with(&s.sock(2), 0).expect("listen");
+    let dst = SockAddr::new(2, l.local_port());
+    let mut c = ShmStream::connect_with(&s.sock(1), dst).expect("connect");
+    let (_srv, _) = l.accept().expect("accept");
+    let (done, result) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = call(&mut c);
+        let _ = done.send((r, t.elapsed()));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        result.try_recv().is_err(),
+        "{what}: the call returned before the daemon died"
+    );
+    s.kill_daemon(1);
+    let (r, took) = result
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what}: the call slept on after its daemon died"));
+    caller.join().expect("caller");
+    match r {
+        Err(e) if e.kind() == ErrorKind::NotConnected => {}
+        other => panic!("{what} whose daemon died: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "{what}: {took:?} to notice");
+}
+
+/// A reader asleep on its stream's channel hears its own daemon die.
+#[test]
+fn a_shared_memory_reader_hears_its_daemon_die() {
+    call_hears_its_daemon_die("a read", |c| c.read(&mut [0u8; 64]));
+}
+
+/// A writer asleep waiting for room in its channel (the peer reads nothing) hears its daemon
+/// die.
+#[test]
+fn a_shared_memory_writer_waiting_for_room_hears_its_daemon_die() {
+    call_hears_its_daemon_die("a write", |c| {
+        // Far more than the channel, both daemons' windows and the rings hold.
+        let chunk = vec![7u8; 64 * 1024];
+        let mut total = 0;
+        for _ in 0..4096 {
+            total += c.write(&chunk)?;
+        }
+        Ok(total)
+    });
+}

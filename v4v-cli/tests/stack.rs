@@ -811,3 +811,51 @@ fn one_user_cannot_take_every_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A stream's read waits as its own methods set it, each change taking effect at once: blocking
+/// until data comes, `WouldBlock` at once in non-blocking mode, `WouldBlock` after the read
+/// timeout; and a descriptor handed over already non-blocking (`Stream::from_fd`) reads as
+/// non-blocking.
+#[test]
+fn a_stream_s_reads_wait_as_its_mode_and_timeout_say() {
+    use std::io::ErrorKind::WouldBlock;
+    use std::os::fd::OwnedFd;
+    let s = Stack::start(&[1, 2]);
+    let mut l = Listener::bind_with(&s.sock(2), 7990).expect("listen");
+    let mut c = Stream::connect_with(&s.sock(1), SockAddr::new(2, 7990)).expect("connect");
+    let (mut srv, _) = l.accept().expect("accept");
+    let mut b = [0u8; 16];
+    let timed = |c: &mut Stream, b: &mut [u8]| {
+        let t = Instant::now();
+        (c.read(b).map_err(|e| e.kind()), t.elapsed())
+    };
+    c.set_nonblocking(true).expect("nonblocking");
+    let (r, took) = timed(&mut c, &mut b);
+    assert_eq!(r, Err(WouldBlock));
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    c.set_nonblocking(false).expect("blocking");
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let (r, took) = timed(&mut c, &mut b);
+    assert_eq!(r, Err(WouldBlock));
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    c.set_read_timeout(None).expect("no timeout");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        srv.write_all(b"late").expect("write");
+        srv
+    });
+    let (r, took) = timed(&mut c, &mut b);
+    assert_eq!(r, Ok(4), "a blocking read waits for the data");
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    let srv = writer.join().expect("writer");
+    // Handed over non-blocking: the new owner's reads do not wait.
+    let (id, peer, port) = (c.id(), c.peer_addr(), c.local_port());
+    c.set_nonblocking(true).expect("nonblocking");
+    let fd = OwnedFd::from(c);
+    let mut c = Stream::from_fd(fd, &s.sock(1), id, peer, port);
+    let (r, took) = timed(&mut c, &mut b);
+    assert_eq!(r, Err(WouldBlock));
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    drop(srv);
+}

@@ -369,6 +369,82 @@ impl ModelDomain {
     }
 }
 
+impl ModelDomain {
+    /// A sendv whose payload lies in shared memory: the bytes of `ranges` (offset, length) of
+    /// `src`, one range an iov, copied straight from there into the destination ring (the
+    /// simulator's path for a guest's request read in place from its request channel). Checked
+    /// and answered as [`Hypervisor::sendv`].
+    pub fn sendv_from(
+        &self,
+        addr: &SendAddr,
+        src: &RingMemory,
+        ranges: &[(usize, usize)],
+        message_type: u32,
+    ) -> Result<u32, HvError> {
+        let total: u64 = ranges.iter().map(|&(_, l)| l as u64).sum();
+        self.send_with(addr, ranges.len(), total, |w, tx, source| {
+            w.insert_from(tx, message_type, source, src, ranges)
+        })
+    }
+
+    /// Every check of a sendv of `niov` iovs, `total` payload bytes, then `insert` into the
+    /// destination ring (at its `tx`, from the sender's address), then the signal or the wait.
+    fn send_with(
+        &self,
+        addr: &SendAddr,
+        niov: usize,
+        total: u64,
+        insert: impl FnOnce(&RingWriter, u32, Addr) -> Result<u32, InsertError>,
+    ) -> Result<u32, HvError> {
+        let mut st = self.live()?;
+        if addr.src.pad != 0
+            || addr.dst.pad != 0
+            || addr.dst.domain == DOMID_ANY
+            || addr.dst.port == abi::PORT_ANY
+        {
+            return Err(HvError::Invalid);
+        }
+        if addr.src.domain != self.domid && addr.src.domain != DOMID_SELF {
+            return Err(HvError::NotPermitted);
+        }
+        if niov > abi::MAX_IOV as usize {
+            return Err(HvError::TooMany);
+        }
+        if total > u64::from(abi::MAX_MESSAGE_SIZE) {
+            return Err(HvError::MessageTooBig);
+        }
+        let src = Addr::new(self.domid, addr.src.port);
+        let dst = Addr::new(self.resolve(addr.dst.domain), addr.dst.port);
+        if !st.acl_accepts(src, dst) {
+            return Err(HvError::Denied);
+        }
+        let key = st
+            .lookup_key(dst.domain, dst.port, self.domid)
+            .ok_or(HvError::Refused)?;
+        let ring = st
+            .domains
+            .get_mut(&dst.domain)
+            .and_then(|d| d.rings.get_mut(&key))
+            .ok_or(HvError::Refused)?;
+        match insert(&ring.writer, ring.tx, src) {
+            Ok(tx) => {
+                ring.tx = tx;
+                st.signal(dst.domain);
+                Ok(total as u32)
+            }
+            Err(InsertError::NeverFits { .. }) => Err(HvError::MessageTooBig),
+            Err(InsertError::NoSpace) => {
+                if State::enqueue(ring, self.domid, total as u32) {
+                    Err(HvError::WouldBlock)
+                } else {
+                    Err(HvError::Busy)
+                }
+            }
+            Err(InsertError::Ring(_)) => Err(HvError::BadAddress),
+        }
+    }
+}
+
 impl Hypervisor for ModelDomain {
     fn alloc_ring_memory(&self, bytes: usize) -> Result<RingMemory, HvError> {
         RingMemory::anonymous(bytes).map_err(|_| HvError::OutOfMemory)
@@ -446,53 +522,10 @@ impl Hypervisor for ModelDomain {
         iov: &[IoSlice<'_>],
         message_type: u32,
     ) -> Result<u32, HvError> {
-        let mut st = self.live()?;
-        if addr.src.pad != 0
-            || addr.dst.pad != 0
-            || addr.dst.domain == DOMID_ANY
-            || addr.dst.port == abi::PORT_ANY
-        {
-            return Err(HvError::Invalid);
-        }
-        if addr.src.domain != self.domid && addr.src.domain != DOMID_SELF {
-            return Err(HvError::NotPermitted);
-        }
-        if iov.len() > abi::MAX_IOV as usize {
-            return Err(HvError::TooMany);
-        }
         let total: u64 = iov.iter().map(|s| s.len() as u64).sum();
-        if total > u64::from(abi::MAX_MESSAGE_SIZE) {
-            return Err(HvError::MessageTooBig);
-        }
-        let src = Addr::new(self.domid, addr.src.port);
-        let dst = Addr::new(self.resolve(addr.dst.domain), addr.dst.port);
-        if !st.acl_accepts(src, dst) {
-            return Err(HvError::Denied);
-        }
-        let key = st
-            .lookup_key(dst.domain, dst.port, self.domid)
-            .ok_or(HvError::Refused)?;
-        let ring = st
-            .domains
-            .get_mut(&dst.domain)
-            .and_then(|d| d.rings.get_mut(&key))
-            .ok_or(HvError::Refused)?;
-        match ring.writer.insert(ring.tx, message_type, src, iov) {
-            Ok(tx) => {
-                ring.tx = tx;
-                st.signal(dst.domain);
-                Ok(total as u32)
-            }
-            Err(InsertError::NeverFits { .. }) => Err(HvError::MessageTooBig),
-            Err(InsertError::NoSpace) => {
-                if State::enqueue(ring, self.domid, total as u32) {
-                    Err(HvError::WouldBlock)
-                } else {
-                    Err(HvError::Busy)
-                }
-            }
-            Err(InsertError::Ring(_)) => Err(HvError::BadAddress),
-        }
+        self.send_with(addr, iov.len(), total, |w, tx, src| {
+            w.insert(tx, message_type, src, iov)
+        })
     }
 
     fn notify(&self, entries: Option<&mut [RingDataEnt]>) -> Result<(), HvError> {

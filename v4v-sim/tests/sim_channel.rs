@@ -465,11 +465,26 @@ fn a_guest_corrupting_its_channel_loses_only_its_domain() {
 /// connection; nothing it does reaches another domain or the simulator.
 #[test]
 fn rewriting_requests_mid_flight_gets_nothing_past_the_checks() {
+    rewrite_requests_mid_flight(40, 31);
+}
+
+/// The same with sendvs big enough to be served in place (their payload copied from the channel
+/// straight into the ring, only their head copied out to decode): what the guest rewrites after
+/// the head was read garbles only its own message.
+#[test]
+fn rewriting_big_sendvs_mid_flight_gets_nothing_past_the_checks() {
+    rewrite_requests_mid_flight(12_000, 32);
+}
+
+/// Sends `payload_len`-byte sendvs from domain `domid` while a thread rewrites them.
+fn rewrite_requests_mid_flight(payload_len: usize, domid: DomId) {
     let mut sim = Sim::start(&[]);
     let a = sim.guest(1);
     let b = sim.guest(2);
     let rb = ring(b.as_ref(), 20, DOMID_ANY, 64 * 1024);
-    let mut g = RawGuest::connect(sim.path(), 30);
+    let mut g = RawGuest::connect(sim.path(), domid);
+    // The record: its header, the frame header, the sendv fields and one length, the payload.
+    let record = 8 + FRAME_HEADER_SIZE + 32 + payload_len;
     let stop = Arc::new(AtomicBool::new(false));
     let scribbler = {
         let mem = g.req_raw.clone();
@@ -481,13 +496,25 @@ fn rewriting_requests_mid_flight_gets_nothing_past_the_checks() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                // Within the record last published (88 bytes): mostly its frame (header,
-                // sendv fields, lengths, payload), now and then its record header.
+                // Within the record last published. A small one: mostly its frame (header,
+                // sendv fields, lengths, payload), now and then its record header. A big one:
+                // its sendv fields and length now and then, its payload the rest of the time
+                // (its headers rarely, or every request would end the connection).
                 let tail = mem.load_seqcst_u32(OFF_TAIL).unwrap_or(0) as usize;
-                let back = if x & 0xf00 == 0 {
-                    88
+                let frame = record - 8;
+                let r = x as usize >> 20;
+                let back = if frame < 100 {
+                    if x & 0xf00 == 0 {
+                        record
+                    } else {
+                        frame - r % frame
+                    }
+                } else if x & 0xf_ffff == 0 {
+                    record - r % 16
+                } else if x & 0x7000 == 0 {
+                    frame - 8 - r % 32
                 } else {
-                    80 - (x as usize >> 20) % 80
+                    frame - 40 - r % (frame - 40)
                 };
                 let at = DATA_OFFSET + (tail.wrapping_sub(back) & (cap - 1)) / 4 * 4;
                 let v = match x >> 60 {
@@ -504,7 +531,7 @@ fn rewriting_requests_mid_flight_gets_nothing_past_the_checks() {
         src: Addr::new(DOMID_SELF, 4),
         dst: Addr::new(2, 20),
     };
-    let payload = [0x5au8; 40];
+    let payload = vec![0x5au8; payload_len];
     let frame = proto::encode_sendv(&addr, PROTO_DGRAM, &[IoSlice::new(&payload)]);
     let mut answered = 0;
     let mut closed = false;
@@ -543,7 +570,7 @@ fn rewriting_requests_mid_flight_gets_nothing_past_the_checks() {
     // as ring records, each no longer than what a request could carry.
     let mut buf = Vec::new();
     while let Some(m) = rb.recv(&mut buf).expect("the ring is intact") {
-        assert_eq!(m.source.domain, 30);
+        assert_eq!(m.source.domain, domid);
         assert!(buf.len() <= g.req_cap / 4);
     }
     good_pair_works(a.as_ref(), &rb, 5);

@@ -280,6 +280,46 @@ pub struct SendvReq<'a> {
     pub payload: Option<&'a [u8]>,
 }
 
+/// A `SENDV` request's body up to its payload, decoded from the start of the body alone: for a
+/// server that moves the payload from where the body lies (shared memory) without copying the
+/// body first. See [`sendv_meta`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendvMeta {
+    pub addr: SendAddr,
+    pub message_type: u32,
+    pub lens: Vec<u32>,
+    /// Where the payload starts in the body.
+    pub payload_at: usize,
+}
+
+impl SendvMeta {
+    /// The payload's length: the iovs' lengths added up.
+    pub fn payload_len(&self) -> u64 {
+        self.lens.iter().map(|l| u64::from(*l)).sum()
+    }
+}
+
+/// Decodes a `SENDV` body of `body_len` bytes from `head`, its first bytes (at least up to the
+/// payload): checked as [`Request::decode`] checks it, the payload's length included; only a
+/// payload sent in full is taken (an elided one is `Ok(None)`: decode the whole body instead).
+/// The payload is then `body[meta.payload_at..body_len]`.
+pub fn sendv_meta(head: &[u8], body_len: usize) -> Result<Option<SendvMeta>, ProtocolError> {
+    let mut r = Reader::new(head);
+    let (mut meta, flags) = r.sendv_meta()?;
+    if flags & SENDV_PAYLOAD_ELIDED != 0 {
+        return Ok(None);
+    }
+    meta.payload_at = head.len() - r.buf.len();
+    let got = body_len.saturating_sub(meta.payload_at) as u64;
+    if got != meta.payload_len() {
+        return Err(ProtocolError::PayloadMismatch {
+            got,
+            want: meta.payload_len(),
+        });
+    }
+    Ok(Some(meta))
+}
+
 /// A request, decoded. Borrowed from the frame so that a sendv payload is not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -559,7 +599,7 @@ pub fn encode_sendv(addr: &SendAddr, message_type: u32, iov: &[IoSlice<'_>]) -> 
 }
 
 /// Bytes of a sendv body's fixed part: `send_addr`, `message_type`, `niov`, `flags`.
-const SENDV_FIXED: usize = 28;
+pub const SENDV_FIXED: usize = 28;
 
 /// What one send adds to a sendv_batch body: its length prefix and its sendv body.
 pub fn batch_item_len(iov: &[IoSlice<'_>]) -> usize {
@@ -1130,8 +1170,8 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    /// A whole sendv body: the rest of the reader.
-    fn sendv_body(&mut self) -> Result<SendvReq<'a>, ProtocolError> {
+    /// A sendv body's fixed part and iov lengths, up to its payload: the meta, its flags.
+    fn sendv_meta(&mut self) -> Result<(SendvMeta, u32), ProtocolError> {
         let addr = self.send_addr()?;
         let message_type = self.u32()?;
         let niov = self.u32()?;
@@ -1149,9 +1189,21 @@ impl<'a> Reader<'a> {
         for _ in 0..niov {
             lens.push(self.u32()?);
         }
-        let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+        let meta = SendvMeta {
+            addr,
+            message_type,
+            lens,
+            payload_at: 0,
+        };
+        Ok((meta, flags))
+    }
+
+    /// A whole sendv body: the rest of the reader.
+    fn sendv_body(&mut self) -> Result<SendvReq<'a>, ProtocolError> {
+        let (meta, flags) = self.sendv_meta()?;
+        let total = meta.payload_len();
         let payload = if flags & SENDV_PAYLOAD_ELIDED != 0 {
-            if !must_elide(lens.len(), total) {
+            if !must_elide(meta.lens.len(), total) {
                 return Err(ProtocolError::BadElision);
             }
             self.end()?;
@@ -1167,9 +1219,9 @@ impl<'a> Reader<'a> {
             Some(rest)
         };
         Ok(SendvReq {
-            addr,
-            message_type,
-            lens,
+            addr: meta.addr,
+            message_type: meta.message_type,
+            lens: meta.lens,
             payload,
         })
     }
@@ -1551,6 +1603,64 @@ mod tests {
             Request::decode(h.kind, h.nfds, body),
             Err(ProtocolError::BadElision)
         );
+    }
+
+    /// `sendv_meta` reads from the start of a body what `Request::decode` reads from all of it,
+    /// and refuses what decode refuses: a payload of another length, a head cut short, reserved
+    /// flags; an elided payload is left to decode.
+    #[test]
+    fn sendv_meta_agrees_with_decode_from_the_head_alone() {
+        let addr = SendAddr {
+            src: Addr::new(3, 9),
+            dst: Addr::new(7, 1234),
+        };
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        for cuts in [&[][..], &[0][..], &[100, 4000][..], &[1, 2, 3, 4999][..]] {
+            let mut iov = Vec::new();
+            let mut prev = 0;
+            for &c in cuts.iter().chain(&[data.len()]) {
+                iov.push(IoSlice::new(&data[prev..c]));
+                prev = c;
+            }
+            let frame = encode_sendv(&addr, 0x11, &iov);
+            let (h, body) = split(&frame);
+            let Request::Sendv {
+                addr: a,
+                message_type,
+                lens,
+                payload: Some(payload),
+            } = Request::decode(h.kind, h.nfds, body).unwrap()
+            else {
+                panic!("not a sendv with its payload");
+            };
+            let head = &body[..SENDV_FIXED + 4 * lens.len()];
+            let meta = sendv_meta(head, body.len()).unwrap().expect("not elided");
+            assert_eq!((meta.addr, meta.message_type), (a, message_type));
+            assert_eq!(meta.lens, lens);
+            assert_eq!(&body[meta.payload_at..], payload);
+            // Any longer prefix gives the same.
+            assert_eq!(
+                sendv_meta(&body[..head.len() + 10], body.len()),
+                Ok(Some(meta))
+            );
+            // A body of another length; a head cut short.
+            assert!(matches!(
+                sendv_meta(head, body.len() - 1),
+                Err(ProtocolError::PayloadMismatch { .. })
+            ));
+            assert!(matches!(
+                sendv_meta(&head[..head.len() - 1], body.len()),
+                Err(ProtocolError::Truncated { .. })
+            ));
+        }
+        let mut reserved = encode_sendv(&addr, 0, &[IoSlice::new(&data[..8])]);
+        reserved[FRAME_HEADER_SIZE + 24] = 0x80;
+        let body = &reserved[FRAME_HEADER_SIZE..];
+        assert_eq!(sendv_meta(body, body.len()), Err(ProtocolError::Reserved));
+        let many: Vec<IoSlice<'_>> = (0..300).map(|_| IoSlice::new(&data[..8])).collect();
+        let elided = encode_sendv(&addr, 0, &many);
+        let body = &elided[FRAME_HEADER_SIZE..];
+        assert_eq!(sendv_meta(body, body.len()), Ok(None));
     }
 
     #[test]
