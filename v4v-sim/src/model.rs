@@ -367,9 +367,7 @@ impl ModelDomain {
         mem.read_obj::<RingHeader>(offset)
             .map_err(|_| HvError::BadAddress)
     }
-}
 
-impl ModelDomain {
     /// A sendv whose payload lies in shared memory: the bytes of `ranges` (offset, length) of
     /// `src`, one range an iov, copied straight from there into the destination ring (the
     /// simulator's path for a guest's request read in place from its request channel). Checked

@@ -681,56 +681,57 @@ impl Server {
             };
             records += 1;
             bytes += rec.len;
-            // A big sendv's payload goes from the channel straight into the ring.
-            if rec.len >= IN_PLACE_MIN
-                && let Some((kind, reply)) = self.sendv_in_place(token, ch, rec)
-            {
-                ch.requests.consume(rec).map_err(|_| CORRUPT)?;
-                if ch.requests.space_doorbell_wanted().map_err(|_| CORRUPT)? {
-                    ring(ch.bell_out.as_fd());
-                }
-                self.forward_events();
-                ch.push_reply(reply.encode(kind), now, timeout)?;
-                if ch.pending.is_some() {
-                    return Ok(());
-                }
-                continue;
+            // A big sendv is served before its record is taken: its payload goes from the
+            // channel straight into the ring. Any other record is copied out first.
+            let in_place = if rec.len >= IN_PLACE_MIN {
+                self.sendv_in_place(token, ch, rec)
+            } else {
+                None
+            };
+            if in_place.is_none() {
+                ch.buf.clear();
+                let mem = ch.requests.chan().memory();
+                mem.append_to_vec(rec.offset, rec.len, &mut ch.buf)
+                    .map_err(|_| CORRUPT)?;
             }
-            ch.buf.clear();
-            let mem = ch.requests.chan().memory();
-            mem.append_to_vec(rec.offset, rec.len, &mut ch.buf)
-                .map_err(|_| CORRUPT)?;
             ch.requests.consume(rec).map_err(|_| CORRUPT)?;
             if ch.requests.space_doorbell_wanted().map_err(|_| CORRUPT)? {
                 ring(ch.bell_out.as_fd());
             }
-            // A record is a whole frame; one that is not is a broken channel, not a request.
-            let (h, body) = proto::split_record(&ch.buf, false).map_err(|e| {
-                debug!("request record: {e}");
-                "sent a record that is not a request frame"
-            })?;
-            let Some(c) = self.conns.get_mut(&token) else {
-                return Ok(());
+            let (kind, served) = match in_place {
+                Some(done) => done,
+                None => {
+                    // A record is a whole frame; one that is not is a broken channel, not a
+                    // request.
+                    let (h, body) = proto::split_record(&ch.buf, false).map_err(|e| {
+                        debug!("request record: {e}");
+                        "sent a record that is not a request frame"
+                    })?;
+                    let Some(c) = self.conns.get_mut(&token) else {
+                        return Ok(());
+                    };
+                    let label = c.label();
+                    let served = serve_request(
+                        &self.model,
+                        &mut self.domids,
+                        &mut self.names,
+                        token,
+                        &mut c.guest,
+                        &label,
+                        h,
+                        body,
+                        Vec::new(),
+                    );
+                    (h.kind, served.map(|(reply, _)| reply))
+                }
             };
-            let label = c.label();
-            let served = serve_request(
-                &self.model,
-                &mut self.domids,
-                &mut self.names,
-                token,
-                &mut c.guest,
-                &label,
-                h,
-                body,
-                Vec::new(),
-            );
             // Events the request caused reach their domains before the reply reaches the caller.
             self.forward_events();
-            let Some((reply, _)) = served else {
-                let _ = ch.push_reply(Reply::error(proto::errno::EIO).encode(h.kind), now, timeout);
+            let Some(reply) = served else {
+                let _ = ch.push_reply(Reply::error(proto::errno::EIO).encode(kind), now, timeout);
                 return Err("internal error");
             };
-            ch.push_reply(reply.encode(h.kind), now, timeout)?;
+            ch.push_reply(reply.encode(kind), now, timeout)?;
             if ch.pending.is_some() {
                 return Ok(());
             }
@@ -739,15 +740,16 @@ impl Server {
 
     /// Serves the record `rec` of `ch` in place when it is a well-formed `SENDV` (its head
     /// copied out and decoded, its payload copied from the channel straight into the ring):
-    /// the request's kind and the reply. `None`: anything else, or anything wrong with it, which
-    /// the caller serves (or refuses) the ordinary way, from a copy of the whole record.
+    /// the request's kind and the reply, as [`serve_request`] gives it (`None`: an internal
+    /// error). `None`: anything else, or anything wrong with it, which the caller serves (or
+    /// refuses) the ordinary way, from a copy of the whole record.
     fn sendv_in_place(
         &mut self,
         token: u64,
         ch: &mut GuestChan,
         rec: Peeked,
-    ) -> Option<(u16, Reply)> {
-        let mem = ch.requests.chan().memory().clone();
+    ) -> Option<(u16, Option<Reply>)> {
+        let mem = ch.requests.chan().memory();
         ch.buf.clear();
         mem.append_to_vec(rec.offset, rec.len.min(IN_PLACE_HEAD), &mut ch.buf)
             .ok()?;
@@ -781,15 +783,14 @@ impl Server {
         }
         let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             g.dom
-                .sendv_from(&meta.addr, &mem, &ranges, meta.message_type)
+                .sendv_from(&meta.addr, mem, &ranges, meta.message_type)
         }));
         let reply = match sent {
-            Ok(Ok(n)) => Reply::ok(i64::from(n), ReplyData::None),
-            Ok(Err(e)) => Reply::error(e.errno()),
+            Ok(Ok(n)) => Some(Reply::ok(i64::from(n), ReplyData::None)),
+            Ok(Err(e)) => Some(Reply::error(e.errno())),
             Err(_) => {
                 error!("{}: internal error serving a sendv in place", c.label());
-                c.closing = true;
-                Reply::error(proto::errno::EIO)
+                None
             }
         };
         Some((h.kind, reply))
